@@ -1,0 +1,90 @@
+"""TPU v4 slice shapes as Ray 2.60's TPU utilities spell them.
+
+One place that turns "H hosts x C chips per host" into the strings Ray matches on, so the
+fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
+
+- topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
+  `VALID_TPU_TOPOLOGY["v4"]`, or `ScalingConfig` / `SlicePlacementGroup` reject it.
+- pod type: "v4-<TensorCores>", and a v4 chip has 2 TensorCores, so 8 chips -> "v4-16"
+  (Ray's `infer_tpu_pod_type_from_topology`). Worker 0 of a slice carries the resource
+  "TPU-v4-16-head", which `reserve_tpu_slice` claims to gang-schedule that slice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ACCELERATOR_TYPE = "TPU-V4"
+CORES_PER_V4_CHIP = 2
+
+# Node labels Ray reads on TPU hosts (ray._raylet.RAY_NODE_TPU_*_KEY).
+SLICE_NAME_LABEL = "ray.io/tpu-slice-name"
+WORKER_ID_LABEL = "ray.io/tpu-worker-id"
+POD_TYPE_LABEL = "ray.io/tpu-pod-type"
+TOPOLOGY_LABEL = "ray.io/tpu-topology"
+# Our own label: the node is a CPU process posing as a TPU host (JAX must run on CPU).
+FAKE_TPU_LABEL = "palm.dev/fake-tpu"
+
+
+def v4_topology_for_chips(num_chips: int) -> str:
+    """The most cube-like valid v4 topology with `num_chips` chips ("2x2x2" for 8)."""
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    candidates = [
+        t for t in VALID_TPU_TOPOLOGY["v4"] if math.prod(int(d) for d in t.split("x")) == num_chips
+    ]
+    if not candidates:
+        valid = sorted({math.prod(int(d) for d in t.split("x")) for t in VALID_TPU_TOPOLOGY["v4"]})
+        raise ValueError(
+            f"no TPU v4 topology has {num_chips} chips; chips per slice "
+            f"(hosts_per_pod x chips_per_host) must be one of {valid[:8]}..."
+        )
+    return min(candidates, key=lambda t: (max(int(d) for d in t.split("x")), t))
+
+
+def chips_in_topology(topology: str) -> int:
+    return math.prod(int(d) for d in topology.lower().split("x"))
+
+
+def v4_pod_type(topology: str) -> str:
+    """Pod type of a topology ("2x2x2" -> "v4-16"): v4 pod types count TensorCores, two per chip."""
+    return f"v4-{CORES_PER_V4_CHIP * chips_in_topology(topology)}"
+
+
+@dataclass(frozen=True)
+class SliceShape:
+    """pods x hosts_per_pod x chips_per_host TPU v4 hosts; one pod is one TPU slice."""
+
+    pods: int
+    hosts_per_pod: int
+    chips_per_host: int
+
+    def __post_init__(self) -> None:
+        for field in ("pods", "hosts_per_pod", "chips_per_host"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+
+    @property
+    def chips_per_pod(self) -> int:
+        return self.hosts_per_pod * self.chips_per_host
+
+    @property
+    def topology(self) -> str:
+        return v4_topology_for_chips(self.chips_per_pod)
+
+    @property
+    def pod_type(self) -> str:
+        return v4_pod_type(self.topology)
+
+    @property
+    def head_resource(self) -> str:
+        """The resource only worker 0 of each slice has (what Ray reserves a slice by)."""
+        return f"TPU-{self.pod_type}-head"
+
+    @property
+    def num_hosts(self) -> int:
+        return self.pods * self.hosts_per_pod
+
+    def slice_name(self, pod: int) -> str:
+        return f"pod-{pod}"
