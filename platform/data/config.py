@@ -1,0 +1,137 @@
+"""The `data:` section of a job file: which tokenizer, which sources, in what proportions.
+
+Paths in a job file are relative to the job file's folder; `resolve_path` turns them into
+absolute paths against the base directory the caller passes. Two special values make the
+local job run offline on a fresh machine: `tokenizer: builtin:default` (the small tokenizer
+bundled in `corpus/`) and source paths `builtin:default-corpus` (or one of its parts,
+`builtin:code`, `builtin:docs`, `builtin:multilingual`; see corpus/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_TOKENIZER = "builtin:default"
+BUILTIN_SOURCES = ("builtin:default-corpus", "builtin:code", "builtin:docs", "builtin:multilingual")
+
+SourceFormat = Literal["jsonl", "text", "parquet", "arrayrecord", "auto"]
+
+
+class SourceConfig(BaseModel):
+    """One data source: a set of files of one format, drawn with a relative weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Short unique name of the source, used in logs and stats.")
+    paths: list[str] = Field(
+        min_length=1,
+        description="Files, folders or glob patterns (local or any fsspec URL such as gs://); "
+        "relative paths are relative to the job file. Or one builtin corpus name.",
+    )
+    format: SourceFormat = Field(
+        default="auto",
+        description="jsonl (one JSON object per line), text (one document per file), parquet "
+        "(a text column), arrayrecord (pre-tokenised: one int32 little-endian record per "
+        "document), or auto (from the file extension).",
+    )
+    weight: float = Field(
+        gt=0, description="Relative sampling weight of this source in the mixture (unitless)."
+    )
+    text_field: str = Field(
+        default="text", description="JSON key or Parquet column that holds the document text."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("source name must not be empty")
+        return name
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [
+        SourceConfig(name="code", paths=["builtin:code"], weight=0.4),
+        SourceConfig(name="docs", paths=["builtin:docs"], weight=0.5),
+        SourceConfig(name="multilingual", paths=["builtin:multilingual"], weight=0.1),
+    ]
+
+
+class DataConfig(BaseModel):
+    """Tokenizer, weighted sources and the seed that fixes every batch's content."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokenizer: str = Field(
+        default=BUILTIN_TOKENIZER,
+        description="Path of a SentencePiece .model file (relative to the job file), or "
+        "'builtin:default' for the small tokenizer bundled with the embedded corpus.",
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=_default_sources,
+        min_length=1,
+        description="Weighted data sources; default: the embedded offline corpus.",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        lt=2**31,
+        description="Data seed: with the global sequence index it fixes every batch's content.",
+    )
+    shuffle_window: int = Field(
+        default=65536,
+        gt=0,
+        description="Number of consecutive mixed sequences shuffled together (sequences).",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Folder for the tokenised source caches (relative to the job file); "
+        "default $PALM_DATA_CACHE or ~/.cache/palm/data.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique; repeated: {duplicates}")
+        return self
+
+
+def resolve_path(path: str, base_dir: Path) -> str:
+    """Absolute form of a job-file path: URLs and builtin names are kept as they are."""
+    if path.startswith(BUILTIN_PREFIX) or "://" in path:
+        return path
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else (Path(base_dir) / expanded).resolve())
+
+
+# PaLM's training mixture (Chowdhery et al. 2022, arXiv 2204.02311, Table 2): proportion of
+# training tokens per source. The social media, webpage and Wikipedia parts are multilingual.
+PALM_MIXTURE: dict[str, float] = {
+    "social_media_conversations": 0.50,
+    "filtered_webpages": 0.27,
+    "books": 0.13,
+    "github": 0.05,
+    "wikipedia": 0.04,
+    "news": 0.01,
+}
+
+
+def palm_mixture_sources(paths: dict[str, list[str]], **source_options: str) -> list[SourceConfig]:
+    """PaLM's six sources with Table 2 weights; `paths` maps each PALM_MIXTURE name to files."""
+    missing = sorted(set(PALM_MIXTURE) - set(paths))
+    unknown = sorted(set(paths) - set(PALM_MIXTURE))
+    if missing or unknown:
+        raise ValueError(
+            f"palm_mixture_sources needs exactly the sources {sorted(PALM_MIXTURE)}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    return [
+        SourceConfig(name=name, paths=paths[name], weight=weight, **source_options)
+        for name, weight in PALM_MIXTURE.items()
+    ]

@@ -1,0 +1,280 @@
+"""The training-data pipeline: a batch is a pure function of (seed, sequence indices, skips).
+
+PaLM's pipeline wrote its shuffled data in a random-access format so that "the contents of a
+given training batch is only a function of the step number"; that made training bitwise
+reproducible from any checkpoint and made skipping batches after a loss spike trivial. The
+same here, with one change: the position is counted in *sequences*, not steps, because the
+batch size ramps up during training (PaLM 540B: 512 -> 1024 -> 2048 sequences).
+
+    global sequence index n  --window shuffle (seed)-->  mixture index
+    mixture index            --weighted interleave-->    (source s, index k in s)
+    k                        --per-source shuffle, reshuffled every epoch (seed, s)-->
+    packed sequence j of source s = tokens_s[j*L : j*L + L + 1]
+
+What Grain does: the random-access datasets (`MapDataset.source`), the per-source global
+shuffle (`shuffle`, a Feistel index permutation, reseeded each epoch by `repeat`), the
+weighted mixture (`MapDataset.mix`: a deterministic interleave that hits the weights
+exactly over every period instead of sampling them, so small batches follow the weights
+too) and the windowed shuffle of the mixed stream (`WindowShuffleMapDataset`), all pure
+index arithmetic.
+
+What is written by hand, and why: the position (next global sequence index) and the skip
+ranges. A Grain `DatasetIterator` checkpoints the position of one iterator that yields one
+element at a time; here each process must read only its share of a global batch whose size
+changes during training, and skipped ranges must survive restarts and rollbacks. With a
+MapDataset both are a few lines of index arithmetic: the global batch is the next
+`global_batch_size` indices not in a skip range; process p reads the p-th contiguous slice.
+Tokenising and packing are hand-written too (token_cache.py, packing.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
+from palm_platform.data.packing import PackedSequences
+from palm_platform.data.token_cache import SourceTokens, default_cache_dir, load_or_build
+from palm_platform.data.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class DataConfigError(ValueError):
+    """A data config that cannot be used; `field` is its path, e.g. data.sources[0].paths[1]."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A 31-bit seed for one part of the pipeline; stable across runs and Python versions."""
+    digest = hashlib.sha256("/".join([str(seed), *parts]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Pipeline:
+    """Packed, mixed, shuffled sequences; this process's share of each global batch."""
+
+    def __init__(
+        self,
+        config: DataConfig,
+        sources: Sequence[SourceTokens],
+        tokenizer: Tokenizer,
+        *,
+        seq_len: int,
+        process_index: int,
+        process_count: int,
+    ):
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.vocab_size
+        self.eos_id = tokenizer.eos_id
+        self.seq_len = seq_len
+        self.process_index = process_index
+        self.process_count = process_count
+        self._sources = list(sources)
+        per_source = []
+        for i, (source_config, source) in enumerate(zip(config.sources, sources)):
+            packed = PackedSequences(source.tokens, seq_len)
+            if len(packed) == 0:
+                raise DataConfigError(
+                    f"data.sources[{i}]",
+                    f"source {source_config.name!r} has {len(source.tokens)} tokens, fewer than "
+                    f"seq_len + 1 = {seq_len + 1} (read stats: {source.stats}). Fix: add text "
+                    f"to the source or remove it.",
+                )
+            per_source.append(
+                grain.MapDataset.source(packed)
+                .shuffle(seed=derive_seed(config.seed, "source", source_config.name))
+                .repeat()
+            )
+        self._num_sequences = [len(PackedSequences(s.tokens, seq_len)) for s in sources]
+        mixed = grain.MapDataset.mix(per_source, [s.weight for s in config.sources])
+        self._dataset = grain.experimental.WindowShuffleMapDataset(
+            mixed, window_size=config.shuffle_window, seed=derive_seed(config.seed, "mixture")
+        )
+        self._next_sequence = 0
+        self._skip_ranges: list[list[int]] = []  # sorted, disjoint, merged [start, end)
+
+    # ---- position and skips -------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position; save it with each checkpoint."""
+        return {
+            "version": STATE_VERSION,
+            "next_sequence": self._next_sequence,
+            "skip_ranges": [list(r) for r in self._skip_ranges],
+            "seed": self.config.seed,
+            "seq_len": self.seq_len,
+            "sources": {s.name: s.weight for s in self.config.sources},
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a saved position: the next batches equal the uninterrupted run's."""
+        try:
+            next_sequence = int(state["next_sequence"])
+            ranges = [(int(a), int(b)) for a, b in state.get("skip_ranges", [])]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a data pipeline state ({e}): {state!r}") from e
+        for key, mine in (("seed", self.config.seed), ("seq_len", self.seq_len)):
+            if key in state and state[key] != mine:
+                log.warning("data state was saved with %s=%s, pipeline has %s", key, state[key], mine)
+        self._next_sequence = next_sequence
+        self._skip_ranges = []
+        for start, end in ranges:
+            self.add_skip_range(start, end)
+
+    @property
+    def next_sequence(self) -> int:
+        return self._next_sequence
+
+    def add_skip_range(self, start: int, end: int) -> None:
+        """Never yield global sequences [start, end) (e.g. from a rollback ledger)."""
+        if not 0 <= start <= end:
+            raise ValueError(f"bad skip range [{start}, {end})")
+        if start == end:
+            return
+        merged = []
+        for a, b in sorted([*map(tuple, self._skip_ranges), (start, end)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self._skip_ranges = merged
+
+    def skip_sequences(self, count: int) -> tuple[int, int]:
+        """Skip the next `count` global sequences; returns the skipped [start, end)."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        start = self._first_unskipped(self._next_sequence)
+        self.add_skip_range(start, start + count)
+        self._next_sequence = start + count
+        log.info("data: skipping global sequences [%d, %d)", start, start + count)
+        return start, start + count
+
+    def _first_unskipped(self, index: int) -> int:
+        starts = [a for a, _ in self._skip_ranges]
+        k = bisect.bisect_right(starts, index) - 1
+        if k >= 0 and index < self._skip_ranges[k][1]:
+            return self._skip_ranges[k][1]
+        return index
+
+    def _take_indices(self, count: int) -> np.ndarray:
+        """The next `count` global sequence indices outside the skip ranges; advances."""
+        chunks, taken, index = [], 0, self._next_sequence
+        while taken < count:
+            index = self._first_unskipped(index)
+            starts = [a for a, _ in self._skip_ranges]
+            k = bisect.bisect_right(starts, index)
+            limit = starts[k] if k < len(starts) else index + count - taken
+            n = min(count - taken, limit - index)
+            chunks.append(np.arange(index, index + n, dtype=np.int64))
+            taken += n
+            index += n
+        self._next_sequence = index
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
+    # ---- batches ------------------------------------------------------------------------
+
+    def sequences(self, indices: Sequence[int]) -> np.ndarray:
+        """int32 [len(indices), seq_len + 1]: the sequences at these global indices."""
+        out = np.empty((len(indices), self.seq_len + 1), np.int32)
+        for row, index in enumerate(indices):
+            out[row] = self._dataset[int(index)]
+        return out
+
+    def local_batch(self, global_batch_size: int) -> np.ndarray:
+        """This process's rows of the next global batch: int32 [B / processes, seq_len + 1].
+
+        The global batch is the next `global_batch_size` unskipped sequences; process p holds
+        its p-th contiguous slice and reads only those sequences.
+        """
+        if global_batch_size <= 0 or global_batch_size % self.process_count:
+            raise ValueError(
+                f"global batch size {global_batch_size} must be a positive multiple of the "
+                f"process count {self.process_count}"
+            )
+        indices = self._take_indices(global_batch_size)
+        per_process = global_batch_size // self.process_count
+        mine = indices[self.process_index * per_process : (self.process_index + 1) * per_process]
+        return self.sequences(mine)
+
+    def stats(self) -> dict:
+        """Per source: tokens, packed sequences, documents read and bad records skipped."""
+        per_source = {
+            source.name: {"tokens": int(len(source.tokens)), "sequences": n, **source.stats}
+            for source, n in zip(self._sources, self._num_sequences)
+        }
+        bad_total = sum(sum(s["bad"].values()) for s in per_source.values())
+        return {"sources": per_source, "bad_records": bad_total}
+
+
+def build_pipeline(
+    data_config: DataConfig,
+    *,
+    seq_len: int,
+    base_dir: Path,
+    process_index: int,
+    process_count: int,
+    cache_dir: Path | None = None,
+    num_threads: int = 1,
+) -> Pipeline:
+    """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
+
+    A path that does not exist fails here, before any tokenising, with the config field
+    that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
+    """
+    base_dir = Path(base_dir)
+    tokenizer_path = resolve_path(data_config.tokenizer, base_dir)
+    try:
+        tokenizer = load_tokenizer(tokenizer_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataConfigError(
+            "data.tokenizer",
+            f"{e} (from {data_config.tokenizer!r} relative to {base_dir}). Fix: train one "
+            "with `palm tokenizer train` or use builtin:default.",
+        ) from e
+    resolved: list[SourceConfig] = []
+    for i, source in enumerate(data_config.sources):
+        paths = []
+        for j, path in enumerate(source.paths):
+            absolute = resolve_path(path, base_dir)
+            try:
+                from palm_platform.data.readers import expand_path
+
+                expand_path(absolute)
+            except FileNotFoundError as e:
+                raise DataConfigError(
+                    f"data.sources[{i}].paths[{j}]",
+                    f"{e} (source {source.name!r}, from {path!r} relative to {base_dir}). "
+                    "Fix: correct the path or remove it from the source.",
+                ) from e
+            paths.append(absolute)
+        resolved.append(source.model_copy(update={"paths": paths}))
+    if cache_dir is None:
+        cache_dir = (
+            Path(resolve_path(data_config.cache_dir, base_dir))
+            if data_config.cache_dir
+            else default_cache_dir()
+        )
+    sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads) for s in resolved]
+    return Pipeline(
+        data_config.model_copy(update={"sources": resolved}),
+        sources,
+        tokenizer,
+        seq_len=seq_len,
+        process_index=process_index,
+        process_count=process_count,
+    )

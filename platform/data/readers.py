@@ -1,0 +1,259 @@
+"""Read documents from source files, counting and logging bad records instead of crashing.
+
+Formats: JSONL (one JSON object per line, text under `text_field`), plain text (one document
+per file: a file is one document, which keeps every byte of whitespace), Parquet (a text
+column) and pre-tokenised ArrayRecord shards (one record per document: int32 little-endian
+token ids, no end-of-document token). Paths are local paths or fsspec URLs; folders and glob
+patterns expand to their files in sorted order. Compressed files (.gz, .bz2, .xz, .zst) are
+read through fsspec's compression inference.
+
+Written by hand rather than with Grain's sources: a bad record must be counted, logged with
+its file and line, and skipped without losing the rest of the file, and the documents are
+read once to be tokenised into the random-access cache (see token_cache.py), so a streaming
+reader is all that is needed here.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+
+from palm_platform.data import corpus
+from palm_platform.data.config import BUILTIN_PREFIX
+
+log = logging.getLogger(__name__)
+
+BAD_KINDS = ("bad_utf8", "bad_json", "missing_field", "empty_file", "empty_document", "bad_tokens")
+_LOGGED_PER_FILE_AND_KIND = 5  # keep logs readable on a badly broken file; counts stay exact
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+@dataclass
+class ReadStats:
+    """Documents read and bad records skipped, per kind (see BAD_KINDS)."""
+
+    documents: int = 0
+    bad: collections.Counter = field(default_factory=collections.Counter)
+    _logged: collections.Counter = field(default_factory=collections.Counter, repr=False)
+
+    def record_bad(self, kind: str, path: str, line: int, detail: str) -> None:
+        """Count a skipped record and log it with its file and line (1-based; 0: whole file)."""
+        assert kind in BAD_KINDS, kind
+        self.bad[kind] += 1
+        self._logged[(path, kind)] += 1
+        shown = self._logged[(path, kind)]
+        if shown <= _LOGGED_PER_FILE_AND_KIND:
+            log.warning("%s:%d: skipped %s: %s", path, line, kind, detail)
+        elif shown == _LOGGED_PER_FILE_AND_KIND + 1:
+            log.warning("%s: more %s records skipped; counted, no longer logged", path, kind)
+
+    def as_dict(self) -> dict:
+        return {"documents": self.documents, "bad": {k: self.bad.get(k, 0) for k in BAD_KINDS}}
+
+
+def detect_format(path: str) -> str:
+    """Format from the file name: .jsonl/.json, .parquet, .arrayrecord/.array_record, else text."""
+    name = path.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".arrayrecord", ".array_record")) or ".array_record-" in name:
+        return "arrayrecord"
+    return "text"
+
+
+def expand_path(path: str) -> list[str]:
+    """The files a configured path names (file, folder or glob); FileNotFoundError if none."""
+    if path.startswith(BUILTIN_PREFIX):
+        corpus.check_builtin_name(path)
+        return [path]
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if any(ch in fs_path for ch in "*?["):
+        found = sorted(fs.glob(fs_path))
+    elif fs.isdir(fs_path):
+        found = sorted(fs.find(fs_path))
+    elif fs.exists(fs_path):
+        found = [fs_path]
+    else:
+        found = []
+    files = [p for p in found if not fs.isdir(p)]
+    if not files:
+        raise FileNotFoundError(f"{path} does not exist or matches no file")
+    if "://" not in path:
+        return files
+    return [fs.unstrip_protocol(p) for p in files]
+
+
+def file_fingerprint(path: str) -> tuple[str, int, str]:
+    """(path, size, modification time): enough to notice that a source file changed."""
+    if path.startswith(BUILTIN_PREFIX):
+        return (path, 0, corpus.fingerprint(path))
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    info = fs.info(fs_path)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or ""
+    return (path, int(info.get("size") or 0), str(mtime))
+
+
+def iter_documents(
+    path: str, fmt: str, text_field: str, stats: ReadStats
+) -> Iterator[str | np.ndarray]:
+    """Documents of one file: str for text formats, int32 token arrays for ArrayRecord."""
+    if path.startswith(BUILTIN_PREFIX):
+        for text in corpus.iter_builtin_documents(path):
+            stats.documents += 1
+            yield text
+        return
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    readers = {"jsonl": _jsonl, "text": _text, "parquet": _parquet, "arrayrecord": _arrayrecord}
+    for document in readers[fmt](path, text_field, stats):
+        stats.documents += 1
+        yield document
+
+
+def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+    empty = True
+    with fsspec.open(path, "rb", compression="infer") as f:
+        for line_number, raw in enumerate(f, start=1):
+            empty = False
+            if not raw.strip():
+                continue  # blank lines (often a trailing one) are not records
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                stats.record_bad("bad_utf8", path, line_number, str(e))
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                stats.record_bad("bad_json", path, line_number, str(e))
+                continue
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                stats.record_bad(
+                    "missing_field", path, line_number, f"no string field {text_field!r}"
+                )
+                continue
+            if not text:
+                stats.record_bad("empty_document", path, line_number, f"{text_field!r} is empty")
+                continue
+            yield text
+    if empty:
+        stats.record_bad("empty_file", path, 0, "the file is empty")
+
+
+def _text(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+    with fsspec.open(path, "rb", compression="infer") as f:
+        data = f.read()
+    if not data:
+        stats.record_bad("empty_file", path, 0, "the file is empty")
+        return
+    try:
+        yield data.decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    kept = []  # drop only the undecodable lines, keep the rest of the document
+    for line_number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            kept.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            stats.record_bad("bad_utf8", path, line_number, str(e))
+    if kept:
+        yield "".join(kept)
+
+
+def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb", compression="infer") as f:
+        parquet_file = pq.ParquetFile(f)
+        if parquet_file.metadata.num_rows == 0:
+            stats.record_bad("empty_file", path, 0, "the file has no rows")
+            return
+        if text_field not in parquet_file.schema_arrow.names:
+            stats.record_bad(
+                "missing_field",
+                path,
+                0,
+                f"no column {text_field!r} (columns: {parquet_file.schema_arrow.names}); "
+                f"set text_field in the source config",
+            )
+            return
+        row = 0
+        for batch in parquet_file.iter_batches(columns=[text_field], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                row += 1
+                if isinstance(text, bytes):
+                    try:
+                        text = text.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        stats.record_bad("bad_utf8", path, row, str(e))
+                        continue
+                if not isinstance(text, str):
+                    stats.record_bad("missing_field", path, row, f"{text_field!r} is {text!r}")
+                    continue
+                if not text:
+                    stats.record_bad("empty_document", path, row, f"{text_field!r} is empty")
+                    continue
+                yield text
+
+
+def _arrayrecord(path: str, text_field: str, stats: ReadStats) -> Iterator[np.ndarray]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    local_path, temporary = _local_copy(path)
+    try:
+        reader = ArrayRecordReader(local_path)
+        try:
+            count = reader.num_records()
+            if count == 0:
+                stats.record_bad("empty_file", path, 0, "the shard has no records")
+            chunk = 1024
+            for start in range(0, count, chunk):
+                for offset, record in enumerate(reader.read(start, min(count, start + chunk))):
+                    record_number = start + offset + 1
+                    if len(record) % 4 or not record:
+                        stats.record_bad(
+                            "bad_tokens", path, record_number, f"{len(record)} bytes is not int32s"
+                        )
+                        continue
+                    yield np.frombuffer(record, dtype="<i4")
+        finally:
+            reader.close()
+    finally:
+        if temporary:
+            os.unlink(local_path)
+
+
+def _local_copy(path: str) -> tuple[str, bool]:
+    """ArrayRecord's reader opens local files itself: copy a remote shard to a temp file."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return fs_path, False
+    handle, local_path = tempfile.mkstemp(suffix=".arrayrecord")
+    os.close(handle)
+    fs.get(fs_path, local_path)
+    return local_path, True
+
+
+def write_pretokenized_shard(path: str, documents: list[np.ndarray] | list[list[int]]) -> None:
+    """Write documents' token ids as an ArrayRecord shard that a source can read."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    try:
+        for tokens in documents:
+            writer.write(np.asarray(tokens, dtype="<i4").tobytes())
+    finally:
+        writer.close()
