@@ -1,11 +1,11 @@
 """Training data: SentencePiece tokenizer, sources, mixture, packing, per-host batches.
 
-    pipeline = build_pipeline(data_config, seq_len=2048, base_dir=job_dir,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
-    local = pipeline.local_batch(global_batch_size)      # int32 [B / processes, L + 1]
-    batch = to_global_array(local, batch_sharding(mesh))
-    checkpoint_extra["data"] = pipeline.get_state()       # pipeline.set_state(...) on resume
+pipeline = build_pipeline(data_config, seq_len=2048, base_dir=job_dir,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+local = pipeline.local_batch(global_batch_size)      # int32 [B / processes, L + 1]
+batch = to_global_array(local, batch_sharding(mesh))
+checkpoint_extra["data"] = pipeline.get_state()       # pipeline.set_state(...) on resume
 """
 
 from palm_platform.data.config import PALM_MIXTURE, DataConfig, SourceConfig, palm_mixture_sources

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import grain
 import numpy as np
-
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
 from palm_platform.data.packing import PackedSequences
 from palm_platform.data.token_cache import SourceTokens, default_cache_dir, load_or_build
@@ -86,7 +85,7 @@ class Pipeline:
         self.process_count = process_count
         self._sources = list(sources)
         per_source = []
-        for i, (source_config, source) in enumerate(zip(config.sources, sources)):
+        for i, (source_config, source) in enumerate(zip(config.sources, sources, strict=True)):
             packed = PackedSequences(source.tokens, seq_len)
             if len(packed) == 0:
                 raise DataConfigError(
@@ -130,7 +129,9 @@ class Pipeline:
             raise ValueError(f"not a data pipeline state ({e}): {state!r}") from e
         for key, mine in (("seed", self.config.seed), ("seq_len", self.seq_len)):
             if key in state and state[key] != mine:
-                log.warning("data state was saved with %s=%s, pipeline has %s", key, state[key], mine)
+                log.warning(
+                    "data state was saved with %s=%s, pipeline has %s", key, state[key], mine
+                )
         self._next_sequence = next_sequence
         self._skip_ranges = []
         for start, end in ranges:
@@ -215,7 +216,7 @@ class Pipeline:
         """Per source: tokens, packed sequences, documents read and bad records skipped."""
         per_source = {
             source.name: {"tokens": int(len(source.tokens)), "sequences": n, **source.stats}
-            for source, n in zip(self._sources, self._num_sequences)
+            for source, n in zip(self._sources, self._num_sequences, strict=True)
         }
         bad_total = sum(sum(s["bad"].values()) for s in per_source.values())
         return {"sources": per_source, "bad_records": bad_total}

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from palm_platform.data import readers
 from palm_platform.data.config import SourceConfig
 from palm_platform.data.tokenizer import Tokenizer
@@ -85,8 +84,10 @@ def load_or_build(
     meta = _read_meta(meta_path, tokens_path)
     if meta is None:
         meta = _build(source, files, tokenizer, tokens_path, meta_path, num_threads)
-    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r") if meta["num_tokens"] else (
-        np.zeros(0, TOKEN_DTYPE)
+    tokens = (
+        np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
+        if meta["num_tokens"]
+        else (np.zeros(0, TOKEN_DTYPE))
     )
     return SourceTokens(source.name, tokens, meta["stats"], tokens_path)
 
@@ -136,7 +137,9 @@ def _build(
                             document.min() < 0 or document.max() >= tokenizer.vocab_size
                         ):
                             stats.record_bad(
-                                "bad_tokens", path, index,
+                                "bad_tokens",
+                                path,
+                                index,
                                 f"ids outside [0, {tokenizer.vocab_size}) of {tokenizer.path}",
                             )
                             continue
@@ -158,8 +161,13 @@ def _build(
             os.unlink(tmp_tokens)
     log.info(
         "tokenised source %r: %d files, %d documents, %d tokens in %.1f s -> %s; bad: %s",
-        source.name, len(files), stats.documents, num_tokens, time.perf_counter() - start,
-        tokens_path, {k: v for k, v in stats.bad.items() if v},
+        source.name,
+        len(files),
+        stats.documents,
+        num_tokens,
+        time.perf_counter() - start,
+        tokens_path,
+        {k: v for k, v in stats.bad.items() if v},
     )
     return meta
 

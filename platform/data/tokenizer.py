@@ -27,7 +27,6 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import sentencepiece as spm
-
 from palm_platform.data import corpus
 from palm_platform.data.config import BUILTIN_TOKENIZER
 
@@ -66,7 +65,10 @@ class Tokenizer:
         if self.eos_id < 0:
             raise ValueError(f"{path}: the tokenizer has no end-of-document (eos) piece")
         byte_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META_SPACE.encode()]
-        if any(self._sp.id_to_piece(i) != f"<0x{b:02X}>" for i, b in zip(byte_ids, _META_SPACE.encode())):
+        if any(
+            self._sp.id_to_piece(i) != f"<0x{b:02X}>"
+            for i, b in zip(byte_ids, _META_SPACE.encode(), strict=True)
+        ):
             byte_ids = []  # a model without byte fallback cannot spell U+2581 losslessly
         self._meta_space_ids = byte_ids
 
@@ -87,9 +89,8 @@ class Tokenizer:
         plain = [i for i, t in enumerate(texts) if _META_SPACE not in t]
         out: list[list[int]] = [[] for _ in texts]
         if plain:
-            for i, ids in zip(
-                plain, self._sp.encode([texts[i] for i in plain], num_threads=num_threads)
-            ):
+            encoded = self._sp.encode([texts[i] for i in plain], num_threads=num_threads)
+            for i, ids in zip(plain, encoded, strict=True):
                 out[i] = ids
         for i, t in enumerate(texts):
             if _META_SPACE in t:
