@@ -1,0 +1,248 @@
+"""The train loop's checkpointer: Orbax CheckpointManager + manifest + verified restore.
+
+One `Checkpointer` per JAX process; every process calls every method (Orbax synchronises
+them with barriers on the JAX distributed client). Directories may be local or `gs://`:
+the string goes unchanged through `etils.epath` to Orbax and TensorStore (see
+`inventory.checkpoint_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from palm_platform.checkpoint import items
+from palm_platform.checkpoint.config import CheckpointConfig
+from palm_platform.checkpoint.errors import CheckpointCorrupt, CheckpointNotFound
+from palm_platform.checkpoint.inventory import COMMIT_MARKER, checkpoint_path
+from palm_platform.checkpoint.manifest import (
+    Damage,
+    check_against_manifest,
+    describe_error,
+    read_manifest,
+    write_manifest,
+)
+from palm_platform.checkpoint.retention import preservation_policy, save_decision_policy
+
+log = logging.getLogger(__name__)
+_barrier_ids = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    step: int
+    train_state: Any
+    data_state: dict
+    ledger: dict
+
+
+class Checkpointer:
+    """Saves and restores (train state, data iterator state, ledger) under one directory."""
+
+    def __init__(self, config: CheckpointConfig, *, directory: epath.PathLike | str):
+        self.config = config
+        self.directory = checkpoint_path(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=save_decision_policy(config),
+            preservation_policy=preservation_policy(config),
+            enable_async_checkpointing=config.async_save,
+            # a restarted run removes what a killed save left behind (`N.orbax-checkpoint-tmp-*`)
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            handler_registry=items.handler_registry(),
+        )
+        self._manifest_writer: threading.Thread | None = None
+
+    # -- saving -------------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        train_state: Any,
+        data_state: dict,
+        ledger: dict,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Save if `step` is on the cadence (or `force`); True when a save was started.
+
+        Asynchronous by default: returns once the arrays are copied to host memory; the
+        write, Orbax's commit, old-step deletion and the manifest happen in the background.
+        A step that already exists (saved before a rollback, then reached again) is replaced.
+        """
+        if not force and not self._manager.should_save(step):
+            return False
+        # Orbax may delete the previous step when this save finalises; hash it first.
+        self._join_manifest_writer()
+        if step in self._manager.all_steps():
+            log.warning(
+                "checkpoint step %d exists (from before a rollback): replacing it [host %d]",
+                step,
+                jax.process_index(),
+            )
+            self._manager.wait_until_finished()
+            self._manager.delete(step)
+        saved = self._manager.save(
+            step, args=items.save_args(train_state, data_state, ledger), force=True
+        )
+        if not saved:
+            return False
+        log.info(
+            "checkpoint step %d: arrays copied off the devices, writing to %s [host %d]",
+            step,
+            self.directory,
+            jax.process_index(),
+        )
+        if jax.process_index() == 0:
+            self._manifest_writer = threading.Thread(
+                target=self._write_manifest_when_committed,
+                args=(step,),
+                name=f"palm-manifest-{step}",
+                daemon=True,
+            )
+            self._manifest_writer.start()
+        if not self.config.async_save:
+            self.wait_until_finished()
+        return True
+
+    def _write_manifest_when_committed(self, step: int) -> None:
+        try:
+            self._manager.wait_until_finished()
+            step_dir = self.directory / str(step)
+            if not (step_dir / COMMIT_MARKER).exists():
+                log.error("checkpoint step %d was not committed; no manifest written", step)
+                return
+            manifest = write_manifest(step_dir, checksums=self.config.manifest_checksums)
+            log.info(
+                "checkpoint step %d committed: %d files in manifest", step, len(manifest["files"])
+            )
+        except Exception:  # noqa: BLE001 - reported again by wait_until_finished/save
+            log.exception("checkpoint step %d: save or manifest failed", step)
+
+    def _join_manifest_writer(self) -> None:
+        if self._manifest_writer is not None:
+            self._manifest_writer.join()
+            self._manifest_writer = None
+
+    def wait_until_finished(self) -> None:
+        """Block until the last save is committed and its manifest written, on every host."""
+        self._manager.wait_until_finished()
+        self._join_manifest_writer()
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"palm_ckpt_finished_{next(_barrier_ids)}")
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._manager.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        """Committed steps (plus one being written asynchronously), oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def newest_step_at_or_before(self, step: int) -> int | None:
+        """The rollback target for a loss spike detected at `step`."""
+        return max((s for s in self.steps() if s <= step), default=None)
+
+    def restore(self, abstract_train_state: Any, step: int | None = None) -> Restored:
+        """Restore onto the shardings of `abstract_train_state` (any mesh, any process count).
+
+        With `step=None`: the newest committed checkpoint whose files match its manifest
+        and that reads back; damaged ones are logged with the damaged paths and skipped.
+        With a step: that one or an error.
+        """
+        self.wait_until_finished()
+        self._manager.reload()
+        committed = sorted(self._manager.all_steps(), reverse=True)
+        if not committed:
+            raise CheckpointNotFound(
+                f"{self.directory}: no complete checkpoint to restore (interrupted saves, "
+                "if any, are ignored). Fix: check `checkpoint.directory`, or start from scratch"
+            )
+        if step is not None and step not in committed:
+            raise CheckpointNotFound(
+                f"{self.directory}: no complete checkpoint for step {step}; complete steps: "
+                f"{sorted(committed)}. Fix: pick one of those, or use newest_step_at_or_before"
+            )
+        damaged: dict[int, list[Damage]] = {}
+        for candidate in [step] if step is not None else committed:
+            damage = self._damage_agreed_by_all_hosts(candidate)
+            if not damage:
+                try:
+                    return self._read(candidate, abstract_train_state)
+                except Exception as error:  # noqa: BLE001 - any read failure means damage
+                    if jax.process_count() > 1:
+                        # Other hosts may be inside Orbax's collective read; falling back
+                        # alone would deadlock them. The restart that follows will skip
+                        # this step if the manifest check catches it then.
+                        raise CheckpointCorrupt(
+                            f"{self.directory / str(candidate)}: reading failed on host "
+                            f"{jax.process_index()}: {describe_error(error)}"
+                        ) from error
+                    damage = [
+                        Damage(
+                            str(self.directory / str(candidate)),
+                            f"read failed: {describe_error(error)}",
+                        )
+                    ]
+            damaged[candidate] = damage
+            log.error(
+                "checkpoint step %d is damaged, skipping it: %s [host %d]",
+                candidate,
+                "; ".join(map(str, damage)),
+                jax.process_index(),
+            )
+        listing = "\n".join(f"  step {s}: " + "; ".join(map(str, d)) for s, d in damaged.items())
+        raise CheckpointCorrupt(
+            f"{self.directory}: no usable checkpoint, every candidate is damaged:\n{listing}\n"
+            "Fix: restore the damaged files from a copy, or start from scratch"
+        )
+
+    def _read(self, step: int, abstract_train_state: Any) -> Restored:
+        result = self._manager.restore(step, args=items.restore_args(abstract_train_state))
+        log.info(
+            "restored checkpoint step %d from %s [host %d]",
+            step,
+            self.directory,
+            jax.process_index(),
+        )
+        return Restored(
+            step=step,
+            train_state=result[items.STATE],
+            data_state=result[items.DATA],
+            ledger=result[items.LEDGER],
+        )
+
+    def _damage_agreed_by_all_hosts(self, step: int) -> list[Damage]:
+        """Process 0 checks the manifest; every host gets the same verdict."""
+        damage: list[Damage] = []
+        if jax.process_index() == 0:
+            step_dir = self.directory / str(step)
+            manifest = read_manifest(step_dir)
+            if manifest is None:
+                log.warning(
+                    "checkpoint step %d has no manifest (writer stopped after the "
+                    "commit); trusting the read to find damage",
+                    step,
+                )
+            else:
+                damage = check_against_manifest(
+                    step_dir, manifest, checksums=self.config.verify_checksums_on_restore
+                )
+        if jax.process_count() > 1:
+            count = ocp.multihost.broadcast_one_to_all(np.int32(len(damage)))
+            if int(count) and not damage:
+                damage = [Damage(str(self.directory / str(step)), "damaged (see host 0 log)")]
+        return damage

@@ -1,0 +1,65 @@
+"""The `checkpoint:` section of a job file."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CheckpointConfig(BaseModel):
+    """Where, how often and how many checkpoints a run keeps.
+
+    Retention keeps the union of three sets (see `retention.py`): the newest `keep_last`,
+    every checkpoint needed to roll back at least `rollback_steps` from the newest one,
+    and every step that is a multiple of `keep_every`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: str = Field(
+        description="checkpoint root: a local path or gs://bucket/path (relative paths are "
+        "resolved by the job loader against the job file's folder)",
+    )
+    every_steps: int = Field(
+        default=100,
+        ge=1,
+        description="save cadence in train steps (a step that is a multiple "
+        "of it is saved; `save(force=True)` saves any step)",
+    )
+    keep_last: int = Field(default=3, ge=1, description="number of newest checkpoints kept")
+    rollback_steps: int = Field(
+        default=100,
+        ge=0,
+        description="train steps a loss-spike rollback must be able to go "
+        "back from the newest checkpoint; older checkpoints are kept until one lies at least "
+        "this many steps behind it",
+    )
+    keep_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="steps that are multiples of this are kept forever (None: none are)",
+    )
+    async_save: bool = Field(
+        default=True,
+        description="write in the background: `save` returns once the arrays "
+        "are copied off the devices",
+    )
+    manifest_checksums: bool = Field(
+        default=True,
+        description="process 0 records a CRC32 of every file of a finalised "
+        "checkpoint (reads the checkpoint back once); False records sizes only",
+    )
+    verify_checksums_on_restore: bool = Field(
+        default=False,
+        description="restore checks CRC32s as well as file sizes before "
+        "reading a checkpoint (reads it twice; sizes alone catch truncated and deleted files)",
+    )
+
+    @model_validator(mode="after")
+    def _keep_every_is_a_multiple_of_cadence(self) -> CheckpointConfig:
+        if self.keep_every is not None and self.keep_every % self.every_steps:
+            raise ValueError(
+                f"keep_every={self.keep_every} is not a multiple of every_steps="
+                f"{self.every_steps}, so no regularly saved step would be kept forever. "
+                f"Fix: set keep_every to a multiple of {self.every_steps}"
+            )
+        return self
