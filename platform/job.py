@@ -1,0 +1,300 @@
+"""The job file: one YAML that names the model, topology, data, optimizer, checkpoints, faults.
+
+`load_job(path)` validates it with pydantic and turns every problem into one message that
+names the file, the field and the fix. Decisions are made here, when the job is built, not
+with `if config.x` inside the train step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from palm_platform.checkpoint.config import CheckpointConfig
+from palm_platform.data.config import DataConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobError(ValueError):
+    """A job file that cannot run, with file, field and fix in the message."""
+
+
+class ModelSection(BaseModel):
+    model_config = STRICT
+    preset: str = Field(description="palm-8b, palm-62b, palm-540b, palm-100m, palm-tiny, palm-test")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="ModelConfig fields to change, e.g. {num_layers: 4}"
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSection:
+        from palm.config import PRESETS, ModelConfig
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(self.overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown override(s) {unknown}; ModelConfig fields are {sorted(fields)}")
+        return self
+
+    def build(self):
+        from palm.config import preset
+
+        return preset(self.preset, **self.overrides)
+
+
+class TopologySection(BaseModel):
+    """pods x hosts_per_pod x chips_per_host TPU v4 hosts (one pod = one TPU slice)."""
+
+    model_config = STRICT
+    accelerator: Literal["tpu-v4"] = Field(default="tpu-v4", description="TPU generation")
+    pods: int = Field(ge=1, description="TPU pods (slices), joined over the data-center network")
+    hosts_per_pod: int = Field(ge=1, description="TPU VM hosts per pod (v4: 4 chips each)")
+    chips_per_host: int = Field(default=4, ge=1, description="chips per host (v4: 4)")
+    ici_topology: str | None = Field(
+        default=None, description="chips per pod along x,y,z, e.g. 8x16x24 for a 3072-chip pod"
+    )
+    local: bool = Field(
+        default=False,
+        description="run on the local fake-TPU Ray cluster (`palm cluster up`): CPU devices",
+    )
+
+    @property
+    def chips_per_pod(self) -> int:
+        return self.hosts_per_pod * self.chips_per_host
+
+    @property
+    def num_hosts(self) -> int:
+        return self.pods * self.hosts_per_pod
+
+    @model_validator(mode="after")
+    def _topology_matches_chips(self) -> TopologySection:
+        if self.ici_topology is not None:
+            dims = self.ici_topology.lower().split("x")
+            if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+                raise ValueError(f"ici_topology {self.ici_topology!r} is not AxBxC")
+            chips = math.prod(int(d) for d in dims)
+            if chips != self.chips_per_pod:
+                raise ValueError(
+                    f"ici_topology {self.ici_topology} has {chips} chips but hosts_per_pod x "
+                    f"chips_per_host = {self.hosts_per_pod} x {self.chips_per_host} = "
+                    f"{self.chips_per_pod}; make them agree"
+                )
+        return self
+
+
+class MeshSection(BaseModel):
+    model_config = STRICT
+    model: int = Field(default=1, ge=1, description="tensor-parallel degree inside a pod")
+
+
+class BatchPhase(BaseModel):
+    model_config = STRICT
+    sequences: int = Field(ge=1, description="global batch size in sequences")
+    until_step: int | None = Field(default=None, ge=1, description="last phase: omit")
+
+
+class TrainSection(BaseModel):
+    model_config = STRICT
+    steps: int = Field(ge=1, description="total optimizer steps")
+    seq_len: int | None = Field(default=None, ge=2, description="tokens per sequence; default the model's")
+    batch_schedule: list[BatchPhase] = Field(
+        min_length=1, description="global batch size by step (PaLM 540B: 512 -> 1024 -> 2048)"
+    )
+    microbatch_sequences: int | None = Field(
+        default=None, ge=1, description="sequences per gradient-accumulation microbatch (global)"
+    )
+    seed: int = Field(default=0, ge=0, description="parameter initialisation seed")
+
+    @field_validator("batch_schedule")
+    @classmethod
+    def _phases_in_order(cls, phases: list[BatchPhase]) -> list[BatchPhase]:
+        ends = [p.until_step for p in phases]
+        if ends[-1] is not None or any(e is None for e in ends[:-1]):
+            raise ValueError("every phase but the last needs until_step; the last has none")
+        if any(a >= b for a, b in zip(ends[:-2], ends[1:-1], strict=False)):
+            raise ValueError(f"until_step values must increase, got {ends[:-1]}")
+        return phases
+
+    def batch_size_at(self, step: int) -> int:
+        for phase in self.batch_schedule:
+            if phase.until_step is None or step < phase.until_step:
+                return phase.sequences
+        raise AssertionError("unreachable: the last phase has no end")
+
+
+class OptimizerSection(BaseModel):
+    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling)."""
+
+    model_config = STRICT
+    peak_learning_rate: float = Field(default=1e-2, gt=0, description="lr for the first steps")
+    constant_steps: int = Field(
+        default=10_000, ge=1, description="lr is constant this long, then 1/sqrt(step)"
+    )
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="momentum")
+    second_moment_exponent: float = Field(
+        default=0.8, gt=0, le=1, description="beta2 = 1 - step^-exponent"
+    )
+    clip_global_norm: float = Field(default=1.0, gt=0, description="gradient global-norm clip")
+    clip_update_rms: float = Field(default=1.0, gt=0, description="Adafactor update clipping")
+    weight_decay: Literal["lr_squared", "none"] = Field(
+        default="lr_squared", description="PaLM: dynamic weight decay lr^2"
+    )
+
+
+class SpikeSection(BaseModel):
+    model_config = STRICT
+    window: int = Field(default=100, ge=5, description="steps of loss history the rule looks at")
+    threshold: float = Field(default=3.0, gt=1, description="spike: loss > threshold x median")
+    rollback_steps: int = Field(default=100, ge=0, description="restore at least this far back")
+    skip_batches: int = Field(default=300, ge=1, description="batches skipped from the spike on")
+    max_rollbacks: int = Field(default=5, ge=0, description="then stop with a report")
+
+
+class FaultInjection(BaseModel):
+    model_config = STRICT
+    kind: Literal["kill_host", "hang_host", "poison_batches", "damage_checkpoint"]
+    step: int = Field(ge=0, description="step at which the fault fires")
+    host: int = Field(default=0, ge=0, description="global host (worker) index")
+    steps: int = Field(default=1, ge=1, description="poison_batches: how many steps")
+
+
+class FaultsSection(BaseModel):
+    model_config = STRICT
+    max_restarts: int = Field(default=3, ge=0, description="worker-group restarts before failing")
+    hang_timeout_s: float = Field(default=300, gt=0, description="no step for this long = hang")
+    init_timeout_s: float = Field(default=300, gt=0, description="jax.distributed start-up limit")
+    spike: SpikeSection = Field(default_factory=SpikeSection)
+    inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject")
+
+
+class MetricsSection(BaseModel):
+    model_config = STRICT
+    wandb_project: str = Field(default="palm-platform", description="W&B project")
+    wandb_entity: str | None = Field(default=None, description="W&B entity (team)")
+    wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
+        default=None, description="default: $WANDB_MODE, else offline"
+    )
+    log_every: int = Field(default=1, ge=1, description="steps between metric records")
+
+
+class Job(BaseModel):
+    model_config = STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
+    model: ModelSection
+    topology: TopologySection
+    mesh: MeshSection = Field(default_factory=MeshSection)
+    train: TrainSection
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    data: DataConfig = Field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig
+    faults: FaultsSection = Field(default_factory=FaultsSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    run_dir: str = Field(default="runs", description="parent of this job's run folder")
+
+    @model_validator(mode="after")
+    def _feasible(self) -> Job:
+        t, m = self.topology, self.mesh
+        if t.chips_per_pod % m.model:
+            raise ValueError(
+                f"mesh.model={m.model} does not divide the {t.chips_per_pod} chips of a pod; "
+                f"choose a divisor of {t.chips_per_pod}"
+            )
+        data = t.chips_per_pod // m.model
+        cfg = self.model.build()
+        if cfg.num_heads % m.model:
+            raise ValueError(
+                f"mesh.model={m.model} must divide the model's {cfg.num_heads} heads"
+            )
+        replicas = t.pods * data
+        for phase in self.train.batch_schedule:
+            if phase.sequences % replicas:
+                raise ValueError(
+                    f"train.batch_schedule: {phase.sequences} sequences do not split over "
+                    f"pods x data = {t.pods} x {data} = {replicas} data-parallel replicas"
+                )
+            micro = self.train.microbatch_sequences
+            if micro is not None and (phase.sequences % micro or micro % replicas):
+                raise ValueError(
+                    f"train.microbatch_sequences={micro} must divide every batch size "
+                    f"({phase.sequences}) and be a multiple of {replicas} replicas"
+                )
+        seq_len = self.seq_len
+        if seq_len > cfg.max_seq_len:
+            raise ValueError(f"train.seq_len={seq_len} exceeds model max_seq_len={cfg.max_seq_len}")
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.build().max_seq_len
+
+    @property
+    def data_parallel(self) -> int:
+        return self.topology.chips_per_pod // self.mesh.model
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid job file ({error.error_count()} problem(s))"]
+    for e in error.errors():
+        field = _field_path(e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            fix = "add it"
+        elif e["type"] == "extra_forbidden":
+            fix = "remove it or fix its spelling"
+        else:
+            fix = "correct the value"
+        lines.append(f"  field {field}: {msg} (got {e.get('input')!r}). Fix: {fix}.")
+    return "\n".join(lines)
+
+
+def parse_job(raw: Any, path: Path) -> Job:
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: a job file must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as error:
+        raise JobError(format_validation_error(path, error)) from None
+
+
+def load_job(path: str | Path) -> Job:
+    """Read, validate and resolve a job file; raises JobError with file, field and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path}: job file not found. Fix: pass the path of a YAML job file.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise JobError(f"{path}: not valid YAML: {error}") from None
+    job = parse_job(raw, path)
+    return resolve_paths(job, path.parent.resolve())
+
+
+def resolve_paths(job: Job, base_dir: Path) -> Job:
+    """Relative paths in a job file are relative to the job file's folder."""
+    from palm_platform.data.config import resolve_path
+
+    data = job.data.model_copy(update={
+        "tokenizer": resolve_path(job.data.tokenizer, base_dir),
+        "sources": [s.model_copy(update={"paths": [resolve_path(p, base_dir) for p in s.paths]})
+                    for s in job.data.sources],
+        "cache_dir": None if job.data.cache_dir is None else resolve_path(job.data.cache_dir, base_dir),
+    })
+    checkpoint = job.checkpoint.model_copy(
+        update={"directory": resolve_path(job.checkpoint.directory, base_dir)}
+    )
+    run_dir = resolve_path(job.run_dir, base_dir)
+    return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir})

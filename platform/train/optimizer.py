@@ -1,0 +1,41 @@
+"""PaLM's optimizer recipe (§5) with Optax.
+
+Adafactor *without factorisation* (so Adam-like) with parameter scaling; momentum 0.9;
+second-moment decay beta2 = 1 - k^-0.8; update clipping at RMS 1.0; global-norm gradient
+clipping 1.0; learning rate 1e-2 for the first 10k steps, then 1/sqrt(k); weight decay lr^2.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+from palm_platform.job import OptimizerSection
+
+
+def learning_rate_schedule(cfg: OptimizerSection) -> optax.Schedule:
+    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's 1/sqrt(max(k, 10^4))."""
+
+    def schedule(count):
+        k = jnp.maximum(count + 1, cfg.constant_steps).astype(jnp.float32)  # k counts from 1
+        return cfg.peak_learning_rate * jnp.sqrt(cfg.constant_steps / k)
+
+    return schedule
+
+
+def build_optimizer(cfg: OptimizerSection) -> optax.GradientTransformation:
+    lr = learning_rate_schedule(cfg)
+    # optax applies Adafactor's weight_decay_rate *after* scaling by the learning rate, so the
+    # per-step shrinkage is weight_decay_rate * param: pass lr^2 itself to get PaLM's lr^2.
+    weight_decay = (lambda count: lr(count) ** 2) if cfg.weight_decay == "lr_squared" else None
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_global_norm),
+        optax.adafactor(
+            learning_rate=lr,
+            factored=False,
+            decay_rate=cfg.second_moment_exponent,
+            multiply_by_parameter_scale=True,
+            clipping_threshold=cfg.clip_update_rms,
+            momentum=cfg.beta1,
+            weight_decay_rate=weight_decay,
+        ),
+    )

@@ -1,0 +1,63 @@
+"""The train state (parameters, optimizer state, step) and its shardings on a mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from palm.config import ModelConfig
+from palm.model import PaLM
+from palm_platform.mesh import logical_sharding
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+
+
+def _init_params(model_cfg: ModelConfig, rng):
+    return PaLM(model_cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+def _init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng) -> TrainState:
+    params = nn.meta.unbox(_init_params(model_cfg, rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
+    """(abstract TrainState whose leaves carry their shardings, the NamedSharding pytree).
+
+    Parameters are sharded by their logical names; optimizer-state leaves that mirror a
+    parameter with its shape (Adam moments) take that parameter's sharding; the rest (step
+    counts, the [1]-shaped placeholders of Adafactor's unused factored slots) are replicated.
+    """
+    boxed = jax.eval_shape(lambda rng: _init_params(model_cfg, rng), jax.random.key(0))
+    param_shardings = logical_sharding(mesh, nn.get_partition_spec(boxed))
+    abstract = jax.eval_shape(lambda rng: _init_state(model_cfg, tx, rng), jax.random.key(0))
+    whole = NamedSharding(mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda leaf, param, sharding: sharding if leaf.shape == param.shape else whole,
+        abstract.opt_state, abstract.params, param_shardings,
+        transform_non_params=lambda _: whole,
+    )
+    shardings = TrainState(step=whole, params=param_shardings, opt_state=opt_shardings)
+    with_shardings = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return with_shardings, shardings
+
+
+def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                     seed: int) -> TrainState:
+    """Parameters initialised directly into their shards (never whole on one device)."""
+    _, shardings = state_shardings(model_cfg, tx, mesh)
+    init = jax.jit(lambda rng: _init_state(model_cfg, tx, rng), out_shardings=shardings)
+    return init(jax.random.key(seed))
