@@ -79,20 +79,18 @@ class Checkpointer:
 
         Asynchronous by default: returns once the arrays are copied to host memory; the
         write, Orbax's commit, old-step deletion and the manifest happen in the background.
-        A step that already exists (saved before a rollback, then reached again) is replaced.
+        Checkpoints at or after `step` (an abandoned trajectory, after a rollback) are
+        deleted first.
         """
-        if not force and not self._manager.should_save(step):
+        due = step % self.config.every_steps == 0 or self._manager.reached_preemption(step)
+        if not (force or due):
             return False
         # Orbax may delete the previous step when this save finalises; hash it first.
         self._join_manifest_writer()
-        if step in self._manager.all_steps():
-            log.warning(
-                "checkpoint step %d exists (from before a rollback): replacing it [host %d]",
-                step,
-                jax.process_index(),
-            )
-            self._manager.wait_until_finished()
-            self._manager.delete(step)
+        if any(s >= step for s in self._manager.all_steps()):
+            # Training went back (a rollback) without `discard_after`; Orbax only saves
+            # steps newer than its newest, and the newer ones are an abandoned trajectory.
+            self.discard_after(step - 1)
         saved = self._manager.save(
             step, args=items.save_args(train_state, data_state, ledger), force=True
         )
@@ -134,6 +132,26 @@ class Checkpointer:
         if self._manifest_writer is not None:
             self._manifest_writer.join()
             self._manifest_writer = None
+
+    def discard_after(self, step: int) -> list[int]:
+        """Delete every checkpoint newer than `step`; call right after a rollback restore.
+
+        Why: after rolling back to `step`, newer checkpoints hold the trajectory that
+        spiked. Left in place, a crash before the next save would restore them, retention
+        would count them as the newest, and Orbax would refuse to save older steps.
+        """
+        self.wait_until_finished()
+        discarded = sorted(s for s in self._manager.all_steps() if s > step)
+        for newer in discarded:
+            self._manager.delete(newer)
+        if discarded:
+            log.warning(
+                "discarded checkpoints %s newer than rollback step %d [host %d]",
+                discarded,
+                step,
+                jax.process_index(),
+            )
+        return discarded
 
     def wait_until_finished(self) -> None:
         """Block until the last save is committed and its manifest written, on every host."""
