@@ -138,9 +138,14 @@ def train_tokenizer(
     model_type: str = "unigram",
     max_sentences: int = 10_000_000,
     num_threads: int | None = None,
+    seed: int = 0,
 ) -> Path:
-    """Train a lossless SentencePiece model on documents; writes and returns PREFIX.model."""
+    """Train a lossless SentencePiece model on documents; writes and returns PREFIX.model.
+
+    With one thread and a fixed seed the model is the same byte for byte on every run.
+    """
     output_prefix = Path(output_prefix)
+    spm.set_random_generator_seed(seed)
     output_prefix.parent.mkdir(parents=True, exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
