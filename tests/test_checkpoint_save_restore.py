@@ -86,6 +86,26 @@ def test_async_save_returns_before_the_commit_and_no_longer_needs_the_device_arr
     )
 
 
+def test_steps_that_donate_the_state_after_an_async_save_do_not_change_what_was_saved(
+    tmp_path,
+):
+    checkpointer = _checkpointer(tmp_path, every_steps=1, keep_last=5)
+    mesh = jax.make_mesh(*worker.SAVE_MESH)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("pod", "data")))
+    state = {"w": jax.device_put(jnp.ones(1024), sharding)}
+    double = jax.jit(lambda s: jax.tree.map(lambda x: 2.0 * x, s), donate_argnums=0)
+    for step in range(1, 5):
+        checkpointer.save(step, state, {}, {})
+        state = double(state)  # reuses the buffers while the save is still writing
+    abstract = {"w": jax.ShapeDtypeStruct((1024,), jnp.float32, sharding=sharding)}
+    saved = {
+        s: np.asarray(checkpointer.restore(abstract, step=s).train_state["w"]) for s in range(1, 5)
+    }
+    checkpointer.close()
+    for step, w in saved.items():
+        np.testing.assert_array_equal(w, np.full(1024, 2.0 ** (step - 1)))
+
+
 def test_rollback_restore_then_discard_after_removes_the_abandoned_trajectory(tmp_path):
     checkpointer = _checkpointer(tmp_path, keep_last=5)
     for step in (10, 20, 30):

@@ -70,7 +70,7 @@ def write_manifest(step_dir: epath.Path, *, checksums: bool) -> dict:
     manifest = {"format": 1, "written_at": time.time(), "files": files}
     tmp = step_dir / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
-    tmp.rename(step_dir / MANIFEST_NAME)
+    tmp.replace(step_dir / MANIFEST_NAME)
     return manifest
 
 
