@@ -266,10 +266,16 @@ def up(
         )
         state.nodes.append(head)
         save_state(path, state)  # record as we go: a failed `up` is still cleaned by `down`
+        # `ray start` writes the GCS address file last, once the head is fully up.
+        address_file = Path(temp_dir) / "ray_current_cluster"
+        address_file.unlink(missing_ok=True)
         _wait_for(
-            lambda: _dashboard_up(state.dashboard_url), START_TIMEOUT_S, "the head", state.nodes
+            lambda: address_file.exists() and _dashboard_up(state.dashboard_url),
+            START_TIMEOUT_S,
+            "the head",
+            state.nodes,
         )
-        state.gcs_address = (Path(temp_dir) / "ray_current_cluster").read_text().strip()
+        state.gcs_address = address_file.read_text().strip()
         save_state(path, state)
         # One host at a time: on a 2-core machine, raylets registering together overload the
         # GCS past Ray's 30 s node start-up deadline.
@@ -471,7 +477,11 @@ def main(args: argparse.Namespace) -> int:
             return 1
         print(describe(state))
         return 0 if cluster_alive(state) else 1
-    shape = SliceShape(args.pods, args.hosts_per_pod, args.chips_per_host)
+    try:
+        shape = SliceShape(args.pods, args.hosts_per_pod, args.chips_per_host)
+    except ValueError as err:
+        print(f"palm cluster up: {err}. Fix: change --hosts-per-pod or --chips-per-host.")
+        return 2
     if state is not None:
         if cluster_alive(state):
             print(f"local cluster already up (recorded in {path})")

@@ -64,6 +64,7 @@ class SliceShape:
         for field in ("pods", "hosts_per_pod", "chips_per_host"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        v4_topology_for_chips(self.chips_per_pod)  # fail at construction, not at first use
 
     @property
     def chips_per_pod(self) -> int:

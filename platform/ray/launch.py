@@ -1,0 +1,195 @@
+"""Run a per-worker train function on TPU hosts with Ray Train v2's JaxTrainer, TPU path.
+
+Facts about Ray 2.60 this relies on (read from its source, checked on the local cluster):
+
+- Several pods: there is no "num_slices" field. `ScalingConfig(use_tpu=True,
+  num_workers=pods*hosts, topology=<one slice>, accelerator_type="TPU-V4",
+  resources_per_worker={"TPU": chips})`; the controller derives
+  num_slices = num_workers / workers_per_slice (`ray.util.tpu.get_tpu_num_slices_for_workers`)
+  and reserves them with `SlicePlacementGroup`: per slice it claims worker 0's
+  "TPU-v4-16-head" resource (label ray.io/tpu-worker-id=0, ray.io/tpu-pod-type=v4-16),
+  reads that node's TPU_NAME as the slice name, then gang-schedules one bundle per host with
+  label ray.io/tpu-slice-name=<name>. Every bundle also carries
+  "accelerator_type:TPU-V4" (from accelerator_type). Workers are ranked slice by slice.
+- JaxConfig (use_tpu=True) on each worker: sets JAX_PLATFORMS=tpu only if unset; when
+  num_slices > 1 sets MEGASCALE_COORDINATOR_ADDRESS (rank 0's IP), MEGASCALE_PORT=8081,
+  MEGASCALE_NUM_SLICES, MEGASCALE_SLICE_ID = rank // workers_per_slice (always
+  overwritten, so a replaced slice never keeps stale values); then
+  `jax.distributed.initialize(rank0_ip:free_port, num_workers, rank)` on "tpu", "cuda" or
+  "cpu" alike. With JAX_PLATFORMS=cpu that is the CPU branch: gloo collectives
+  (JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo) across the worker processes. No initialization
+  timeout is passed (JAX default 300 s): jax_init.BoundedJaxConfig bounds it.
+- FailureConfig has three budgets: `max_failures` (worker-group errors: a host process died),
+  `controller_failure_limit` (worker-group start-up failures and timeouts; default -1 =
+  unlimited, which is how an infeasible placement retries forever) and
+  `max_preemption_failures` (default -1). Start-up waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+  (default 60 s, read from the driver's environment and passed to the controller) for the
+  placement before counting a controller failure.
+- Fake TPU hosts (`palm cluster up`) carry the label palm.dev/fake-tpu=true; their TPU_NAME,
+  TPU_WORKER_ID, TPU_ACCELERATOR_TYPE and TPU_TOPOLOGY are inherited by the worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
+from palm_platform.ray.jax_init import BoundedJaxConfig
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_ENV_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a finished run left: the run dir and its latest checkpoint with its metrics.
+
+    Ray Train v2 keeps metrics only with a reported checkpoint, so `metrics` is None when
+    the train function never reported one.
+    """
+
+    metrics: dict | None
+    checkpoint_path: str | None
+    run_path: str
+    wall_s: float
+
+
+def connect(address: str | None = None, *, run_state_dir: str | None = None) -> str:
+    """Attach this process to a running Ray cluster and return its address.
+
+    Order: `address`; RAY_ADDRESS (set for `ray job submit` entrypoints); the cluster
+    `palm cluster up` recorded. Never starts a cluster: `palm cluster up` (or
+    `cluster.up(...)`) does, so that it outlives the job and stays inspectable.
+    """
+    from palm_platform.ray.cluster import ray_address_from_state, state_path
+
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    address = address or os.environ.get("RAY_ADDRESS") or ray_address_from_state(run_state_dir)
+    if not address:
+        raise ConnectionError(
+            f"no Ray cluster to run on: RAY_ADDRESS is unset and no live local cluster is "
+            f"recorded in {state_path(run_state_dir)}. Fix: `palm cluster up` (local fake TPU "
+            "hosts) or export RAY_ADDRESS=<head>:6379."
+        )
+    ray.init(address=address, logging_level=logging.WARNING)
+    return ray.get_runtime_context().gcs_address
+
+
+def worker_env(
+    *, chips_per_host: int, fake_tpu: bool, env: dict[str, str] | None
+) -> dict[str, str]:
+    """Environment variables of every train worker."""
+    env_vars = dict(env or {})
+    if fake_tpu:
+        env_vars["JAX_PLATFORMS"] = "cpu"
+        env_vars["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
+        flag = f"--xla_force_host_platform_device_count={chips_per_host}"
+        env_vars["XLA_FLAGS"] = f"{env_vars.get('XLA_FLAGS', '')} {flag}".strip()
+    return env_vars
+
+
+def launch(
+    train_fn: Callable[[dict], None],
+    train_loop_config: dict,
+    *,
+    pods: int,
+    hosts_per_pod: int,
+    chips_per_host: int,
+    topology: str,
+    accelerator_type: str = "TPU-V4",
+    run_name: str,
+    storage_path: str,
+    max_failures: int,
+    env: dict[str, str] | None = None,
+    feasibility_timeout_s: float = 60,
+    controller_failure_limit: int = 1,
+    max_preemption_failures: int = 3,
+    jax_init_timeout_s: int = 120,
+    fake_tpu: bool | None = None,
+    address: str | None = None,
+) -> LaunchResult:
+    """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
+
+    `max_failures` restarts after a host process dies (from the job's fault policy);
+    `controller_failure_limit` bounds start-up retries (placement not ready within
+    `feasibility_timeout_s`, or jax.distributed.initialize failing after
+    `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
+    `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
+    on CPU with `chips_per_host` devices per worker.
+    """
+    import ray
+    from ray.train import CheckpointConfig
+    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.exceptions import ControllerError
+    from ray.train.v2.jax import JaxTrainer
+
+    connect(address)
+    request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
+    matching = check_feasible(ray.nodes(), request)
+    if fake_tpu is None:
+        fake_tpu = all(view.fake for view in matching)
+    # Ray reads this in the driver and hands it to the controller: how long one placement
+    # attempt may wait before it counts against controller_failure_limit.
+    os.environ[START_TIMEOUT_ENV_VAR] = str(feasibility_timeout_s)
+
+    trainer = JaxTrainer(
+        train_fn,
+        train_loop_config=train_loop_config,
+        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s),
+        scaling_config=ScalingConfig(
+            use_tpu=True,
+            num_workers=pods * hosts_per_pod,
+            topology=request.topology,
+            accelerator_type=accelerator_type,
+            resources_per_worker={"TPU": chips_per_host},
+            placement_strategy="SPREAD",
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(
+                max_failures=max_failures,
+                controller_failure_limit=controller_failure_limit,
+                max_preemption_failures=max_preemption_failures,
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            worker_runtime_env={
+                "env_vars": worker_env(
+                    chips_per_host=chips_per_host,
+                    fake_tpu=fake_tpu,
+                    env=env,
+                ),
+            },
+        ),
+    )
+    start = time.monotonic()
+    try:
+        result = trainer.fit()
+    except ControllerError as err:
+        # Start-up kept failing: say what the cluster lacks now (a host may have died since
+        # the check above); otherwise re-raise Ray's error unchanged.
+        try:
+            check_feasible(ray.nodes(), request)
+        except InfeasibleTopologyError as infeasible:
+            raise infeasible from err
+        raise InfeasibleTopologyError(
+            f"the worker group for {request.describe()} did not start in "
+            f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
+            f"{feasibility_timeout_s:g} s, jax.distributed.initialize up to "
+            f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "
+            "them, wait for it or stop it."
+        ) from err
+    return LaunchResult(
+        metrics=result.metrics,
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        run_path=result.path,
+        wall_s=time.monotonic() - start,
+    )
