@@ -20,7 +20,7 @@ from palm_platform.checkpoint import (
 
 
 def _checkpointer(directory, **overrides) -> Checkpointer:
-    config = CheckpointConfig(directory=str(directory), every_steps=10, **overrides)
+    config = CheckpointConfig(directory=str(directory), **({"every_steps": 10} | overrides))
     return Checkpointer(config, directory=directory)
 
 
