@@ -32,16 +32,22 @@ def palm(*args, timeout=180):
 
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory):
+    import shutil
+
+    import ray
+
     run_state_dir = tmp_path_factory.mktemp("palm-cluster")
+    temp_dir = None
     try:
         up = palm("cluster", "up", *SHAPE, "--dir", str(run_state_dir))
         assert up.returncode == 0, up.stdout + up.stderr
+        temp_dir = cluster.load_state(cluster.state_path(run_state_dir)).temp_dir
         yield run_state_dir
     finally:
-        import ray
-
         ray.shutdown()
         cluster.down(run_state_dir)  # no-op when the last test already stopped it
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session logs
 
 
 @pytest.fixture(scope="module")
