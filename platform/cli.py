@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("palm_platform.model_info", "parameter count and training FLOPs of a preset"),
+    "plan": ("palm_platform.plan", "compile a job for its real TPU topology: memory, FLOPs, MFU"),
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),

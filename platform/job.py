@@ -92,6 +92,9 @@ class TopologySection(BaseModel):
 class MeshSection(BaseModel):
     model_config = STRICT
     model: int = Field(default=1, ge=1, description="tensor-parallel degree inside a pod")
+    cross_pod_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="gradient dtype on the data-center network between pods"
+    )
 
 
 class BatchPhase(BaseModel):

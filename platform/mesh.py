@@ -28,6 +28,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "model"),
     ("mlp", "model"),
     ("embed", "data"),
+    # Activations: once `batch` holds `data`, the residual stream [batch, length, embed] is
+    # split over `model` instead of being replicated 12 ways (540B: 3 GB, not 36 GB, of
+    # per-layer checkpoints per chip).
+    ("embed", "model"),
     ("length", None),
     ("kv", None),
     ("layers", None),

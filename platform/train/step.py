@@ -88,7 +88,8 @@ def make_train_step(spec: StepSpec, tx: optax.GradientTransformation, mesh: Mesh
         tokens = jax.lax.with_sharding_constraint(
             tokens, NamedSharding(mesh, PartitionSpec("pod", None, "data", None))
         )
-        with nn.logical_axis_rules(IN_POD_RULES):
+        # The model's logical activation constraints apply only under a mesh context.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(IN_POD_RULES):
             grads_P, ce_P, z_P = jax.vmap(pod_gradients, in_axes=(None, 0), spmd_axis_name="pod")(
                 state.params, tokens
             )
