@@ -8,6 +8,7 @@ says what it covers): the real CRD cannot be downloaded here.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,13 @@ def test_wandb_key_comes_from_a_kubernetes_secret(path: Path):
         assert key is not None, f"{container['name']} has no WANDB_API_KEY"
         assert "value" not in key
         assert key["valueFrom"]["secretKeyRef"] == {"name": "palm-wandb", "key": "api-key"}
+
+
+def test_image_and_manifests_run_the_pinned_ray():
+    """Head, workers and the laptop must run one Ray version; constraints.txt pins it."""
+    (pin,) = re.findall(r"^ray==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(pin)}-py311$", dockerfile, re.M)
+    assert "-c constraints.txt '.[tpu]'" in dockerfile
+    for path in MANIFESTS:
+        assert _cluster_spec(_load(path))["rayVersion"] == pin, path.name
