@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
 from palm_platform.ray.jax_init import BoundedJaxConfig
+from palm_platform.ray.topology import SliceShape
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +60,34 @@ class LaunchResult:
     wall_s: float
 
 
-def connect(address: str | None = None, *, run_state_dir: str | None = None) -> str:
-    """Attach this process to a running Ray cluster and return its address.
+def connect(
+    address: str | None = None,
+    *,
+    run_state_dir: str | None = None,
+    start_local: SliceShape | None = None,
+) -> str:
+    """Attach this process to a Ray cluster and return its GCS address.
 
-    Order: `address`; RAY_ADDRESS (set for `ray job submit` entrypoints); the cluster
-    `palm cluster up` recorded. Never starts a cluster: `palm cluster up` (or
-    `cluster.up(...)`) does, so that it outlives the job and stays inspectable.
+    Order: `address`; RAY_ADDRESS (set for `ray job submit` entrypoints); the live cluster
+    `palm cluster up` recorded in `run_state_dir`. If none and `start_local` is given, start
+    that local fake-TPU cluster (it outlives this process, like `palm cluster up`).
     """
-    from palm_platform.ray.cluster import ray_address_from_state, state_path
+    from palm_platform.ray import cluster
 
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    address = address or os.environ.get("RAY_ADDRESS") or ray_address_from_state(run_state_dir)
+    address = (
+        address or os.environ.get("RAY_ADDRESS") or cluster.ray_address_from_state(run_state_dir)
+    )
+    if not address and start_local is not None:
+        address = cluster.up(start_local, run_state_dir=run_state_dir).gcs_address
     if not address:
         raise ConnectionError(
             f"no Ray cluster to run on: RAY_ADDRESS is unset and no live local cluster is "
-            f"recorded in {state_path(run_state_dir)}. Fix: `palm cluster up` (local fake TPU "
-            "hosts) or export RAY_ADDRESS=<head>:6379."
+            f"recorded in {cluster.state_path(run_state_dir)}. Fix: `palm cluster up` (local "
+            "fake TPU hosts) or export RAY_ADDRESS=<head>:6379."
         )
     ray.init(address=address, logging_level=logging.WARNING)
     return ray.get_runtime_context().gcs_address
@@ -115,6 +125,7 @@ def launch(
     jax_init_timeout_s: int = 120,
     fake_tpu: bool | None = None,
     address: str | None = None,
+    run_state_dir: str | None = None,
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
 
@@ -123,7 +134,7 @@ def launch(
     `feasibility_timeout_s`, or jax.distributed.initialize failing after
     `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
     `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
-    on CPU with `chips_per_host` devices per worker.
+    on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
     """
     import ray
     from ray.train import CheckpointConfig
@@ -131,7 +142,7 @@ def launch(
     from ray.train.v2.api.exceptions import ControllerError
     from ray.train.v2.jax import JaxTrainer
 
-    connect(address)
+    connect(address, run_state_dir=run_state_dir)
     request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
     matching = check_feasible(ray.nodes(), request)
     if fake_tpu is None:
