@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from palm_platform.job import SpikeSection
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.positions import first_unskipped
 from palm_platform.supervise.spike import Spike
+
+if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
+    from palm_platform.job import SpikeSection
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from palm_platform.job import SpikeSection
+if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
+    from palm_platform.job import SpikeSection
+
 
 MAD_TO_STD = 1.4826
 MIN_RELATIVE_STD = 0.01

@@ -1,0 +1,237 @@
+"""Fault injection from the job file's `faults.inject`: prove recovery by breaking things.
+
+    injector = FaultInjector(job.faults.inject, host_index=worker_index,
+                             state_dir=run_dir / "faults", batch_size_at=job.train.batch_size_at)
+    for step in ...:
+        injector.maybe_fire(step, checkpoint_dir=checkpointer_dir)   # kill / hang / damage
+        data_state = pipeline.get_state()
+        tokens = pipeline.local_batch(batch_size)
+        tokens = injector.poison(step, tokens, data_state=data_state, global_batch_size=...,
+                                 process_index=..., process_count=..., vocab_size=...)
+
+Once only, across restarts: before a fault acts, its marker file is written (and fsynced) in
+`state_dir`, so the restarted host does not die again at the same step. A fault fires at the
+first step >= its `step` that the run reaches without a marker. kill_host and hang_host act
+on host `host` only; damage_checkpoint on host `host` (default 0) only; poison_batches on
+every host (it is data).
+
+Poison is defined on data positions, not steps: the first time step S is reached, the
+global sequences its `steps` batches will read are recorded (persisted in `state_dir`,
+identical on every host). From then on those sequences are poisoned wherever they appear,
+and no others. A rollback that skips them therefore never sees the poison again, while a
+restart that replays them without a skip sees exactly the same poison.
+
+Poisoned tokens: row g (global sequence index) becomes tokens drawn uniformly from the
+whole vocabulary by a generator seeded with (POISON_SEED, g): a pure function of g and the
+vocabulary size. Under any model, the expected cross-entropy of uniform targets is at least
+ln(vocab_size) (Gibbs' inequality), far above a trained model's loss on text, so the loss
+spikes hard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from palm_platform.checkpoint.manifest import MANIFEST_NAME
+from palm_platform.supervise.positions import batch_sequence_indices, first_unskipped
+
+if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
+    from palm_platform.job import FaultInjection
+
+log = logging.getLogger(__name__)
+
+POISON_SEED = 0x9015
+
+
+def poison_tokens(sequence_index: int, length: int, vocab_size: int) -> np.ndarray:
+    """int32 [length]: the poisoned content of global sequence `sequence_index`."""
+    rng = np.random.default_rng([POISON_SEED, int(sequence_index)])
+    return rng.integers(0, vocab_size, size=length, dtype=np.int32)
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hang_forever() -> None:
+    while True:  # the watchdog (or Ray's health check) must end this process
+        time.sleep(60)
+
+
+class FaultInjector:
+    def __init__(
+        self,
+        faults: Sequence[FaultInjection],
+        *,
+        host_index: int,
+        state_dir: str | Path,
+        batch_size_at: Callable[[int], int] | None = None,
+        kill: Callable[[], None] = _kill_self,
+        hang: Callable[[], None] = _hang_forever,
+    ):
+        """batch_size_at: global batch size by step (job.train.batch_size_at), to size the
+        poisoned range when the batch size ramps inside it; default: the size at step S."""
+        self.faults = list(faults)
+        self.host_index = host_index
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._batch_size_at = batch_size_at
+        self._actions = {"kill_host": kill, "hang_host": hang}
+
+    # -- identity and markers -----------------------------------------------------------
+
+    def _fault_id(self, index: int, fault: FaultInjection) -> str:
+        return f"{index:02d}-{fault.kind}-step{fault.step}-host{fault.host}"
+
+    def _marker(self, index: int, fault: FaultInjection) -> Path:
+        return self.state_dir / f"{self._fault_id(index, fault)}.fired"
+
+    def _poison_record(self, index: int, fault: FaultInjection) -> Path:
+        return self.state_dir / f"{self._fault_id(index, fault)}.json"
+
+    def fired(self) -> list[FaultInjection]:
+        """Faults that have acted (or, for poison, whose data range is recorded)."""
+        return [f for i, f in enumerate(self.faults)
+                if self._marker(i, f).exists() or self._poison_record(i, f).exists()]
+
+    def _write_durably(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{self.host_index}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    # -- kill, hang, damage -------------------------------------------------------------
+
+    def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
+        """Call before each step. Fires due kill/hang/damage faults of this host, once each.
+
+        Returns what it did (damage); kill and hang do not return. For damage_checkpoint,
+        call `checkpointer.wait_until_finished()` first: a checkpoint still being written
+        has no manifest yet and is not damaged (the fault waits for a later step).
+        """
+        done = []
+        for index, fault in enumerate(self.faults):
+            if fault.kind == "poison_batches" or fault.host != self.host_index:
+                continue
+            if step < fault.step or self._marker(index, fault).exists():
+                continue
+            if fault.kind == "damage_checkpoint":
+                if checkpoint_dir is None:
+                    raise ValueError("a damage_checkpoint fault is configured: pass checkpoint_dir")
+                victim = newest_finished_checkpoint(Path(checkpoint_dir))
+                if victim is None:
+                    log.info("fault %s: no finished checkpoint yet, waiting", fault)
+                    continue
+                self._write_durably(self._marker(index, fault), json.dumps({"step": step}))
+                path = damage_checkpoint(victim)
+                log.warning("FAULT step %d host %d: truncated %s", step, self.host_index, path)
+                done.append(f"damage_checkpoint: truncated {path}")
+                continue
+            self._write_durably(self._marker(index, fault), json.dumps({"step": step}))
+            log.warning("FAULT step %d host %d: %s", step, self.host_index, fault.kind)
+            for handler in logging.getLogger().handlers:
+                handler.flush()  # SIGKILL loses unflushed log lines
+            self._actions[fault.kind]()
+        return done
+
+    # -- poison -------------------------------------------------------------------------
+
+    def poisoned_ranges(self) -> list[tuple[int, int]]:
+        """Recorded [first, end) global sequence ranges (read from state_dir)."""
+        ranges = []
+        for index, fault in enumerate(self.faults):
+            path = self._poison_record(index, fault)
+            if fault.kind == "poison_batches" and path.exists():
+                record = json.loads(path.read_text())
+                ranges.append((int(record["first_sequence"]), int(record["end_sequence"])))
+        return sorted(ranges)
+
+    def record_poison(self, step: int, *, data_state: dict, global_batch_size: int) -> None:
+        """Record the data range of every poison fault first reached at `step`."""
+        for index, fault in enumerate(self.faults):
+            if fault.kind != "poison_batches" or step < fault.step:
+                continue
+            path = self._poison_record(index, fault)
+            if path.exists():
+                continue
+            size_at = self._batch_size_at or (lambda _s: global_batch_size)
+            count = sum(size_at(s) for s in range(step, step + fault.steps))
+            first = first_unskipped(data_state)
+            record = {"step": step, "steps": fault.steps, "first_sequence": first,
+                      "end_sequence": first + count}
+            self._write_durably(path, json.dumps(record))
+            log.warning("FAULT step %d: poisoning global sequences [%d, %d) (%d batches)",
+                        step, first, first + count, fault.steps)
+
+    def poison(
+        self,
+        step: int,
+        tokens: np.ndarray,
+        *,
+        data_state: dict,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        vocab_size: int,
+    ) -> np.ndarray:
+        """This host's rows [B / processes, L + 1] of the batch read from `data_state`,
+        with every row whose global sequence lies in a poisoned range replaced."""
+        if not any(f.kind == "poison_batches" for f in self.faults):
+            return tokens
+        self.record_poison(step, data_state=data_state, global_batch_size=global_batch_size)
+        ranges = self.poisoned_ranges()
+        if not ranges:
+            return tokens
+        per_process = global_batch_size // process_count
+        indices = batch_sequence_indices(data_state, global_batch_size)
+        mine = indices[process_index * per_process : (process_index + 1) * per_process]
+        if len(mine) != tokens.shape[0]:
+            raise ValueError(
+                f"tokens has {tokens.shape[0]} rows but this host's share of a "
+                f"{global_batch_size}-sequence batch over {process_count} processes is "
+                f"{len(mine)}"
+            )
+        hit = np.zeros(len(mine), bool)
+        for start, end in ranges:
+            hit |= (mine >= start) & (mine < end)
+        if not hit.any():
+            return tokens
+        out = tokens.copy()
+        for row in np.flatnonzero(hit):
+            out[row] = poison_tokens(int(mine[row]), tokens.shape[1], vocab_size)
+        return out
+
+
+def newest_finished_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest step folder that has its manifest (fully written and committed)."""
+    if not checkpoint_dir.is_dir():
+        return None
+    steps = sorted((int(p.name), p) for p in checkpoint_dir.iterdir()
+                   if p.is_dir() and p.name.isdigit() and (p / MANIFEST_NAME).exists())
+    return steps[-1][1] if steps else None
+
+
+def damage_checkpoint(step_dir: Path) -> Path:
+    """Truncate the largest data file of a checkpoint to half its size; returns its path.
+
+    The largest file is an array chunk, so the damage is in the data (not only metadata);
+    the manifest's size check must catch it and restore must fall back to an older step.
+    """
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME]
+    if not files:
+        raise FileNotFoundError(f"{step_dir}: no files to damage")
+    victim = min(files, key=lambda p: (-p.stat().st_size, str(p)))
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.truncate(size // 2)
+    return victim

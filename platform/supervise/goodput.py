@@ -1,0 +1,181 @@
+"""Goodput: productive step time over wall time, and badput by cause.
+
+    tracker = GoodputTracker()
+    with tracker.phase("startup"): ...
+    with tracker.phase("compile", step=0): ...           # first step: compile + run
+    with tracker.phase("step", step=s): ...              # productive, remembered per step
+    with tracker.phase("checkpoint"): ...
+    tracker.rollback(to_step=plan.restore_step, from_step=spike.step)   # -> "recomputation"
+    tracker.summary()  # {wall_s, productive_s, goodput, badput_s: {cause: s}}
+
+Phases nest: time is charged to the innermost open phase only, so a checkpoint stall inside
+a step is not counted twice. Wall time not inside any phase is badput "other".
+Time of "step" phases is productive until a rollback or restart replays those steps; then it
+moves to badput "recomputation" (only the last `step_history` steps are remembered; older
+ones lie behind every checkpoint a rollback can reach).
+
+Across restarts: persist `state_dict()` (e.g. each step to the run directory, or with
+checkpoints); the next attempt's `load_state_dict` charges the wall-clock gap since it was
+saved to "restart" and continues the totals. Summaries of separate attempts can also be
+combined with `merge_summaries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+PRODUCTIVE = "step"
+RECOMPUTATION = "recomputation"
+RESTART = "restart"
+OTHER = "other"
+STATE_VERSION = 1
+
+
+class GoodputTracker:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        step_history: int = 10_000,
+    ):
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._step_history = step_history
+        self._start = clock()
+        self._wall_before = 0.0  # wall seconds of earlier attempts (from load_state_dict)
+        self._productive = 0.0
+        self._badput: dict[str, float] = {}
+        self._step_seconds: OrderedDict[int, float] = OrderedDict()
+        self._stack: list[tuple[str, int | None]] = []
+        self._mark = self._start
+
+    # -- measuring ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def phase(self, name: str, *, step: int | None = None) -> Iterator[None]:
+        """Charge the time inside to `name` ("step" is productive; anything else badput)."""
+        if name == PRODUCTIVE and step is None:
+            raise ValueError("phase('step') needs step=: rollbacks move a step's time to badput")
+        self._charge()
+        self._stack.append((name, step))
+        try:
+            yield
+        finally:
+            self._charge()
+            self._stack.pop()
+
+    def _charge(self) -> None:
+        now = self._clock()
+        elapsed, self._mark = now - self._mark, now
+        if not self._stack:
+            return
+        name, step = self._stack[-1]
+        self.add(name, elapsed, step=step)
+
+    def add(self, name: str, seconds: float, *, step: int | None = None) -> None:
+        """Account time measured elsewhere (e.g. a restart gap measured by the driver)."""
+        if seconds < 0:
+            raise ValueError(f"negative duration {seconds} for {name!r}")
+        if name == PRODUCTIVE:
+            if step is None:
+                raise ValueError("productive time needs its step")
+            self._productive += seconds
+            self._step_seconds[step] = self._step_seconds.get(step, 0.0) + seconds
+            self._step_seconds.move_to_end(step)
+            while len(self._step_seconds) > self._step_history:
+                self._step_seconds.popitem(last=False)
+        else:
+            self._badput[name] = self._badput.get(name, 0.0) + seconds
+
+    def rollback(self, *, to_step: int, from_step: int | None = None,
+                 cause: str = RECOMPUTATION) -> float:
+        """Steps to_step..from_step (all remembered >= to_step if None) will run again:
+        their productive time becomes badput `cause`. Returns the seconds moved."""
+        steps = [s for s in self._step_seconds
+                 if s >= to_step and (from_step is None or s <= from_step)]
+        moved = sum(self._step_seconds.pop(s) for s in steps)
+        self._productive -= moved
+        if moved:
+            self._badput[cause] = self._badput.get(cause, 0.0) + moved
+        return moved
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """{wall_s, productive_s, goodput, badput_s: {cause: seconds}} at this moment."""
+        self._charge()
+        wall = self._wall_before + (self._clock() - self._start)
+        badput = dict(sorted(self._badput.items()))
+        other = wall - self._productive - sum(badput.values())
+        if other > 1e-9:
+            badput[OTHER] = badput.get(OTHER, 0.0) + other
+        return {
+            "wall_s": wall,
+            "productive_s": self._productive,
+            "goodput": self._productive / wall if wall > 0 else 0.0,
+            "badput_s": badput,
+        }
+
+    # -- persistence --------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable totals (open phases charged up to now)."""
+        summary = self.summary()
+        badput = dict(summary["badput_s"])
+        badput.pop(OTHER, None)  # recomputed from wall time on load
+        other = summary["wall_s"] - summary["productive_s"] - sum(badput.values())
+        return {
+            "version": STATE_VERSION,
+            "wall_s": summary["wall_s"],
+            "productive_s": self._productive,
+            "badput_s": badput,
+            "other_s": max(other, 0.0),
+            "step_seconds": [[s, v] for s, v in self._step_seconds.items()],
+            "saved_at_unix": self._wall_clock(),
+        }
+
+    def load_state_dict(self, state: dict, *, gap_cause: str = RESTART) -> None:
+        """Continue an earlier attempt's totals; the time since it saved counts as `gap_cause`.
+
+        The gap holds the crash, the restart and any steps run after the state was saved
+        (they are replayed from the restored checkpoint), so it is badput either way.
+        """
+        try:
+            wall = float(state["wall_s"])
+            productive = float(state["productive_s"])
+            badput = {str(k): float(v) for k, v in state["badput_s"].items()}
+            steps = [(int(s), float(v)) for s, v in state.get("step_seconds", [])]
+            saved_at = state.get("saved_at_unix")
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"not a GoodputTracker state ({error}): {state!r}") from error
+        self._productive = productive
+        self._badput = badput
+        if state.get("other_s"):
+            self._badput[OTHER] = self._badput.get(OTHER, 0.0) + float(state["other_s"])
+        self._step_seconds = OrderedDict(steps)
+        gap = 0.0 if saved_at is None else max(self._wall_clock() - float(saved_at), 0.0)
+        if gap:
+            self._badput[gap_cause] = self._badput.get(gap_cause, 0.0) + gap
+        self._wall_before = wall + gap
+        self._start = self._mark = self._clock()
+        self._stack.clear()
+
+
+def merge_summaries(summaries: list[dict]) -> dict:
+    """Totals over attempts (or runs) from their `summary()` dicts."""
+    wall = sum(s["wall_s"] for s in summaries)
+    productive = sum(s["productive_s"] for s in summaries)
+    badput: dict[str, float] = {}
+    for s in summaries:
+        for cause, seconds in s["badput_s"].items():
+            badput[cause] = badput.get(cause, 0.0) + seconds
+    return {
+        "wall_s": wall,
+        "productive_s": productive,
+        "goodput": productive / wall if wall > 0 else 0.0,
+        "badput_s": dict(sorted(badput.items())),
+    }
