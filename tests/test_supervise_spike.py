@@ -42,6 +42,15 @@ def test_zscore_does_not_flag_ordinary_noise_or_a_falling_loss():
     assert all(v is None for v in _feed(detector, falling))
 
 
+def test_zscore_noise_estimate_ignores_a_steady_trend():
+    # falling 0.05 per step with +-0.01 noise: a jump of 0.5 above the median is a spike
+    detector = SpikeDetector(SpikeSection(rule="zscore", window=20, min_history=10, zscore=6.0))
+    _feed(detector, [7.0 - 0.05 * i + 0.01 * (-1) ** i for i in range(20)])
+    spike = detector.observe(20, 7.05)  # median 6.525; a MAD about it would put the bar at 8.7
+    assert spike is not None
+    assert spike.scale == pytest.approx(0.06525)  # noise ~0.01, so the 1% floor of the median
+
+
 def test_zscore_on_a_perfectly_flat_window_uses_a_relative_floor():
     detector = SpikeDetector(SpikeSection(rule="zscore", window=10, min_history=5, zscore=6.0))
     _feed(detector, [2.0] * 10)

@@ -6,9 +6,12 @@ same verdict without sending a message: the verdict is a pure function of the se
 
 Rules, over the last `window` good (non-spike) losses, once `min_history` of them exist:
 - "ratio":  spike when loss > threshold x median.
-- "zscore": spike when loss > median + zscore x robust std, where robust std =
-  1.4826 x MAD (the median absolute deviation; 1.4826 makes it the std of a normal), floored
-  at 1% of |median| so that a very flat window does not flag ordinary noise.
+- "zscore": spike when loss > median + zscore x robust std. The robust std is estimated
+  from successive differences, 1.4826 x MAD(diff(losses)) / sqrt(2), so that the steady fall
+  of a training loss does not count as noise (a MAD around the median would, and would hide
+  spikes early in training); it is floored at 1% of |median| so that a very flat window does
+  not flag ordinary noise. (1.4826 x MAD is the std of a normal; a difference of two
+  independent samples has sqrt(2) times their std.)
 NaN or Inf is a spike at any time. Only upward jumps count: a falling loss never spikes.
 Spike losses never enter the history, so a spike cannot raise the bar for the next one.
 """
@@ -128,8 +131,10 @@ class SpikeDetector:
                 return Spike(step, loss, "ratio", limit, median, self.cfg.threshold,
                              self.cfg.threshold)
             return None
-        mad = _median([abs(v - median) for v in window])
-        robust_std = max(MAD_TO_STD * mad, MIN_RELATIVE_STD * abs(median), 1e-12)
+        diffs = [b - a for a, b in zip(window, window[1:], strict=False)]
+        center = _median(diffs)
+        noise = MAD_TO_STD * _median([abs(d - center) for d in diffs]) / math.sqrt(2.0)
+        robust_std = max(noise, MIN_RELATIVE_STD * abs(median), 1e-12)
         limit = median + self.cfg.zscore * robust_std
         if loss > limit:
             return Spike(step, loss, "zscore", limit, median, robust_std, self.cfg.zscore)
