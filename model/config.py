@@ -21,6 +21,10 @@ class ModelConfig:
     head_dim: int = 256
     d_ff: int = 0  # 0 means the paper's 4 * d_model
     vocab_size: int = 256_000  # PaLM's SentencePiece vocabulary ("256k tokens")
+    # The embedding has rows for a vocabulary rounded up to this multiple, so that it splits
+    # evenly over the model-parallel axis (256000 is not divisible by 12); the extra rows are
+    # never targets and their logits are masked. Parameter counts use the real vocabulary.
+    vocab_pad_multiple: int = 1
     max_seq_len: int = 2048
     rope_base: float = 10_000.0
     layernorm_epsilon: float = 1e-6
@@ -33,11 +37,17 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.d_ff == 0:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
-        for name in ("d_model", "num_layers", "num_heads", "head_dim", "d_ff", "vocab_size"):
+        for name in ("d_model", "num_layers", "num_heads", "head_dim", "d_ff", "vocab_size",
+                     "vocab_pad_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
 
     @property
     def attention_width(self) -> int:
@@ -58,7 +68,8 @@ class ModelConfig:
 
 PALM_8B = ModelConfig(d_model=4096, num_layers=32, num_heads=16)
 PALM_62B = ModelConfig(d_model=8192, num_layers=64, num_heads=32)
-PALM_540B = ModelConfig(d_model=18432, num_layers=118, num_heads=48)
+# 540B ran 12-way model parallel: pad the embedding to 256512 rows (a multiple of 12 x 128).
+PALM_540B = ModelConfig(d_model=18432, num_layers=118, num_heads=48, vocab_pad_multiple=1536)
 
 # Small presets keep PaLM's shape rules (parallel block, MQA, SwiGLU, d_ff = 4 D) at sizes a
 # CPU can run. `palm-100m` is the benchmark model; the tiny ones are for tests and local jobs.

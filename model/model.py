@@ -58,7 +58,7 @@ class PaLM(nn.Module):
         embedding_VxD = self.param(
             "embedding",
             nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
-            (cfg.vocab_size, cfg.d_model), jnp.dtype(cfg.param_dtype),
+            (cfg.padded_vocab_size, cfg.d_model), jnp.dtype(cfg.param_dtype),
         )
         # Embeddings ~ N(0, 1) and not rescaled: the residual stream starts at unit scale.
         x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.compute_dtype)
@@ -91,6 +91,9 @@ class PaLM(nn.Module):
         logits_BxLxV = jnp.einsum(
             "bld,vd->blv", x_BxLxD, embedding_VxD.astype(cfg.compute_dtype)
         ).astype(jnp.float32) * (cfg.d_model**-0.5)
+        if cfg.padded_vocab_size != cfg.vocab_size:  # padding rows are never predicted
+            is_real_V = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+            logits_BxLxV = jnp.where(is_real_V, logits_BxLxV, jnp.finfo(jnp.float32).min)
         logits_BxLxV = constrain(logits_BxLxV, ("batch", "length", "vocab"))
         return logits_BxLxV, new_cache
 

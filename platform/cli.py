@@ -14,6 +14,8 @@ import sys
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("palm_platform.model_info", "parameter count and training FLOPs of a preset"),
+    "run": ("palm_platform.ray.run", "run a job file on Ray (local fake-TPU cluster or TPU pods)"),
+    "status": ("palm_platform.status", "progress and summary of a running or finished job"),
     "plan": ("palm_platform.plan", "compile a job for its real TPU topology: memory, FLOPs, MFU"),
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),

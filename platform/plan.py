@@ -9,6 +9,7 @@ and FLOPs. Exit 1 when the step does not fit in a chip's HBM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -83,7 +84,6 @@ def tpu_devices(ici_topology: str, pods: int):
 
 def plan(job, microbatches: int | None = None) -> PlanReport:
     import jax
-
     from palm.flops import train_flops_per_token
     from palm_platform.mesh import make_mesh
     from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
@@ -107,17 +107,31 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
     from palm_platform.mesh import batch_sharding
 
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
+
+    def compile_step(model_cfg):
+        abstract, shard = state_shardings(model_cfg, tx, mesh)
+        step_spec = dataclasses.replace(spec, model=model_cfg)
+        fn = make_train_step(step_spec, tx, mesh, shard, learning_rate_schedule(job.optimizer))
+        return fn.lower(abstract, tokens).compile()
+
+    def flops(compiled) -> float:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return float(cost.get("flops", 0.0)) * len(devices)  # cost_analysis is per device
+
     start = time.perf_counter()
     compiled = step.lower(abstract_state, tokens).compile()
+    memory = compiled.memory_analysis()
+    # XLA's cost analysis counts a while loop's body once, and the layers run in a scanned
+    # loop: count FLOPs on two small unrolled compiles (1 and 2 layers) and extrapolate.
+    one, two = (flops(compile_step(dataclasses.replace(cfg, num_layers=k, scan_layers=False)))
+                for k in (1, 2))
+    compiled_flops = one + (cfg.num_layers - 1) * (two - one)
     compile_s = time.perf_counter() - start
 
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     n = len(devices)
     per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                 + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-    compiled_flops = float(cost.get("flops", 0.0)) * n  # cost_analysis is per device (SPMD)
     formula = float(train_flops_per_token(cfg, job.seq_len)) * batch * job.seq_len
     step_s = compiled_flops / (n * V4_PEAK_BF16_FLOPS)
     return PlanReport(

@@ -66,3 +66,14 @@ def test_missing_accelerator_type_resource_is_named():
 def test_topology_that_disagrees_with_hosts_and_chips_is_rejected():
     with pytest.raises(InfeasibleTopologyError, match="topology 2x2x1 has 4 chips"):
         check_feasible(two_pod_cluster(), TpuRequest(1, 2, 4, "2x2x1"))
+
+
+def test_ray_accepts_paper_pod_topology_after_registration():
+    from palm_platform.ray.topology import ensure_ray_accepts_v4_topology
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    assert not ensure_ray_accepts_v4_topology("2x2x2")  # already known
+    assert not ensure_ray_accepts_v4_topology("3x5x7")  # not a v4 slice: left for Ray to reject
+    assert "3x5x7" not in VALID_TPU_TOPOLOGY["v4"]
+    ensure_ray_accepts_v4_topology("12x16x16")  # PaLM's 3072-chip pods
+    assert "12x16x16" in VALID_TPU_TOPOLOGY["v4"]

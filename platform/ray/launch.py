@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
 from palm_platform.ray.jax_init import BoundedJaxConfig
-from palm_platform.ray.topology import SliceShape
+from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def launch(
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
+    if ensure_ray_accepts_v4_topology(topology.lower()):
+        logger.info("added TPU v4 topology %s to Ray's table of valid slices", topology)
     request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
     matching = check_feasible(ray.nodes(), request)
     if fake_tpu is None:

@@ -89,3 +89,22 @@ class SliceShape:
 
     def slice_name(self, pod: int) -> str:
         return f"pod-{pod}"
+
+
+def ensure_ray_accepts_v4_topology(topology: str) -> bool:
+    """Add a full-pod v4 shape that Ray 2.60's table lacks; True when it had to.
+
+    Ray's VALID_TPU_TOPOLOGY["v4"] stops at 12x12x16 (2304 chips), but TPU v4 slices go up
+    to a full 16x16x16 pod, and PaLM trained on 3072-chip (12x16x16) pods. A shape of three
+    multiples of 4 (at most 16) is a real v4 slice; anything else is left for Ray to reject.
+    """
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    known = VALID_TPU_TOPOLOGY["v4"]
+    if topology in known:
+        return False
+    dims = topology.split("x")
+    if len(dims) == 3 and all(d.isdigit() and int(d) % 4 == 0 and 4 <= int(d) <= 16 for d in dims):
+        known.add(topology)
+        return True
+    return False

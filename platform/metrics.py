@@ -1,0 +1,94 @@
+"""Metrics and events: one JSONL file in the run folder, and W&B (offline unless told).
+
+Only process 0 writes (every host sees the same global metrics). The W&B run id is derived
+from the run folder, so every restart of a job resumes the same W&B run. The API key is
+read by wandb from the environment (WANDB_API_KEY) and never written anywhere by us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("palm")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def wandb_run_id(run_dir: Path, name: str) -> str:
+    return f"{name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
+
+
+class MetricsSink:
+    """`log(step, metrics)` every step, `event(kind, step, **fields)` for what happens."""
+
+    def __init__(self, run_dir: Path, *, job_name: str, config: dict, enabled: bool,
+                 wandb_project: str | None, wandb_entity: str | None = None,
+                 wandb_mode: str | None = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", buffering=1)
+        mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+        if wandb_project and mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=wandb_project, entity=wandb_entity, name=job_name,
+                    id=wandb_run_id(Path(run_dir), job_name), resume="allow", mode=mode,
+                    dir=str(run_dir), config=config, settings=wandb.Settings(silent=True),
+                )
+            except Exception as error:  # W&B must never stop training
+                logger.warning("W&B disabled: %s", error)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=float) + "\n")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._write({"kind": "step", "step": step, "time": time.time(), **metrics})
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def event(self, kind: str, step: int, *, alert: bool = False, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        self._write({"kind": kind, "step": step, "time": time.time(), **fields})
+        logger.info("step %d: %s %s", step, kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+        if self._wandb is not None:
+
+            self._wandb.log({f"events/{kind}": 1, **{f"events/{kind}/{k}": v for k, v in fields.items()
+                                                      if isinstance(v, (int, float))}}, step=step)
+            if alert:
+                self._wandb.alert(title=f"{kind} at step {step}", text=json.dumps(fields, default=str))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """Every record of a run folder's JSONL (skipping a torn last line of a running job)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics here. Fix: pass the run folder of a job")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
