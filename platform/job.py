@@ -234,7 +234,11 @@ class MetricsSection(BaseModel):
     wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
         default=None, description="default: $WANDB_MODE, else offline"
     )
-    log_every: int = Field(default=1, ge=1, description="steps between metric records")
+    log_every: int = Field(default=1, ge=1, description="steps between progress log lines")
+    check_pods_identical: bool = Field(
+        default=False, description="each step, compare every pod's copy of the parameters "
+        "bitwise (a checksum all-gathered over pods; for tests and the local job)"
+    )
 
 
 class Job(BaseModel):

@@ -1,7 +1,7 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
 jax.distributed is already initialised by the worker group (palm_platform.ray.jax_init).
-A watchdog turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
+A watchdog (supervise/watchdog.py) turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
 a worker failure: it restarts the whole group, and the loop resumes from the newest good
 checkpoint.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
 from pathlib import Path
+
+from palm_platform.supervise.watchdog import Watchdog
 
 logger = logging.getLogger("palm")
 
@@ -37,30 +37,6 @@ def configure_logging() -> None:
         pass
 
 
-class HangWatchdog:
-    """Exit the process when `beat()` was not called for `timeout_s` seconds."""
-
-    def __init__(self, timeout_s: float, what: str):
-        self.timeout_s, self.what = timeout_s, what
-        self._last = time.monotonic()
-        self._stop = threading.Event()
-        threading.Thread(target=self._watch, daemon=True, name="palm-watchdog").start()
-
-    def beat(self) -> None:
-        self._last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
-            idle = time.monotonic() - self._last
-            if idle > self.timeout_s:
-                logger.error("%s: no progress for %.0f s (limit %.0f s): exiting so Ray Train "
-                             "restarts the worker group", self.what, idle, self.timeout_s)
-                os._exit(75)
-
-
 def train_worker(config: dict) -> None:
     """Ray Train entry: `config` = {"job": Job as JSON, "run_dir": str}."""
     configure_logging()
@@ -72,8 +48,21 @@ def train_worker(config: dict) -> None:
     run_dir = Path(config["run_dir"])
     host = f"host {jax.process_index()}/{jax.process_count()}"
     attempt = _next_attempt(run_dir) if jax.process_index() == 0 else 0
-    watchdog = HangWatchdog(job.faults.hang_timeout_s, host)
-    trainer = Trainer(job, run_dir, attempt=attempt, on_step=lambda step: watchdog.beat())
+
+    def on_hang(idle_s: float) -> None:
+        logger.error("%s: no step for %.0f s (limit %.0f s): exiting so Ray Train restarts the "
+                     "worker group from the newest checkpoint", host, idle_s, job.faults.hang_timeout_s)
+        os._exit(75)
+
+    # Started after the first step, so compilation does not count as a hang.
+    watchdog = Watchdog(job.faults.hang_timeout_s, on_hang)
+
+    def on_step(step: int) -> None:
+        if watchdog.last_step is None:
+            watchdog.start()
+        watchdog.beat(step)
+
+    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step)
     try:
         summary = trainer.run()
     finally:

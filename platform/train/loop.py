@@ -8,6 +8,7 @@ fixed when the loop starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics import MetricsSink
 from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
+from palm_platform.supervise.goodput import GoodputTracker
+from palm_platform.supervise.ledger import Ledger
+from palm_platform.supervise.spike import SpikeDetector
+from palm_platform.train.consistency import pods_hold_identical_params
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
 logger = logging.getLogger("palm")
@@ -44,6 +49,10 @@ def device_peak_flops() -> float:
     return 5 * 2 * n**3 / (time.perf_counter() - start)
 
 
+class TrainingStopped(RuntimeError):
+    """The fault policy stopped the run (e.g. spikes kept recurring); the ledger says why."""
+
+
 @dataclass
 class RunSummary:
     steps: int = 0
@@ -64,6 +73,7 @@ class Trainer:
         self.job, self.run_dir, self.attempt = job, Path(run_dir), attempt
         self.on_step = on_step or (lambda step: None)
         self.t0 = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         topo = job.topology
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         if jax.device_count() != topo.pods * topo.chips_per_pod:
@@ -96,6 +106,16 @@ class Trainer:
         self.peak_flops = device_peak_flops() * jax.device_count()
         self.cross_pod_bytes = cross_pod_bytes_per_step(
             self.abstract_state.params, topo.pods, job.mesh.cross_pod_dtype)
+        self._compiled: set[int] = set()
+        # Supervision: deterministic on every host (all see the same global loss).
+        self.detector = SpikeDetector(job.faults.spike)
+        self.ledger = Ledger()
+        self.ledger_path = self.run_dir / "ledger.json"
+        self.goodput = GoodputTracker()
+        self.goodput_path = self.run_dir / "goodput.json"
+        if self.goodput_path.exists():
+            self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+        self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
 
     def step_fn(self, batch_size: int):
         micro = self.job.train.microbatch_sequences
@@ -107,7 +127,7 @@ class Trainer:
         return self._steps[microbatches]
 
     def restore_or_init(self):
-        """(state, ledger dict): the newest good checkpoint, or a fresh start."""
+        """The newest good checkpoint, or a fresh start; returns the train state."""
         from palm_platform.checkpoint import CheckpointNotFound
 
         try:
@@ -115,51 +135,144 @@ class Trainer:
         except CheckpointNotFound:
             self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count,
                             devices=jax.device_count(), cross_pod_bytes_per_step=self.cross_pod_bytes)
-            return init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed), {}
+            state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
+            # Step 0 is saved so that a spike in the first `rollback_steps` can roll back.
+            self.checkpointer.save(0, state, self.pipeline.get_state(), self._ledger_item(), force=True)
+            return state
+        self._load_supervision(restored.ledger, restored.step)
         self.pipeline.set_state(restored.data_state)
+        for start, end in self.ledger.skip_ranges():
+            self.pipeline.add_skip_range(start, end)
         self.sink.event("checkpoint_restored", restored.step, attempt=self.attempt)
         if self.attempt > 0:
+            self.ledger.record_restart(restored.step, cause=f"worker group restart {self.attempt}")
+            self.goodput.rollback(to_step=restored.step)
             self.sink.event("restart", restored.step, attempt=self.attempt, alert=True)
-        return restored.train_state, restored.ledger
+        return restored.train_state
+
+    # -- supervision state: saved with every checkpoint, and in the run folder -------------
+
+    def _ledger_item(self) -> dict:
+        return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict()}
+
+    def _load_supervision(self, item: dict, step: int) -> None:
+        from palm_platform.supervise.ledger import Ledger
+
+        self.ledger = Ledger.from_dict((item or {}).get("ledger"))
+        # The run folder's ledger also holds rollbacks decided after the last save.
+        if self.ledger_path.exists():
+            self.ledger = self.ledger.merge(Ledger.load(self.ledger_path))
+        if (item or {}).get("spike_detector"):
+            self.detector.load_state_dict(item["spike_detector"])
+        self.detector.truncate(step)
+
+    def _save_checkpoint(self, step: int, state, *, force: bool = False) -> None:
+        with self.goodput.phase("checkpoint"):
+            saved = self.checkpointer.save(step, state, self.pipeline.get_state(),
+                                           self._ledger_item(), force=force)
+        if saved:
+            self.sink.event("checkpoint_saved", step)
+            if self.process_index == 0:
+                self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
+
+    def _roll_back(self, spike, data_state: dict, batch_size: int):
+        """Every host, in lock-step: restore an older checkpoint and skip the spike's data."""
+        from palm_platform.supervise.rollback import plan_rollback
+
+        self.checkpointer.wait_until_finished()  # every host sees the same checkpoint list
+        plan = plan_rollback(spike, self.checkpointer.steps(), self.job.faults.spike, self.ledger,
+                             data_state=data_state, batch_size=batch_size)
+        self.ledger.record_plan(plan)
+        if self.process_index == 0:
+            self.ledger.save(self.ledger_path)
+        self.sink.event("spike", spike.step, alert=True, loss=spike.loss, rule=spike.rule,
+                        limit=spike.limit, description=spike.describe())
+        if plan.action == "stop":
+            self.sink.event("stop", spike.step, alert=True, reason=plan.reason)
+            raise TrainingStopped(f"step {spike.step}: {plan.reason}")
+        restored = self.checkpointer.restore(self.abstract_state, step=plan.restore_step)
+        self.checkpointer.discard_after(plan.restore_step)
+        self.pipeline.set_state(restored.data_state)
+        for start, end in self.ledger.skip_ranges():
+            self.pipeline.add_skip_range(start, end)
+        self.detector.truncate(plan.restore_step)
+        self.goodput.rollback(to_step=plan.restore_step, from_step=spike.step)
+        self.sink.event("rollback", spike.step, alert=True, to_step=plan.restore_step,
+                        note=plan.note or "")
+        self.sink.event("skip", spike.step, first_sequence=plan.first_sequence,
+                        end_sequence=plan.end_sequence, batches=plan.skip_batches)
+        return restored.train_state
 
     def run(self) -> RunSummary:
+        from palm_platform.supervise.faults import FaultInjector
+
         job = self.job
-        state, ledger = self.restore_or_init()
+        injector = FaultInjector(job.faults.inject, host_index=self.process_index,
+                                 state_dir=self.run_dir / "faults",
+                                 batch_size_at=job.train.batch_size_at)
+        with self.goodput.phase("startup"):
+            state = self.restore_or_init()
         step = int(jax.device_get(state.step))
-        startup_s = time.monotonic() - self.t0
-        summary = RunSummary(extra={"startup_s": startup_s, "start_step": step})
-        tokens = 0
+        summary = RunSummary(extra={"startup_s": time.monotonic() - self.t0, "start_step": step})
         while step < job.train.steps:
             batch_size = job.train.batch_size_at(step)
+            injector.maybe_fire(step, checkpoint_dir=job.checkpoint.directory)
+            with self.goodput.phase("data"):
+                data_state = self.pipeline.get_state()
+                local = injector.poison(
+                    step, self.pipeline.local_batch(batch_size), data_state=data_state,
+                    global_batch_size=batch_size, process_index=self.process_index,
+                    process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
+                )
+                batch = jax.make_array_from_process_local_data(batch_sharding(self.mesh), local)
+            compiling = self._is_first_call(batch_size)
             t = time.monotonic()
-            local = self.pipeline.local_batch(batch_size)
-            batch = jax.make_array_from_process_local_data(batch_sharding(self.mesh), local)
-            state, metrics = self.step_fn(batch_size)(state, batch)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            step += 1
+            with self.goodput.phase("compile" if compiling else "step", step=None if compiling else step):
+                state, metrics = self.step_fn(batch_size)(state, batch)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             step_s = time.monotonic() - t
-            tokens += int(metrics["tokens"])
-            tokens_per_s = metrics["tokens"] / step_s
+            spike = self.detector.observe(step, metrics["loss"])
+            if spike is not None:
+                state = self._roll_back(spike, data_state, batch_size)
+                step = int(jax.device_get(state.step))
+                continue
+            step += 1
             metrics.update(
-                step_s=step_s, tokens_per_s=tokens_per_s, batch_size=batch_size,
-                mfu=tokens_per_s * self.flops_per_token / self.peak_flops,
+                step_s=step_s, tokens_per_s=metrics["tokens"] / step_s, batch_size=batch_size,
+                mfu=metrics["tokens"] / step_s * self.flops_per_token / self.peak_flops,
+                compiled=compiling,
             )
+            if self.check_pods:
+                metrics["pods_identical"] = pods_hold_identical_params(state.params, self.mesh)
             self.sink.log(step, metrics)
             self.on_step(step)
             if self.process_index == 0 and (step % job.metrics.log_every == 0 or step == job.train.steps):
                 logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", step, job.train.steps,
-                            metrics["loss"], tokens_per_s, 100 * metrics["mfu"])
-            if self.checkpointer.save(step, state, self.pipeline.get_state(), ledger):
-                self.sink.event("checkpoint_saved", step)
+                            metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
+            self._save_checkpoint(step, state)
             summary.final_loss = metrics["loss"]
+            summary.tokens += int(metrics["tokens"])
         if step not in self.checkpointer.steps():
-            self.checkpointer.save(step, state, self.pipeline.get_state(), ledger, force=True)
-            self.sink.event("checkpoint_saved", step)
-        self.checkpointer.wait_until_finished()
-        summary.steps, summary.tokens = step, tokens
+            self._save_checkpoint(step, state, force=True)
+        with self.goodput.phase("checkpoint"):
+            self.checkpointer.wait_until_finished()
+        goodput = self.goodput.summary()
+        self.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
+                        **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()})
+        if self.process_index == 0:
+            self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
+            self.ledger.save(self.ledger_path)
+        summary.steps = step
         summary.wall_s = time.monotonic() - self.t0
+        summary.extra["goodput"] = goodput
         self.final_state = state
         return summary
+
+    def _is_first_call(self, batch_size: int) -> bool:
+        key = self.job.train.batch_size_at(0) if batch_size is None else batch_size
+        first = key not in self._compiled
+        self._compiled.add(key)
+        return first
 
     def close(self) -> None:
         self.checkpointer.close()
