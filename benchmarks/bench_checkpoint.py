@@ -29,6 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 from etils import epath  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer  # noqa: E402
 from palm_platform.checkpoint.manifest import walk_files, write_manifest  # noqa: E402
 

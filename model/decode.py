@@ -10,6 +10,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+
 from palm.config import ModelConfig
 from palm.model import PaLM, init_cache
 

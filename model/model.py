@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
 from palm.config import ModelConfig
 from palm.layers import LayerNorm, MultiQueryAttention, SwiGLU, constrain
 

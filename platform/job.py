@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 

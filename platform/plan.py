@@ -84,6 +84,7 @@ def tpu_devices(ici_topology: str, pods: int):
 
 def plan(job, microbatches: int | None = None) -> PlanReport:
     import jax
+
     from palm.flops import train_flops_per_token
     from palm_platform.mesh import make_mesh
     from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule

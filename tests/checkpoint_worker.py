@@ -123,6 +123,7 @@ def _config(directory: str):
 
 def save(directory: str, step: int) -> None:
     import jax
+
     from palm_platform.checkpoint import Checkpointer
 
     mesh = jax.make_mesh(*SAVE_MESH)
@@ -134,6 +135,7 @@ def save(directory: str, step: int) -> None:
 
 def restore(directory: str, step: int) -> None:
     import jax
+
     from palm_platform.checkpoint import Checkpointer
 
     mesh = jax.make_mesh(*RESTORE_MESH)
@@ -152,6 +154,7 @@ def hang_before_commit(directory: str) -> None:
 
     import jax
     from orbax.checkpoint._src.path import atomicity
+
     from palm_platform.checkpoint import Checkpointer
 
     mesh = jax.make_mesh(*SAVE_MESH)

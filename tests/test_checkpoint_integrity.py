@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer, list_checkpoints, verify
 from palm_platform.cli import main as palm
 

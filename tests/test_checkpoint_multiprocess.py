@@ -15,6 +15,7 @@ from pathlib import Path
 import checkpoint_worker as worker
 import jax
 import pytest
+
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer, verify
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")

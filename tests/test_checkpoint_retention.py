@@ -8,6 +8,7 @@ import datetime
 import jax.numpy as jnp
 import pydantic
 import pytest
+
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer
 from palm_platform.checkpoint.retention import RollbackWindow, preservation_policy
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from orbax.checkpoint._src.path import atomicity
+
 from palm_platform.checkpoint import (
     CheckpointConfig,
     Checkpointer,

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 from jax.sharding import Mesh
+
 from palm_platform.data import batch_sharding, to_global_array
 
 

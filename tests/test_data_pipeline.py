@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from palm_platform.data import DataConfig, DataConfigError, SourceConfig, build_pipeline
 from palm_platform.data.packing import PackedSequences
 from palm_platform.data.readers import write_pretokenized_shard

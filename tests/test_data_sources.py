@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydantic
 import pytest
+
 from palm_platform.data import (
     PALM_MIXTURE,
     DataConfig,

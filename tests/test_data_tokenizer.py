@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from palm_platform.data import load_tokenizer, train_tokenizer
 
 # Pools of characters a training corpus may never have seen: scripts, emoji, combining

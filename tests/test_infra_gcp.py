@@ -18,9 +18,10 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
-from palm_platform.job import load_job
 from ray._private.accelerators import tpu
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from palm_platform.job import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "infra" / "gcp").glob("*.yaml"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+
 from palm_platform.job import load_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+
 from palm.config import PALM_8B, PALM_62B, PALM_540B, PALM_TEST, PRESETS, preset
 from palm.decode import generate, generate_uncached
 from palm.flops import mfu, train_flops_per_token

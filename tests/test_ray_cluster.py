@@ -12,6 +12,7 @@ import textwrap
 
 import psutil
 import pytest
+
 from palm_platform.ray import cluster, launch
 from palm_platform.ray.feasibility import InfeasibleTopologyError
 from palm_platform.ray.probe import distributed_probe

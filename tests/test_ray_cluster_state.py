@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psutil
+
 from palm_platform.ray import cluster
 
 

@@ -1,6 +1,7 @@
 """TPU v4 shape strings and the feasibility check, on hand-made node lists (no cluster)."""
 
 import pytest
+
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
 from palm_platform.ray.topology import SliceShape
 
@@ -69,8 +70,9 @@ def test_topology_that_disagrees_with_hosts_and_chips_is_rejected():
 
 
 def test_ray_accepts_paper_pod_topology_after_registration():
-    from palm_platform.ray.topology import ensure_ray_accepts_v4_topology
     from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    from palm_platform.ray.topology import ensure_ray_accepts_v4_topology
 
     assert not ensure_ray_accepts_v4_topology("2x2x2")  # already known
     assert not ensure_ray_accepts_v4_topology("3x5x7")  # not a v4 slice: left for Ray to reject

@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from palm_platform.data import DataConfig, SourceConfig, build_pipeline
 from palm_platform.data.readers import write_pretokenized_shard
 from palm_platform.job import FaultInjection

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from palm_platform.supervise.goodput import GoodputTracker, merge_summaries
 
 

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+
 from palm_platform.job import SpikeSection
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.rollback import plan_rollback

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+
 from palm_platform.job import JobError, SpikeSection, load_job, parse_job
 from palm_platform.supervise.spike import Spike, SpikeDetector
 

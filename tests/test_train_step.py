@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from palm.config import PALM_TEST
 from palm_platform.job import OptimizerSection
 from palm_platform.mesh import make_mesh

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
 from palm_platform.checkpoint import items
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.checkpoint.errors import CheckpointCorrupt, CheckpointNotFound

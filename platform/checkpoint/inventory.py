@@ -14,6 +14,7 @@ import json
 import re
 
 from etils import epath
+
 from palm_platform.checkpoint.errors import CheckpointNotFound
 from palm_platform.checkpoint.manifest import MANIFEST_NAME, walk_files
 

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from orbax.checkpoint import checkpoint_managers as ocm
+
 from palm_platform.checkpoint.config import CheckpointConfig
 
 

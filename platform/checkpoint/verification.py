@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from etils import epath
+
 from palm_platform.checkpoint.errors import CheckpointNotFound
 from palm_platform.checkpoint.inventory import CheckpointInfo, checkpoint_path, list_checkpoints
 from palm_platform.checkpoint.manifest import (
@@ -46,6 +47,7 @@ class VerifyReport:
 def read_back(step_dir: epath.Path) -> list[Damage]:
     """Read every array and JSON item of one checkpoint; any failure is damage to the item."""
     import orbax.checkpoint as ocp
+
     from palm_platform.checkpoint import items
 
     damage = []

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grain
 import numpy as np
+
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
 from palm_platform.data.packing import PackedSequences
 from palm_platform.data.token_cache import SourceTokens, default_cache_dir, load_or_build

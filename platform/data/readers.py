@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
+
 from palm_platform.data import corpus
 from palm_platform.data.config import BUILTIN_PREFIX
 

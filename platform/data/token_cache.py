@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from palm_platform.data import readers
 from palm_platform.data.config import SourceConfig
 from palm_platform.data.tokenizer import Tokenizer

@@ -27,6 +27,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import sentencepiece as spm
+
 from palm_platform.data import corpus
 from palm_platform.data.config import BUILTIN_TOKENIZER
 

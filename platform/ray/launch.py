@@ -72,9 +72,8 @@ def connect(
     `palm cluster up` recorded in `run_state_dir`. If none and `start_local` is given, start
     that local fake-TPU cluster (it outlives this process, like `palm cluster up`).
     """
-    from palm_platform.ray import cluster
-
     import ray
+    from palm_platform.ray import cluster
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address

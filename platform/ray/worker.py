@@ -41,6 +41,7 @@ def train_worker(config: dict) -> None:
     """Ray Train entry: `config` = {"job": Job as JSON, "run_dir": str}."""
     configure_logging()
     import jax
+
     from palm_platform.job import Job
     from palm_platform.train.loop import Trainer
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from palm_platform.checkpoint.manifest import MANIFEST_NAME
 from palm_platform.supervise.positions import batch_sequence_indices, first_unskipped
 

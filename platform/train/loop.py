@@ -16,16 +16,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
 from palm.flops import train_flops_per_token
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics import MetricsSink
-from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
-from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import SpikeDetector
 from palm_platform.train.consistency import pods_hold_identical_params
+from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
+from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
 logger = logging.getLogger("palm")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
+
 from palm_platform.job import OptimizerSection
 
 

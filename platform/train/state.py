@@ -10,6 +10,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from palm.config import ModelConfig
 from palm.model import PaLM
 from palm_platform.mesh import logical_sharding

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from palm.config import ModelConfig
 from palm.model import PaLM, cross_entropy_and_z_loss
 from palm_platform.mesh import IN_POD_RULES, batch_sharding, replicated
