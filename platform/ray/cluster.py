@@ -242,6 +242,10 @@ def up(
     )
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
     base_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Jobs submitted to this cluster (`ray job submit -- palm run ...`, or an executable job
+    # file whose shebang runs `palm`) find this environment's `palm` and `python` first.
+    bin_dir = str(Path(sys.executable).parent)
+    base_env["PATH"] = os.pathsep.join([bin_dir, base_env.get("PATH", "")])
     common = [
         f"--temp-dir={temp_dir}",
         f"--object-store-memory={object_store_mb * 1024 * 1024}",

@@ -1,0 +1,166 @@
+"""`palm run` and `ray job submit` of job files on a real local Ray cluster of fake TPU hosts.
+
+One cluster (1 pod x 2 hosts x 2 chips) for the module. The reference run goes through
+`ray job submit` of the executable job file; a second run of the same job loses a worker
+process (killed by PID) and has a host hang, and must still end with the same parameters,
+bit for bit.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+from palm_platform.metrics import read_records
+from palm_platform.ray import cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    import ray
+
+    state_dir = tmp_path_factory.mktemp("cluster")
+    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", "2",
+                         "--chips-per-host", "2", "--dir", str(state_dir)],
+                        capture_output=True, text=True, timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = cluster.load_state(cluster.state_path(state_dir))
+    try:
+        yield state
+    finally:
+        ray.shutdown()
+        cluster.down(state_dir)
+        shutil.rmtree(state.temp_dir, ignore_errors=True)
+
+
+def write_job(folder: Path, **changes) -> Path:
+    """The test job with absolute paths (a submitted job runs in a copy of its working dir)."""
+    spec = yaml.safe_load(JOB.read_text())
+    spec["run_dir"] = str(folder / "run")
+    spec["checkpoint"]["directory"] = str(folder / "ckpt")
+    for key, value in changes.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text("#!/usr/bin/env -S palm run\n" + yaml.safe_dump(spec))
+    path.chmod(0o755)
+    return path
+
+
+def env_for(state) -> dict:
+    return {**os.environ, "RAY_ADDRESS": state.gcs_address, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+def final_params(folder: Path):
+    from palm_platform.checkpoint import Checkpointer
+    from palm_platform.job import load_job
+    from palm_platform.mesh import make_mesh
+    from palm_platform.train.optimizer import build_optimizer
+    from palm_platform.train.state import state_shardings
+
+    job = load_job(folder / "job.yaml")
+    mesh = make_mesh(1, job.data_parallel, job.mesh.model, jax.devices()[:4])
+    abstract, _ = state_shardings(job.model.build(), build_optimizer(job.optimizer), mesh)
+    checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
+    try:
+        restored = checkpointer.restore(abstract)
+    finally:
+        checkpointer.close()
+    assert restored.step == job.train.steps
+    return jax.tree.map(np.asarray, restored.train_state.params)
+
+
+@pytest.fixture(scope="module")
+def reference(local_cluster, tmp_path_factory):
+    """`ray job submit --working-dir DIR -- ./job.yaml`: the job file is the entrypoint."""
+    folder = tmp_path_factory.mktemp("reference")
+    write_job(folder)
+    submit = subprocess.run(
+        [BIN / "ray", "job", "submit", "--address", local_cluster.dashboard_url,
+         "--working-dir", str(folder), "--", "./job.yaml"],
+        capture_output=True, text=True, timeout=600, env=env_for(local_cluster),
+    )
+    assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-3000:] + submit.stderr[-2000:]
+    return folder
+
+
+@pytest.mark.timeout(700)
+def test_submitted_job_file_trains_to_its_last_step(reference):
+    records = read_records(reference / "run" / "ray-2host")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert {"loss", "z_loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "step_s"} <= set(steps[0])
+    assert any(r["kind"] == "start" for r in records)
+
+
+def train_workers(state) -> list[psutil.Process]:
+    ours = {n.pid for n in state.nodes}
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "RayTrainWorker" in cmd and any(p.pid in ours for p in proc.parents()):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_killed_and_hung_hosts_restart_and_end_bitwise_equal(local_cluster, reference, tmp_path):
+    # Host 1 hangs at step 8 (the watchdog turns it into a restart); a worker is killed
+    # by PID once step 3 is done.
+    job = write_job(tmp_path, faults={"inject": [{"kind": "hang_host", "step": 8, "host": 1}]})
+    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "run" / "ray-2host" / "metrics.jsonl"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        if metrics.exists() and any('"step": 3,' in ln and '"kind": "step"' in ln
+                                    for ln in metrics.read_text().splitlines()):
+            break
+        assert run.poll() is None, run.stdout.read()
+        time.sleep(0.5)
+    victims = train_workers(local_cluster)
+    assert len(victims) == 2, victims
+    os.kill(victims[-1].pid, signal.SIGKILL)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-4000:]
+    records = read_records(tmp_path / "run" / "ray-2host")
+    assert sum(r["kind"] == "restart" for r in records) == 2, output[-3000:]
+    assert "restarts 2" in output
+    for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(tmp_path)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_job_that_needs_more_pods_than_the_cluster_has_fails_fast(local_cluster, tmp_path):
+    job = write_job(tmp_path, topology={"pods": 2})
+    start = time.monotonic()
+    run = subprocess.run([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+                         capture_output=True, text=True, timeout=90)
+    assert run.returncode == 1
+    assert "cannot start" in run.stderr and "pod" in run.stderr, run.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_malformed_job_file_names_file_field_and_fix(tmp_path):
+    job = write_job(tmp_path, train={"steps": -1}, mesh={"modle": 2})
+    run = subprocess.run([BIN / "palm", "run", str(job)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert str(job) in run.stderr
+    assert "field train.steps" in run.stderr and "field mesh.modle" in run.stderr
+    assert "Fix:" in run.stderr
