@@ -62,7 +62,12 @@ class PaLM(nn.Module):
             (cfg.padded_vocab_size, cfg.d_model), jnp.dtype(cfg.param_dtype),
         )
         # Embeddings ~ N(0, 1) and not rescaled: the residual stream starts at unit scale.
-        x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.compute_dtype)
+        if cfg.embed_lookup == "one_hot":
+            one_hot_BxLxV = jax.nn.one_hot(tokens_BxL, cfg.padded_vocab_size, dtype=cfg.compute_dtype)
+            one_hot_BxLxV = constrain(one_hot_BxLxV, ("batch", "length", "vocab"))
+            x_BxLxD = jnp.einsum("blv,vd->bld", one_hot_BxLxV, embedding_VxD.astype(cfg.compute_dtype))
+        else:
+            x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.compute_dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
         # A named point to take gradients at (only when a "perturbations" collection is
         # passed; otherwise free): how the tests check causality.

@@ -64,9 +64,30 @@ class PlanReport:
         ])
 
 
+def hbm_oom_bytes(message: str) -> int | None:
+    """Bytes the TPU compiler said it needed, from its out-of-HBM error; None if not one."""
+    import re
+
+    match = re.search(r"memory required for HLO temporaries \(([0-9.]+)([KMGT])\)", message)
+    if "RESOURCE_EXHAUSTED" not in message or match is None:
+        return None
+    return int(float(match.group(1)) * 1024 ** "KMGT".index(match.group(2)) * 1024)
+
+
+def _sharded_bytes(x) -> int:
+    """Bytes of one device's shard of an abstract array."""
+    shape = x.sharding.shard_shape(x.shape)
+    size = 1
+    for d in shape:
+        size *= d
+    return size * x.dtype.itemsize
+
+
 def tpu_devices(ici_topology: str, pods: int):
     """Abstract TPU v4 devices of `pods` slices of `ici_topology` chips (megacore: 1 per chip)."""
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's host probe
+    # Planning touches no TPU: let several planners (or a test beside a run) load libtpu.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 
@@ -86,7 +107,7 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
     import jax
 
     from palm.flops import train_flops_per_token
-    from palm_platform.mesh import make_mesh
+    from palm_platform.mesh import batch_sharding, make_mesh
     from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
     from palm_platform.train.state import state_shardings
     from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
@@ -105,15 +126,17 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
         microbatches = batch // micro if micro else 1
     spec = StepSpec(cfg, topo.pods, microbatches, job.mesh.cross_pod_dtype)
     step = make_train_step(spec, tx, mesh, shardings, learning_rate_schedule(job.optimizer))
-    from palm_platform.mesh import batch_sharding
-
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
 
-    def compile_step(model_cfg):
+    micro_tokens = jax.ShapeDtypeStruct((batch // microbatches, job.seq_len + 1), jax.numpy.int32,
+                                        sharding=batch_sharding(mesh))
+
+    def compile_microbatch_step(model_cfg):
+        """One microbatch, no accumulation loop (cost analysis would count its body once)."""
         abstract, shard = state_shardings(model_cfg, tx, mesh)
-        step_spec = dataclasses.replace(spec, model=model_cfg)
+        step_spec = dataclasses.replace(spec, model=model_cfg, microbatches=1)
         fn = make_train_step(step_spec, tx, mesh, shard, learning_rate_schedule(job.optimizer))
-        return fn.lower(abstract, tokens).compile()
+        return fn.lower(abstract, micro_tokens).compile()
 
     def flops(compiled) -> float:
         cost = compiled.cost_analysis()
@@ -121,19 +144,38 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
         return float(cost.get("flops", 0.0)) * len(devices)  # cost_analysis is per device
 
     start = time.perf_counter()
-    compiled = step.lower(abstract_state, tokens).compile()
+    n = len(devices)
+    formula = float(train_flops_per_token(cfg, job.seq_len)) * batch * job.seq_len
+    try:
+        compiled = step.lower(abstract_state, tokens).compile()
+    except Exception as error:  # the TPU compiler refuses a program that cannot fit in HBM
+        needed = hbm_oom_bytes(str(error))
+        if needed is None:
+            raise
+        args = sum(_sharded_bytes(x) for x in jax.tree.leaves(abstract_state))
+        return PlanReport(
+            job=job.name, topology=f"{topo.pods} x v4:{topo.ici_topology}", devices=n,
+            mesh=dict(mesh.shape), global_batch=batch, microbatches=microbatches,
+            seq_len=job.seq_len, params=cfg.num_params(), argument_bytes=args,
+            temp_bytes=needed, output_bytes=0, alias_bytes=0, per_chip_bytes=args + needed,
+            hbm_bytes=V4_HBM_BYTES, fits=False, compiled_flops_per_step=float("nan"),
+            formula_flops_per_step=formula, predicted_step_s=float("nan"),
+            predicted_mfu=float("nan"),
+            cross_pod_bytes_per_step=cross_pod_bytes_per_step(
+                abstract_state.params, topo.pods, job.mesh.cross_pod_dtype),
+            compile_s=time.perf_counter() - start,
+        )
     memory = compiled.memory_analysis()
-    # XLA's cost analysis counts a while loop's body once, and the layers run in a scanned
-    # loop: count FLOPs on two small unrolled compiles (1 and 2 layers) and extrapolate.
-    one, two = (flops(compile_step(dataclasses.replace(cfg, num_layers=k, scan_layers=False)))
+    # XLA's cost analysis counts a while loop's body once, and both the layers (scan) and the
+    # microbatches (gradient accumulation) are loops: count FLOPs on two small compiles of one
+    # microbatch with 1 and 2 unrolled layers, and extrapolate to all layers and microbatches.
+    one, two = (flops(compile_microbatch_step(dataclasses.replace(cfg, num_layers=k, scan_layers=False)))
                 for k in (1, 2))
-    compiled_flops = one + (cfg.num_layers - 1) * (two - one)
+    compiled_flops = microbatches * (one + (cfg.num_layers - 1) * (two - one))
     compile_s = time.perf_counter() - start
 
-    n = len(devices)
     per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                 + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-    formula = float(train_flops_per_token(cfg, job.seq_len)) * batch * job.seq_len
     step_s = compiled_flops / (n * V4_PEAK_BF16_FLOPS)
     return PlanReport(
         job=job.name, topology=f"{topo.pods} x v4:{topo.ici_topology}", devices=n,

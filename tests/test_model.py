@@ -205,3 +205,20 @@ def test_presets_and_overrides():
     assert preset("palm-8b", num_layers=2).num_layers == 2
     with pytest.raises(KeyError, match="unknown model preset"):
         preset("palm-9b")
+
+
+def test_one_hot_embedding_lookup_gives_the_same_logits():
+    params = init()
+    tokens = jax.random.randint(jax.random.key(8), (2, 16), 0, CFG.vocab_size)
+    one_hot = dataclasses.replace(CFG, embed_lookup="one_hot")
+    np.testing.assert_allclose(logits_of(params, tokens), logits_of(params, tokens, one_hot),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_padded_vocabulary_rows_are_never_predicted():
+    cfg = dataclasses.replace(CFG, vocab_size=60, vocab_pad_multiple=32)  # 64 rows
+    params = init(cfg)
+    assert params["embedding"].shape == (64, cfg.d_model) and cfg.num_params() < sum(
+        x.size for x in jax.tree.leaves(params))
+    probs = jax.nn.softmax(logits_of(params, jnp.ones((1, 8), jnp.int32), cfg), axis=-1)
+    assert float(probs[..., 60:].max()) == 0.0

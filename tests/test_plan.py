@@ -1,0 +1,50 @@
+"""`palm plan`: the train step compiled by the real TPU compiler for TPU v4 slices, on CPU."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs the tpu extra"),
+]
+JOBS = Path(__file__).parent / "jobs"
+PALM = Path(sys.executable).parent / "palm"
+
+
+def plan(job: Path):
+    return subprocess.run([PALM, "plan", str(job), "--json"], capture_output=True, text=True,
+                          timeout=900, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+
+
+def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops():
+    result = plan(JOBS / "plan-tiny.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["fits"] and report["devices"] == 16
+    assert report["mesh"] == {"pod": 2, "data": 4, "model": 2}
+    assert 0 < report["per_chip_bytes"] < report["hbm_bytes"] == 32 * 2**30
+    # Compiled FLOPs: the formula's matmuls plus a rematerialised forward pass and the rest.
+    assert 1.0 < report["compiled_flops_per_step"] / report["formula_flops_per_step"] < 1.6
+    assert report["global_batch"] == 32 and report["microbatches"] == 2
+    params = 606_592  # palm-tiny
+    assert report["cross_pod_bytes_per_step"] == params * 2  # bfloat16, two pods
+
+
+def test_job_that_cannot_fit_exits_1_naming_what_to_change(tmp_path):
+    spec = yaml.safe_load((JOBS / "plan-tiny.yaml").read_text())
+    spec["model"] = {"preset": "palm-540b", "overrides": {"num_layers": 1, "embed_lookup": "one_hot"}}
+    spec["topology"] = {"pods": 1, "hosts_per_pod": 1, "chips_per_host": 4, "ici_topology": "2x2x1"}
+    spec["train"].update(seq_len=2048, batch_schedule=[{"sequences": 16}], microbatch_sequences=None)
+    job = tmp_path / "too-big.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    result = plan(job)
+    assert result.returncode == 1, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["fits"] and report["per_chip_bytes"] > report["hbm_bytes"]
+    assert "more than a chip's HBM" in result.stderr and "Fix:" in result.stderr
