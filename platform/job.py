@@ -341,6 +341,17 @@ def load_job(path: str | Path) -> Job:
     return resolve_paths(job, path.parent.resolve())
 
 
+def load_job_or_exit(path: str | Path) -> Job:
+    """For commands: the job, or its error on stderr and exit status 2."""
+    import sys
+
+    try:
+        return load_job(path)
+    except JobError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def resolve_paths(job: Job, base_dir: Path) -> Job:
     """Relative paths in a job file are relative to the job file's folder."""
     from palm_platform.data.config import resolve_path

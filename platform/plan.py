@@ -200,13 +200,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from palm_platform.job import JobError, load_job
+    from palm_platform.job import load_job_or_exit
 
-    try:
-        job = load_job(args.job)
-    except JobError as error:
-        print(error, file=sys.stderr)
-        return 2
+    job = load_job_or_exit(args.job)
     report = plan(job, args.microbatches)
     print(json.dumps(asdict(report)) if args.json else report.text())
     if not report.fits:

@@ -31,13 +31,9 @@ def run_dir_of(job) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from palm_platform.job import JobError, load_job
+    from palm_platform.job import load_job_or_exit
 
-    try:
-        job = load_job(args.job)
-    except JobError as error:
-        print(error, file=sys.stderr)
-        return 2
+    job = load_job_or_exit(args.job)
     run_dir = run_dir_of(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:
