@@ -164,3 +164,11 @@ def test_malformed_job_file_names_file_field_and_fix(tmp_path):
     assert str(job) in run.stderr
     assert "field train.steps" in run.stderr and "field mesh.modle" in run.stderr
     assert "Fix:" in run.stderr
+
+
+def test_missing_data_path_fails_before_any_worker_starts(tmp_path):
+    job = write_job(tmp_path, data={"sources": [{"name": "web", "paths": ["nothere/*.jsonl"], "weight": 1}]})
+    run = subprocess.run([BIN / "palm", "run", str(job)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # no cluster is needed
+    assert run.returncode == 2
+    assert "data.sources[0].paths[0]" in run.stderr and "nothere" in run.stderr and "Fix:" in run.stderr

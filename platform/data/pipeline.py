@@ -230,21 +230,9 @@ class Pipeline:
         return {"sources": per_source, "bad_records": bad_total}
 
 
-def build_pipeline(
-    data_config: DataConfig,
-    *,
-    seq_len: int,
-    base_dir: Path,
-    process_index: int,
-    process_count: int,
-    cache_dir: Path | None = None,
-    num_threads: int = 1,
-) -> Pipeline:
-    """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
-
-    A path that does not exist fails here, before any tokenising, with the config field
-    that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
-    """
+def check_data(data_config: DataConfig, base_dir: Path) -> tuple[Tokenizer, list[SourceConfig]]:
+    """Load the tokenizer and resolve every source path, or raise DataConfigError naming the
+    field. Cheap (nothing is tokenised): `palm run` calls it before it starts any worker."""
     base_dir = Path(base_dir)
     tokenizer_path = resolve_path(data_config.tokenizer, base_dir)
     try:
@@ -272,6 +260,25 @@ def build_pipeline(
                 ) from e
             paths.append(absolute)
         resolved.append(source.model_copy(update={"paths": paths}))
+    return tokenizer, resolved
+
+
+def build_pipeline(
+    data_config: DataConfig,
+    *,
+    seq_len: int,
+    base_dir: Path,
+    process_index: int,
+    process_count: int,
+    cache_dir: Path | None = None,
+    num_threads: int = 1,
+) -> Pipeline:
+    """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
+
+    A path that does not exist fails here, before any tokenising, with the config field
+    that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
+    """
+    tokenizer, resolved = check_data(data_config, base_dir)
     if cache_dir is None:
         cache_dir = (
             Path(resolve_path(data_config.cache_dir, base_dir))

@@ -34,6 +34,13 @@ def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
+    from palm_platform.data.pipeline import DataConfigError, check_data
+
+    try:  # a bad data path fails here, before any worker starts (and is never retried)
+        check_data(job.data, Path.cwd())
+    except DataConfigError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
     run_dir = run_dir_of(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:
