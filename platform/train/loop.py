@@ -50,6 +50,19 @@ def device_peak_flops() -> float:
     return 5 * 2 * n**3 / (time.perf_counter() - start)
 
 
+def broadcast_text(text: str) -> str:
+    """Process 0's `text` on every process (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8)
+    length = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    padded = np.zeros(max(length, 1), np.uint8)
+    padded[: len(data)] = data  # only process 0 has data; the others send zeros
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))[:length]).decode()
+
+
 class TrainingStopped(RuntimeError):
     """The fault policy stopped the run (e.g. spikes kept recurring); the ledger says why."""
 
@@ -160,9 +173,13 @@ class Trainer:
         from palm_platform.supervise.ledger import Ledger
 
         self.ledger = Ledger.from_dict((item or {}).get("ledger"))
-        # The run folder's ledger also holds rollbacks decided after the last save.
-        if self.ledger_path.exists():
-            self.ledger = self.ledger.merge(Ledger.load(self.ledger_path))
+        # The run folder's ledger also holds rollbacks decided after the last save. Only
+        # process 0 writes it (and on TPU pods only host 0 may have it), so host 0's copy is
+        # broadcast: every host must apply exactly the same skips.
+        local = self.ledger_path.read_text() if self.process_index == 0 and self.ledger_path.exists() else ""
+        shared = broadcast_text(local)
+        if shared:
+            self.ledger = self.ledger.merge(Ledger.from_dict(json.loads(shared)))
         if (item or {}).get("spike_detector"):
             self.detector.load_state_dict(item["spike_detector"])
         self.detector.truncate(step)
