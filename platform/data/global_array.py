@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-BATCH_AXES = ("pod", "data")  # data parallelism: across pods and within a pod
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batch dimension split over the mesh's ("pod", "data") axes, the rest replicated."""
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    return NamedSharding(mesh, PartitionSpec(axes or None))
+from palm_platform.mesh import batch_sharding  # noqa: F401  (re-exported for data users)
 
 
 def to_global_array(local: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from palm.flops import train_flops_per_token
+from palm_platform.data.global_array import to_global_array
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics import MetricsSink
@@ -242,7 +243,7 @@ class Trainer:
                     global_batch_size=batch_size, process_index=self.process_index,
                     process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
                 )
-                batch = jax.make_array_from_process_local_data(batch_sharding(self.mesh), local)
+                batch = to_global_array(local, batch_sharding(self.mesh))
             compiling = self._is_first_call(batch_size)
             t = time.monotonic()
             with self.goodput.phase("compile" if compiling else "step", step=None if compiling else step):
