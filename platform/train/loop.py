@@ -171,8 +171,6 @@ class Trainer:
         return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict()}
 
     def _load_supervision(self, item: dict, step: int) -> None:
-        from palm_platform.supervise.ledger import Ledger
-
         self.ledger = Ledger.from_dict((item or {}).get("ledger"))
         # The run folder's ledger also holds rollbacks decided after the last save. Only
         # process 0 writes it (and on TPU pods only host 0 may have it), so host 0's copy is
