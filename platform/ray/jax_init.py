@@ -59,6 +59,11 @@ class BoundedJaxConfig(JaxConfig):
 
 class _BoundedJaxBackend(_JaxBackend):
     def on_start(self, worker_group, backend_config: BoundedJaxConfig) -> None:
+        if len(worker_group) == 1:
+            # One host needs no jax.distributed; on CPU, initialising it routes the
+            # in-process collectives through gloo and made every step ~3x slower
+            # (benchmarks/bench_run.py).
+            return
         if backend_config.use_tpu or backend_config.use_gpu:
             worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s)
         super().on_start(worker_group, backend_config)

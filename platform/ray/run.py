@@ -82,6 +82,7 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
 
+    launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     topo = job.topology
     shape = SliceShape(topo.pods, topo.hosts_per_pod, topo.chips_per_host)
     try:
@@ -95,7 +96,8 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     watcher.start()
     try:
         launch(
-            train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve())},
+            train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
+                           "launched_at": launched_at},
             pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
             topology=topo.ici_topology or "", run_name=f"{job.name}-{int(time.time())}",
             storage_path=str((run_dir / "ray").resolve()) if "://" not in str(run_dir) else str(run_dir),

@@ -63,7 +63,8 @@ def train_worker(config: dict) -> None:
             watchdog.start()
         watchdog.beat(step)
 
-    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step)
+    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
+                      launched_at=config.get("launched_at"))
     try:
         summary = trainer.run()
     finally:

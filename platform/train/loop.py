@@ -81,7 +81,8 @@ class RunSummary:
 class Trainer:
     """Owns the mesh, the jitted steps, the pipeline and the checkpointer of one process."""
 
-    def __init__(self, job: Job, run_dir: Path, *, attempt: int = 0, on_step=None):
+    def __init__(self, job: Job, run_dir: Path, *, attempt: int = 0, on_step=None,
+                 launched_at: float | None = None):
         from palm_platform.checkpoint import Checkpointer
         from palm_platform.data import build_pipeline
 
@@ -130,6 +131,9 @@ class Trainer:
         self.goodput_path = self.run_dir / "goodput.json"
         if self.goodput_path.exists():
             self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+        elif launched_at is not None:  # the time before this process ran (placement, spawn)
+            self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
+                                          "saved_at_unix": launched_at}, gap_cause="startup")
         self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
 
     def step_fn(self, batch_size: int):
