@@ -97,14 +97,23 @@ def test_goodput_counts_recomputation_after_a_rollback(poisoned):
 
 @pytest.mark.slow
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_parameters(clean, tmp_path):
-    folder = tmp_path / "resumed"
-    _, _, _, job = train(tmp_path, "resumed", steps=17)  # stops at 17 with a checkpoint
-    trainer = Trainer(job.model_copy(update={"train": clean[3].train}), Path(job.run_dir))
+    # The clean run's checkpoints, cut back to step 25 as if the run had died after it.
+    job = clean[3]
+    checkpoints = tmp_path / "ckpt"
+    shutil.copytree(job.checkpoint.directory, checkpoints)
+    kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert 25 in kept
+    for step in kept:
+        if step > 25:
+            shutil.rmtree(checkpoints / str(step))
+    resumed_job = job.model_copy(update={
+        "checkpoint": job.checkpoint.model_copy(update={"directory": str(checkpoints)})})
+    trainer = Trainer(resumed_job, tmp_path / "run")
     try:
-        trainer.run()  # picks up at step 17 from the newest checkpoint, data position included
+        summary = trainer.run()  # picks up at step 25, data position included
         resumed = jax.tree.map(np.asarray, trainer.final_state.params)
     finally:
         trainer.close()
-    assert folder.exists()
+    assert summary.extra["start_step"] == 25 and summary.steps == job.train.steps
     for a, b in zip(jax.tree.leaves(clean[1]), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
