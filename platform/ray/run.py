@@ -78,7 +78,7 @@ def run_direct(job, run_dir: Path) -> int:
 def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.feasibility import InfeasibleTopologyError
     from palm_platform.ray.launch import connect, launch
-    from palm_platform.ray.topology import SliceShape
+    from palm_platform.ray.topology import SliceShape, v4_topology_for_chips
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
 
@@ -99,12 +99,12 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
             train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
                            "launched_at": launched_at},
             pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
-            topology=topo.ici_topology or "", run_name=f"{job.name}-{int(time.time())}",
-            storage_path=str((run_dir / "ray").resolve()) if "://" not in str(run_dir) else str(run_dir),
+            topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
+            run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
             max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
         )
     except InfeasibleTopologyError as error:
-        stop.set()
+        stop.set()  # before printing, so the progress bar does not interleave
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 1
     except Exception as error:  # the run failed after its restarts: say so, with the cause
