@@ -141,10 +141,19 @@ def _port_free(port: int) -> bool:
             return False
 
 
+# Ports handed out by this process: a port picked free and released can be picked again
+# by the next call (the OS reuses it), and two Ray components given one port fail to start.
+_handed_out: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _preferred_port(default: int) -> int:
