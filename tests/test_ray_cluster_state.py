@@ -53,3 +53,11 @@ def test_down_of_a_stale_cluster_removes_the_state_file(tmp_path):
 def test_status_without_a_recorded_cluster_says_how_to_start_one(tmp_path, capsys):
     assert cluster.main(cli_args("status", tmp_path)) == 1
     assert "palm cluster up" in capsys.readouterr().out
+
+
+def test_free_ports_are_never_handed_out_twice():
+    # Two Ray components of one node given the same port fail to start (seen in CI).
+    from palm_platform.ray import cluster
+
+    ports = [cluster._free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
