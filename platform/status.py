@@ -47,6 +47,9 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
     last_time = max((r["time"] for r in records), default=0.0)
     productive = sum(r.get("step_s", 0.0) for r in final.values())
     wall = max(last_time - first_time, 0.0)
+    goodput_events = [r for r in records if r["kind"] == "goodput"]
+    if goodput_events:  # the run's own accounting (start-up, compile, restarts, recomputation)
+        productive, wall = goodput_events[-1]["productive_s"], goodput_events[-1]["wall_s"]
     return Summary(
         steps=max(final, default=0), total_steps=total_steps,
         tokens=int(sum(r.get("tokens", 0) for r in final.values())),
