@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -76,11 +77,7 @@ def hbm_oom_bytes(message: str) -> int | None:
 
 def _sharded_bytes(x) -> int:
     """Bytes of one device's shard of an abstract array."""
-    shape = x.sharding.shard_shape(x.shape)
-    size = 1
-    for d in shape:
-        size *= d
-    return size * x.dtype.itemsize
+    return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
 
 
 def tpu_devices(ici_topology: str, pods: int):

@@ -66,12 +66,13 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
 def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     from rich.console import Console
 
-    summary = summarize(read_records(run_dir), total_steps)
+    records = read_records(run_dir)
+    summary = summarize(records, total_steps)
     console = Console()
     console.print(f"[bold]run {run_dir}[/bold]")
     for line in summary.lines():
         console.print("  " + line)
-    events = [r for r in read_records(run_dir) if r["kind"] in ("spike", "rollback", "skip", "stop")]
+    events = [r for r in records if r["kind"] in ("spike", "rollback", "skip", "stop")]
     for r in events[-10:]:
         fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kind", "time", "step"))
         console.print(f"  step {r['step']}: {r['kind']} {fields}")

@@ -74,7 +74,6 @@ class RunSummary:
     tokens: int = 0
     final_loss: float = float("nan")
     wall_s: float = 0.0
-    step_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -246,7 +245,8 @@ class Trainer:
                     process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
                 )
                 batch = to_global_array(local, batch_sharding(self.mesh))
-            compiling = self._is_first_call(batch_size)
+            compiling = batch_size not in self._compiled  # a new batch shape compiles
+            self._compiled.add(batch_size)
             t = time.monotonic()
             with self.goodput.phase("compile" if compiling else "step", step=None if compiling else step):
                 state, metrics = self.step_fn(batch_size)(state, batch)
@@ -288,12 +288,6 @@ class Trainer:
         summary.extra["goodput"] = goodput
         self.final_state = state
         return summary
-
-    def _is_first_call(self, batch_size: int) -> bool:
-        key = self.job.train.batch_size_at(0) if batch_size is None else batch_size
-        first = key not in self._compiled
-        self._compiled.add(key)
-        return first
 
     def close(self) -> None:
         self.checkpointer.close()
