@@ -83,14 +83,7 @@ def test_launch_runs_one_jax_process_per_fake_host_with_cross_process_collective
     launch.launch(
         distributed_probe,
         {"out_dir": str(out_dir)},
-        pods=2,
-        hosts_per_pod=2,
-        chips_per_host=4,
-        topology="2x2x2",
-        run_name="probe",
-        storage_path=str(tmp_path / "runs"),
-        max_failures=0,
-        address=state.gcs_address,
+        **launch_kwargs(tmp_path, run_name="probe", address=state.gcs_address),
     )
     reports = sorted(
         (json.loads(p.read_text()) for p in out_dir.glob("worker-*.json")),
