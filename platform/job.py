@@ -235,6 +235,11 @@ class MetricsSection(BaseModel):
     wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
         default=None, description="default: $WANDB_MODE, else offline"
     )
+    wandb_replay: Literal["xaxis", "rewind", "fork"] = Field(
+        default="xaxis", description="how W&B shows steps replayed after a rollback or restart: "
+        "xaxis (plotted against train/step, works offline and on any server), rewind or fork "
+        "(W&B server features, online only; offline falls back to xaxis)"
+    )
     log_every: int = Field(default=1, ge=1, description="steps between progress log lines")
     check_pods_identical: bool = Field(
         default=False, description="each step, compare every pod's copy of the parameters "

@@ -2,7 +2,8 @@
 
 Only process 0 writes (every host sees the same global metrics). The W&B run id is derived
 from the run folder, so every restart of a job resumes the same W&B run. The API key is
-read by wandb from the environment (WANDB_API_KEY) and never written anywhere by us.
+read by wandb from the environment (WANDB_API_KEY) and never written anywhere by us. W&B
+names, replays and alerts: `palm_platform.dashboard.sink`.
 """
 
 from __future__ import annotations
@@ -29,26 +30,29 @@ class MetricsSink:
 
     def __init__(self, run_dir: Path, *, job_name: str, config: dict, enabled: bool,
                  wandb_project: str | None, wandb_entity: str | None = None,
-                 wandb_mode: str | None = None):
+                 wandb_mode: str | None = None, wandb_replay: str | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self._wandb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", buffering=1)
         mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
         if wandb_project and mode != "disabled":
+            # The replay policy is a job field; the job is the config this sink records.
+            replay = wandb_replay or (config.get("metrics") or {}).get("wandb_replay") or "xaxis"
             try:
-                import wandb
+                from palm_platform.dashboard.sink import WandbWriter
 
-                self._wandb = wandb.init(
-                    project=wandb_project, entity=wandb_entity, name=job_name,
-                    id=wandb_run_id(Path(run_dir), job_name), resume="allow", mode=mode,
-                    dir=str(run_dir), config=config, settings=wandb.Settings(silent=True),
+                self._wandb = WandbWriter(
+                    Path(run_dir), run_id=wandb_run_id(Path(run_dir), job_name), name=job_name,
+                    config=config, project=wandb_project, entity=wandb_entity, mode=mode,
+                    replay=replay,
                 )
             except Exception as error:  # W&B must never stop training
                 logger.warning("W&B disabled: %s", error)
+        # Opened after W&B: the writer counts the lines already here (its step keeps growing).
+        self._file = self.path.open("a", buffering=1)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, default=float) + "\n")
@@ -57,20 +61,23 @@ class MetricsSink:
         if not self.enabled:
             return
         self._write({"kind": "step", "step": step, "time": time.time(), **metrics})
-        if self._wandb is not None:
-            self._wandb.log(metrics, step=step)
+        self._to_wandb("log_step", step, metrics)
 
     def event(self, kind: str, step: int, *, alert: bool = False, **fields: Any) -> None:
         if not self.enabled:
             return
         self._write({"kind": kind, "step": step, "time": time.time(), **fields})
         logger.info("step %d: %s %s", step, kind, " ".join(f"{k}={v}" for k, v in fields.items()))
-        if self._wandb is not None:
+        self._to_wandb("log_event", kind, step, fields, alert=alert)
 
-            self._wandb.log({f"events/{kind}": 1, **{f"events/{kind}/{k}": v for k, v in fields.items()
-                                                      if isinstance(v, (int, float))}}, step=step)
-            if alert:
-                self._wandb.alert(title=f"{kind} at step {step}", text=json.dumps(fields, default=str))
+    def _to_wandb(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self._wandb is None:
+            return
+        try:
+            getattr(self._wandb, method)(*args, **kwargs)
+        except Exception as error:  # W&B must never stop training: warn once, then stop using it
+            logger.warning("W&B disabled: %s", error)
+            self._wandb = None
 
     def close(self) -> None:
         if not self.enabled:
