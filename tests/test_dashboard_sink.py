@@ -160,13 +160,13 @@ def test_only_process_zero_opens_a_wandb_run(tmp_path):
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_scan_metrics_file_counts_lines_and_the_highest_trained_step(tmp_path):
+def test_scan_metrics_file_counts_lines_and_finds_the_highest_and_last_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"kind": "start", "step": 0}, {"kind": "step", "step": 7}, {"kind": "step", "step": 3},
              {"kind": "rollback", "step": 99}]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert scan_metrics_file(path) == (4, 7)
-    assert scan_metrics_file(tmp_path / "missing.jsonl") == (0, 0)
+    assert scan_metrics_file(path) == (4, 7, 3)
+    assert scan_metrics_file(tmp_path / "missing.jsonl") == (0, 0, 0)
 
 
 def test_rewind_and_fork_fall_back_to_xaxis_offline(tmp_path, caplog):
@@ -183,3 +183,42 @@ def test_unknown_replay_policy_is_refused(tmp_path):
     with pytest.raises(ValueError, match="wandb_replay"):
         WandbWriter(tmp_path, run_id="demo-1", name="demo", config={}, project="palm-test",
                     entity=None, mode="offline", replay="sideways")
+
+
+@pytest.fixture(params=["rewind", "fork"])
+def server_replay(request, tmp_path, monkeypatch):
+    """The online policies, recorded offline: the run files hold what a server is asked to do."""
+    import palm_platform.dashboard.sink as sink_module
+
+    monkeypatch.setattr(sink_module, "NEEDS_SERVER", set())
+    drive(tmp_path / "demo", request.param)
+    return request.param, read_job_runs(tmp_path / "demo")
+
+
+def test_rewind_and_fork_reopen_the_run_before_each_replayed_step(server_replay):
+    policy, runs = server_replay
+    base = runs[0].run_id
+    # attempt 0, reopened at the rollback target; attempt 1, reopened at the restored checkpoint
+    assert len(runs) == 4
+    moments = [run.resume_from if policy == "rewind" else run.fork_from for run in runs]
+    assert moments[0] == "" and moments[2] == ""  # a process start resumes the current run
+    assert moments[1] == f"{base}?_step={ROLLBACK_TO}"
+    if policy == "rewind":
+        assert {run.run_id for run in runs} == {base}
+        assert moments[3] == f"{base}?_step={RESTORED}"
+    else:
+        assert [run.run_id for run in runs] == [base, f"{base}-fork1", f"{base}-fork1", f"{base}-fork2"]
+        assert moments[3] == f"{base}-fork1?_step={RESTORED}"
+    for run in runs:  # W&B's step is the train step, and only grows inside a segment
+        steps = [row["_step"] for row in run.history]
+        assert steps == sorted(steps) and "will be ignored" not in run.output
+        assert all(row["_step"] == row[keys.STEP_METRIC] for row in run.history if "train/loss" in row)
+
+
+def test_rewind_and_fork_keep_the_markers_on_the_first_replayed_step(server_replay):
+    _, runs = server_replay
+    first_replayed = next(row for row in runs[1].history if "train/loss" in row)
+    assert first_replayed[keys.STEP_METRIC] == ROLLBACK_TO + 1
+    assert first_replayed["events/rollback"] == 1 and first_replayed["events/spike/loss"] == 9.5
+    after_restart = next(row for row in runs[3].history if "train/loss" in row)
+    assert after_restart[keys.STEP_METRIC] == RESTORED + 1 and after_restart["events/restart"] == 1

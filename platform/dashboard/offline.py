@@ -87,7 +87,7 @@ def read_run(path: Path) -> OfflineRun:
             if record.run.HasField("branch_point"):
                 point = record.run.branch_point
                 moment = f"{point.run}?{point.metric}={point.value:g}"
-                if record.run.forked:
+                if point.run != record.run.run_id:  # a fork names its parent
                     run.fork_from = moment
                 else:
                     run.resume_from = moment

@@ -33,17 +33,21 @@ from palm_platform.dashboard import keys
 logger = logging.getLogger("palm")
 
 REPLAY_POLICIES = ("xaxis", "rewind", "fork")
+# Policies that only a W&B server can carry out (offline, wandb 0.31 records resume_from /
+# fork_from in the run file but nothing rewinds or forks until a server applies them).
+NEEDS_SERVER = {"rewind", "fork"}
 STATE_FILE = "wandb_run.json"  # fork mode: the run id now written to
 _STEP_RECORD = re.compile(rb'^\{"kind": "step", "step": (\d+)', re.MULTILINE)
 
 
-def scan_metrics_file(path: Path) -> tuple[int, int]:
-    """(lines, highest trained step) of a metrics.jsonl: where W&B rows and replays start."""
+def scan_metrics_file(path: Path) -> tuple[int, int, int]:
+    """(lines, highest trained step, last trained step) of a metrics.jsonl: where a new
+    process's W&B rows start, which of its steps are replays, where its W&B history ends."""
     if not path.exists():
-        return 0, 0
+        return 0, 0, 0
     data = path.read_bytes()  # a regex over the bytes: a 255k-step file takes well under 1 s
     steps = [int(m) for m in _STEP_RECORD.findall(data)]
-    return data.count(b"\n"), max(steps, default=0)
+    return data.count(b"\n"), max(steps, default=0), (steps[-1] if steps else 0)
 
 
 def run_moment(run_id: str, step: int) -> str:
@@ -60,16 +64,15 @@ class WandbWriter:
 
         if replay not in REPLAY_POLICIES:
             raise ValueError(f"metrics.wandb_replay: {replay!r} is not one of {REPLAY_POLICIES}")
-        if replay != "xaxis" and mode != "online":
+        if replay in NEEDS_SERVER and mode != "online":
             logger.warning("metrics.wandb_replay: %s needs W&B online (mode is %s); "
                            "logging replayed steps against train/step instead (xaxis)", replay, mode)
             replay = "xaxis"
         self.replay, self.run_dir = replay, Path(run_dir)
         self._wandb, self._base_id = wandb, run_id
         self._init_kwargs = dict(project=project, entity=entity, name=name, mode=mode,
-                                 dir=str(run_dir), config=config,
-                                 settings=wandb.Settings(silent=True))
-        rows, self._high_water = scan_metrics_file(self.run_dir / "metrics.jsonl")
+                                 dir=str(run_dir), config=config)
+        rows, self._high_water, last_step = scan_metrics_file(self.run_dir / "metrics.jsonl")
         self._attempt = 0
         self._forks = 0
         current = run_id
@@ -78,7 +81,8 @@ class WandbWriter:
             current, self._forks = state["run_id"], state["forks"]
         self._open(id=current, resume="allow")
         self._row = max(rows, self.run.step)  # xaxis: W&B's step, only ever growing
-        self._last_step = self.run.step - 1 if self.run.step else 0  # rewind/fork: last train step
+        # rewind/fork: the last train step in W&B's history (offline, a resumed run's step is 0)
+        self._last_step = max(self.run.step - 1, last_step)
         # rewind/fork: event rows written since the last step row (a rewind truncates them,
         # so they are logged again on the first replayed row), and events that came at a
         # step below the current one (a restored checkpoint), logged on the next row.
@@ -89,7 +93,9 @@ class WandbWriter:
     # -- opening a run (once, then again at each rewind or fork) --------------------------
 
     def _open(self, **kwargs: Any) -> None:
-        self.run = self._wandb.init(**self._init_kwargs, **kwargs)
+        # A fresh Settings each time: wandb.init writes resume options into the one it gets.
+        self.run = self._wandb.init(**self._init_kwargs, **kwargs,
+                                    settings=self._wandb.Settings(silent=True))
         self.run.define_metric(keys.STEP_METRIC, summary=keys.summary_of(keys.STEP_METRIC))
         for group in ("train", "eval", "goodput", "events"):  # everything against train/step
             self.run.define_metric(f"{group}/*", step_metric=keys.STEP_METRIC)
