@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from palm_platform.supervise.goodput import OTHER, RECOMPUTATION, RESTART
+
 STEP_METRIC = "train/step"
 REPLAYED = "train/replayed"  # 1 on a step trained again after a rollback or a restart
 ATTEMPT = "train/attempt"  # the worker group's attempt (0, then 1 after the first restart)
@@ -35,6 +37,8 @@ EVAL_PREFIX = "eval_"  # step keys from the eval hook: eval_loss -> eval/loss
 EVENT_GROUPS: dict[str, str] = {"goodput": "goodput", "eval": "eval"}
 BADPUT_FIELD = re.compile(r"^badput_(?P<cause>.+)_s$")  # goodput event: badput_compile_s
 BADPUT_GROUP = "goodput/badput"
+# The loop's non-productive phases (train/loop.py) and the tracker's own causes.
+BADPUT_CAUSES = ("startup", "compile", "data", "checkpoint", RECOMPUTATION, RESTART, OTHER)
 # A few event fields that belong with the training metrics.
 EVENT_FIELD_KEYS: dict[tuple[str, str], str] = {
     ("start", "cross_pod_bytes_per_step"): "train/cross_pod_bytes_per_step",
@@ -57,17 +61,26 @@ def step_key(name: str) -> str:
 def event_keys(kind: str, fields: dict[str, Any]) -> dict[str, float]:
     """W&B row of one event: measurements under their group, markers under events/."""
     numeric = {k: v for k, v in fields.items() if isinstance(v, (int, float))}
-    if kind in EVENT_GROUPS:
-        group = EVENT_GROUPS[kind]
-        row = {}
-        for name, value in numeric.items():
-            badput = BADPUT_FIELD.match(name) if kind == "goodput" else None
-            row[f"{BADPUT_GROUP}/{badput['cause']}_s" if badput else f"{group}/{name}"] = value
-        return row
-    row: dict[str, float] = {f"events/{kind}": 1}
+    row: dict[str, float] = {} if kind in EVENT_GROUPS else {marker_key(kind): 1}
     for name, value in numeric.items():
-        row[EVENT_FIELD_KEYS.get((kind, name), f"events/{kind}/{name}")] = value
+        row[event_field_key(kind, name)] = value
     return row
+
+
+def marker_key(kind: str) -> str:
+    return f"events/{kind}"
+
+
+def event_field_key(kind: str, name: str) -> str:
+    """W&B name of one numeric field of an event (goodput's badput_<cause>_s by cause)."""
+    if kind in EVENT_GROUPS:
+        badput = BADPUT_FIELD.match(name) if kind == "goodput" else None
+        return badput_key(badput["cause"]) if badput else f"{EVENT_GROUPS[kind]}/{name}"
+    return EVENT_FIELD_KEYS.get((kind, name), f"events/{kind}/{name}")
+
+
+def badput_key(cause: str) -> str:
+    return f"{BADPUT_GROUP}/{cause}_s"
 
 
 def summary_of(key: str) -> str | None:
