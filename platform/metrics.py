@@ -83,8 +83,7 @@ class MetricsSink:
         if not self.enabled:
             return
         self._file.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        self._to_wandb("finish")
 
 
 def read_records(run_dir: Path) -> list[dict]:
