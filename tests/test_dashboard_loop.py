@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_dashboard_sink import WAIT_S, wandb_env
 
 from palm_platform.dashboard import keys
 from palm_platform.dashboard.offline import read_job_runs
@@ -39,15 +40,17 @@ def trained(tmp_path_factory):
         "faults": job.faults.model_copy(update={"inject": [FaultInjection(**POISON)]}),
         "metrics": job.metrics.model_copy(update={"wandb_mode": "offline", "check_pods_identical": False}),
     })
-    for attempt, on_step in ((0, crash_at(CRASH_AT)), (1, None)):
-        trainer = Trainer(job, Path(job.run_dir), attempt=attempt, on_step=on_step)
-        try:
-            trainer.run()
-        except Crash:
-            pass
-        finally:
-            trainer.close()
-    return job, read_records(Path(job.run_dir)), read_job_runs(Path(job.run_dir))
+    with pytest.MonkeyPatch.context() as env:
+        wandb_env(env)
+        for attempt, on_step in ((0, crash_at(CRASH_AT)), (1, None)):
+            trainer = Trainer(job, Path(job.run_dir), attempt=attempt, on_step=on_step)
+            try:
+                trainer.run()
+            except Crash:
+                pass
+            finally:
+                trainer.close()
+    return job, read_records(Path(job.run_dir)), read_job_runs(Path(job.run_dir), wait_s=WAIT_S)
 
 
 @pytest.mark.slow
@@ -59,6 +62,7 @@ def test_loop_logs_every_trained_step_to_wandb(trained):
     logged = [row[keys.STEP_METRIC] for run in runs for row in run.history if "train/loss" in row]
     assert logged == trained_steps
     assert len(runs) == 2 and len({run.run_id for run in runs}) == 1
+    assert all(run.finished for run in runs)
     assert not [run for run in runs if "will be ignored" in run.output]
 
 

@@ -17,6 +17,14 @@ from palm_platform.metrics import MetricsSink, read_records
 
 FAKE_KEY = "palmtest" + "0123456789abcdef" * 2 + "abcdefgh"  # 40 characters, like a real key
 SPIKE_STEP, ROLLBACK_TO, REPLAY_END, RESTORED, LAST = 45, 30, 40, 35, 50
+WAIT_S = 60  # for wandb-core to write a finished run's file (it does so after finish returns)
+
+
+def wandb_env(env: pytest.MonkeyPatch) -> None:
+    """A fake API key (it must never be written), and W&B's console captured into its run
+    file whatever pytest does with stderr (its "auto" mode misses it under `pytest -s`)."""
+    env.setenv("WANDB_API_KEY", FAKE_KEY)
+    env.setenv("WANDB_CONSOLE", "wrap_raw")
 
 
 def step_metrics(step: int, attempt: int) -> dict:
@@ -56,9 +64,9 @@ def drive(run_dir: Path, replay: str = "xaxis") -> None:
 def job_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("wandb") / "demo"
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("WANDB_API_KEY", FAKE_KEY)
+        wandb_env(env)
         drive(run_dir)
-    return run_dir, read_job_runs(run_dir), read_records(run_dir)
+    return run_dir, read_job_runs(run_dir, wait_s=WAIT_S), read_records(run_dir)
 
 
 def history(runs) -> list[dict]:
@@ -73,9 +81,9 @@ def test_every_trained_step_reaches_wandb_in_order_of_training(job_run):
     assert len(trained) == SPIKE_STEP + (REPLAY_END - ROLLBACK_TO) + (LAST - RESTORED)
 
 
-def test_wandb_warns_of_no_dropped_step(job_run):
+def test_restart_resumes_the_same_wandb_run_and_no_step_is_ignored(job_run):
     _, runs, _ = job_run
-    assert len(runs) == 2  # one offline segment per process start, same run id
+    assert len(runs) == 2 and all(run.finished for run in runs)  # one segment per process start
     assert runs[0].run_id == runs[1].run_id
     for run in runs:
         assert "will be ignored" not in run.output and "less than the current step" not in run.output
@@ -191,8 +199,9 @@ def server_replay(request, tmp_path, monkeypatch):
     import palm_platform.dashboard.sink as sink_module
 
     monkeypatch.setattr(sink_module, "NEEDS_SERVER", set())
+    wandb_env(monkeypatch)
     drive(tmp_path / "demo", request.param)
-    return request.param, read_job_runs(tmp_path / "demo")
+    return request.param, read_job_runs(tmp_path / "demo", wait_s=WAIT_S)
 
 
 def test_rewind_and_fork_reopen_the_run_before_each_replayed_step(server_replay):
@@ -222,3 +231,23 @@ def test_rewind_and_fork_keep_the_markers_on_the_first_replayed_step(server_repl
     assert first_replayed["events/rollback"] == 1 and first_replayed["events/spike/loss"] == 9.5
     after_restart = next(row for row in runs[3].history if "train/loss" in row)
     assert after_restart[keys.STEP_METRIC] == RESTORED + 1 and after_restart["events/restart"] == 1
+
+
+def test_wandb_itself_drops_replayed_steps_logged_at_their_own_step(tmp_path, monkeypatch):
+    """Why the x-axis exists (wandb 0.31, offline): the old `log(step=train_step)` loses the
+    replay. (W&B's "will be ignored" warning reaches the run file only when its console
+    capture wins a race with finish(), so the rows, not the warning, are the evidence.)"""
+    import wandb
+
+    wandb_env(monkeypatch)
+    run = wandb.init(project="palm-test", id="plain", mode="offline", dir=str(tmp_path),
+                     settings=wandb.Settings(silent=True))
+    for step in range(1, SPIKE_STEP + 1):
+        run.log({"loss": 1.0}, step=step)
+    for step in range(ROLLBACK_TO + 1, REPLAY_END + 1):
+        run.log({"loss": 2.0}, step=step)  # the replay after the rollback
+    run.finish()
+    (plain,) = read_job_runs(tmp_path, wait_s=WAIT_S)
+    assert plain.finished
+    assert [row["_step"] for row in plain.history] == list(range(1, SPIKE_STEP + 1))
+    assert {row["loss"] for row in plain.history} == {1.0}  # not one replayed value kept

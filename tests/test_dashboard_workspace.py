@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from test_dashboard_sink import drive
+from test_dashboard_sink import WAIT_S, drive, wandb_env
 
 from palm_platform.cli import main as palm
 from palm_platform.dashboard import keys
@@ -16,8 +16,10 @@ from palm_platform.dashboard.workspace import build_workspace, panel_metrics, wo
 @pytest.fixture(scope="module")
 def logged_keys(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("wandb") / "demo"
-    drive(run_dir)
-    return {key for run in read_job_runs(run_dir) for row in run.history for key in row}
+    with pytest.MonkeyPatch.context() as env:
+        wandb_env(env)
+        drive(run_dir)
+    return {key for run in read_job_runs(run_dir, wait_s=WAIT_S) for row in run.history for key in row}
 
 
 def test_every_panel_names_keys_the_sink_logs(logged_keys):

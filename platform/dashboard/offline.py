@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ def raw_records(path: Path) -> Iterator[bytes]:
         if kind == 0 and length == 0:
             position += left_in_block
             continue
+        if position + CHUNK_HEADER + length > len(data):
+            return  # a torn tail: the writing process was killed mid-record
         chunk = data[position + CHUNK_HEADER:position + CHUNK_HEADER + length]
         position += CHUNK_HEADER + length
         if kind == FULL:
@@ -61,7 +64,8 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)  # define_metric, by name or glob
-    output: str = ""  # what W&B printed (its warnings included)
+    output: str = ""  # what W&B printed (its warnings included, when it captured the console)
+    finished: bool = False  # the exit record is there (run.finish() ran and was written)
     resume_from: str = ""
     fork_from: str = ""
 
@@ -107,6 +111,8 @@ def read_run(path: Path) -> OfflineRun:
             run.metrics[name] = MessageToDict(record.metric)
         elif kind in ("output", "output_raw"):
             run.output += getattr(record, kind).line
+        elif kind == "exit":
+            run.finished = True
     return run
 
 
@@ -115,5 +121,17 @@ def run_files(run_dir: Path) -> list[Path]:
     return sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"))
 
 
-def read_job_runs(run_dir: Path) -> list[OfflineRun]:
-    return [read_run(path) for path in run_files(run_dir)]
+def read_job_runs(run_dir: Path, wait_s: float = 0.0) -> list[OfflineRun]:
+    """Every W&B segment of a job. `run.finish()` returns before wandb-core has written an
+    offline file (seen with wandb 0.31: the file held only its header right after), so a
+    reader that follows a finish waits up to `wait_s` for each file's exit record; a
+    segment whose process was killed never gets one and is read as it is."""
+    deadline = time.monotonic() + wait_s
+    runs = []
+    for path in run_files(run_dir):
+        run = read_run(path)
+        while not run.finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+            run = read_run(path)
+        runs.append(run)
+    return runs
