@@ -251,3 +251,15 @@ def test_wandb_itself_drops_replayed_steps_logged_at_their_own_step(tmp_path, mo
     assert plain.finished
     assert [row["_step"] for row in plain.history] == list(range(1, SPIKE_STEP + 1))
     assert {row["loss"] for row in plain.history} == {1.0}  # not one replayed value kept
+
+
+def test_mapping_table_groups_loop_and_eval_names():
+    assert keys.step_key("loss") == "train/loss" and keys.step_key("mfu") == "train/mfu"
+    assert keys.step_key("eval_loss") == "eval/loss" and keys.step_key("new_metric") == "train/new_metric"
+    assert keys.event_keys("eval", {"hellaswag_acc": 0.3, "task": "hellaswag"}) == {"eval/hellaswag_acc": 0.3}
+    assert keys.event_keys("goodput", {"goodput": 0.9, "badput_data_s": 1.5}) == {
+        "goodput/goodput": 0.9, "goodput/badput/data_s": 1.5}
+    assert keys.event_keys("rollback", {"to_step": 30, "note": "x"}) == {
+        "events/rollback": 1, "events/rollback/to_step": 30}
+    assert [keys.summary_of(k) for k in ("eval/loss", "eval/hellaswag_acc", "goodput/wall_s", "train/mfu")] == [
+        "min,last", "max,last", "last", None]

@@ -84,11 +84,13 @@ def badput_key(cause: str) -> str:
 
 
 def summary_of(key: str) -> str | None:
-    """W&B summary of a key: best (min) and last loss, last goodput, max step."""
+    """W&B summary of a key: best (min) and last loss, best eval accuracy, last goodput."""
     if key == STEP_METRIC:
         return "max"
     if key.endswith("loss"):
         return "min,last"
+    if key.startswith("eval/") and key.endswith(("acc", "accuracy")):
+        return "max,last"
     if key.startswith("goodput/") or key == "train/cross_pod_bytes_per_step":
         return "last"
     return None

@@ -37,6 +37,7 @@ REPLAY_POLICIES = ("xaxis", "rewind", "fork")
 # fork_from in the run file but nothing rewinds or forks until a server applies them).
 NEEDS_SERVER = {"rewind", "fork"}
 STATE_FILE = "wandb_run.json"  # fork mode: the run id now written to
+# MetricsSink.log writes step records as {"kind": "step", "step": N, ...} (json.dumps order).
 _STEP_RECORD = re.compile(rb'^\{"kind": "step", "step": (\d+)', re.MULTILINE)
 
 
