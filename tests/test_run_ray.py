@@ -20,7 +20,6 @@ import psutil
 import pytest
 import yaml
 
-from palm_platform.dashboard.offline import read_job_runs
 from palm_platform.metrics import read_records
 from palm_platform.ray import cluster
 
@@ -142,11 +141,6 @@ def test_killed_and_hung_hosts_restart_and_end_bitwise_equal(local_cluster, refe
     records = read_records(tmp_path / "run" / "ray-2host")
     assert sum(r["kind"] == "restart" for r in records) == 2, output[-3000:]
     assert "restarts 2" in output
-    # W&B (offline files): one alert per restart, from host 0 only, and no step dropped.
-    runs = read_job_runs(tmp_path / "run" / "ray-2host", wait_s=15)
-    alerts = [a["title"] for run in runs for a in run.alerts if a["title"].startswith("restart")]
-    assert len(alerts) == 2, alerts
-    assert not [run for run in runs if "will be ignored" in run.output]
     for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(tmp_path)),
                     strict=True):
         np.testing.assert_array_equal(a, b)
