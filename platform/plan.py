@@ -88,30 +88,54 @@ class PlanReport:
             f"{self.compiled_flops_per_step / self.formula_flops_per_step:.3f} (the remat policy and "
             f"embedding lookup explain {self.program_flops_per_step / self.formula_flops_per_step:.3f}; "
             f"XLA's cost analysis, loop bodies once, says {self.cost_analysis_flops_per_step:.4g})",
-            f"  per chip per step: HBM traffic {self.hbm_bytes_per_chip / 1e9:.1f} GB; collectives "
-            + "; ".join(f"{k} {v['bytes'] / 1e9:.2f} GB ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
-                        for k, v in sorted(self.collectives.items(), key=lambda kv: -kv[1]["bytes"])),
-            f"  step time parts: matmuls at peak {t['compute_at_peak_s']:.2f} s, HBM {t['hbm_s']:.2f} s, "
-            f"roofline of both {t['compute_s']:.2f} s, ICI {t['ici_s']:.2f} s, DCN {t['dcn_s']:.2f} s, "
-            f"not overlapped by the schedule {t['exposed_s']:.2f} s",
-            f"  step time: best {t['best_s']:.2f} s (MFU {m['best']:.1%}), as scheduled "
-            f"{t['scheduled_s']:.2f} s ({m['scheduled']:.1%}), worst {t['worst_s']:.2f} s ({m['worst']:.1%})",
+            f"  per chip per step: HBM traffic {_bytes(self.hbm_bytes_per_chip)}",
+            *[f"  {network.upper()} per chip per step: " + ", ".join(
+                f"{kind} {_bytes(v['bytes'])} ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
+                for kind, v in rows) for network, rows in self._collective_rows()],
+            f"  step time parts: matmuls at peak {_seconds(t['compute_at_peak_s'])}, HBM "
+            f"{_seconds(t['hbm_s'])}, roofline of both {_seconds(t['compute_s'])}, ICI "
+            f"{_seconds(t['ici_s'])}, DCN {_seconds(t['dcn_s'])}, not overlapped by the schedule "
+            f"{_seconds(t['exposed_s'])}",
+            f"  step time: best {_seconds(t['best_s'])} (MFU {m['best']:.1%}), as scheduled "
+            f"{_seconds(t['scheduled_s'])} ({m['scheduled']:.1%}), worst {_seconds(t['worst_s'])} "
+            f"({m['worst']:.1%})",
         ]
         if self.paper:
             p = self.paper
             lines.append(
                 f"  paper (measured): MFU {p['mfu']:.1%}, {p['tokens_per_s'] / 1e3:.1f}k tokens/s = "
-                f"{p['step_s']:.2f} s per step at this batch, {p['step_s'] / t['worst_s']:.2f}x our worst case")
+                f"{_seconds(p['step_s'])} per step at this batch, {p['step_s'] / t['worst_s']:.2f}x our worst case")
         lines += [
-            f"  beyond matmuls at peak, the worst case is dominated by {self.dominant}",
+            f"  beyond matmuls at peak, the worst case goes mostly to {self.dominant}",
             f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM {V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, "
             f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
             "(sources in platform/plan_time.py)",
             *[f"  WARNING: {w}" for w in self.warnings],
-            f"  cross-pod gradient exchange: {self.cross_pod_bytes_per_step / 1e9:.2f} GB per pod per step",
+            f"  cross-pod gradient exchange: {_bytes(self.cross_pod_bytes_per_step)} per pod per step",
             f"  compiled in {self.compile_s:.1f} s",
         ]
         return "\n".join(lines)
+
+    def _collective_rows(self) -> list[tuple[str, list]]:
+        """[(network, [(kind, row), ...] largest first), ...]: ICI, then DCN."""
+        rows = []
+        for network in ("ici", "dcn"):
+            found = [(key.split("/", 1)[1], v) for key, v in self.collectives.items()
+                     if key.startswith(network + "/")]
+            if found:
+                rows.append((network, sorted(found, key=lambda kv: -kv[1]["bytes"])))
+        return rows
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def hbm_oom_bytes(message: str) -> int | None:

@@ -242,11 +242,23 @@ class StepCost:
 
 
 def _replica_groups(inst: Instruction, partitions: int) -> list[list[int]]:
+    """Device-id groups of a collective, from any of XLA's printed forms."""
+    import numpy as np
+
     text = inst.attrs
+    # Newer XLA: replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}: groups along named axes.
+    named = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", text)
+    if named:
+        axes = re.findall(r"'([^']+)'=(\d+)", named.group(1))
+        if not axes or "device_ids" in text[named.end():named.end() + 20]:
+            raise HloParseError(f"{inst.name}: replica groups {named.group(0)[:80]} not understood")
+        names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
+        over = [names.index(a) for a in re.findall(r"'([^']+)'", named.group(2))]
+        rest = [k for k in range(len(names)) if k not in over]
+        ids = np.arange(math.prod(sizes)).reshape(sizes).transpose(rest + over)
+        return ids.reshape(-1, math.prod(sizes[k] for k in over)).tolist()
     iota = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
     if iota:
-        import numpy as np
-
         groups_shape = [int(x) for x in iota.group(1).split(",")]
         reshape = [int(x) for x in iota.group(2).split(",")]
         ids = np.arange(math.prod(reshape)).reshape(reshape)
@@ -300,7 +312,7 @@ class _Walker:
     def _callees(inst: Instruction) -> list[str]:
         if inst.opcode == "while":
             return []
-        called = inst.attr("calls")
+        called = inst.attr("to_apply" if inst.opcode == "call" else "calls")
         names = _NAME.findall(called) if called else []
         branches = inst.attr("branch_computations")
         if branches:

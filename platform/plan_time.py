@@ -74,4 +74,5 @@ def dominant(time: StepTime) -> str:
         "cross-pod (DCN) transfers": time.dcn_s,
     }
     name = max(parts, key=parts.get)
-    return f"{name} ({parts[name]:.2f} s of the {time.worst_s - time.compute_at_peak_s:.2f} s above compute at peak)"
+    share = parts[name] / max(time.worst_s - time.compute_at_peak_s, 1e-12)
+    return f"{name} ({share:.0%} of the time above matmuls at peak)"
