@@ -324,13 +324,33 @@ class _Walker:
         if known:
             return int(known.group(1))
         condition = self.computations[inst.attr("condition").lstrip("%")]
-        limit, direction = self._loop_limit(condition)
-        init = self._constant(comp, comp.by_name[inst.operands[0]], 0)
-        if limit is None or init is None:
+        limit, direction, index = self._loop_limit(condition)
+        init = None if index is None else self._constant(comp, comp.by_name[inst.operands[0]], index)
+        body = self.computations[inst.attr("body").lstrip("%")]
+        step = None if index is None else self._loop_step(body, index)
+        if limit is None or init is None or step is None or direction not in ("LT", "LE"):
             raise HloParseError(
-                f"while loop {inst.name}: trip count unknown (no known_trip_count and the "
-                f"condition {condition.name} is not `counter < constant`)")
-        return max(0, limit - init + (1 if direction == "LE" else 0))
+                f"while loop {inst.name}: trip count unknown (no known_trip_count, and the "
+                f"condition {condition.name} is not `counter < constant` with the body adding a "
+                "constant to the counter)")
+        return max(0, -(-(limit - init + (1 if direction == "LE" else 0)) // step))
+
+    def _loop_step(self, body: Computation, index: int) -> int | None:
+        """The constant the loop body adds to tuple element `index` (the counter)."""
+        root = body.root_instruction()
+        if root.opcode != "tuple":
+            return None
+        update = body.by_name[root.operands[index]]
+        if update.opcode != "add":
+            return None
+        for counter, other in (update.operands, update.operands[::-1]):
+            gte = body.by_name[counter]
+            while gte.opcode in ("copy", "bitcast", "convert"):
+                gte = body.by_name[gte.operands[0]]
+            if gte.opcode == "get-tuple-element" and gte.attr("index") == str(index):
+                step = self._constant(body, body.by_name[other], None)
+                return step if step else None
+        return None
 
     def _constant(self, comp: Computation, inst: Instruction, tuple_index: int | None) -> int | None:
         """The integer constant an instruction evaluates to, through tuples, copies and bitcasts."""
@@ -345,24 +365,26 @@ class _Walker:
                 return None
         return None
 
-    def _loop_limit(self, condition: Computation) -> tuple[int | None, str | None]:
-        """(constant, direction) of the condition's `counter <direction> constant` compare."""
+    def _loop_limit(self, condition: Computation) -> tuple[int | None, str | None, int | None]:
+        """(constant, direction, counter's tuple index) of `counter <direction> constant`."""
         root = condition.root_instruction()
+        counter = limit = None
         if root.opcode == "fusion":  # CPU wraps the compare in a fusion: look inside
             fused = self.computations[root.attr("calls").lstrip("%")]
             compare = fused.root_instruction()
-            if compare.opcode != "compare":
-                return None, None
             params = {i.name: root.operands[int(i.args)] for i in fused.instructions
                       if i.opcode == "parameter"}
-            limit = params.get(compare.operands[1])
-            if limit is None:
-                return None, None
-            return self._constant(condition, condition.by_name[limit], None), compare.attr("direction")
-        if root.opcode != "compare":
-            return None, None
-        value = self._constant(condition, condition.by_name[root.operands[1]], None)
-        return value, root.attr("direction")
+            if compare.opcode == "compare":
+                counter, limit = (params.get(o) for o in compare.operands)
+        elif root.opcode == "compare":
+            compare = root
+            counter, limit = compare.operands
+        if counter is None or limit is None:
+            return None, None, None
+        counter_inst = condition.by_name[counter]
+        index = int(counter_inst.attr("index")) if counter_inst.opcode == "get-tuple-element" else 0
+        value = self._constant(condition, condition.by_name[limit], None)
+        return value, compare.attr("direction"), index
 
     def walk(self, name: str, multiplier: int, async_overlapped: bool | None = None) -> None:
         comp = self.computations[name]
