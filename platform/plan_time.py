@@ -3,7 +3,8 @@
     best  = max(compute, ICI, DCN)       every collective overlapped, all 6 ICI links busy
     worst = compute + ICI + DCN          nothing overlapped, a collective on one torus axis
     as scheduled = compute + collectives the compiler did not overlap (sync, or async with no
-                   compute between start and done), at the best-case bandwidths
+                   compute between start and done), at the best-case bandwidths (and at
+                   least the busiest channel's time)
 where compute = sum over instructions of max(FLOPs at peak, HBM bytes at HBM bandwidth).
 """
 
@@ -61,7 +62,8 @@ def step_time(cost: StepCost) -> StepTime:
         dcn_s=dcn_s,
         exposed_s=exposed,
         best_s=max(cost.roofline_s, ici_s, dcn_s),
-        scheduled_s=cost.roofline_s + exposed,
+        # Overlapped transfers still take their time: never faster than the busiest channel.
+        scheduled_s=max(cost.roofline_s + exposed, ici_s, dcn_s),
         worst_s=cost.roofline_s + ici / V4_ICI_ONE_AXIS + dcn_s,
     )
 
