@@ -128,6 +128,8 @@ class PlanReport:
 
 
 def _seconds(s: float) -> str:
+    if s == 0:
+        return "0 s"
     return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
 
 
