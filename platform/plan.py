@@ -78,11 +78,11 @@ class PlanReport:
         ]
         if not self.step_time:  # the compiler refused the program: no FLOPs or times
             return "\n".join(lines)
-        trips = " x ".join(str(n) for n in sorted({n for _, n in self.loops}, reverse=True)) or "none"
+        trips = ", ".join(str(n) for n in sorted({n for _, n in self.loops}, reverse=True)) or "none"
         t, m = self.step_time, self.mfu_range
         lines += [
-            f"  FLOPs per step: compiled {self.compiled_flops_per_step:.4g} (every loop counted; "
-            f"trip counts {trips}), {self.compiled_flops_per_step / self.program_flops_per_step:.3f}x "
+            f"  FLOPs per step: compiled {self.compiled_flops_per_step:.4g} (through {len(self.loops)} "
+            f"loops, trip counts {trips}), {self.compiled_flops_per_step / self.program_flops_per_step:.3f}x "
             f"the program's matmuls",
             f"  vs formula 6N+12LHQT {self.formula_flops_per_step:.4g}: ratio "
             f"{self.compiled_flops_per_step / self.formula_flops_per_step:.3f} (the remat policy and "
