@@ -113,3 +113,27 @@ def test_jaxpr_matmul_flops_multiply_scans_by_their_length():
 
     flops = jaxpr_matmul_flops(jax.make_jaxpr(f)(jnp.ones((8, 16)), jnp.ones((16, 16))))
     assert flops == 4 * 2 * 8 * 16 * 16
+
+
+def test_a_plan_never_reports_mfu_above_100_percent_and_warns_with_the_numbers():
+    from palm_platform.plan import PlanReport, add_step_analysis
+
+    x, w = jnp.ones((64, 32)), jnp.ones((32, 32))
+    c = compiled(lambda x, w: jax.lax.fori_loop(0, 7, lambda i, acc: jnp.tanh(acc @ w), x), x, w)
+    flops = 7 * 2 * 64 * 32 * 32
+    report = PlanReport(
+        job="short", topology="1 x v4:1x1x1", devices=1, mesh={}, global_batch=2, microbatches=1,
+        seq_len=8, params=1, argument_bytes=0, temp_bytes=0, output_bytes=0, alias_bytes=0,
+        per_chip_bytes=0, hbm_bytes=1, fits=True, compiled_flops_per_step=float("nan"),
+        formula_flops_per_step=2.0 * flops,  # a formula the program cannot reach
+        predicted_step_s=float("nan"), predicted_mfu=float("nan"), cross_pod_bytes_per_step=0,
+        compile_s=0.0)
+    add_step_analysis(report, c.as_text(), program_flops=1.5 * flops, cost_analysis_flops=0.0,
+                      pods=1, paper={"mfu": 0.462, "tokens_per_s": 1.0})
+    assert report.compiled_flops_per_step == flops
+    assert 0 < max(report.mfu_range.values()) <= 1.0
+    assert any("below the formula" in line for line in report.warnings)
+    mismatch = next(line for line in report.warnings if "the program's" in line)
+    assert "0.667x" in mismatch  # compiled / program, with the numbers
+    text = report.text()
+    assert "WARNING" in text and "paper (measured): MFU 46.2%" in text
