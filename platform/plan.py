@@ -2,8 +2,10 @@
 
 With the `tpu` extra (libtpu) installed, `jax.experimental.topologies` describes the job's
 TPU v4 slices on a CPU machine; the train step is lowered against abstract, sharded shapes
-(nothing is allocated) and compiled by the real TPU compiler, which reports per-chip memory
-and FLOPs. Exit 1 when the step does not fit in a chip's HBM.
+(nothing is allocated) and compiled by the real TPU compiler, which reports per-chip memory.
+FLOPs, HBM traffic and collectives are read from the compiled program by `plan_hlo` (every
+loop counted), checked against the program's own matmuls (`plan_flops`), and turned into a
+step-time range by `plan_time`. Exit 1 when the step does not fit in a chip's HBM.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ per-instruction shapes or loop trip counts of a compiled TPU program.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -513,4 +512,4 @@ def summary(cost: StepCost) -> dict:
         row["bytes"] += c.bytes_per_chip * c.multiplier
         row["count"] += c.multiplier
         row["overlapped_bytes"] += c.bytes_per_chip * c.multiplier if c.overlapped else 0.0
-    return json.loads(json.dumps(table))
+    return {key: dict(row) for key, row in table.items()}
