@@ -230,7 +230,7 @@ class Collective:
 class StepCost:
     """Per-chip totals of one step, every loop body counted as often as it runs."""
     flops: float = 0.0  # dot + convolution FLOPs per chip
-    hbm_bytes: float = 0.0  # bytes read and written by top-level instructions
+    hbm_bytes: float = 0.0  # bytes read and written by top-level instructions (not collectives)
     roofline_s: float = 0.0  # sum over instructions of max(FLOPs at peak, bytes at HBM bandwidth)
     collectives: list[Collective] = field(default_factory=list)
     loops: list[tuple[str, int]] = field(default_factory=list)  # (while name, trip count)
@@ -405,17 +405,20 @@ class _Walker:
                 for callee in self._callees(inst):
                     self.walk(callee, multiplier, async_overlapped)
                 continue
+            collective = self.collective(inst, comp, order, multiplier)
+            if collective is not None:  # timed on its network, not as HBM traffic
+                if async_overlapped is not None:
+                    collective.overlapped = async_overlapped
+                self.cost.collectives.append(collective)
+                continue
+            if inst.opcode.endswith("-done"):  # the second half of an async pair
+                continue
             flops = instruction_flops(inst, comp) + sum(
                 self.fused_flops(c) for c in self._callees(inst))
             traffic = 0.0 if inst.opcode in _NO_TRAFFIC else self.traffic(inst, comp)
             self.cost.flops += multiplier * flops
             self.cost.hbm_bytes += multiplier * traffic
             self.cost.roofline_s += multiplier * max(flops / self.peak, traffic / self.hbm_bw)
-            collective = self.collective(inst, comp, order, multiplier)
-            if collective is not None:
-                if async_overlapped is not None:
-                    collective.overlapped = async_overlapped
-                self.cost.collectives.append(collective)
 
     def traffic(self, inst: Instruction, comp: Computation) -> float:
         """HBM bytes an instruction reads and writes; slices of big buffers count as slices."""
