@@ -79,8 +79,8 @@ class PlanReport:
             f"- donated {self.alias_bytes / gib:.2f} GiB = {self.per_chip_bytes / gib:.2f} GiB "
             f"of {self.hbm_bytes / gib:.0f} GiB HBM: {'fits' if self.fits else 'DOES NOT FIT'}",
         ]
-        if not self.step_time:  # the compiler refused the program: no FLOPs or times
-            return "\n".join(lines)
+        if not self.step_time:  # refused by the compiler, or unreadable: no FLOPs or times
+            return "\n".join(lines + [f"  WARNING: {w}" for w in self.warnings])
         trips = ", ".join(str(n) for n in sorted({n for _, n in self.loops}, reverse=True)) or "none"
         t, m = self.step_time, self.mfu_range
         lines += [
@@ -202,6 +202,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     from palm.flops import train_flops_per_token
     from palm_platform.mesh import batch_sharding, make_mesh
     from palm_platform.plan_flops import jaxpr_matmul_flops
+    from palm_platform.plan_hlo import HloParseError
     from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
     from palm_platform.train.state import state_shardings
     from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
@@ -267,8 +268,12 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     if save_hlo:
         with open(save_hlo, "w") as f:
             f.write(hlo_text)
-    add_step_analysis(report, hlo_text, program, float(cost.get("flops", 0.0)) * n,
-                      topo.pods, PAPER_MEASURED.get(job.model.preset))
+    try:
+        add_step_analysis(report, hlo_text, program, float(cost.get("flops", 0.0)) * n,
+                          topo.pods, PAPER_MEASURED.get(job.model.preset))
+    except HloParseError as error:  # memory is still worth reporting; FLOPs would be a guess
+        report.warnings.append(f"no FLOPs or step time: the compiled program could not be read "
+                               f"({error}); rerun with --save-hlo FILE and report it")
     return report
 
 
