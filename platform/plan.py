@@ -2,8 +2,10 @@
 
 With the `tpu` extra (libtpu) installed, `jax.experimental.topologies` describes the job's
 TPU v4 slices on a CPU machine; the train step is lowered against abstract, sharded shapes
-(nothing is allocated) and compiled by the real TPU compiler, which reports per-chip memory
-and FLOPs. Exit 1 when the step does not fit in a chip's HBM.
+(nothing is allocated) and compiled by the real TPU compiler, which reports per-chip memory.
+FLOPs, HBM traffic and collectives are read from the compiled program by `plan_hlo` (every
+loop counted), checked against the program's own matmuls (`plan_flops`), and turned into a
+step-time range by `plan_time`. Exit 1 when the step does not fit in a chip's HBM.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-V4_HBM_BYTES = 32 * 2**30  # TPU v4: 32 GiB HBM per chip
-V4_PEAK_BF16_FLOPS = 275e12  # TPU v4: 275 TFLOP/s bf16 per chip
+from palm_platform.plan_time import (
+    HARDWARE,
+    V4_DCN_PER_CHIP,
+    V4_HBM_BANDWIDTH,
+    V4_HBM_BYTES,
+    V4_ICI_ALL_LINKS,
+    V4_ICI_LINK_BANDWIDTH,
+    V4_PEAK_BF16_FLOPS,
+)
+
+# The paper's measured training throughput (PaLM, arXiv 2204.02311, Table 3), by model preset.
+PAPER_MEASURED = {"palm-540b": {"mfu": 0.462, "tokens_per_s": 238.3e3}}
 
 
 @dataclass
@@ -38,16 +50,27 @@ class PlanReport:
     per_chip_bytes: int
     hbm_bytes: int
     fits: bool
-    compiled_flops_per_step: float
-    formula_flops_per_step: float
-    predicted_step_s: float
-    predicted_mfu: float
+    compiled_flops_per_step: float  # matmul FLOPs of the compiled program, every loop counted
+    formula_flops_per_step: float  # appendix B: 6N + 12LHQT per token, no rematerialisation
+    predicted_step_s: float  # best case of the range below
+    predicted_mfu: float  # at the best case: an upper bound, never above 100%
     cross_pod_bytes_per_step: int
     compile_s: float
+    program_flops_per_step: float = float("nan")  # matmuls of the jaxpr: formula + remat recompute
+    cost_analysis_flops_per_step: float = float("nan")  # XLA's count: each loop body once
+    loops: list = dataclasses.field(default_factory=list)  # trip counts of the compiled loops
+    hbm_bytes_per_chip: float = float("nan")
+    collectives: dict = dataclasses.field(default_factory=dict)  # "net/kind": per-chip bytes, count
+    step_time: dict = dataclasses.field(default_factory=dict)  # plan_time.StepTime
+    mfu_range: dict = dataclasses.field(default_factory=dict)  # best / scheduled / worst
+    paper: dict | None = None
+    dominant: str = ""
+    warnings: list = dataclasses.field(default_factory=list)
+    hardware: dict = dataclasses.field(default_factory=lambda: dict(HARDWARE))
 
     def text(self) -> str:
         gib = 2**30
-        return "\n".join([
+        lines = [
             f"job {self.job}: {self.devices} TPU v4 chips ({self.topology}), mesh {self.mesh}",
             f"  batch {self.global_batch} x {self.seq_len} tokens, {self.microbatches} microbatch(es), "
             f"{self.params / 1e9:.3f}B params",
@@ -55,14 +78,87 @@ class PlanReport:
             f"{self.temp_bytes / gib:.2f} GiB + outputs {self.output_bytes / gib:.2f} GiB "
             f"- donated {self.alias_bytes / gib:.2f} GiB = {self.per_chip_bytes / gib:.2f} GiB "
             f"of {self.hbm_bytes / gib:.0f} GiB HBM: {'fits' if self.fits else 'DOES NOT FIT'}",
-            f"  FLOPs per step: compiled {self.compiled_flops_per_step:.4g} vs formula 6N+12LHQT "
-            f"{self.formula_flops_per_step:.4g} (ratio {self.compiled_flops_per_step / self.formula_flops_per_step:.3f}; "
-            f"rematerialisation adds a forward pass)",
-            f"  predicted step {self.predicted_step_s:.3f} s and MFU {self.predicted_mfu:.1%} if every "
-            f"compiled FLOP ran at {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s per chip (an upper bound)",
-            f"  cross-pod gradient exchange: {self.cross_pod_bytes_per_step / 1e9:.2f} GB per pod per step",
+        ]
+        if not self.step_time:  # refused by the compiler, or unreadable: no FLOPs or times
+            return "\n".join(lines + [f"  WARNING: {w}" for w in self.warnings])
+        trips = ", ".join(str(n) for n in sorted({n for _, n in self.loops}, reverse=True)) or "none"
+        t, m = self.step_time, self.mfu_range
+        lines += [
+            f"  FLOPs per step: compiled {self.compiled_flops_per_step:.4g} (through {len(self.loops)} "
+            f"loops, trip counts {trips}), {self.compiled_flops_per_step / self.program_flops_per_step:.3f}x "
+            f"the program's matmuls",
+            f"  vs formula 6N+12LHQT {self.formula_flops_per_step:.4g}: ratio "
+            f"{self.compiled_flops_per_step / self.formula_flops_per_step:.3f} (the remat policy and "
+            f"embedding lookup explain {self.program_flops_per_step / self.formula_flops_per_step:.3f}; "
+            f"XLA's cost analysis, loop bodies once, says {self.cost_analysis_flops_per_step:.4g})",
+            f"  per chip per step: HBM traffic {_bytes(self.hbm_bytes_per_chip)}",
+            *[f"  {network.upper()} per chip per step: " + ", ".join(
+                f"{kind} {_bytes(v['bytes'])} ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
+                for kind, v in rows) for network, rows in self._collective_rows()],
+            f"  step time parts: matmuls at peak {_seconds(t['compute_at_peak_s'])}, HBM "
+            f"{_seconds(t['hbm_s'])}, roofline of both {_seconds(t['compute_s'])}, ICI "
+            f"{_seconds(t['ici_s'])}, DCN {_seconds(t['dcn_s'])}, not overlapped by the schedule "
+            f"{_seconds(t['exposed_s'])}",
+            f"  step time: best {_seconds(t['best_s'])} (MFU {m['best']:.1%}), as scheduled "
+            f"{_seconds(t['scheduled_s'])} ({m['scheduled']:.1%}), worst {_seconds(t['worst_s'])} "
+            f"({m['worst']:.1%})",
+        ]
+        if self.paper:
+            p = self.paper
+            lines.append(
+                f"  paper (measured): MFU {p['mfu']:.1%}, {p['tokens_per_s'] / 1e3:.1f}k tokens/s = "
+                f"{_seconds(p['step_s'])} per step at this batch")
+            if p["step_s"] > t["worst_s"]:
+                lines.append(
+                    f"  the gap to the paper: {1 - t['worst_s'] / p['step_s']:.0%} of its step is not "
+                    "explained by this program's FLOPs, HBM bytes and collectives at peak rates")
+            else:
+                exposed = self._exposed_seconds()
+                top = ", ".join(f"{key} {_seconds(v)}" for key, v in exposed[:2])
+                lines.append(
+                    f"  the gap from our best case to the paper: {_seconds(p['step_s'] - t['best_s'])}; "
+                    f"the schedule leaves {_seconds(t['exposed_s'])} of collectives not overlapped "
+                    f"({top})")
+        lines += [
+            f"  inside the range, beyond matmuls at peak, most time goes to {self.dominant}",
+            f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM {V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, "
+            f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
+            "(sources in platform/plan_time.py)",
+            *[f"  WARNING: {w}" for w in self.warnings],
+            f"  cross-pod gradient exchange: {_bytes(self.cross_pod_bytes_per_step)} per pod per step",
             f"  compiled in {self.compile_s:.1f} s",
-        ])
+        ]
+        return "\n".join(lines)
+
+    def _exposed_seconds(self) -> list[tuple[str, float]]:
+        """[("net/kind", seconds of it not overlapped, at best-case bandwidth)], largest first."""
+        bandwidth = {"ici": V4_ICI_ALL_LINKS, "dcn": V4_DCN_PER_CHIP}
+        exposed = [(key, (row["bytes"] - row["overlapped_bytes"]) / bandwidth[key.split("/")[0]])
+                   for key, row in self.collectives.items()]
+        return sorted((kv for kv in exposed if kv[1] > 0), key=lambda kv: -kv[1])
+
+    def _collective_rows(self) -> list[tuple[str, list]]:
+        """[(network, [(kind, row), ...] largest first), ...]: ICI, then DCN."""
+        rows = []
+        for network in ("ici", "dcn"):
+            found = [(key.split("/", 1)[1], v) for key, v in self.collectives.items()
+                     if key.startswith(network + "/")]
+            if found:
+                rows.append((network, sorted(found, key=lambda kv: -kv[1]["bytes"])))
+        return rows
+
+
+def _seconds(s: float) -> str:
+    if s == 0:
+        return "0 s"
+    return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def hbm_oom_bytes(message: str) -> int | None:
@@ -100,11 +196,13 @@ def tpu_devices(ici_topology: str, pods: int):
     return topology.devices
 
 
-def plan(job, microbatches: int | None = None) -> PlanReport:
+def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> PlanReport:
     import jax
 
     from palm.flops import train_flops_per_token
     from palm_platform.mesh import batch_sharding, make_mesh
+    from palm_platform.plan_flops import jaxpr_matmul_flops
+    from palm_platform.plan_hlo import HloParseError
     from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
     from palm_platform.train.state import state_shardings
     from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
@@ -124,21 +222,6 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
     spec = StepSpec(cfg, topo.pods, microbatches, job.mesh.cross_pod_dtype)
     step = make_train_step(spec, tx, mesh, shardings, learning_rate_schedule(job.optimizer))
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
-
-    micro_tokens = jax.ShapeDtypeStruct((batch // microbatches, job.seq_len + 1), jax.numpy.int32,
-                                        sharding=batch_sharding(mesh))
-
-    def compile_microbatch_step(model_cfg):
-        """One microbatch, no accumulation loop (cost analysis would count its body once)."""
-        abstract, shard = state_shardings(model_cfg, tx, mesh)
-        step_spec = dataclasses.replace(spec, model=model_cfg, microbatches=1)
-        fn = make_train_step(step_spec, tx, mesh, shard, learning_rate_schedule(job.optimizer))
-        return fn.lower(abstract, micro_tokens).compile()
-
-    def flops(compiled) -> float:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        return float(cost.get("flops", 0.0)) * len(devices)  # cost_analysis is per device
 
     start = time.perf_counter()
     n = len(devices)
@@ -163,30 +246,80 @@ def plan(job, microbatches: int | None = None) -> PlanReport:
             compile_s=time.perf_counter() - start,
         )
     memory = compiled.memory_analysis()
-    # XLA's cost analysis counts a while loop's body once, and both the layers (scan) and the
-    # microbatches (gradient accumulation) are loops: count FLOPs on two small compiles of one
-    # microbatch with 1 and 2 unrolled layers, and extrapolate to all layers and microbatches.
-    one, two = (flops(compile_microbatch_step(dataclasses.replace(cfg, num_layers=k, scan_layers=False)))
-                for k in (1, 2))
-    compiled_flops = microbatches * (one + (cfg.num_layers - 1) * (two - one))
     compile_s = time.perf_counter() - start
-
     per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                 + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-    step_s = compiled_flops / (n * V4_PEAK_BF16_FLOPS)
-    return PlanReport(
+    report = PlanReport(
         job=job.name, topology=f"{topo.pods} x v4:{topo.ici_topology}", devices=n,
         mesh=dict(mesh.shape), global_batch=batch, microbatches=microbatches,
         seq_len=job.seq_len, params=cfg.num_params(),
         argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         per_chip_bytes=per_chip, hbm_bytes=V4_HBM_BYTES, fits=per_chip <= V4_HBM_BYTES,
-        compiled_flops_per_step=compiled_flops, formula_flops_per_step=formula,
-        predicted_step_s=step_s, predicted_mfu=formula / (step_s * n * V4_PEAK_BF16_FLOPS),
+        compiled_flops_per_step=float("nan"), formula_flops_per_step=formula,
+        predicted_step_s=float("nan"), predicted_mfu=float("nan"),
         cross_pod_bytes_per_step=cross_pod_bytes_per_step(
             abstract_state.params, topo.pods, job.mesh.cross_pod_dtype),
         compile_s=compile_s,
     )
+    program = jaxpr_matmul_flops(jax.make_jaxpr(step)(abstract_state, tokens))
+    cost = cost_analysis(compiled)
+    hlo_text = compiled.as_text()
+    if save_hlo:
+        with open(save_hlo, "w") as f:
+            f.write(hlo_text)
+    try:
+        add_step_analysis(report, hlo_text, program, float(cost.get("flops", 0.0)) * n,
+                          topo.pods, PAPER_MEASURED.get(job.model.preset))
+    except HloParseError as error:  # memory is still worth reporting; FLOPs would be a guess
+        report.warnings.append(f"no FLOPs or step time: the compiled program could not be read "
+                               f"({error}); rerun with --save-hlo FILE and report it")
+    return report
+
+
+def cost_analysis(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    return cost[0] if isinstance(cost, list) else cost
+
+
+def add_step_analysis(report: PlanReport, hlo_text: str, program_flops: float,
+                      cost_analysis_flops: float, pods: int, paper: dict | None) -> None:
+    """FLOPs through every loop, collectives and the step-time range, from the compiled HLO."""
+    from palm_platform.plan_flops import flops_warning
+    from palm_platform.plan_hlo import analyze, summary
+    from palm_platform.plan_time import dominant, step_time
+
+    n, formula = report.devices, report.formula_flops_per_step
+    cost = analyze(hlo_text, V4_PEAK_BF16_FLOPS, V4_HBM_BANDWIDTH, pods=pods)
+    times = step_time(cost)
+    compiled = cost.flops * n  # every chip runs the same program on its shard
+    # Model FLOPs over time at peak can exceed 100% only if the compiled count is short of
+    # the formula; never time a step below the formula's FLOPs at peak.
+    floor_s = formula / (n * V4_PEAK_BF16_FLOPS)
+    warning = flops_warning(report.job, compiled, program_flops, formula)
+    report.warnings += [warning] if warning else []
+    if compiled < formula:
+        report.warnings.append(f"{report.job}: compiled FLOPs {compiled:.4g} are below the formula's "
+                               f"{formula:.4g}; MFU is computed with the formula's time at peak")
+
+    def mfu(seconds: float) -> float:
+        return formula / (max(seconds, floor_s) * n * V4_PEAK_BF16_FLOPS)
+
+    report.compiled_flops_per_step = compiled
+    report.program_flops_per_step = program_flops
+    report.cost_analysis_flops_per_step = cost_analysis_flops
+    report.loops = cost.loops
+    report.hbm_bytes_per_chip = cost.hbm_bytes
+    report.collectives = summary(cost)
+    report.step_time = asdict(times)
+    report.mfu_range = {"best": mfu(times.best_s), "scheduled": mfu(times.scheduled_s),
+                        "worst": mfu(times.worst_s)}
+    report.predicted_step_s = max(times.best_s, floor_s)
+    report.predicted_mfu = report.mfu_range["best"]
+    report.dominant = dominant(times)
+    if paper is not None:
+        tokens = report.global_batch * report.seq_len
+        report.paper = {**paper, "step_s": tokens / paper["tokens_per_s"]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,13 +327,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--microbatches", type=int, default=None,
                         help="override gradient-accumulation steps (default: from the job)")
+    parser.add_argument("--save-hlo", metavar="PATH", default=None,
+                        help="write the compiled program's HLO text here (to inspect its loops)")
 
 
 def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
-    report = plan(job, args.microbatches)
+    report = plan(job, args.microbatches, args.save_hlo)
     print(json.dumps(asdict(report)) if args.json else report.text())
     if not report.fits:
         over = (report.per_chip_bytes - report.hbm_bytes) / 2**30
