@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),
+    "gcs-emulator": ("palm_platform.storage.emulator", "a local GCS server for gs:// paths (tests, demo)"),
 }
 
 
