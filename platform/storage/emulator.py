@@ -88,8 +88,8 @@ def clear_client_caches() -> None:
 
 
 def _start(bucket: str, log_file) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "palm_platform.storage.emulator_server", "start", f"--host={HOST}",
-               f"--default-bucket={bucket}", "--in-memory", "--quiet"]
+    command = [sys.executable, "-m", "palm_platform.storage.emulator_server", "start",
+               f"--host={HOST}", f"--default-bucket={bucket}", "--in-memory", "--quiet"]
     for _ in range(3):  # the free port may be taken between the probe and the bind: retry
         url = f"http://{HOST}:{_free_port()}"
         process = subprocess.Popen([*command, f"--port={url.rsplit(':', 1)[1]}"],

@@ -7,8 +7,6 @@ up minutes later on every host, inside Orbax or TensorStore, as a retried worker
 
 from __future__ import annotations
 
-import importlib.util
-
 from palm_platform.storage.env import EmulatorEnvError, check_emulator_env, emulator_urls
 
 
@@ -85,11 +83,13 @@ def check_storage(job) -> None:
             "line by line, which GCS objects cannot do). Fix: a local run_dir; checkpoints "
             "and data may stay on gs://"
         )
-    if importlib.util.find_spec("gcsfs") is None:
+    try:
+        import gcsfs  # noqa: F401 - etils/Orbax and fsspec reach gs:// through it
+    except ImportError:
         raise StorageConfigError(
             f"{field}: {path}: gs:// paths need the gcsfs package, which is missing from this "
             "Python environment. Fix: `bash scripts/setup.sh` (or `pip install gcsfs`)"
-        )
+        ) from None
     if not emulator_urls():
         check_credentials()
     for bucket in dict.fromkeys(bucket_of(p) for p in paths.values()):
