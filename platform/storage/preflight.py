@@ -77,6 +77,11 @@ def check_storage(job) -> None:
     if not paths:
         return
     field, path = next(iter(paths.items()))
+    if "data.cache_dir" in paths:
+        raise StorageConfigError(
+            f"data.cache_dir: {paths['data.cache_dir']}: the token cache must be local (it is "
+            "memory-mapped). Fix: a local cache_dir; the sources may stay on gs://"
+        )
     if "run_dir" in paths:
         raise StorageConfigError(
             f"run_dir: {paths['run_dir']}: the run folder must be local (metrics are appended "
