@@ -120,3 +120,31 @@ def test_emulator_variables_with_a_job_on_real_tpu_hosts_are_refused(tmp_path):
     run = _palm_run(job, {**os.environ, **LOCAL, "PATH": os.environ["PATH"]})
     assert run.returncode == 2, run.stderr
     assert "topology.local" in run.stderr and "real TPU hosts" in run.stderr
+
+
+def test_palm_gcs_emulator_serves_its_bucket_on_loopback_until_interrupted():
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([str(BIN / "palm"), "gcs-emulator", "--bucket", "palm-cli"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        exports = {}
+        for line in proc.stdout:
+            if line.strip().startswith("export "):
+                name, value = line.split(None, 1)[1].strip().split("=", 1)
+                exports[name] = value
+            if line.startswith("Ctrl-C"):
+                break
+        url = exports["STORAGE_EMULATOR_HOST"]
+        assert url.startswith("http://127.0.0.1:") and exports["TENSORSTORE_GCS_HTTP_URL"] == url
+        with urllib.request.urlopen(f"{url}/storage/v1/b/palm-cli", timeout=5) as response:
+            assert json.loads(response.read())["name"] == "palm-cli"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "GCS emulator stopped" in proc.stdout.read()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{url}/storage/v1/b/palm-cli", timeout=2)
+    finally:
+        proc.kill()
+        proc.wait()
