@@ -148,3 +148,25 @@ def test_palm_gcs_emulator_serves_its_bucket_on_loopback_until_interrupted():
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+def test_jax_compilation_cache_on_gs_is_written_and_read_back(gcs_bucket):
+    # The pods' compile cache (issue 13) is a gs:// folder too: JAX reaches it through etils
+    # and gcsfs, so the same emulator variables serve it. Two processes: the second one hits.
+    program = (
+        "import sys, logging, jax, jax.numpy as jnp\n"
+        "logging.basicConfig(level=logging.DEBUG, format='%(message)s')\n"
+        "jax.config.update('jax_compilation_cache_dir', sys.argv[1])\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "print(float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((32, 32)))))\n"
+    )
+    cache = f"{gcs_bucket}/compile-cache"
+    runs = [subprocess.run([sys.executable, "-c", program, cache], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            for _ in range(2)]
+    assert all(r.returncode == 0 and "32768.0" in r.stdout for r in runs), runs[-1].stderr[-2000:]
+    entries = fsspec.filesystem("gs").find(cache)
+    assert any("jit__lambda" in e for e in entries), entries
+    assert "Persistent compilation cache hit for 'jit__lambda'" in runs[1].stderr
+    assert "Persistent compilation cache hit for 'jit__lambda'" not in runs[0].stderr
