@@ -76,7 +76,7 @@ def _measure(directory: str, state: dict, steps: int) -> dict[str, float]:
         start = time.perf_counter()
         assert verify(directory, step).ok
         times["verify"].append(time.perf_counter() - start)
-    for step in range(steps, 1, -1):  # newest first, as a rollback discards them
+    for step in range(steps, 0, -1):  # newest first, as a rollback discards them
         start = time.perf_counter()
         checkpointer.discard_after(step - 1)
         times["delete"].append(time.perf_counter() - start)
