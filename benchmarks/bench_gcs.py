@@ -39,6 +39,8 @@ from palm_platform.checkpoint import (  # noqa: E402
     list_checkpoints,
     verify,
 )
+from palm_platform.checkpoint.inventory import checkpoint_path  # noqa: E402
+from palm_platform.checkpoint.manifest import walk_files  # noqa: E402
 from palm_platform.storage.emulator import gcs_emulator  # noqa: E402
 
 
@@ -68,6 +70,7 @@ def _measure(directory: str, state: dict, steps: int) -> dict[str, float]:
         start = time.perf_counter()
         checkpointer.save(step, state, {"next_index": step}, {})
         times["save"].append(time.perf_counter() - start)
+    times["objects"] = [len(walk_files(checkpoint_path(directory) / "1"))]
     for _ in range(steps):
         start = time.perf_counter()
         infos = list_checkpoints(directory)  # steps 0..steps
@@ -97,7 +100,8 @@ def main() -> int:
     with gcs_emulator("palm-bench") as emulator:
         os.environ.update(emulator.env)
         gcs = _measure("gs://palm-bench/ckpt", state, args.steps)
-    print(f"checkpoint of {size_mb:.1f} MiB, {args.steps} steps per medium, median per checkpoint")
+    print(f"checkpoint of {size_mb:.1f} MiB in {gcs['objects']:.0f} files/objects, "
+          f"{args.steps} steps per medium, median per checkpoint")
     print(f"{'operation':<28}{'local disk':>12}{'gs:// emulator':>16}{'ratio':>9}")
     labels = {"save": "save (write+commit+manifest)", "list": "list (palm ckpt list)",
               "verify": "verify (sizes + CRC32s)", "delete": "delete one step"}
