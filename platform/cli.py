@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),
     "wandb": ("palm_platform.dashboard.cli", "create the project's W&B workspace (dashboards)"),
+    "gcs-emulator": ("palm_platform.storage.emulator", "a local GCS server for gs:// paths (tests, demo)"),
 }
 
 

@@ -168,7 +168,9 @@ def hang_before_commit(directory: str) -> None:
         print("HANGING_BEFORE_COMMIT", flush=True)
         await asyncio.to_thread(never.wait)
 
+    # Local disks commit by renaming a tmp dir; GCS (no atomic rename) by a commit file.
     atomicity.AtomicRenameTemporaryPath.finalize = finalize_never
+    atomicity.CommitFileTemporaryPath.finalize = finalize_never
     checkpointer.save(2, state, {"next_index": 16}, {"rollbacks": []})
     never.wait()
 

@@ -12,3 +12,35 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+# -- a local GCS emulator (platform/storage/emulator.py) for the gs:// tests ---------------
+
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """One in-memory GCS server on 127.0.0.1 for the session (started on first use)."""
+    from palm_platform.storage.emulator import gcs_emulator as start
+
+    with start(bucket="palm-session") as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket(gcs_emulator, request):
+    """A fresh bucket per test module, `gs://palm-<module>`; while the module runs, this
+    process (and the subprocesses it starts) sends gs:// to the emulator."""
+    from palm_platform.storage.emulator import clear_client_caches
+
+    name = "palm-" + re.sub(r"[^a-z0-9]+", "-", request.module.__name__.lower())[:50].strip("-")
+    bucket = gcs_emulator.create_bucket(name)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in gcs_emulator.env.items():
+            patch.setenv(key, value)
+        clear_client_caches()
+        yield bucket
+    clear_client_caches()

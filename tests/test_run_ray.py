@@ -172,3 +172,41 @@ def test_missing_data_path_fails_before_any_worker_starts(tmp_path):
                          env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # no cluster is needed
     assert run.returncode == 2
     assert "data.sources[0].paths[0]" in run.stderr and "nothere" in run.stderr and "Fix:" in run.stderr
+
+
+@pytest.mark.timeout(900)
+def test_job_with_checkpoints_on_gs_is_killed_resumes_and_ends_bitwise_equal(
+    local_cluster, reference, gcs_bucket, tmp_path
+):
+    # The pod jobs' storage path on a local GCS emulator: `palm run` forwards the emulator's
+    # variables to the workers (storage/env.py); a worker is killed by PID after step 5, the
+    # group restarts from the newest gs:// checkpoint and must end as the local-disk run did.
+    directory = f"{gcs_bucket}/ray-2host/ckpt"
+    job = write_job(tmp_path, checkpoint={"directory": directory})
+    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "run" / "ray-2host" / "metrics.jsonl"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        if metrics.exists() and any('"step": 5,' in ln and '"kind": "step"' in ln
+                                    for ln in metrics.read_text().splitlines()):
+            break
+        assert run.poll() is None, run.stdout.read()
+        time.sleep(0.5)
+    victims = train_workers(local_cluster)
+    assert len(victims) == 2, victims
+    os.kill(victims[-1].pid, signal.SIGKILL)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-4000:]
+    records = read_records(tmp_path / "run" / "ray-2host")
+    assert sum(r["kind"] == "restart" for r in records) == 1, output[-3000:]
+    resumed = [r["step"] for r in records if r["kind"] == "checkpoint_restored"]
+    assert resumed and resumed[-1] >= 4, resumed  # from a gs:// checkpoint, not from scratch
+
+    from palm_platform.checkpoint import list_checkpoints
+
+    assert [i.step for i in list_checkpoints(directory) if i.complete][-1] == 12
+    assert not (tmp_path / "ckpt").exists()  # nothing went to local disk instead
+    for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(tmp_path)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

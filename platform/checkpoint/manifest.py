@@ -60,7 +60,13 @@ def checkpoint_files(step_dir: epath.Path) -> list[epath.Path]:
 
 
 def write_manifest(step_dir: epath.Path, *, checksums: bool) -> dict:
-    """Record every file of a finalised checkpoint; written under a temporary name and renamed."""
+    """Record every file of a finalised checkpoint, atomically.
+
+    On a file system: written under a temporary name and renamed. On GCS a rename is a copy
+    and a delete (gcsfs first tries the `moveTo` call, which buckets without a hierarchical
+    namespace, and the emulator, refuse only after ~30 s of retries), but one object upload
+    is already atomic: the object appears whole or not at all, so it is written in place.
+    """
     files = {}
     for path in checkpoint_files(step_dir):
         entry = {"size": path.stat().length}
@@ -68,8 +74,12 @@ def write_manifest(step_dir: epath.Path, *, checksums: bool) -> dict:
             entry["crc32"] = crc32_of(path)
         files[str(path.relative_to(step_dir))] = entry
     manifest = {"format": 1, "written_at": time.time(), "files": files}
+    text = json.dumps(manifest, indent=0, sort_keys=True)
+    if str(step_dir).startswith("gs://"):
+        (step_dir / MANIFEST_NAME).write_text(text)
+        return manifest
     tmp = step_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    tmp.write_text(text)
     tmp.replace(step_dir / MANIFEST_NAME)
     return manifest
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
 from palm_platform.ray.jax_init import BoundedJaxConfig
 from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
+from palm_platform.storage.env import forwarded_env
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def launch(
     matching = check_feasible(ray.nodes(), request)
     if fake_tpu is None:
         fake_tpu = all(view.fake for view in matching)
+    # A local GCS emulator's variables reach the workers only on the local fake cluster.
+    env = {**forwarded_env(local_cluster=fake_tpu), **(env or {})}
     # Ray reads this in the driver and hands it to the controller: how long one placement
     # attempt may wait before it counts against controller_failure_limit.
     os.environ[START_TIMEOUT_ENV_VAR] = str(feasibility_timeout_s)

@@ -35,6 +35,13 @@ def main(args: argparse.Namespace) -> int:
 
     job = load_job_or_exit(args.job)
     from palm_platform.data.pipeline import DataConfigError, check_data
+    from palm_platform.storage.preflight import StorageConfigError, check_storage
+
+    try:  # gs:// paths: gcsfs, credentials, buckets, emulator variables (storage/preflight.py)
+        check_storage(job)
+    except StorageConfigError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
 
     try:  # a bad data path fails here, before any worker starts (and is never retried)
         check_data(job.data, Path.cwd())
