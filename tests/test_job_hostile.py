@@ -8,10 +8,9 @@ recursion burns CPU whatever the load (before the bounded loader: minutes and gi
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
-import time
 
 import pytest
 from hostile_jobs import cases
@@ -21,23 +20,33 @@ MEMORY_LIMIT_MB = 200
 HANG_GUARD_S = 60
 
 
-def run_loader(path) -> tuple[int, float, float, float, str]:
-    """exit code, wall s, CPU s, peak RSS MB, stderr of the loader on `path`."""
-    err_path = path.with_suffix(".err")
-    start = time.monotonic()
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "palm_platform.job", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=err)
-    while True:  # os.wait4 gives this child's own CPU time and peak RSS
+# Measured by a small wrapper process: a child forked from pytest (hundreds of MB with JAX
+# loaded) would report pytest's RSS as its own peak, since ru_maxrss survives exec.
+MEASURE = """
+import json, os, subprocess, sys, time
+start = time.monotonic()
+with open(sys.argv[2], "wb") as err:
+    proc = subprocess.Popen([sys.executable, "-m", "palm_platform.job", sys.argv[1]],
+                            stdout=subprocess.DEVNULL, stderr=err)
+    while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        if time.monotonic() - start > HANG_GUARD_S:
+        if time.monotonic() - start > float(sys.argv[3]):
             proc.kill()
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return (proc.returncode, time.monotonic() - start, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024, err_path.read_text(errors="replace"))
+        time.sleep(0.02)
+print(json.dumps([os.waitstatus_to_exitcode(status), time.monotonic() - start,
+                  usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024]))
+"""
+
+
+def run_loader(path) -> tuple[int, float, float, float, str]:
+    """exit code, wall s, CPU s, peak RSS MB and stderr of the loader on `path`."""
+    err_path = path.with_suffix(".err")
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(err_path), str(HANG_GUARD_S)],
+                         capture_output=True, text=True, check=True)
+    code, wall, cpu, rss_mb = json.loads(out.stdout)
+    return code, wall, cpu, rss_mb, err_path.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("name", sorted(cases()))
