@@ -1,8 +1,8 @@
 """`palm run JOB.yaml`: run a job file on the current Ray cluster (or the local fake-TPU one).
 
     palm run jobs/local-cpu.yaml                        # local: starts `palm cluster up` if needed
-    ray job submit --working-dir . -- palm run jobs/palm540b.yaml
-    ray job submit --working-dir . -- jobs/local-cpu.yaml   # job files are executable
+    ray job submit --working-dir . -- palm run --submit-dir "$PWD" jobs/local-cpu.yaml
+    ray job submit --working-dir . -- jobs/palm540b.yaml   # job files are executable
 
 The driver validates the job, checks the cluster can hold it, launches one Ray Train worker
 per TPU host (platform/ray/worker.py), shows progress from the run's metrics file, and ends
@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "else the local cluster of `palm cluster up`)")
     parser.add_argument("--direct", action="store_true",
                         help="run the train loop in this process, without Ray (one-host jobs)")
+    parser.add_argument("--submit-dir", default=None,
+                        help="under `ray job submit --working-dir .`: the directory submitted "
+                        "from (pass \"$PWD\"); relative output paths resolve there instead of "
+                        "in Ray's per-session copy (see ray/submit_paths.py)")
 
 
 def run_dir_of(job) -> Path:
@@ -34,6 +38,13 @@ def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
+    from palm_platform.ray.submit_paths import EphemeralOutputError, place_outputs
+
+    try:  # outputs never inside Ray's uploaded copy of the working directory
+        job = place_outputs(job, args.job, args.submit_dir)
+    except EphemeralOutputError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
     from palm_platform.data.pipeline import DataConfigError, check_data
 
     try:  # a bad data path fails here, before any worker starts (and is never retried)
