@@ -105,15 +105,20 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     stop = threading.Event()
     watcher = threading.Thread(target=progress.follow, args=(stop,), daemon=True)
     watcher.start()
+    from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
+
+    key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
+    interrupt = InterruptHandler(key, run_dir, on_first=stop.set)
     try:
-        launch(
-            train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                           "launched_at": launched_at},
-            pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
-            topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
-            run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
-            max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
-        )
+        with interrupt:
+            launch(
+                train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
+                               "launched_at": launched_at, "stop_key": key},
+                pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
+                topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
+                run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
+                max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
+            )
     except InfeasibleTopologyError as error:
         stop.set()  # before printing, so the progress bar does not interleave
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
@@ -125,5 +130,8 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     finally:
         stop.set()
         watcher.join(timeout=5)
+    if interrupt.signum is not None:
+        print(f"{job.name}: {resume_message(run_dir)}", file=sys.stderr)
+        return exit_code(interrupt.signum)
     print_summary(run_dir)
     return 0
