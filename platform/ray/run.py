@@ -120,12 +120,35 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
                 max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
             )
     except InfeasibleTopologyError as error:
-        stop.set()  # before printing, so the progress bar does not interleave
-        print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        stop.set()  # and let the bar finish its line, so the message gets its own line
+        watcher.join(timeout=5)
+        from palm_platform.ray.host_loss import (
+            host_loss_message,
+            lost_tpu_hosts,
+            trained_steps_since,
+        )
+
+        trained = trained_steps_since(run_dir, launched_at)
+        if trained is None:
+            print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        else:  # a host went away after training started: not a start-up problem
+            import ray
+
+            print(host_loss_message(job.name, trained, lost_tpu_hosts(ray.nodes()), str(error)),
+                  file=sys.stderr)
         return 1
     except Exception as error:  # the run failed after its restarts: say so, with the cause
         stop.set()
-        print(f"{job.name}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        watcher.join(timeout=5)
+        from palm_platform.ray.host_loss import trained_steps_since
+        from palm_platform.yaml_safe import one_line
+
+        trained = trained_steps_since(run_dir, launched_at)
+        resume = "" if trained is None else (
+            f" after training to step {trained}. Re-run the same command to resume from the "
+            "newest checkpoint")
+        print(one_line(f"{job.name}: failed: {type(error).__name__}: {error}", 500) + resume,
+              file=sys.stderr)
         return 1
     finally:
         stop.set()
