@@ -76,6 +76,9 @@ def run_direct(job, run_dir: Path) -> int:
 
     configure_logging()
     trainer = Trainer(job, run_dir)
+    from palm_platform.data.quality import report_data_quality
+
+    report_data_quality(trainer)
     try:
         trainer.run()
     finally:

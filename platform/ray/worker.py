@@ -69,6 +69,10 @@ def train_worker(config: dict) -> None:
 
     trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
                       launched_at=config.get("launched_at"))
+    if attempt == 0:  # once per launch, not again after every restart
+        from palm_platform.data.quality import report_data_quality
+
+        report_data_quality(trainer)
     try:
         summary = trainer.run()
     except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
