@@ -93,3 +93,47 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes(local_cluster, tmp_path):
     assert "resume" in kinds and "restart" not in kinds, kinds
     resumed_from = next(r["step"] for r in records if r["kind"] == "resume")
     assert resumed_from <= stopped_at and max(r["step"] for r in records if r["kind"] == "step") == 40
+
+
+def train_workers(state) -> list:
+    import psutil
+
+    ours = {n.pid for n in state.nodes}
+    return [proc for proc in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
+            and any(p.pid in ours for p in proc.parents())]
+
+
+@pytest.mark.timeout(600)
+def test_a_sigstopped_host_is_named_with_its_step_and_the_run_resumes(local_cluster, tmp_path):
+    job = write_job(tmp_path, steps=16)
+    spec = yaml.safe_load(job.read_text())
+    spec["faults"]["hang_timeout_s"] = 20  # JAX's heartbeat is then 50 s: the watchdog is first
+    job.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "RAY_ADDRESS": local_cluster.gcs_address,
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    run_dir = tmp_path / "run" / "ray-2host"
+    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and any(
+                r["kind"] == "step" and r["step"] >= 4 for r in read_records(run_dir)):
+            break
+        time.sleep(0.5)
+    victim = train_workers(local_cluster)[-1]
+    victim.send_signal(signal.SIGSTOP)
+    try:
+        output, _ = run.communicate(timeout=500)
+    finally:
+        try:
+            victim.send_signal(signal.SIGCONT)
+        except Exception:  # noqa: BLE001 - gone already: Ray killed it on restart
+            pass
+    assert run.returncode == 0, output[-4000:]
+    named = [line for line in output.splitlines() if "stuck: host" in line]
+    assert named and f"(pid {victim.pid}) at step" in named[0], output[-4000:]
+    assert "Fatal Python error" not in output and "SIGABRT" not in output
+    records = read_records(run_dir)
+    assert sum(r["kind"] == "restart" for r in records) == 1
+    assert max(r["step"] for r in records if r["kind"] == "step") == 16

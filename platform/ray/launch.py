@@ -122,6 +122,7 @@ def launch(
     controller_failure_limit: int = 1,
     max_preemption_failures: int = 3,
     jax_init_timeout_s: int = 120,
+    jax_heartbeat_timeout_s: int = 100,
     fake_tpu: bool | None = None,
     address: str | None = None,
     run_state_dir: str | None = None,
@@ -155,7 +156,8 @@ def launch(
     trainer = JaxTrainer(
         train_fn,
         train_loop_config=train_loop_config,
-        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s),
+        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,
+                                    heartbeat_timeout_s=jax_heartbeat_timeout_s),
         scaling_config=ScalingConfig(
             use_tpu=True,
             num_workers=pods * hosts_per_pod,

@@ -26,7 +26,9 @@ class Listener:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.address.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(self.address.split("%")[0])
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        return (mapped or address).is_loopback
 
 
 def cluster_pids(leader_pids: list[int]) -> set[int]:

@@ -121,6 +121,9 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
                 topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
                 run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
                 max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
+                # JAX declares a silent peer dead (and aborts everyone) after this; later than
+                # the watchdog, which names the stuck host and restarts cleanly.
+                jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
             )
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line

@@ -52,9 +52,26 @@ def train_worker(config: dict) -> None:
     attempt = _next_attempt(run_dir, config.get("launched_at")) if jax.process_index() == 0 else 0
     stop = StopListener(config["stop_key"]) if config.get("stop_key") else None
 
+    board = None
+    if config.get("stop_key") and jax.process_count() > 1:  # name a stuck peer (liveness.py)
+        from palm_platform.ray.liveness import LivenessBoard
+
+        board = LivenessBoard(f"alive/{config['stop_key']}", jax.process_index(),
+                              jax.process_count()).start()
+
     def on_hang(idle_s: float) -> None:
-        logger.error("%s: no step for %.0f s (limit %.0f s): exiting so Ray Train restarts the "
-                     "worker group from the newest checkpoint", host, idle_s, job.faults.hang_timeout_s)
+        import faulthandler
+        import sys
+
+        try:
+            stuck = board.stuck_hosts() if board is not None else []
+        except Exception:  # noqa: BLE001 - the report must not stop the exit
+            stuck = []
+        culprit = ("stuck: " + "; ".join(stuck)) if stuck else "every host still alive: a stuck collective or step"
+        logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so Ray "
+                     "Train restarts the worker group from the newest checkpoint", host, idle_s,
+                     watchdog.last_step, job.faults.hang_timeout_s, culprit)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this host waits
         os._exit(75)
 
     # Started after the first step, so compilation does not count as a hang.
@@ -64,6 +81,8 @@ def train_worker(config: dict) -> None:
         if watchdog.last_step is None:
             watchdog.start()
         watchdog.beat(step)
+        if board is not None:
+            board.step = step
         if stop is not None:
             stop.check(step)  # raises StopRequested at the step `palm run` chose on Ctrl-C
 
@@ -80,6 +99,8 @@ def train_worker(config: dict) -> None:
         return
     finally:
         watchdog.stop()
+        if board is not None:
+            board.stop()
         trainer.close()  # waits for an in-flight checkpoint
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, default=float, indent=1))
