@@ -66,3 +66,13 @@ def test_palm_run_in_a_ray_package_exits_2_before_touching_ray(package):
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "checkpoint.directory" in run.stderr and "Traceback" not in run.stderr
 
+
+
+@pytest.mark.parametrize("name", ["palm8b", "palm62b", "palm540b"])
+def test_the_tpu_job_files_submit_as_written(package, name):
+    """`ray job submit --working-dir . -- palm run jobs/palm540b.yaml` (README, infra/)."""
+    shutil.copy(ROOT / "jobs" / f"{name}.yaml", package / "jobs")
+    job_path = package / "jobs" / f"{name}.yaml"
+    job = place_outputs(load_job(job_path), job_path, None)  # no EphemeralOutputError
+    assert job.checkpoint.directory.startswith("gs://")
+    assert job.run_dir == str(Path("~/palm-runs").expanduser())
