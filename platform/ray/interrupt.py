@@ -3,14 +3,15 @@
 Killing the driver kills the Ray Train workers wherever they are, possibly in the middle
 of an asynchronous checkpoint save. Instead, the first SIGINT or SIGTERM:
 
-1. picks a stop step a few steps ahead of the newest step in the metrics file
-   (`STOP_MARGIN_STEPS`): hosts run in lock-step (every step has collectives), so all of
-   them are at most a step apart and all still reach it;
-2. publishes it in Ray's GCS key-value store (reachable from every host of a real
-   cluster, unlike a file in the run folder, which lives on host 0 only);
-3. each worker checks that key after every step (`StopListener`, one GCS read) and at the
-   stop step leaves the train loop normally: `Trainer.close()` waits for an in-flight
-   checkpoint, and Ray Train sees the workers finish, not fail (no restart is spent);
+1. sets a "stop requested" key in Ray's GCS key-value store (reachable from every host of
+   a real cluster, unlike a file in the run folder, which lives on host 0 only);
+2. process 0 reads that key after every step; the first time it sees it, at step k, it
+   publishes the stop step k + `STOP_MARGIN_STEPS`. Hosts run in lock-step (every step has
+   collectives), so the others are at most one step apart and all read it before they
+   pass it: every host stops after the same step (a host stopping a step early would leave
+   its peers waiting in a collective);
+3. at the stop step each worker leaves the train loop normally: `Trainer.close()` waits for
+   an in-flight checkpoint, and Ray Train sees the workers finish, not fail (no restart);
 4. `palm run` prints "interrupted at step N; re-run the same command to resume" and
    exits 128 + signal (130 for SIGINT, 143 for SIGTERM).
 
@@ -67,25 +68,43 @@ def last_logged_step(run_dir: Path) -> int | None:
     return None
 
 
-def publish_stop(key: str, step: int) -> None:
+def _kv_get(key: str) -> bytes | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=KV_NAMESPACE)
+
+
+def _kv_put(key: str, value: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_put
 
-    _internal_kv_put(key, str(step).encode(), overwrite=True, namespace=KV_NAMESPACE)
+    _internal_kv_put(key, value.encode(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def publish_stop(key: str) -> None:
+    """Driver side: ask the workers to stop (process 0 then picks the step)."""
+    _kv_put(f"{key}/requested", "1")
+
+
+def agreed_stop_step(key: str) -> int | None:
+    value = _kv_get(f"{key}/at")
+    return int(value) if value else None
 
 
 class StopListener:
-    """Worker side: `check(step)` raises StopRequested once `step` reaches the stop step."""
+    """Worker side: `check(step)` raises StopRequested at the agreed stop step."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, process_index: int):
+        self.key, self.process_index = key, process_index
         self.stop_at: int | None = None
 
     def check(self, step: int) -> None:
         if self.stop_at is None:
-            from ray.experimental.internal_kv import _internal_kv_get
-
-            value = _internal_kv_get(self.key, namespace=KV_NAMESPACE)
-            self.stop_at = int(value) if value else None
+            if self.process_index == 0:
+                if _kv_get(f"{self.key}/requested"):
+                    self.stop_at = step + STOP_MARGIN_STEPS
+                    _kv_put(f"{self.key}/at", str(self.stop_at))
+            else:
+                self.stop_at = agreed_stop_step(self.key)
         if self.stop_at is not None and step >= self.stop_at:
             raise StopRequested(step)
 
@@ -97,7 +116,6 @@ class InterruptHandler:
                  on_first=None):
         self.key, self.run_dir, self.grace_s = key, Path(run_dir), grace_s
         self.signum: int | None = None
-        self.stop_step: int | None = None
         self._on_first = on_first or (lambda: None)
         self._previous: dict[int, object] = {}
 
@@ -120,13 +138,11 @@ class InterruptHandler:
 
     def _request_stop(self) -> None:
         self._on_first()
-        step = last_logged_step(self.run_dir) or 0
-        self.stop_step = step + STOP_MARGIN_STEPS
-        print(f"{signal.Signals(self.signum).name}: stopping every host after step "
-              f"{self.stop_step} (waiting for checkpoints; press again to exit at once)",
-              file=sys.stderr, flush=True)
+        print(f"{signal.Signals(self.signum).name}: stopping every host within "
+              f"{STOP_MARGIN_STEPS} steps, after its checkpoints are written (again to exit "
+              "at once)", file=sys.stderr, flush=True)
         try:
-            publish_stop(self.key, self.stop_step)
+            publish_stop(self.key)
         except Exception as err:  # noqa: BLE001 - no cluster to talk to: just exit
             self._hard_exit(f"could not reach the cluster to stop the workers ({err})")
         timer = threading.Timer(self.grace_s, self._hard_exit,
@@ -135,11 +151,18 @@ class InterruptHandler:
         timer.start()
 
     def _hard_exit(self, why: str) -> None:
-        print(f"{why}; {resume_message(self.run_dir)}", file=sys.stderr, flush=True)
+        print(f"{why}; {resume_message(self.run_dir, self.key)}", file=sys.stderr, flush=True)
         os._exit(exit_code(self.signum or signal.SIGINT))
 
 
-def resume_message(run_dir: Path) -> str:
-    step = last_logged_step(run_dir)
+def resume_message(run_dir: Path, key: str | None = None) -> str:
+    """`interrupted at step N; ...`: N agreed by the workers, else the newest logged step."""
+    step = None
+    if key is not None:
+        try:
+            step = agreed_stop_step(key)
+        except Exception:  # noqa: BLE001 - no cluster: fall back on the metrics file
+            step = None
+    step = step if step is not None else last_logged_step(run_dir)
     at = f" at step {step}" if step is not None else ""
     return f"interrupted{at}; re-run the same command to resume"

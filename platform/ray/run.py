@@ -160,7 +160,7 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
         stop.set()
         watcher.join(timeout=5)
     if interrupt.signum is not None:
-        print(f"{job.name}: {resume_message(run_dir)}", file=sys.stderr)
+        print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
         return exit_code(interrupt.signum)
     print_summary(run_dir)
     return 0

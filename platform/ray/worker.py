@@ -50,7 +50,7 @@ def train_worker(config: dict) -> None:
     run_dir = Path(config["run_dir"])
     host = f"host {jax.process_index()}/{jax.process_count()}"
     attempt = _next_attempt(run_dir, config.get("launched_at")) if jax.process_index() == 0 else 0
-    stop = StopListener(config["stop_key"]) if config.get("stop_key") else None
+    stop = StopListener(config["stop_key"], jax.process_index()) if config.get("stop_key") else None
 
     board = None
     if config.get("stop_key") and jax.process_count() > 1:  # name a stuck peer (liveness.py)
