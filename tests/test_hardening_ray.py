@@ -79,9 +79,9 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes(local_cluster, tmp_path):
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=240)
     assert run.returncode == 130, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
-    assert "interrupted at step" in last and "re-run the same command to resume" in last, stderr[-3000:]
-    stopped_at = int(last.split("interrupted at step ")[1].split(";")[0])
+    said = [line for line in stderr.splitlines() if "interrupted at step" in line]
+    assert len(said) == 1 and said[0].endswith("re-run the same command to resume"), stderr[-3000:]
+    stopped_at = int(said[0].split("interrupted at step ")[1].split(";")[0])
     assert 5 <= stopped_at < 40
     assert "Traceback" not in stderr
 
