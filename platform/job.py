@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from palm_platform.checkpoint.config import CheckpointConfig
@@ -23,6 +22,14 @@ STRICT = ConfigDict(extra="forbid", frozen=True)
 
 class JobError(ValueError):
     """A job file that cannot run, with file, field and fix in the message."""
+
+
+class CrossFieldError(ValueError):
+    """Fields that are valid alone but not together: names them all, and the fix."""
+
+    def __init__(self, fields: tuple[str, ...], problem: str, fix: str):
+        super().__init__(f"{problem}. Fix: {fix}")
+        self.fields, self.problem, self.fix = fields, problem, fix
 
 
 class ModelSection(BaseModel):
@@ -42,6 +49,13 @@ class ModelSection(BaseModel):
         unknown = sorted(set(self.overrides) - fields)
         if unknown:
             raise ValueError(f"unknown override(s) {unknown}; ModelConfig fields are {sorted(fields)}")
+        try:  # a wrong type (num_layers: two) fails inside ModelConfig, not as a traceback
+            self.build()
+        except (TypeError, ValueError) as err:
+            raise CrossFieldError(
+                ("model.overrides", "model.preset"),
+                f"the overrides do not make a valid {self.preset} config ({err})",
+                "give each override a value of its ModelConfig field's type") from None
         return self
 
     def build(self):
@@ -264,33 +278,40 @@ class Job(BaseModel):
     @model_validator(mode="after")
     def _feasible(self) -> Job:
         t, m = self.topology, self.mesh
+        chips = "topology.hosts_per_pod x topology.chips_per_host"
         if t.chips_per_pod % m.model:
-            raise ValueError(
-                f"mesh.model={m.model} does not divide the {t.chips_per_pod} chips of a pod; "
-                f"choose a divisor of {t.chips_per_pod}"
-            )
+            raise CrossFieldError(
+                ("mesh.model", "topology.hosts_per_pod", "topology.chips_per_host"),
+                f"mesh.model={m.model} does not divide the {t.chips_per_pod} chips of a pod "
+                f"({chips})", f"set mesh.model to a divisor of {t.chips_per_pod}")
         data = t.chips_per_pod // m.model
         cfg = self.model.build()
         if cfg.num_heads % m.model:
-            raise ValueError(
-                f"mesh.model={m.model} must divide the model's {cfg.num_heads} heads"
-            )
+            raise CrossFieldError(
+                ("mesh.model", "model.preset"),
+                f"mesh.model={m.model} does not divide the {cfg.num_heads} heads of "
+                f"{self.model.preset}", f"set mesh.model to a divisor of {cfg.num_heads}")
         replicas = t.pods * data
-        for phase in self.train.batch_schedule:
+        for i, phase in enumerate(self.train.batch_schedule):
             if phase.sequences % replicas:
-                raise ValueError(
-                    f"train.batch_schedule: {phase.sequences} sequences do not split over "
-                    f"pods x data = {t.pods} x {data} = {replicas} data-parallel replicas"
-                )
+                raise CrossFieldError(
+                    (f"train.batch_schedule[{i}].sequences", "topology.pods", "mesh.model"),
+                    f"{phase.sequences} sequences do not split over pods x data = {t.pods} x "
+                    f"{data} = {replicas} data-parallel replicas (data = chips per pod / "
+                    "mesh.model)", f"use a multiple of {replicas} sequences")
             micro = self.train.microbatch_sequences
             if micro is not None and (phase.sequences % micro or micro % replicas):
-                raise ValueError(
+                raise CrossFieldError(
+                    ("train.microbatch_sequences", f"train.batch_schedule[{i}].sequences"),
                     f"train.microbatch_sequences={micro} must divide every batch size "
-                    f"({phase.sequences}) and be a multiple of {replicas} replicas"
-                )
+                    f"({phase.sequences}) and be a multiple of {replicas} replicas",
+                    f"use a multiple of {replicas} that divides {phase.sequences}")
         seq_len = self.seq_len
         if seq_len > cfg.max_seq_len:
-            raise ValueError(f"train.seq_len={seq_len} exceeds model max_seq_len={cfg.max_seq_len}")
+            raise CrossFieldError(
+                ("train.seq_len", "model.preset"),
+                f"train.seq_len={seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}",
+                f"set train.seq_len <= {cfg.max_seq_len} or override model max_seq_len")
         return self
 
     @property
@@ -309,9 +330,25 @@ def _field_path(loc: tuple) -> str:
     return out
 
 
+MAX_PROBLEMS_SHOWN = 5
+
+
 def format_validation_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid job file ({error.error_count()} problem(s))"]
-    for e in error.errors():
+    """One line per problem (at most MAX_PROBLEMS_SHOWN): field, what is wrong, the fix.
+
+    Values are echoed shortened to one line: a job built from aliases can be huge, and a
+    section or the whole job is never echoed at all.
+    """
+    from palm_platform.yaml_safe import one_line, short_repr
+
+    problems = error.errors()
+    lines = [f"{path}: invalid job file ({len(problems)} problem(s))"]
+    for e in problems[:MAX_PROBLEMS_SHOWN]:
+        cross = (e.get("ctx") or {}).get("error")
+        if isinstance(cross, CrossFieldError):
+            lines.append(one_line(f"  fields {', '.join(cross.fields)}: {cross.problem}. "
+                                  f"Fix: {cross.fix}.", 400))
+            continue
         field = _field_path(e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "missing":
@@ -320,7 +357,11 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
             fix = "remove it or fix its spelling"
         else:
             fix = "correct the value"
-        lines.append(f"  field {field}: {msg} (got {e.get('input')!r}). Fix: {fix}.")
+        value = e.get("input")
+        got = "" if e["type"] == "missing" or isinstance(value, dict) else f" (got {short_repr(value)})"
+        lines.append(one_line(f"  field {field}: {msg}{got}. Fix: {fix}.", 400))
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
     return "\n".join(lines)
 
 
@@ -335,13 +376,15 @@ def parse_job(raw: Any, path: Path) -> Job:
 
 def load_job(path: str | Path) -> Job:
     """Read, validate and resolve a job file; raises JobError with file, field and fix."""
+    from palm_platform.yaml_safe import YamlFileError, load_yaml_file
+
     path = Path(path)
     if not path.is_file():
         raise JobError(f"{path}: job file not found. Fix: pass the path of a YAML job file.")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise JobError(f"{path}: not valid YAML: {error}") from None
+        raw = load_yaml_file(path)
+    except YamlFileError as error:
+        raise JobError(str(error)) from None
     job = parse_job(raw, path)
     return resolve_paths(job, path.parent.resolve())
 
@@ -372,3 +415,10 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
     )
     run_dir = resolve_path(job.run_dir, base_dir)
     return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir})
+
+
+if __name__ == "__main__":  # `python -m palm_platform.job JOB.yaml`: validate only, exit 2 if bad
+    import sys
+
+    load_job_or_exit(sys.argv[1])
+    print(f"{sys.argv[1]}: valid")

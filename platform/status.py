@@ -72,6 +72,12 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     console.print(f"[bold]run {run_dir}[/bold]")
     for line in summary.lines():
         console.print("  " + line)
+    from palm_platform.data.quality import EVENT, describe
+    from palm_platform.yaml_safe import one_line
+
+    quality = [r for r in records if r["kind"] == EVENT]
+    if quality:  # the newest launch's count (each launch reports its pipeline once)
+        console.print("  " + one_line(describe(quality[-1]), 300), markup=False, soft_wrap=True)
     events = [r for r in records if r["kind"] in ("spike", "rollback", "skip", "stop")]
     for r in events[-10:]:
         fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kind", "time", "step"))

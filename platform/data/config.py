@@ -87,6 +87,18 @@ class DataConfig(BaseModel):
         gt=0,
         description="Number of consecutive mixed sequences shuffled together (sequences).",
     )
+    max_document_chars: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Longest document kept whole (characters); a longer one is dropped or split "
+        "(long_documents) and counted as too_long, so one huge file cannot become most of its "
+        "source's tokens unnoticed.",
+    )
+    long_documents: Literal["drop", "split"] = Field(
+        default="drop",
+        description="drop: skip a document longer than max_document_chars; split: cut it into "
+        "pieces of at most that many characters, each ended by end-of-document.",
+    )
     cache_dir: str | None = Field(
         default=None,
         description="Folder for the tokenised source caches (relative to the job file); "

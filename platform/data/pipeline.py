@@ -40,7 +40,12 @@ import numpy as np
 
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
 from palm_platform.data.packing import PackedSequences
-from palm_platform.data.token_cache import SourceTokens, default_cache_dir, load_or_build
+from palm_platform.data.token_cache import (
+    LengthLimit,
+    SourceTokens,
+    default_cache_dir,
+    load_or_build,
+)
 from palm_platform.data.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -227,7 +232,8 @@ class Pipeline:
             for source, n in zip(self._sources, self._num_sequences, strict=True)
         }
         bad_total = sum(sum(s["bad"].values()) for s in per_source.values())
-        return {"sources": per_source, "bad_records": bad_total}
+        first_bad = [where for s in per_source.values() for where in s.get("first_bad", [])]
+        return {"sources": per_source, "bad_records": bad_total, "first_bad": first_bad[:5]}
 
 
 def check_data(data_config: DataConfig, base_dir: Path) -> tuple[Tokenizer, list[SourceConfig]]:
@@ -285,7 +291,8 @@ def build_pipeline(
             if data_config.cache_dir
             else default_cache_dir()
         )
-    sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads) for s in resolved]
+    limit = LengthLimit(data_config.max_document_chars, data_config.long_documents)
+    sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads, limit) for s in resolved]
     return Pipeline(
         data_config.model_copy(update={"sources": resolved}),
         sources,

@@ -31,7 +31,9 @@ from palm_platform.data.config import BUILTIN_PREFIX
 
 log = logging.getLogger(__name__)
 
-BAD_KINDS = ("bad_utf8", "bad_json", "missing_field", "empty_file", "empty_document", "bad_tokens")
+BAD_KINDS = ("bad_utf8", "bad_json", "missing_field", "empty_file", "empty_document", "bad_tokens",
+             "too_long")
+FIRST_BAD_KEPT = 5  # locations kept for the run's metrics event, summary and `palm status`
 _LOGGED_PER_FILE_AND_KIND = 5  # keep logs readable on a badly broken file; counts stay exact
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
@@ -42,12 +44,16 @@ class ReadStats:
 
     documents: int = 0
     bad: collections.Counter = field(default_factory=collections.Counter)
+    first_bad: list[str] = field(default_factory=list)  # "file:line kind", the first few
+    position: int = 0  # line, row or record of the document last yielded (0: whole file)
     _logged: collections.Counter = field(default_factory=collections.Counter, repr=False)
 
     def record_bad(self, kind: str, path: str, line: int, detail: str) -> None:
         """Count a skipped record and log it with its file and line (1-based; 0: whole file)."""
         assert kind in BAD_KINDS, kind
         self.bad[kind] += 1
+        if len(self.first_bad) < FIRST_BAD_KEPT:
+            self.first_bad.append(f"{path}:{line} {kind}")
         self._logged[(path, kind)] += 1
         shown = self._logged[(path, kind)]
         if shown <= _LOGGED_PER_FILE_AND_KIND:
@@ -56,7 +62,8 @@ class ReadStats:
             log.warning("%s: more %s records skipped; counted, no longer logged", path, kind)
 
     def as_dict(self) -> dict:
-        return {"documents": self.documents, "bad": {k: self.bad.get(k, 0) for k in BAD_KINDS}}
+        return {"documents": self.documents, "bad": {k: self.bad.get(k, 0) for k in BAD_KINDS},
+                "first_bad": list(self.first_bad)}
 
 
 def detect_format(path: str) -> str:
@@ -147,6 +154,7 @@ def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
             if not text:
                 stats.record_bad("empty_document", path, line_number, f"{text_field!r} is empty")
                 continue
+            stats.position = line_number
             yield text
     if empty:
         stats.record_bad("empty_file", path, 0, "the file is empty")
@@ -158,6 +166,7 @@ def _text(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
     if not data:
         stats.record_bad("empty_file", path, 0, "the file is empty")
         return
+    stats.position = 0
     try:
         yield data.decode("utf-8")
         return
@@ -206,6 +215,7 @@ def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
                 if not text:
                     stats.record_bad("empty_document", path, row, f"{text_field!r} is empty")
                     continue
+                stats.position = row
                 yield text
 
 
@@ -228,6 +238,7 @@ def _arrayrecord(path: str, text_field: str, stats: ReadStats) -> Iterator[np.nd
                             "bad_tokens", path, record_number, f"{len(record)} bytes is not int32s"
                         )
                         continue
+                    stats.position = record_number
                     yield np.frombuffer(record, dtype="<i4")
         finally:
             reader.close()

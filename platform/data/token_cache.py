@@ -35,7 +35,7 @@ from palm_platform.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: document-length limit in the key
 _ENCODE_CHUNK_CHARS = 1 << 20  # documents are encoded in batches of about this many chars
 TOKEN_DTYPE = np.dtype("<i4")
 
@@ -63,9 +63,28 @@ def source_files(source: SourceConfig) -> list[str]:
     return files
 
 
-def cache_key(source: SourceConfig, files: list[str], tokenizer: Tokenizer) -> str:
+@dataclass(frozen=True)
+class LengthLimit:
+    """Documents longer than `max_chars` are dropped or split (DataConfig.long_documents)."""
+
+    max_chars: int = 1_000_000
+    action: str = "drop"
+
+    def apply(self, document: str, path: str, index: int, stats: readers.ReadStats) -> list[str]:
+        if len(document) <= self.max_chars:
+            return [document]
+        stats.record_bad("too_long", path, index, f"{len(document):,} characters > "
+                         f"max_document_chars {self.max_chars:,} ({self.action})")
+        if self.action == "drop":
+            return []
+        return [document[i:i + self.max_chars] for i in range(0, len(document), self.max_chars)]
+
+
+def cache_key(source: SourceConfig, files: list[str], tokenizer: Tokenizer,
+              limit: LengthLimit = LengthLimit()) -> str:
     description = {
         "version": _CACHE_VERSION,
+        "limit": [limit.max_chars, limit.action],
         "format": source.format,
         "text_field": source.text_field,
         "files": [readers.file_fingerprint(f) for f in files],
@@ -75,16 +94,31 @@ def cache_key(source: SourceConfig, files: list[str], tokenizer: Tokenizer) -> s
 
 
 def load_or_build(
-    source: SourceConfig, tokenizer: Tokenizer, cache_dir: Path, num_threads: int = 1
+    source: SourceConfig, tokenizer: Tokenizer, cache_dir: Path, num_threads: int = 1,
+    limit: LengthLimit = LengthLimit(),
 ) -> SourceTokens:
-    """The source's cached tokens, tokenising it first if no valid cache exists."""
+    """The source's cached tokens, tokenising it first if no valid cache exists.
+
+    Every JAX process of a machine calls this for the same sources at the same time; an
+    exclusive lock file per cache entry makes one of them tokenise while the others wait
+    and then read its result (before: every worker tokenised the source again, and logged
+    its bad records again). fcntl.flock is the standard library's lock; the cache folder is
+    local to the machine, where flock works.
+    """
+    import fcntl
+
     files = source_files(source)
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", source.name)
-    stem = Path(cache_dir) / f"{safe_name}-{cache_key(source, files, tokenizer)}"
+    stem = Path(cache_dir) / f"{safe_name}-{cache_key(source, files, tokenizer, limit)}"
     tokens_path, meta_path = stem.with_suffix(".tokens"), stem.with_suffix(".json")
     meta = _read_meta(meta_path, tokens_path)
     if meta is None:
-        meta = _build(source, files, tokenizer, tokens_path, meta_path, num_threads)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with open(stem.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            meta = _read_meta(meta_path, tokens_path)  # built by another process meanwhile?
+            if meta is None:
+                meta = _build(source, files, tokenizer, tokens_path, meta_path, num_threads, limit)
     tokens = (
         np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
         if meta["num_tokens"]
@@ -111,6 +145,7 @@ def _build(
     tokens_path: Path,
     meta_path: Path,
     num_threads: int,
+    limit: LengthLimit = LengthLimit(),
 ) -> dict:
     tokens_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -146,8 +181,9 @@ def _build(
                             continue
                         write([document.astype(TOKEN_DTYPE)])
                         continue
-                    pending.append(document)
-                    pending_chars += len(document)
+                    for piece in limit.apply(document, path, stats.position, stats):
+                        pending.append(piece)
+                        pending_chars += len(piece)
                     if pending_chars >= _ENCODE_CHUNK_CHARS:
                         write(_encode(tokenizer, pending, num_threads))
                         pending, pending_chars = [], 0

@@ -22,14 +22,24 @@ from dataclasses import dataclass
 from ray.train.v2.jax.config import JaxConfig, _JaxBackend
 
 
-def bound_jax_initialize(timeout_s: int) -> None:
-    """Make this process's `jax.distributed.initialize` default to `timeout_s`, with a clear error."""
+def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None:
+    """Make this process's `jax.distributed.initialize` default to `timeout_s`, with a clear error.
+
+    Also: JAX's coordination-service heartbeat timeout from the job (longer than its hang
+    timeout, so the watchdog names a stuck host before JAX aborts every peer with SIGABRT),
+    and the coordinator bound to loopback when its address is loopback (JAX binds all
+    interfaces by default; the local cluster keeps everything on 127.0.0.1).
+    """
     import jax
 
     original = getattr(jax.distributed.initialize, "_palm_original", jax.distributed.initialize)
 
     @functools.wraps(original)
     def initialize(*args, initialization_timeout: int = timeout_s, **kwargs):
+        kwargs.setdefault("heartbeat_timeout_seconds", heartbeat_timeout_s)
+        address = kwargs.get("coordinator_address") or (args[0] if args else None)
+        if address and address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+            kwargs.setdefault("coordinator_bind_address", f"127.0.0.1:{address.rsplit(':', 1)[1]}")
         try:
             return original(*args, initialization_timeout=initialization_timeout, **kwargs)
         except Exception as err:
@@ -51,6 +61,7 @@ class BoundedJaxConfig(JaxConfig):
     """JaxConfig whose `jax.distributed.initialize` gives up after `initialization_timeout_s`."""
 
     initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 100
 
     @property
     def backend_cls(self):
@@ -65,5 +76,6 @@ class _BoundedJaxBackend(_JaxBackend):
             # (benchmarks/bench_run.py).
             return
         if backend_config.use_tpu or backend_config.use_gpu:
-            worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s)
+            worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
+                                 backend_config.heartbeat_timeout_s)
         super().on_start(worker_group, backend_config)

@@ -106,6 +106,26 @@ def worker_env(
     return env_vars
 
 
+def _trainer_class(jax_trainer: type) -> type:
+    """JaxTrainer without Ray's own SIGINT handler: `palm run` handles Ctrl-C (interrupt.py).
+
+    Ray 2.60's `DataParallelTrainer.fit()` registers a SIGINT handler that aborts the
+    controller, which kills the workers wherever they are (mid-checkpoint included) and
+    replaces any handler the caller installed. Checked against ray 2.60
+    (ray/train/v2/api/data_parallel_trainer.py, `_register_sigint_handler`); fails loudly if
+    the hook is gone, rather than silently letting Ray take Ctrl-C again.
+    """
+    if not hasattr(jax_trainer, "_register_sigint_handler"):
+        raise RuntimeError("this Ray version has no DataParallelTrainer._register_sigint_handler;"
+                           " update palm_platform/ray/launch.py for it")
+
+    class PalmJaxTrainer(jax_trainer):
+        def _register_sigint_handler(self, controller) -> None:
+            pass  # the caller's SIGINT handler stays in place
+
+    return PalmJaxTrainer
+
+
 def launch(
     train_fn: Callable[[dict], None],
     train_loop_config: dict,
@@ -123,6 +143,7 @@ def launch(
     controller_failure_limit: int = 1,
     max_preemption_failures: int = 3,
     jax_init_timeout_s: int = 120,
+    jax_heartbeat_timeout_s: int = 100,
     fake_tpu: bool | None = None,
     address: str | None = None,
     run_state_dir: str | None = None,
@@ -155,10 +176,11 @@ def launch(
     # attempt may wait before it counts against controller_failure_limit.
     os.environ[START_TIMEOUT_ENV_VAR] = str(feasibility_timeout_s)
 
-    trainer = JaxTrainer(
+    trainer = _trainer_class(JaxTrainer)(
         train_fn,
         train_loop_config=train_loop_config,
-        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s),
+        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,
+                                    heartbeat_timeout_s=jax_heartbeat_timeout_s),
         scaling_config=ScalingConfig(
             use_tpu=True,
             num_workers=pods * hosts_per_pod,

@@ -1,8 +1,8 @@
 """`palm run JOB.yaml`: run a job file on the current Ray cluster (or the local fake-TPU one).
 
     palm run jobs/local-cpu.yaml                        # local: starts `palm cluster up` if needed
-    ray job submit --working-dir . -- palm run jobs/palm540b.yaml
-    ray job submit --working-dir . -- jobs/local-cpu.yaml   # job files are executable
+    ray job submit --working-dir . -- palm run --submit-dir "$PWD" jobs/local-cpu.yaml
+    ray job submit --working-dir . -- jobs/palm540b.yaml   # job files are executable
 
 The driver validates the job, checks the cluster can hold it, launches one Ray Train worker
 per TPU host (platform/ray/worker.py), shows progress from the run's metrics file, and ends
@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "else the local cluster of `palm cluster up`)")
     parser.add_argument("--direct", action="store_true",
                         help="run the train loop in this process, without Ray (one-host jobs)")
+    parser.add_argument("--submit-dir", default=None,
+                        help="under `ray job submit --working-dir .`: the directory submitted "
+                        "from (pass \"$PWD\"); relative output paths resolve there instead of "
+                        "in Ray's per-session copy (see ray/submit_paths.py)")
 
 
 def run_dir_of(job) -> Path:
@@ -34,6 +38,13 @@ def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
+    from palm_platform.ray.submit_paths import EphemeralOutputError, place_outputs
+
+    try:  # outputs never inside Ray's uploaded copy of the working directory
+        job = place_outputs(job, args.job, args.submit_dir)
+    except EphemeralOutputError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
     from palm_platform.data.pipeline import DataConfigError, check_data
     from palm_platform.storage.preflight import StorageConfigError, check_storage
 
@@ -72,6 +83,9 @@ def run_direct(job, run_dir: Path) -> int:
 
     configure_logging()
     trainer = Trainer(job, run_dir)
+    from palm_platform.data.quality import report_data_quality
+
+    report_data_quality(trainer)
     try:
         trainer.run()
     finally:
@@ -101,25 +115,59 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     stop = threading.Event()
     watcher = threading.Thread(target=progress.follow, args=(stop,), daemon=True)
     watcher.start()
+    from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
+
+    key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
+    interrupt = InterruptHandler(key, run_dir, on_first=stop.set)
     try:
-        launch(
-            train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                           "launched_at": launched_at},
-            pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
-            topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
-            run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
-            max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
-        )
+        with interrupt:
+            launch(
+                train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
+                               "launched_at": launched_at, "stop_key": key},
+                pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
+                topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
+                run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
+                max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
+                # JAX declares a silent peer dead (and aborts everyone) after this; later than
+                # the watchdog, which names the stuck host and restarts cleanly.
+                jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
+            )
     except InfeasibleTopologyError as error:
-        stop.set()  # before printing, so the progress bar does not interleave
-        print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        stop.set()  # and let the bar finish its line, so the message gets its own line
+        watcher.join(timeout=5)
+        from palm_platform.ray.host_loss import (
+            host_loss_message,
+            lost_tpu_hosts,
+            trained_steps_since,
+        )
+
+        trained = trained_steps_since(run_dir, launched_at)
+        if trained is None:
+            print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        else:  # a host went away after training started: not a start-up problem
+            import ray
+
+            print(host_loss_message(job.name, trained, lost_tpu_hosts(ray.nodes()), str(error)),
+                  file=sys.stderr)
         return 1
     except Exception as error:  # the run failed after its restarts: say so, with the cause
         stop.set()
-        print(f"{job.name}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        watcher.join(timeout=5)
+        from palm_platform.ray.host_loss import trained_steps_since
+        from palm_platform.yaml_safe import one_line
+
+        trained = trained_steps_since(run_dir, launched_at)
+        resume = "" if trained is None else (
+            f" after training to step {trained}. Re-run the same command to resume from the "
+            "newest checkpoint")
+        print(one_line(f"{job.name}: failed: {type(error).__name__}: {error}", 500) + resume,
+              file=sys.stderr)
         return 1
     finally:
         stop.set()
         watcher.join(timeout=5)
+    if interrupt.signum is not None:
+        print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
+        return exit_code(interrupt.signum)
     print_summary(run_dir)
     return 0

@@ -43,16 +43,35 @@ def train_worker(config: dict) -> None:
     import jax
 
     from palm_platform.job import Job
+    from palm_platform.ray.interrupt import StopListener, StopRequested
     from palm_platform.train.loop import Trainer
 
     job = Job.model_validate(config["job"])
     run_dir = Path(config["run_dir"])
     host = f"host {jax.process_index()}/{jax.process_count()}"
-    attempt = _next_attempt(run_dir) if jax.process_index() == 0 else 0
+    attempt = _next_attempt(run_dir, config.get("launched_at")) if jax.process_index() == 0 else 0
+    stop = StopListener(config["stop_key"], jax.process_index()) if config.get("stop_key") else None
+
+    board = None
+    if config.get("stop_key") and jax.process_count() > 1:  # name a stuck peer (liveness.py)
+        from palm_platform.ray.liveness import LivenessBoard
+
+        board = LivenessBoard(f"alive/{config['stop_key']}", jax.process_index(),
+                              jax.process_count()).start()
 
     def on_hang(idle_s: float) -> None:
-        logger.error("%s: no step for %.0f s (limit %.0f s): exiting so Ray Train restarts the "
-                     "worker group from the newest checkpoint", host, idle_s, job.faults.hang_timeout_s)
+        import faulthandler
+        import sys
+
+        try:
+            stuck = board.stuck_hosts() if board is not None else []
+        except Exception:  # noqa: BLE001 - the report must not stop the exit
+            stuck = []
+        culprit = ("stuck: " + "; ".join(stuck)) if stuck else "every host still alive: a stuck collective or step"
+        logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so Ray "
+                     "Train restarts the worker group from the newest checkpoint", host, idle_s,
+                     watchdog.last_step, job.faults.hang_timeout_s, culprit)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this host waits
         os._exit(75)
 
     # Started after the first step, so compilation does not count as a hang.
@@ -62,22 +81,44 @@ def train_worker(config: dict) -> None:
         if watchdog.last_step is None:
             watchdog.start()
         watchdog.beat(step)
+        if board is not None:
+            board.step = step
+        if stop is not None:
+            stop.check(step)  # raises StopRequested at the step `palm run` chose on Ctrl-C
 
     trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
                       launched_at=config.get("launched_at"))
+    if attempt == 0:  # once per launch, not again after every restart
+        from palm_platform.data.quality import report_data_quality
+
+        report_data_quality(trainer)
     try:
         summary = trainer.run()
+    except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
+        logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
+        return
     finally:
         watchdog.stop()
-        trainer.close()
+        if board is not None:
+            board.stop()
+        trainer.close()  # waits for an in-flight checkpoint
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, default=float, indent=1))
 
 
-def _next_attempt(run_dir: Path) -> int:
-    """0 for the first start of the worker group, 1 after the first restart, ..."""
+def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
+    """0 for the first start of this launch's worker group, 1 after its first restart, ...
+
+    Counted per launch of `palm run` (`launch` = its start time): re-running the command
+    after an interrupt is a resume (attempt 0 with a checkpoint), not a restart.
+    """
     path = run_dir / "attempts"
     run_dir.mkdir(parents=True, exist_ok=True)
-    attempt = int(path.read_text()) + 1 if path.exists() else 0
-    path.write_text(str(attempt))
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    same_launch = isinstance(previous, dict) and previous.get("launch") == launch
+    attempt = previous["attempt"] + 1 if same_launch else 0
+    path.write_text(json.dumps({"launch": launch, "attempt": attempt}))
     return attempt

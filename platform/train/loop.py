@@ -162,6 +162,8 @@ class Trainer:
         for start, end in self.ledger.skip_ranges():
             self.pipeline.add_skip_range(start, end)
         self.sink.event("checkpoint_restored", restored.step, attempt=self.attempt)
+        if self.attempt == 0:  # a new launch of the same job (e.g. after Ctrl-C): a resume
+            self.sink.event("resume", restored.step)
         if self.attempt > 0:
             self.ledger.record_restart(restored.step, cause=f"worker group restart {self.attempt}")
             self.goodput.rollback(to_step=restored.step)
