@@ -97,13 +97,12 @@ class Checkpointer:
         )
         if not saved:
             return False
-        log.info(
-            "checkpoint step %d: arrays copied off the devices, writing to %s [host %d]",
-            step,
-            self.directory,
-            jax.process_index(),
-        )
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # every host does the same: one line is enough
+            log.debug(  # the "committed" line below is the one an operator needs
+                "checkpoint step %d: arrays copied off the devices, writing to %s",
+                step,
+                self.directory,
+            )
             self._manifest_writer = threading.Thread(
                 target=self._write_manifest_when_committed,
                 args=(step,),
@@ -145,12 +144,9 @@ class Checkpointer:
         discarded = sorted(s for s in self._manager.all_steps() if s > step)
         for newer in discarded:
             self._manager.delete(newer)
-        if discarded:
+        if discarded and jax.process_index() == 0:  # every host discards the same steps
             log.warning(
-                "discarded checkpoints %s newer than rollback step %d [host %d]",
-                discarded,
-                step,
-                jax.process_index(),
+                "discarded checkpoints %s newer than rollback step %d", discarded, step
             )
         return discarded
 
@@ -217,12 +213,12 @@ class Checkpointer:
                         )
                     ]
             damaged[candidate] = damage
-            log.error(
-                "checkpoint step %d is damaged, skipping it: %s [host %d]",
-                candidate,
-                "; ".join(map(str, damage)),
-                jax.process_index(),
-            )
+            if jax.process_index() == 0:  # the verdict is agreed by every host
+                log.error(
+                    "checkpoint step %d is damaged, skipping it: %s",
+                    candidate,
+                    "; ".join(map(str, damage)),
+                )
         listing = "\n".join(f"  step {s}: " + "; ".join(map(str, d)) for s, d in damaged.items())
         raise CheckpointCorrupt(
             f"{self.directory}: no usable checkpoint, every candidate is damaged:\n{listing}\n"
@@ -231,12 +227,8 @@ class Checkpointer:
 
     def _read(self, step: int, abstract_train_state: Any) -> Restored:
         result = self._manager.restore(step, args=items.restore_args(abstract_train_state))
-        log.info(
-            "restored checkpoint step %d from %s [host %d]",
-            step,
-            self.directory,
-            jax.process_index(),
-        )
+        if jax.process_index() == 0:  # every host restores the same step
+            log.info("restored checkpoint step %d from %s", step, self.directory)
         return Restored(
             step=step,
             train_state=result[items.STATE],

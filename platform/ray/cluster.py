@@ -350,6 +350,9 @@ def _start_host(
             "--num-cpus=1",
             f"--resources={json.dumps(resources)}",
             f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
+            # One log monitor per machine: every node shares the session's log folder, and
+            # each monitor would print every worker line again (the head's one is enough).
+            "--include-log-monitor=false",
             *common,
             *_node_ports(),
         ],
