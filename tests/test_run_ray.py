@@ -109,10 +109,15 @@ def worker_lines(output: str) -> list[str]:
 def test_each_worker_log_line_is_printed_once(reference):
     # Every fake host's node shares one session log folder: with a log monitor per node,
     # each line would reach the driver once per node.
-    lines = worker_lines((reference / "submit.log").read_text())
+    output = (reference / "submit.log").read_text()
+    lines = worker_lines(output)
     assert any("step 12/12" in ln for ln in lines), lines[-20:]
     repeated = [ln for ln, n in Counter(lines).items() if n > 1]
     assert not repeated, repeated[:5]
+    # Nor lines of other processes: libtpu's logs of whoever ran `palm plan` on this machine
+    # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
+    foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
+    assert not foreign, foreign[:5]
 
 
 @pytest.mark.timeout(700)

@@ -83,8 +83,7 @@ class Checkpointer:
         Checkpoints at or after `step` (an abandoned trajectory, after a rollback) are
         deleted first.
         """
-        due = step % self.config.every_steps == 0 or self._manager.reached_preemption(step)
-        if not (force or due):
+        if not (force or self.is_due(step)):
             return False
         # Orbax may delete the previous step when this save finalises; hash it first.
         self._join_manifest_writer()
@@ -113,6 +112,10 @@ class Checkpointer:
         if not self.config.async_save:
             self.wait_until_finished()
         return True
+
+    def is_due(self, step: int) -> bool:
+        """Would `save(step)` save? (On the cadence, or a preemption notice has arrived.)"""
+        return step % self.config.every_steps == 0 or self._manager.reached_preemption(step)
 
     def _write_manifest_when_committed(self, step: int) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from palm_platform.supervise.watchdog import Watchdog
@@ -39,11 +40,17 @@ def configure_logging() -> None:
 
 def train_worker(config: dict) -> None:
     """Ray Train entry: `config` = {"job": Job as JSON, "run_dir": str}."""
+    entered = time.time()
     configure_logging()
     import jax
+    import psutil
 
     from palm_platform.job import Job
     from palm_platform.train.loop import Trainer
+
+    # Where a (re)start spends its seconds: the Trainer reports the spans between these.
+    marks = {"process_started": psutil.Process().create_time(), "train_fn_entered": entered,
+             "imported": time.time()}
 
     job = Job.model_validate(config["job"])
     run_dir = Path(config["run_dir"])
@@ -64,7 +71,7 @@ def train_worker(config: dict) -> None:
         watchdog.beat(step)
 
     trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
-                      launched_at=config.get("launched_at"))
+                      launched_at=config.get("launched_at"), startup_marks=marks)
     try:
         summary = trainer.run()
     finally:
