@@ -6,7 +6,7 @@ import pytest
 
 from palm_platform.data import DataConfig, SourceConfig, build_pipeline
 from palm_platform.data.readers import write_pretokenized_shard
-from palm_platform.train.prefetch import PrefetchError, Prefetcher
+from palm_platform.train.prefetch import Prefetcher, PrefetchError
 
 SEQ_LEN = 8
 
