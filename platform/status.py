@@ -77,10 +77,11 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
                   if k.startswith("badput_") and k.endswith("_s")}
     timed = [r for r in final.values() if not r.get("compiled") and "mfu" in r and r.get("step_s")]
     mfu = step_s = compute_s = None
-    if timed:
-        mfu = sum(r["mfu"] for r in timed) / len(timed)
+    if timed:  # FLOPs over time, not a mean of per-step ratios: the loop reads results a
+        # step late, so single step times shift between neighbours; their sum does not
         step_s = sum(r["step_s"] for r in timed) / len(timed)
         compute_s = sum(r["mfu"] * r["step_s"] for r in timed) / len(timed)
+        mfu = compute_s / step_s
     return Summary(
         steps=max(final, default=0), total_steps=total_steps,
         tokens=int(sum(r.get("tokens", 0) for r in final.values())),
@@ -130,7 +131,7 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
 
     records = read_records(run_dir)
     summary = summarize(records, total_steps)
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per item, whatever the terminal's width
     console.print(f"[bold]run {run_dir}[/bold]")
     for line in summary.lines():
         console.print("  " + line)
