@@ -47,6 +47,7 @@ def test_cache_off_compiles_without_writing(tmp_path):
 
 def test_compile_cache_field_defaults_to_the_run_folder_and_resolves_paths(tmp_path):
     spec = yaml.safe_load((ROOT / "jobs" / "local-cpu.yaml").read_text())
+    spec["train"].pop("compile_cache")
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert load_job(path).train.compile_cache is None  # the Trainer uses RUN_DIR/NAME/compile-cache
@@ -55,6 +56,11 @@ def test_compile_cache_field_defaults_to_the_run_folder_and_resolves_paths(tmp_p
         spec["train"]["compile_cache"] = value
         path.write_text(yaml.safe_dump(spec))
         assert load_job(path).train.compile_cache == expected
+
+
+def test_the_demo_job_keeps_its_cache_outside_the_run_folder_it_moves_aside():
+    job = load_job(ROOT / "jobs" / "local-cpu.yaml")
+    assert job.train.compile_cache == str(ROOT / "runs" / "compile-cache" / "local-cpu")
 
 
 def test_pod_jobs_share_one_cache_on_gcs():
