@@ -226,7 +226,7 @@ class Trainer:
         start = time.monotonic()
         with self.goodput.phase("checkpoint"):
             saved = self.checkpointer.save(step, state, data_state, self._ledger_item(), force=force)
-        if saved:  # blocked_s: how long the loop waited (device-to-host copy, Orbax's set-up)
+        if saved:  # blocked_s: how long the loop waited (the on-device copy of the state)
             self.sink.event("checkpoint_saved", step, blocked_s=round(time.monotonic() - start, 3))
             if self.process_index == 0:
                 self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
