@@ -7,6 +7,10 @@ sharded over 8 CPU devices on a (pod=2, data=2, model=2) mesh, a raw sequential 
 (fsync'd) and read of the same number of bytes, and a jitted matmul "train step" with an
 async save started in the middle. Before every read the files are evicted from the page
 cache (posix_fadvise DONTNEED after fsync), so reads come from the disk for both.
+
+Then the local job itself (jobs/local-cpu.yaml's model, sequence length, batch and checkpoint
+cadence, its two pods on the same 8 devices in this process, `--job-steps` steps): how long
+each checkpoint save blocks the loop, as a fraction of the mean step time.
 """
 
 from __future__ import annotations
@@ -81,11 +85,56 @@ def state_bytes(state) -> int:
     return sum(x.nbytes for x in jax.tree.leaves(state))
 
 
+def local_job_blocking(work: Path, steps: int) -> None:
+    """How long the loop's checkpoint saves block it, against the mean step time."""
+    import yaml
+
+    from palm_platform.job import load_job
+    from palm_platform.metrics import read_records
+    from palm_platform.train.loop import Trainer
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())
+    spec["name"] = "ckpt-bench"
+    spec["topology"].update(pods=2, hosts_per_pod=1, chips_per_host=4, ici_topology="2x2x1")
+    spec["train"].update(steps=steps, batch_schedule=[{"sequences": 16}])
+    spec["checkpoint"].update(directory=str(work / "job-ckpt"))  # the local job's cadence
+    spec["faults"]["inject"] = []
+    spec["metrics"]["wandb_mode"] = "disabled"
+    spec["run_dir"] = str(work / "job-run")
+    (work / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = load_job(work / "job.yaml")
+    trainer = Trainer(job, Path(job.run_dir) / job.name)
+    blocked: list[float] = []
+    save = trainer.checkpointer.save
+
+    def timed_save(step, *args, **kwargs):  # the whole call the loop waits for
+        begin = time.perf_counter()
+        saved = save(step, *args, **kwargs)
+        if saved and step > 0:
+            blocked.append(time.perf_counter() - begin)
+        return saved
+
+    trainer.checkpointer.save = timed_save
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    records = read_records(Path(job.run_dir) / job.name)
+    # Mean, not median: the loop reads step k a step late, so single gaps shift between steps.
+    step_s = statistics.mean(r["step_s"] for r in records if r["kind"] == "step" and not r["compiled"])
+    print(f"local job ({steps} steps, palm-tiny, batch 16 x {job.seq_len}, 2 pods on 8 devices, "
+          f"checkpoint every {job.checkpoint.every_steps}): mean step {step_s * 1e3:.0f} ms; "
+          f"{len(blocked)} saves blocked the loop for {', '.join(f'{b * 1e3:.0f}' for b in blocked)} ms")
+    print(f"local job: checkpoint blocking as a fraction of one step: "
+          f"{statistics.median(blocked) / step_s:.3f} (median save)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0, help="state size in GB (1e9 bytes)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="folder on the disk to test")
     parser.add_argument("--matmul", type=int, default=2048, help="step = one n x n matmul")
+    parser.add_argument("--job-steps", type=int, default=50, help="local job steps (0: skip)")
     args = parser.parse_args()
 
     mesh = jax.make_mesh((2, 2, 2), ("pod", "data", "model"))
@@ -177,6 +226,8 @@ def main() -> int:
             f"  the write took {write_with_steps_s:.2f} s next to the steps vs {save_s:.2f} s alone"
         )
         print(f"async save blocking as a fraction of one step: {blocked / baseline:.3f}")
+        if args.job_steps:
+            local_job_blocking(work, args.job_steps)
     return 0
 
 

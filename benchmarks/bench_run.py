@@ -120,6 +120,11 @@ def kill_and_recover(root: Path, steps: int, kill_after: int) -> tuple[float, fl
     restarts = sum(r["kind"] == "restart" for r in records)
     print(f"  killed worker pid {victim.pid} at step >= {kill_after}; restarts {restarts}; "
           f"resumed at step {after['step']} (compiled: {after['compiled']})")
+    # Where a start and a restart spend their seconds (host 0's marks; see loop.py).
+    for r in records:
+        if r["kind"] in ("startup", "compiled"):
+            spans = {k: v for k, v in r.items() if k not in ("kind", "time", "step")}
+            print(f"  {r['kind']} at step {r['step']} ({r['time'] - killed:+.1f} s from the kill): {spans}")
     return first["time"] - launched, after["time"] - killed
 
 

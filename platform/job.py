@@ -129,6 +129,10 @@ class TrainSection(BaseModel):
         default=None, ge=1, description="sequences per gradient-accumulation microbatch (global)"
     )
     seed: int = Field(default=0, ge=0, description="parameter initialisation seed")
+    compile_cache: str | None = Field(
+        default=None, description="JAX persistent compilation cache shared by every host and "
+        "restart: a local path or gs://bucket/path; default RUN_DIR/NAME/compile-cache; 'off': none"
+    )
 
     @field_validator("batch_schedule")
     @classmethod
@@ -414,7 +418,11 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         update={"directory": resolve_path(job.checkpoint.directory, base_dir)}
     )
     run_dir = resolve_path(job.run_dir, base_dir)
-    return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir})
+    cache = job.train.compile_cache
+    train = job.train.model_copy(update={  # "off" is not a path
+        "compile_cache": cache if cache in (None, "off") else resolve_path(cache, base_dir)})
+    return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir,
+                                  "train": train})
 
 
 if __name__ == "__main__":  # `python -m palm_platform.job JOB.yaml`: validate only, exit 2 if bad

@@ -66,8 +66,11 @@ class MetricsSink:
     def event(self, kind: str, step: int, *, alert: bool = False, **fields: Any) -> None:
         if not self.enabled:
             return
-        self._write({"kind": kind, "step": step, "time": time.time(), **fields})
-        logger.info("step %d: %s %s", step, kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+        record = {"kind": kind, "step": step, "time": time.time(), **fields}
+        self._write(record)
+        from palm_platform.status import describe_event  # status imports this module
+
+        logger.info("%s", describe_event(record))
         self._to_wandb("log_event", kind, step, fields, alert=alert)
 
     def _to_wandb(self, method: str, *args: Any, **kwargs: Any) -> None:

@@ -329,14 +329,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override gradient-accumulation steps (default: from the job)")
     parser.add_argument("--save-hlo", metavar="PATH", default=None,
                         help="write the compiled program's HLO text here (to inspect its loops)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="write the TPU executables to the job's train.compile_cache, so TPU "
+                        "hosts with the same jax/jaxlib/libtpu versions and XLA flags can load "
+                        "them instead of compiling (unverified on real hosts; see README)")
 
 
 def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
+    cache = None
+    if getattr(args, "warm_cache", False):
+        if job.train.compile_cache in (None, "off"):
+            print(f"{args.job}: --warm-cache needs train.compile_cache, the cache the TPU hosts "
+                  "read. Fix: set it (e.g. gs://BUCKET/palm/compile-cache/NAME)", file=sys.stderr)
+            return 2
+        from palm_platform.train.compile_cache import CompileCache
+
+        cache = CompileCache.enable(job.train.compile_cache)
     report = plan(job, args.microbatches, args.save_hlo)
     print(json.dumps(asdict(report)) if args.json else report.text())
+    if cache is not None:
+        counts = cache.counts()
+        print(f"compilation cache {job.train.compile_cache}: {counts['misses']} executables "
+              f"written, {counts['hits']} already there", file=sys.stderr)
     if not report.fits:
         over = (report.per_chip_bytes - report.hbm_bytes) / 2**30
         print(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from palm_platform.metrics import METRICS_FILE, read_records
+
+OVERHEAD_BOUND_S = 0.05  # a step with less arithmetic than this at peak is overhead-bound
 
 
 @dataclass
@@ -27,16 +29,35 @@ class Summary:
     skipped_batches: int
     final_loss: float | None
     checkpoints: int
+    badput_s: dict[str, float] = field(default_factory=dict)
+    mfu: float | None = None  # mean over steps that did not compile
+    step_s: float | None = None
+    compute_s: float | None = None  # the step's FLOPs at the devices' peak
 
     def lines(self) -> list[str]:
         done = f"{self.steps}" + (f"/{self.total_steps}" if self.total_steps else "")
         loss = f"{self.final_loss:.4f}" if self.final_loss is not None else "-"
-        return [
+        lines = [
             f"steps {done}  tokens {self.tokens:,}  final loss {loss}",
             f"wall {self.wall_s:.1f} s  productive {self.productive_s:.1f} s  goodput {self.goodput:.1%}",
-            f"restarts {self.restarts}  rollbacks {self.rollbacks}  skipped batches "
-            f"{self.skipped_batches}  checkpoints saved {self.checkpoints}",
         ]
+        causes = sorted(((s, c) for c, s in self.badput_s.items() if s >= 0.05), reverse=True)
+        if causes:
+            lines.append("badput: " + ", ".join(f"{c} {s:.1f} s" for s, c in causes))
+        lines.append(f"restarts {self.restarts}  rollbacks {self.rollbacks}  skipped batches "
+                     f"{self.skipped_batches}  checkpoints saved {self.checkpoints}")
+        if self.mfu is not None:
+            lines.append(self.mfu_line())
+        return lines
+
+    def mfu_line(self) -> str:
+        line = f"MFU {self.mfu:.1%} at {self.step_s * 1e3:.0f} ms per step"
+        if self.compute_s is not None and self.compute_s < OVERHEAD_BOUND_S:
+            # A tiny model's step is a few ms of arithmetic: dispatch, collectives and the
+            # host dominate, so MFU says nothing about the platform here.
+            line += (f" (overhead-bound: the step's FLOPs take {self.compute_s * 1e3:.1f} ms at "
+                     "peak; MFU means something for real model sizes)")
+        return line
 
 
 def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
@@ -48,8 +69,19 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
     productive = sum(r.get("step_s", 0.0) for r in final.values())
     wall = max(last_time - first_time, 0.0)
     goodput_events = [r for r in records if r["kind"] == "goodput"]
+    badput: dict[str, float] = {}
     if goodput_events:  # the run's own accounting (start-up, compile, restarts, recomputation)
-        productive, wall = goodput_events[-1]["productive_s"], goodput_events[-1]["wall_s"]
+        last = goodput_events[-1]
+        productive, wall = last["productive_s"], last["wall_s"]
+        badput = {k[len("badput_"):-len("_s")]: v for k, v in last.items()
+                  if k.startswith("badput_") and k.endswith("_s")}
+    timed = [r for r in final.values() if not r.get("compiled") and "mfu" in r and r.get("step_s")]
+    mfu = step_s = compute_s = None
+    if timed:  # FLOPs over time, not a mean of per-step ratios: the loop reads results a
+        # step late, so single step times shift between neighbours; their sum does not
+        step_s = sum(r["step_s"] for r in timed) / len(timed)
+        compute_s = sum(r["mfu"] * r["step_s"] for r in timed) / len(timed)
+        mfu = compute_s / step_s
     return Summary(
         steps=max(final, default=0), total_steps=total_steps,
         tokens=int(sum(r.get("tokens", 0) for r in final.values())),
@@ -60,7 +92,38 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         skipped_batches=int(sum(r.get("batches", 0) for r in records if r["kind"] == "skip")),
         final_loss=steps[-1]["loss"] if steps else None,
         checkpoints=sum(r["kind"] == "checkpoint_saved" for r in records),
+        badput_s=badput, mfu=mfu, step_s=step_s, compute_s=compute_s,
     )
+
+
+def describe_event(r: dict) -> str:
+    """One sentence for an event record, numbers rounded."""
+    kind, at = r["kind"], f"step {r['step']}: "
+    if kind == "spike":
+        return at + f"loss spike ({r.get('description') or _num(r.get('loss'))})"
+    if kind == "rollback":
+        note = f" ({r['note']})" if r.get("note") else ""
+        return at + f"rolled back to the checkpoint of step {r.get('to_step')}{note}"
+    if kind == "skip":
+        return at + (f"skipped {r.get('batches')} batches (global sequences "
+                     f"{r.get('first_sequence')} to {r.get('end_sequence')})")
+    if kind == "stop":
+        return at + f"stopped: {r.get('reason')}"
+    if kind == "restart":
+        return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
+    if kind == "compiled":
+        cache = ""
+        if "cache_hits" in r:
+            cache = f"; compilation cache: {r['cache_hits']} hits, {r['cache_misses']} misses"
+        return at + f"compiled the step for batch {r.get('batch_size')} in {_num(r.get('seconds'))} s{cache}"
+    fields = ", ".join(f"{k} {_num(v)}" for k, v in r.items()
+                       if k not in ("kind", "time", "step", "alert") and v not in ("", None))
+    return at + kind.replace("_", " ") + (f": {fields}" if fields else "")
+
+
+def _num(value) -> str:
+    """Floats to 4 significant digits; everything else as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
@@ -68,7 +131,7 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
 
     records = read_records(run_dir)
     summary = summarize(records, total_steps)
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per item, whatever the terminal's width
     console.print(f"[bold]run {run_dir}[/bold]")
     for line in summary.lines():
         console.print("  " + line)
@@ -78,10 +141,9 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     quality = [r for r in records if r["kind"] == EVENT]
     if quality:  # the newest launch's count (each launch reports its pipeline once)
         console.print("  " + one_line(describe(quality[-1]), 300), markup=False, soft_wrap=True)
-    events = [r for r in records if r["kind"] in ("spike", "rollback", "skip", "stop")]
-    for r in events[-10:]:
-        fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kind", "time", "step"))
-        console.print(f"  step {r['step']}: {r['kind']} {fields}")
+    events = [r for r in records if r["kind"] in ("restart", "compiled", "spike", "rollback", "skip", "stop")]
+    for r in events[-12:]:
+        console.print("  " + describe_event(r), highlight=False)
     return summary
 
 
@@ -116,7 +178,7 @@ class Progress:
                         bar.update(task, completed=record["step"], loss=f"{record['loss']:.3f}",
                                    tps=f"{record['tokens_per_s']:.0f}")
                     else:
-                        bar.console.print(f"step {record['step']}: {record['kind']}")
+                        bar.console.print(describe_event(record), highlight=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -69,9 +69,11 @@ def test_async_save_returns_before_the_commit_and_no_longer_needs_the_device_arr
     expected = jax.tree.map(np.asarray, state)
 
     assert checkpointer.save(10, state, {"next_index": 80}, {})
-    # save returned, the commit has not happened: the step exists only as a tmp directory
+    # As soon as save returns, the training step may donate these buffers (the save holds
+    # a device copy; Orbax copies that to host memory on the background thread).
+    jax.tree.map(lambda x: x.delete(), state)
+    assert checkpointer.steps() == [10]  # handed to Orbax, not committed: a tmp directory
     assert [(i.step, i.complete) for i in list_checkpoints(tmp_path)] == [(10, False)]
-    jax.tree.map(lambda x: x.delete(), state)  # the training step may donate these buffers
     assert float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((16, 16)))) == 16 * 16 * 16
 
     commit_allowed.set()

@@ -20,14 +20,21 @@ JOBS = Path(__file__).parent / "jobs"
 PALM = Path(sys.executable).parent / "palm"
 
 
-def plan(job: Path):
-    return subprocess.run([PALM, "plan", str(job), "--json"], capture_output=True, text=True,
+def plan(job: Path, *extra: str):
+    return subprocess.run([PALM, "plan", str(job), "--json", *extra], capture_output=True, text=True,
                           timeout=900, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
 
 
-def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops():
-    result = plan(JOBS / "plan-tiny.yaml")
+def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops(tmp_path):
+    spec = yaml.safe_load((JOBS / "plan-tiny.yaml").read_text())
+    spec["train"]["compile_cache"] = str(tmp_path / "cache")
+    job = tmp_path / "plan-tiny.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    result = plan(job, "--warm-cache")
     assert result.returncode == 0, result.stderr[-3000:]
+    # The TPU v4 executables of the train step went to the job's compilation cache.
+    assert list((tmp_path / "cache").glob("jit_train_step-*")), result.stderr[-2000:]
+    assert "executables written" in result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["fits"] and report["devices"] == 16
     assert report["mesh"] == {"pod": 2, "data": 4, "model": 2}

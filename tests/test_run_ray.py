@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -96,7 +97,27 @@ def reference(local_cluster, tmp_path_factory):
         capture_output=True, text=True, timeout=600, env=env_for(local_cluster),
     )
     assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-3000:] + submit.stderr[-2000:]
+    (folder / "submit.log").write_text(submit.stdout)
     return folder
+
+
+def worker_lines(output: str) -> list[str]:
+    """Lines our loggers wrote in a Ray Train worker, as the driver printed them."""
+    return [ln for ln in output.splitlines() if "RayTrainWorker" in ln and " palm" in ln]
+
+
+def test_each_worker_log_line_is_printed_once(reference):
+    # Every fake host's node shares one session log folder: with a log monitor per node,
+    # each line would reach the driver once per node.
+    output = (reference / "submit.log").read_text()
+    lines = worker_lines(output)
+    assert any("step 12/12" in ln for ln in lines), lines[-20:]
+    repeated = [ln for ln, n in Counter(lines).items() if n > 1]
+    assert not repeated, repeated[:5]
+    # Nor lines of other processes: libtpu's logs of whoever ran `palm plan` on this machine
+    # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
+    foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
+    assert not foreign, foreign[:5]
 
 
 @pytest.mark.timeout(700)
@@ -141,6 +162,9 @@ def test_killed_and_hung_hosts_restart_and_end_bitwise_equal(local_cluster, refe
     records = read_records(tmp_path / "run" / "ray-2host")
     assert sum(r["kind"] == "restart" for r in records) == 2, output[-3000:]
     assert "restarts 2" in output
+    # One line per restore, from host 0 (not one per host, nor one per log monitor).
+    restored = [ln for ln in worker_lines(output) if "restored checkpoint step" in ln]
+    assert len(restored) == 2, restored
     for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(tmp_path)),
                     strict=True):
         np.testing.assert_array_equal(a, b)

@@ -2,7 +2,7 @@
 
 import json
 
-from palm_platform.status import main, summarize
+from palm_platform.status import describe_event, main, summarize
 
 
 def records():
@@ -34,7 +34,31 @@ def test_status_command_prints_the_summary_and_the_spikes(tmp_path, capsys):
     assert main(type("Args", (), {"run_dir": str(tmp_path)})()) == 0
     out = capsys.readouterr().out
     assert "steps 4" in out and "restarts 1  rollbacks 1  skipped batches 5" in out
-    assert "step 3: spike" in out and "step 3: rollback" in out
+    assert "step 3: loss spike" in out and "step 3: rolled back to the checkpoint of step 1" in out
+    assert "step 3: skipped 5 batches" in out and "step 1: worker group restarted" in out
+
+
+def test_events_read_as_sentences_with_rounded_numbers():
+    spike = {"kind": "spike", "step": 45, "time": 1.0, "loss": 9.123456789012345, "limit": 6.5012345678}
+    rollback = {"kind": "rollback", "step": 45, "time": 1.0, "to_step": 35, "note": ""}
+    compiled = {"kind": "compiled", "step": 1, "time": 1.0, "batch_size": 16, "seconds": 12.345678,
+                "cache_hits": 3, "cache_misses": 0}
+    saved = {"kind": "checkpoint_saved", "step": 10, "time": 1.0, "blocked_s": 0.0123456789}
+    lines = [describe_event(r) for r in (spike, rollback, compiled, saved)]
+    assert lines[0] == "step 45: loss spike (9.123)"
+    assert lines[1] == "step 45: rolled back to the checkpoint of step 35"  # no empty note
+    assert lines[2] == ("step 1: compiled the step for batch 16 in 12.35 s; compilation cache: "
+                        "3 hits, 0 misses")
+    assert lines[3] == "step 10: checkpoint saved: blocked_s 0.01235"
+
+
+def test_mfu_line_says_a_tiny_model_is_overhead_bound():
+    steps = [{"kind": "step", "step": s, "time": 100.0 + s, "loss": 5.0, "tokens": 10, "step_s": 0.2,
+              "mfu": mfu, "compiled": s == 1} for s, mfu in ((1, 0.0001), (2, 0.006), (3, 0.006))]
+    tiny = summarize(steps).mfu_line()
+    assert tiny.startswith("MFU 0.6% at 200 ms per step (overhead-bound") and "1.2 ms at peak" in tiny
+    big = summarize([{**r, "mfu": 0.45} for r in steps]).mfu_line()
+    assert big == "MFU 45.0% at 200 ms per step"
 
 
 def test_status_of_a_folder_without_metrics_fails_clearly(tmp_path, capsys):

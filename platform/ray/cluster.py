@@ -251,6 +251,12 @@ def up(
     )
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
     base_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray's log monitor also streams libtpu's log folder (TPU_LOG_DIR, else /tmp/tpu_logs) to
+    # every driver. On a laptop that folder holds the logs of every libtpu user on the machine
+    # (`palm plan`), thousands of lines: give the fake TPU hosts a folder of their own.
+    tpu_log_dir = Path(temp_dir) / "tpu_logs"
+    tpu_log_dir.mkdir(parents=True, exist_ok=True)
+    base_env["TPU_LOG_DIR"] = str(tpu_log_dir)
     # Jobs submitted to this cluster (`ray job submit -- palm run ...`, or an executable job
     # file whose shebang runs `palm`) find this environment's `palm` and `python` first.
     bin_dir = str(Path(sys.executable).parent)
@@ -354,6 +360,9 @@ def _start_host(
             "--num-cpus=1",
             f"--resources={json.dumps(resources)}",
             f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
+            # One log monitor per machine: every node shares the session's log folder, and
+            # each monitor would print every worker line again (the head's one is enough).
+            "--include-log-monitor=false",
             *common,
             *_node_ports(),
         ],

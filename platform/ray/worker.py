@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from palm_platform.supervise.watchdog import Watchdog
@@ -39,12 +40,18 @@ def configure_logging() -> None:
 
 def train_worker(config: dict) -> None:
     """Ray Train entry: `config` = {"job": Job as JSON, "run_dir": str}."""
+    entered = time.time()
     configure_logging()
     import jax
+    import psutil
 
     from palm_platform.job import Job
     from palm_platform.ray.interrupt import StopListener, StopRequested
     from palm_platform.train.loop import Trainer
+
+    # Where a (re)start spends its seconds: the Trainer reports the spans between these.
+    marks = {"process_started": psutil.Process().create_time(), "train_fn_entered": entered,
+             "imported": time.time()}
 
     job = Job.model_validate(config["job"])
     run_dir = Path(config["run_dir"])
@@ -87,7 +94,7 @@ def train_worker(config: dict) -> None:
             stop.check(step)  # raises StopRequested at the step `palm run` chose on Ctrl-C
 
     trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
-                      launched_at=config.get("launched_at"))
+                      launched_at=config.get("launched_at"), startup_marks=marks)
     if attempt == 0:  # once per launch, not again after every restart
         from palm_platform.data.quality import report_data_quality
 

@@ -31,12 +31,21 @@ def _checksum_fn(mesh: Mesh, treedef, specs: tuple):
                                  check_vma=False))
 
 
-def pod_checksums(params, mesh: Mesh) -> list[int]:
+def pod_checksum_array(params, mesh: Mesh) -> jax.Array:
+    """The per-pod checksums, dispatched but not read: the loop reads them a step later."""
     leaves, treedef = jax.tree.flatten(params)
     specs = tuple(leaf.sharding.spec for leaf in leaves)
-    return [int(c) for c in jax.device_get(_checksum_fn(mesh, treedef, specs)(*leaves))]
+    return _checksum_fn(mesh, treedef, specs)(*leaves)
+
+
+def pod_checksums(params, mesh: Mesh) -> list[int]:
+    return [int(c) for c in jax.device_get(pod_checksum_array(params, mesh))]
+
+
+def checksums_agree(checksums) -> bool:
+    values = [int(c) for c in jax.device_get(checksums)]
+    return all(c == values[0] for c in values)
 
 
 def pods_hold_identical_params(params, mesh: Mesh) -> bool:
-    checksums = pod_checksums(params, mesh)
-    return all(c == checksums[0] for c in checksums)
+    return checksums_agree(pod_checksum_array(params, mesh))

@@ -4,6 +4,17 @@ The same function runs under Ray (one call per TPU host, `platform/ray/worker.py
 directly in one process (`palm run --direct`, tests, benchmarks). Everything that differs
 between steps is data: the batch size (PaLM's ramp) and the data position; behaviour is
 fixed when the loop starts.
+
+The host never waits for the device between steps: step k+1 is dispatched (JAX dispatch is
+asynchronous) before step k's metrics are read, so metrics, logging and the spike detector
+work one step behind, and the next batches are read and placed on a background thread
+(`prefetch.py`). A spike found at step k also discards step k+1: the rollback restores an
+older checkpoint, so results are bitwise those of a loop that waits every step. Steps that
+end on a checkpoint are read at once: a checkpoint only ever holds steps the spike detector
+has passed, and the save copies that step's state off the devices before the next step
+reuses (donates) its buffers.
+
+    dispatch k+1 | read k: spike? -> roll back (k+1 dropped) | log k | checkpoint if due
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +37,10 @@ from palm_platform.metrics import MetricsSink
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import SpikeDetector
-from palm_platform.train.consistency import pods_hold_identical_params
+from palm_platform.train.compile_cache import CompileCache
+from palm_platform.train.consistency import checksums_agree, pod_checksum_array
 from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
+from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
@@ -69,6 +83,17 @@ class TrainingStopped(RuntimeError):
 
 
 @dataclass
+class _Dispatched:
+    """A step whose computation is queued on the devices; its metrics are read later."""
+
+    batch: Batch
+    metrics: dict  # device scalars
+    checksums: object | None  # per-pod parameter checksums (device), if checked
+    compiled: bool
+    dispatched_at: float
+
+
+@dataclass
 class RunSummary:
     steps: int = 0
     tokens: int = 0
@@ -81,14 +106,18 @@ class Trainer:
     """Owns the mesh, the jitted steps, the pipeline and the checkpointer of one process."""
 
     def __init__(self, job: Job, run_dir: Path, *, attempt: int = 0, on_step=None,
-                 launched_at: float | None = None):
+                 launched_at: float | None = None, startup_marks: dict[str, float] | None = None):
         from palm_platform.checkpoint import Checkpointer
         from palm_platform.data import build_pipeline
 
         self.job, self.run_dir, self.attempt = job, Path(run_dir), attempt
         self.on_step = on_step or (lambda step: None)
         self.t0 = time.monotonic()
+        # Unix times of this process's start-up so far (the worker's), reported as spans.
+        self.startup_marks = {**(startup_marks or {}), "trainer_init": time.time()}
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything compiles: a restart or rerun loads the executables from here.
+        self.compile_cache = CompileCache.enable(job.train.compile_cache or self.run_dir / "compile-cache")
         topo = job.topology
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         if jax.device_count() != topo.pods * topo.chips_per_pod:
@@ -112,8 +141,10 @@ class Trainer:
                 f"{self.model_cfg.vocab_size}; set model.overrides.vocab_size"
             )
         self.checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
-        self.sink = MetricsSink(
-            self.run_dir, job_name=job.name, config=job.model_dump(mode="json"),
+        # W&B's import and init take seconds (6 s here) on every start and restart: they run
+        # beside the rest of the set-up and the restore, and the first event waits for them.
+        self._sink_future = ThreadPoolExecutor(1, thread_name_prefix="palm-sink").submit(
+            MetricsSink, self.run_dir, job_name=job.name, config=job.model_dump(mode="json"),
             enabled=self.process_index == 0, wandb_project=job.metrics.wandb_project,
             wandb_entity=job.metrics.wandb_entity, wandb_mode=job.metrics.wandb_mode,
         )
@@ -134,6 +165,11 @@ class Trainer:
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
         self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
+        self.startup_marks["trainer_ready"] = time.time()
+
+    @property
+    def sink(self) -> MetricsSink:
+        return self._sink_future.result()
 
     def step_fn(self, batch_size: int):
         micro = self.job.train.microbatch_sequences
@@ -188,12 +224,12 @@ class Trainer:
             self.detector.load_state_dict(item["spike_detector"])
         self.detector.truncate(step)
 
-    def _save_checkpoint(self, step: int, state, *, force: bool = False) -> None:
+    def _save_checkpoint(self, step: int, state, data_state: dict, *, force: bool = False) -> None:
+        start = time.monotonic()
         with self.goodput.phase("checkpoint"):
-            saved = self.checkpointer.save(step, state, self.pipeline.get_state(),
-                                           self._ledger_item(), force=force)
-        if saved:
-            self.sink.event("checkpoint_saved", step)
+            saved = self.checkpointer.save(step, state, data_state, self._ledger_item(), force=force)
+        if saved:  # blocked_s: how long the loop waited (the on-device copy of the state)
+            self.sink.event("checkpoint_saved", step, blocked_s=round(time.monotonic() - start, 3))
             if self.process_index == 0:
                 self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
 
@@ -218,12 +254,79 @@ class Trainer:
         for start, end in self.ledger.skip_ranges():
             self.pipeline.add_skip_range(start, end)
         self.detector.truncate(plan.restore_step)
-        self.goodput.rollback(to_step=plan.restore_step, from_step=spike.step)
+        # Every step from the restore point on runs again (the one dispatched after the
+        # spike included).
+        self.goodput.rollback(to_step=plan.restore_step)
         self.sink.event("rollback", spike.step, alert=True, to_step=plan.restore_step,
                         note=plan.note or "")
         self.sink.event("skip", spike.step, first_sequence=plan.first_sequence,
                         end_sequence=plan.end_sequence, batches=plan.skip_batches)
         return restored.train_state
+
+    def _prefetch(self, first_step: int) -> Prefetcher:
+        sharding = batch_sharding(self.mesh)
+        return Prefetcher(self.pipeline, first_step=first_step, last_step=self.job.train.steps,
+                          batch_size_at=self.job.train.batch_size_at,
+                          place=lambda local: to_global_array(local, sharding))
+
+    def _dispatch(self, state, batch: Batch, injector):
+        """Queue one step on the devices; returns the new state without waiting for it."""
+        local = injector.poison(
+            batch.step, batch.local, data_state=batch.data_state,
+            global_batch_size=batch.batch_size, process_index=self.process_index,
+            process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
+        )
+        array = batch.array if local is batch.local else to_global_array(local, batch_sharding(self.mesh))
+        compiling = batch.batch_size not in self._compiled  # a new batch shape compiles
+        self._compiled.add(batch.batch_size)
+        dispatched_at = time.monotonic()
+        with self.goodput.phase("compile" if compiling else "step", step=None if compiling else batch.step):
+            state, metrics = self.step_fn(batch.batch_size)(state, array)
+            checksums = pod_checksum_array(state.params, self.mesh) if self.check_pods else None
+        return state, _Dispatched(batch, metrics, checksums, compiling, dispatched_at)
+
+    def _read(self, done: _Dispatched, summary: RunSummary):
+        """Wait for a dispatched step, check it for a spike, then log it; returns the spike."""
+        k = done.batch.step
+        with self.goodput.phase("compile" if done.compiled else "step", step=None if done.compiled else k):
+            metrics = {name: float(v) for name, v in jax.device_get(done.metrics).items()}
+            identical = checksums_agree(done.checksums) if done.checksums is not None else None
+        finished_at = time.monotonic()
+        step_s = finished_at - max(done.dispatched_at, self._last_finished_at)
+        self._last_finished_at = finished_at
+        spike = self.detector.observe(k, metrics["loss"])
+        if spike is not None:
+            return spike
+        metrics.update(
+            step_s=step_s, tokens_per_s=metrics["tokens"] / step_s, batch_size=done.batch.batch_size,
+            mfu=metrics["tokens"] / step_s * self.flops_per_token / self.peak_flops,
+            compiled=done.compiled,
+        )
+        if identical is not None:
+            metrics["pods_identical"] = identical
+        self.sink.log(k + 1, metrics)
+        if done.compiled:
+            self.sink.event("compiled", k + 1, batch_size=done.batch.batch_size,
+                            seconds=round(step_s, 1), **self._cache_counts())
+        self.on_step(k + 1)
+        total = self.job.train.steps
+        if self.process_index == 0 and ((k + 1) % self.job.metrics.log_every == 0 or k + 1 == total):
+            logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", k + 1, total,
+                        metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
+        summary.final_loss = metrics["loss"]
+        summary.tokens += int(metrics["tokens"])
+        return None
+
+    def _report_startup(self, step: int) -> None:
+        """One event: seconds between consecutive start-up marks (imports, init, restore)."""
+        marks = sorted(self.startup_marks.items(), key=lambda kv: kv[1])
+        spans = {f"{name}_s": round(t - prev_t, 2)
+                 for (_, prev_t), (name, t) in zip(marks, marks[1:], strict=False)}
+        self.sink.event("startup", step, attempt=self.attempt, **spans)
+
+    def _cache_counts(self) -> dict:
+        counts = self.compile_cache.counts()
+        return {"cache_hits": counts["hits"], "cache_misses": counts["misses"]}
 
     def run(self) -> RunSummary:
         from palm_platform.supervise.faults import FaultInjector
@@ -234,54 +337,45 @@ class Trainer:
                                  batch_size_at=job.train.batch_size_at)
         with self.goodput.phase("startup"):
             state = self.restore_or_init()
+        self.startup_marks["restored"] = time.time()
         step = int(jax.device_get(state.step))
+        self._report_startup(step)
         summary = RunSummary(extra={"startup_s": time.monotonic() - self.t0, "start_step": step})
-        while step < job.train.steps:
-            batch_size = job.train.batch_size_at(step)
-            injector.maybe_fire(step, checkpoint_dir=job.checkpoint.directory)
-            with self.goodput.phase("data"):
-                data_state = self.pipeline.get_state()
-                local = injector.poison(
-                    step, self.pipeline.local_batch(batch_size), data_state=data_state,
-                    global_batch_size=batch_size, process_index=self.process_index,
-                    process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
-                )
-                batch = to_global_array(local, batch_sharding(self.mesh))
-            compiling = batch_size not in self._compiled  # a new batch shape compiles
-            self._compiled.add(batch_size)
-            t = time.monotonic()
-            with self.goodput.phase("compile" if compiling else "step", step=None if compiling else step):
-                state, metrics = self.step_fn(batch_size)(state, batch)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            step_s = time.monotonic() - t
-            spike = self.detector.observe(step, metrics["loss"])
-            if spike is not None:
-                state = self._roll_back(spike, data_state, batch_size)
-                step = int(jax.device_get(state.step))
-                continue
-            step += 1
-            metrics.update(
-                step_s=step_s, tokens_per_s=metrics["tokens"] / step_s, batch_size=batch_size,
-                mfu=metrics["tokens"] / step_s * self.flops_per_token / self.peak_flops,
-                compiled=compiling,
-            )
-            if self.check_pods:
-                metrics["pods_identical"] = pods_hold_identical_params(state.params, self.mesh)
-            self.sink.log(step, metrics)
-            self.on_step(step)
-            if self.process_index == 0 and (step % job.metrics.log_every == 0 or step == job.train.steps):
-                logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", step, job.train.steps,
-                            metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
-            self._save_checkpoint(step, state)
-            summary.final_loss = metrics["loss"]
-            summary.tokens += int(metrics["tokens"])
-        if step not in self.checkpointer.steps():
-            self._save_checkpoint(step, state, force=True)
+        self._last_finished_at = time.monotonic()
+        prefetcher = self._prefetch(step)
+        pending: _Dispatched | None = None  # dispatched, not yet read
+        try:
+            while step < job.train.steps:
+                with self.goodput.phase("data"):
+                    batch = prefetcher.next()
+                injector.maybe_fire(step, checkpoint_dir=job.checkpoint.directory)
+                state, dispatched = self._dispatch(state, batch, injector)
+                spike = self._read(pending, summary) if pending is not None else None
+                if spike is None:
+                    pending, step = dispatched, step + 1
+                    last = step == job.train.steps
+                    if last or self.checkpointer.is_due(step):
+                        pending = None
+                        spike = self._read(dispatched, summary)
+                        if spike is None:
+                            self._save_checkpoint(step, state, batch.data_state_after, force=True)
+                            continue
+                if spike is not None:  # the step after it was dispatched: dropped with it
+                    prefetcher.stop()
+                    bad = pending if pending is not None and pending.batch.step == spike.step else dispatched
+                    state = self._roll_back(spike, bad.batch.data_state, bad.batch.batch_size)
+                    step = int(jax.device_get(state.step))
+                    pending = None
+                    self._last_finished_at = time.monotonic()
+                    prefetcher = self._prefetch(step)
+        finally:
+            prefetcher.stop()
         with self.goodput.phase("checkpoint"):
             self.checkpointer.wait_until_finished()
         goodput = self.goodput.summary()
         self.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
-                        **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()})
+                        **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
+                        **self._cache_counts())
         if self.process_index == 0:
             self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
             self.ledger.save(self.ledger_path)
