@@ -2,11 +2,15 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from palm_platform.job import JobError, SpikeSection, load_job, parse_job
 from palm_platform.supervise.spike import Spike, SpikeDetector
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
 def _feed(detector, losses, start=0):
@@ -131,10 +135,11 @@ def test_spike_json_round_trip_keeps_nan():
 
 
 def test_min_history_above_window_is_a_job_error(tmp_path):
+    # A complete job, so the spike section's error is the only problem reported.
+    raw = yaml.safe_load((JOBS / "local-cpu.yaml").read_text())
+    raw["faults"]["spike"] = {"window": 20, "min_history": 30}
     with pytest.raises(JobError, match="min_history=30 exceeds window=20"):
-        parse_job(
-            {"faults": {"spike": {"window": 20, "min_history": 30}}}, tmp_path / "job.yaml"
-        )
+        parse_job(raw, tmp_path / "job.yaml")
 
 
 def test_local_job_spike_section_is_valid():

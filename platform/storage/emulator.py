@@ -149,15 +149,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --bucket {args.bucket!r}: GCS bucket names have 3-63 characters",
               file=sys.stderr)
         return 2
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     with gcs_emulator(args.bucket, log_path=args.log) as emulator:
-        print(f"GCS emulator on {emulator.url}, bucket gs://{emulator.bucket} (in memory; "
-              f"log {emulator.log_path}). In another shell:")
-        for name, value in emulator.env.items():
-            print(f"  export {name}={value}")
-        print("Ctrl-C stops it (and drops every object).", flush=True)
-        stopped = []
-        signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+        # The try starts before the "Ctrl-C" line: a user (or a test) may press it at once.
         try:
+            print(f"GCS emulator on {emulator.url}, bucket gs://{emulator.bucket} (in memory; "
+                  f"log {emulator.log_path}). In another shell:")
+            for name, value in emulator.env.items():
+                print(f"  export {name}={value}")
+            print("Ctrl-C stops it (and drops every object).", flush=True)
             while not stopped:
                 time.sleep(0.5)
         except KeyboardInterrupt:
