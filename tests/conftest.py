@@ -12,3 +12,31 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+import importlib.util  # noqa: E402 - after the environment set-up above, on purpose
+
+import pytest  # noqa: E402
+
+
+def require(module: str, why: str) -> None:
+    """Skip when `module` is missing here; fail when CI is set, where a skip would hide a
+    real path (CI installs every extra, so a missing one is a broken set-up, not a choice)."""
+    if importlib.util.find_spec(module) is not None:
+        return
+    message = f"{why}: `{module}` is not installed"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}, and CI is set: CI must install it (bash scripts/setup.sh)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def require_libtpu() -> None:
+    """For `palm plan` tests: they compile for a real TPU topology through libtpu."""
+    require("libtpu", "needs the tpu extra")
+
+
+@pytest.fixture
+def libtpu():
+    """Use as `pytestmark = pytest.mark.usefixtures("libtpu")`: see require_libtpu."""
+    require_libtpu()
