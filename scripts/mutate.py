@@ -58,8 +58,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                ["tests/test_skip_ranges.py"]),
     "supervise/rollback.py": (["tests/test_supervise_rollback.py"], SUPERVISE_NEW),
     "supervise/ledger.py": (["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
-                            SUPERVISE_NEW),
-    "supervise/goodput.py": (["tests/test_supervise_goodput.py"], []),
+                            ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
+    "supervise/goodput.py": (["tests/test_supervise_goodput.py"],
+                             ["tests/test_supervise_goodput_subsecond.py"]),
     "supervise/faults.py": (["tests/test_supervise_faults.py"], SUPERVISE_NEW),
     "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"], []),
     "data/pipeline.py": (["tests/test_data_pipeline.py"], ["tests/test_skip_ranges.py"]),
@@ -250,12 +251,12 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args()
     modules = args.module or list(MODULES)
-    rng = random.Random(args.seed)
     totals = []
     for module in modules:
         old, new = MODULES[module]
         every = mutants_of(module)
         limit = min(args.max, DEFAULT_MAX.get(module, args.max)) if not args.module else args.max
+        rng = random.Random(f"{args.seed}:{module}")  # the same sample whatever else runs
         chosen = sorted(rng.sample(every, limit), key=lambda m: m.index) if len(every) > limit else every
         if args.list:
             for m in chosen:

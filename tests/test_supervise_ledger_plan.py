@@ -1,0 +1,30 @@
+"""The ledger records a rollback plan's skip, so a restart applies it again."""
+
+import json
+
+from palm_platform.job import SpikeSection
+from palm_platform.supervise.ledger import Ledger
+from palm_platform.supervise.rollback import plan_rollback
+from palm_platform.supervise.spike import Spike
+
+SPIKE = Spike(step=412, loss=9.81, rule="ratio", limit=9.3, median=3.10, scale=3.0, factor=3.0)
+
+
+def test_a_rollback_plan_records_spike_rollback_and_its_skip_range():
+    ledger = Ledger()
+    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeSection(), ledger,
+                         data_state={"next_sequence": 13184}, batch_size=32)
+    added = ledger.record_plan(plan)
+    assert [e["kind"] for e in added] == ["spike", "rollback", "skip"]
+    assert [tuple(r) for r in ledger.skip_ranges()] == [(13184, 13184 + plan.skip_batches * 32)]
+    restarted = Ledger.from_dict(json.loads(json.dumps(ledger.to_dict())))
+    assert restarted.skip_ranges() == ledger.skip_ranges()
+
+
+def test_a_stop_plan_records_no_skip():
+    ledger = Ledger()
+    plan = plan_rollback(SPIKE, [], SpikeSection(), ledger, data_state={"next_sequence": 0},
+                         batch_size=32)
+    assert plan.action == "stop"
+    assert [e["kind"] for e in ledger.record_plan(plan)] == ["spike", "stop"]
+    assert list(ledger.skip_ranges()) == []
