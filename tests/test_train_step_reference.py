@@ -120,3 +120,52 @@ def test_optimizer_leaves_a_gradient_under_the_limit_alone():
         ref, r = never_clips.update(_clip_in_numpy(grads, 1.0), r, params)
         np.testing.assert_allclose(u["w"], ref["w"], rtol=1e-5)
     assert jnp.isfinite(u["w"]).all()
+
+
+def numpy_palm_optimizer(cfg: OptimizerSection, params: dict, grad_steps: list[dict]) -> list[dict]:
+    """PaLM's recipe written out in numpy, one leaf at a time (float64), for comparison:
+    global-norm clip; second moment v = b2 v + (1 - b2)(g^2 + 1e-30) with b2 = 1 - k^-exponent;
+    u = g / sqrt(v); u /= max(1, rms(u) / clip_update_rms); u *= lr; u *= max(rms(p), 1e-3);
+    momentum m = beta1 m + (1 - beta1) u (no debiasing); u = m + lr^2 p (weight decay); p -= u.
+    Returns the parameters after each step."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    m = {k: np.zeros_like(x) for k, x in p.items()}
+    out = []
+    for count, grads in enumerate(grad_steps):
+        g = {k: np.asarray(x, np.float64) for k, x in grads.items()}
+        norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
+        g = {k: x * min(1.0, cfg.clip_global_norm / norm) for k, x in g.items()}
+        k_step = max(count + 1, cfg.constant_steps)
+        lr = cfg.peak_learning_rate * np.sqrt(cfg.constant_steps / k_step)
+        beta2 = 1.0 - (count + 1.0) ** -cfg.second_moment_exponent
+        for name in p:
+            v[name] = beta2 * v[name] + (1 - beta2) * (g[name] ** 2 + 1e-30)
+            u = g[name] / np.sqrt(v[name])
+            u /= max(1.0, np.sqrt(np.mean(u**2)) / cfg.clip_update_rms)
+            u *= lr * max(np.sqrt(np.mean(p[name] ** 2)), 1e-3)
+            m[name] = cfg.beta1 * m[name] + (1 - cfg.beta1) * u
+            p[name] = p[name] - (m[name] + lr**2 * p[name])
+        out.append({k: x.copy() for k, x in p.items()})
+    return out
+
+
+@pytest.mark.parametrize("cfg", [
+    OptimizerSection(),
+    OptimizerSection(peak_learning_rate=0.05, constant_steps=2, beta1=0.5,
+                     second_moment_exponent=0.5, clip_global_norm=0.7, clip_update_rms=0.3),
+], ids=["palm", "every-field-changed"])
+def test_optimizer_follows_the_recipe_written_in_numpy(cfg):
+    rng = np.random.default_rng(1)
+    params = {"w": rng.normal(size=(6, 5)).astype(np.float32),
+              "b": (rng.normal(size=(5,)) * 0.1).astype(np.float32)}
+    grad_steps = [{k: (rng.normal(size=x.shape) * scale).astype(np.float32)
+                   for k, x in params.items()} for scale in (3.0, 0.05, 1.0, 0.2)]
+    expected = numpy_palm_optimizer(cfg, params, grad_steps)
+    tx = build_optimizer(cfg)
+    state, p = tx.init(params), params
+    for grads, want in zip(grad_steps, expected, strict=True):
+        updates, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+        for name in params:
+            np.testing.assert_allclose(p[name], want[name], rtol=1e-5, atol=1e-7)
