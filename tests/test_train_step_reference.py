@@ -157,8 +157,11 @@ def numpy_palm_optimizer(cfg: OptimizerSection, params: dict, grad_steps: list[d
 ], ids=["palm", "every-field-changed"])
 def test_optimizer_follows_the_recipe_written_in_numpy(cfg):
     rng = np.random.default_rng(1)
+    # "k" is large enough (both sides >= 128) that a factored second moment would be used
+    # for it if `factored` were on: PaLM's recipe keeps the full second moment.
     params = {"w": rng.normal(size=(6, 5)).astype(np.float32),
-              "b": (rng.normal(size=(5,)) * 0.1).astype(np.float32)}
+              "b": (rng.normal(size=(5,)) * 0.1).astype(np.float32),
+              "k": (rng.normal(size=(128, 130)) * 0.02).astype(np.float32)}
     grad_steps = [{k: (rng.normal(size=x.shape) * scale).astype(np.float32)
                    for k, x in params.items()} for scale in (3.0, 0.05, 1.0, 0.2)]
     expected = numpy_palm_optimizer(cfg, params, grad_steps)
