@@ -57,15 +57,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "supervise/spike.py": (["tests/test_supervise_spike.py"], ["tests/test_supervise_spike_boundary.py"]),
     "supervise/positions.py": (["tests/test_supervise_faults.py", "tests/test_supervise_rollback.py"],
                                ["tests/test_skip_ranges.py"]),
-    "supervise/rollback.py": (["tests/test_supervise_rollback.py"], SUPERVISE_NEW),
+    "supervise/rollback.py": (["tests/test_supervise_rollback.py"],
+                              ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
     "supervise/ledger.py": (["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
                             ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
     "supervise/goodput.py": (["tests/test_supervise_goodput.py"],
                              ["tests/test_supervise_goodput_subsecond.py"]),
     "supervise/faults.py": (["tests/test_supervise_faults.py"], SUPERVISE_NEW),
-    "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"], []),
+    "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"],
+                              ["tests/test_supervise_watchdog_edges.py"]),
     "data/pipeline.py": (["tests/test_data_pipeline.py"], ["tests/test_skip_ranges.py"]),
-    "checkpoint/verification.py": (["tests/test_checkpoint_integrity.py"], []),
+    "checkpoint/verification.py": (["tests/test_checkpoint_integrity.py"],
+                                   ["tests/test_checkpoint_verify_defaults.py"]),
 }
 # Mutants per module in a default run (a seeded sample): on 2 shared cores a fast test file
 # takes 10-20 s, and the step's tests take minutes per mutant. --module M runs --max of M.

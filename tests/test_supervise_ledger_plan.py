@@ -28,3 +28,13 @@ def test_a_stop_plan_records_no_skip():
     assert plan.action == "stop"
     assert [e["kind"] for e in ledger.record_plan(plan)] == ["spike", "stop"]
     assert list(ledger.skip_ranges()) == []
+
+
+def test_recomputed_steps_are_those_between_restore_and_spike():
+    ledger = Ledger()
+    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeSection(), ledger,
+                         data_state={"next_sequence": 0}, batch_size=32)
+    assert plan.recomputed_steps == SPIKE.step - plan.restore_step
+    stop = plan_rollback(SPIKE, [], SpikeSection(), ledger, data_state={"next_sequence": 0},
+                         batch_size=32)
+    assert stop.restore_step is None and stop.recomputed_steps == 0
