@@ -86,7 +86,7 @@ def test_optimizer_clips_the_global_norm_before_adafactor(limit):
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(16, 8)).astype(np.float32),
               "b": rng.normal(size=(8,)).astype(np.float32)}
-    # Norms 40 and 5: both above either limit, and unequal, so clipped and unclipped
+    # Norms about 47 and 6: both above either limit, and unequal, so clipped and unclipped
     # gradients have different ratios and Adafactor's second step tells them apart.
     steps = [jax.tree.map(lambda p, s=s: (rng.normal(size=p.shape) * s).astype(np.float32), params)
              for s in (4.0, 0.5)]
