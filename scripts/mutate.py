@@ -124,19 +124,23 @@ class _Mutator(ast.NodeTransformer):
         self.count += 1
         return self.count - 1 == self.target
 
+    def _visit_body(self, body: list) -> list:
+        out = []
+        for stmt in body:
+            new = self.visit(stmt)
+            out.extend(new if isinstance(new, list) else [new])
+        return out
+
     def visit_FunctionDef(self, node):  # annotations and decorators are not behaviour
-        for stmt in node.body:
-            self.visit(stmt)
-        for default in node.args.defaults + node.args.kw_defaults:
-            if default is not None:
-                self.visit(default)
+        node.body = self._visit_body(node.body)
+        node.args.defaults = [self.visit(d) for d in node.args.defaults]
+        node.args.kw_defaults = [None if d is None else self.visit(d) for d in node.args.kw_defaults]
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node):  # decorators (e.g. frozen=True) and bases are not behaviour
-        for stmt in node.body:
-            self.visit(stmt)
+        node.body = self._visit_body(node.body)
         return node
 
     def visit_AnnAssign(self, node):
@@ -232,11 +236,16 @@ def mutants_of(module: str) -> list[Mutant]:
 
 
 def mutated_source(mutant: Mutant) -> str:
-    tree = ast.parse((ROOT / "platform" / mutant.module).read_text())
+    text = (ROOT / "platform" / mutant.module).read_text()
+    tree = ast.parse(text)
     walker = _Mutator(mutant.index, _skipped_lines(tree))
     tree = walker.visit(tree)
     ast.fix_missing_locations(tree)
-    return ast.unparse(tree)
+    source = ast.unparse(tree)
+    # A mutant that changes nothing would count as a survivor: never let one through.
+    if source == ast.unparse(ast.parse(text)):
+        raise AssertionError(f"mutant {mutant} did not change {mutant.module}")
+    return source
 
 
 def run_tests(tests: list[str], package_dir: Path | None, timeout: float) -> tuple[bool, float]:
