@@ -270,6 +270,8 @@ def main() -> int:
     parser.add_argument("--max", type=int, default=10, help="mutants per module (sampled)")
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--index", type=int, action="append",
+                        help="run these mutants of the (single) --module, by their --list index")
     args = parser.parse_args()
     modules = args.module or list(MODULES)
     totals = []
@@ -279,6 +281,8 @@ def main() -> int:
         limit = min(args.max, DEFAULT_MAX.get(module, args.max)) if not args.module else args.max
         rng = random.Random(f"{args.seed}:{module}")  # the same sample whatever else runs
         chosen = sorted(rng.sample(every, limit), key=lambda m: m.index) if len(every) > limit else every
+        if args.index:
+            chosen = [every[i] for i in args.index]
         if args.list:
             for m in chosen:
                 print(f"{module}:{m.line} #{m.index} {m.description}")
