@@ -272,11 +272,15 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--index", type=int, action="append",
                         help="run these mutants of the (single) --module, by their --list index")
+    parser.add_argument("--old", nargs="*", help="override the module's pre-issue-19 tests")
+    parser.add_argument("--new", nargs="*", help="override the module's issue-19 tests")
     args = parser.parse_args()
     modules = args.module or list(MODULES)
     totals = []
     for module in modules:
         old, new = MODULES[module]
+        old = old if args.old is None else args.old
+        new = new if args.new is None else args.new
         every = mutants_of(module)
         limit = min(args.max, DEFAULT_MAX.get(module, args.max)) if not args.module else args.max
         rng = random.Random(f"{args.seed}:{module}")  # the same sample whatever else runs
