@@ -62,7 +62,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "supervise/ledger.py": (["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
                             ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
     "supervise/goodput.py": (["tests/test_supervise_goodput.py"],
-                             ["tests/test_supervise_goodput_subsecond.py"]),
+                             ["tests/test_supervise_goodput_edges.py"]),
     "supervise/faults.py": (["tests/test_supervise_faults.py"], SUPERVISE_NEW),
     "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"],
                               ["tests/test_supervise_watchdog_edges.py"]),

@@ -1,6 +1,9 @@
-"""The ledger records a rollback plan's skip, so a restart applies it again."""
+"""The ledger records a rollback plan's skip, so a restart applies it again; it refuses
+what is not a ledger and saves into folders that do not exist yet."""
 
 import json
+
+import pytest
 
 from palm_platform.job import SpikeSection
 from palm_platform.supervise.ledger import Ledger
@@ -38,3 +41,17 @@ def test_recomputed_steps_are_those_between_restore_and_spike():
     stop = plan_rollback(SPIKE, [], SpikeSection(), ledger, data_state={"next_sequence": 0},
                          batch_size=32)
     assert stop.restore_step is None and stop.recomputed_steps == 0
+
+
+@pytest.mark.parametrize("data", [{"events": "spike"}, {"version": 1}, ["events"]])
+def test_what_is_not_a_ledger_is_refused(data):
+    with pytest.raises(ValueError, match="not a ledger"):
+        Ledger.from_dict(data)
+
+
+def test_save_creates_missing_folders(tmp_path):
+    ledger = Ledger()
+    ledger.record_restart(5, "test")
+    path = tmp_path / "a" / "b" / "ledger.json"
+    ledger.save(path)
+    assert Ledger.from_dict(json.loads(path.read_text())).events == ledger.events
