@@ -82,3 +82,15 @@ def test_a_rolled_back_detector_forgets_replayed_steps_only():
     detector.truncate(0)
     assert detector.history == []
     assert detector.observe(0, 100.0) is None  # nothing to judge against after truncate(0)
+
+
+def test_a_loaded_state_keeps_its_last_step():
+    cfg = SpikeSection(rule="ratio", window=5, min_history=5)
+    detector = _fed(cfg, [1.0] * 8)
+    restored = SpikeDetector(cfg)
+    restored.load_state_dict(detector.state_dict())
+    with pytest.raises(ValueError, match="steps must increase"):
+        restored.observe(7, 1.0)
+    empty = SpikeDetector(cfg)
+    empty.load_state_dict(SpikeDetector(cfg).state_dict())  # last_step None
+    assert empty.observe(0, 1.0) is None

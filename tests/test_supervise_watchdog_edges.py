@@ -1,6 +1,9 @@
 """Watchdog edges: the default poll interval, and a silence of exactly the timeout."""
 
 import threading
+import time
+
+import pytest
 
 from palm_platform.supervise.watchdog import Watchdog
 
@@ -15,9 +18,11 @@ class FakeClock:
 
 def test_fires_with_the_default_poll_interval():
     fired = threading.Event()
+    start = time.monotonic()
     watchdog = Watchdog(0.2, lambda silent: fired.set()).start()  # polls every timeout / 4
     try:
         assert fired.wait(5) and watchdog.fired
+        assert time.monotonic() - start < 2.0  # 0.2 s plus a poll, not a 5 s poll
     finally:
         watchdog.stop()
 
@@ -34,3 +39,16 @@ def test_a_silence_of_exactly_the_timeout_fires():
         assert fired.wait(5) and seen == [10.0]
     finally:
         watchdog.stop()
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_timeout_that_is_not_positive_is_refused(timeout):
+    with pytest.raises(ValueError, match="timeout_s must be positive"):
+        Watchdog(timeout, lambda s: None)
+
+
+def test_stop_before_start_is_harmless():
+    seen = []
+    watchdog = Watchdog(0.1, seen.append)
+    watchdog.stop()
+    assert seen == [] and not watchdog.fired
