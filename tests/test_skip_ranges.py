@@ -114,3 +114,18 @@ def test_bad_skip_ranges_are_refused(pipeline_factory):
         pipeline.add_skip_range(-1, 4)
     with pytest.raises(ValueError, match="count must be >= 0"):
         pipeline.skip_sequences(-1)
+
+
+def test_an_empty_global_batch_is_refused(pipeline_factory):
+    with pytest.raises(ValueError, match="positive multiple"):
+        pipeline_factory().local_batch(0)
+
+
+def test_a_state_without_seed_or_seq_len_restores_quietly(pipeline_factory, caplog):
+    pipeline = pipeline_factory()
+    pipeline.add_skip_range(2, 4)
+    pipeline.set_state({"next_sequence": 3, "skip_ranges": [[2, 4]]})  # an older, shorter state
+    pipeline.set_state(pipeline.get_state())  # the same seed and seq_len: nothing to warn about
+    assert pipeline.next_sequence == 3 and "saved with" not in caplog.text
+    pipeline.set_state({**pipeline.get_state(), "seed": 99})
+    assert "saved with seed=99" in caplog.text

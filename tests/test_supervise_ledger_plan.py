@@ -55,3 +55,12 @@ def test_save_creates_missing_folders(tmp_path):
     path = tmp_path / "a" / "b" / "ledger.json"
     ledger.save(path)
     assert Ledger.from_dict(json.loads(path.read_text())).events == ledger.events
+
+
+def test_a_batch_of_one_sequence_is_a_valid_plan_and_zero_is_not():
+    plan = plan_rollback(SPIKE, [300], SpikeSection(), Ledger(), data_state={"next_sequence": 7},
+                         batch_size=1)
+    assert plan.action == "rollback" and plan.skip_sequences == plan.skip_batches
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        plan_rollback(SPIKE, [300], SpikeSection(), Ledger(), data_state={"next_sequence": 7},
+                      batch_size=0)

@@ -47,7 +47,13 @@ def reference():
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     params = jax.tree.map(np.asarray, init_train_state(PALM_TEST, optax.sgd(1.0), mesh, 0).params)
     grads = jax.tree.map(np.asarray, jax.jit(jax.grad(whole_batch_loss))(params, TOKENS))
-    return params, grads
+    return params, grads, whole_batch_losses(params, TOKENS)
+
+
+def whole_batch_losses(params, tokens):
+    logits, _ = PaLM(PALM_TEST).apply({"params": params}, tokens[:, :-1])
+    ce, z = cross_entropy_and_z_loss(logits, tokens[:, 1:], PALM_TEST.z_loss)
+    return float(ce), float(z)
 
 
 # bfloat16 on the wire rounds each pod's gradient to 8 significant bits (relative error at
@@ -58,7 +64,7 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-3}
 @pytest.mark.parametrize(("microbatches", "cross_pod_dtype"),
                          [(1, "float32"), (2, "float32"), (1, "bfloat16"), (2, "bfloat16")])
 def test_two_pod_step_gradient_is_the_whole_batch_gradient(reference, microbatches, cross_pod_dtype):
-    ref_params, ref_grads = reference
+    ref_params, ref_grads, (ref_ce, ref_z) = reference
     tx = optax.sgd(1.0)  # update == -gradient: the step's gradient, observable exactly
     mesh = make_mesh(2, 2, 2, jax.devices()[:8])
     _, shardings = state_shardings(PALM_TEST, tx, mesh)
@@ -70,6 +76,9 @@ def test_two_pod_step_gradient_is_the_whole_batch_gradient(reference, microbatch
     # The mean over pods and microbatches of per-shard mean-loss gradients is the gradient
     # of the whole batch's mean loss; a sum anywhere doubles it.
     assert float(metrics["grad_norm"]) == pytest.approx(global_norm(ref_grads), rel=tol)
+    # The reported losses are the whole batch's too (means over pods and microbatches).
+    assert float(metrics["loss"]) == pytest.approx(ref_ce, rel=1e-5)
+    assert float(metrics["z_loss"]) == pytest.approx(ref_z, rel=1e-5)
     after = jax.tree.map(np.asarray, state.params)
     for p0, p1, g in zip(jax.tree.leaves(ref_params), jax.tree.leaves(after),
                          jax.tree.leaves(ref_grads), strict=True):
