@@ -80,9 +80,13 @@ def test_two_pod_step_gradient_is_the_whole_batch_gradient(reference, microbatch
     assert float(metrics["loss"]) == pytest.approx(ref_ce, rel=1e-5)
     assert float(metrics["z_loss"]) == pytest.approx(ref_z, rel=1e-5)
     after = jax.tree.map(np.asarray, state.params)
+    worst = 0.0
     for p0, p1, g in zip(jax.tree.leaves(ref_params), jax.tree.leaves(after),
                          jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(p0 - p1, g, rtol=0, atol=tol * np.abs(g).max())
+        worst = max(worst, float(np.abs(p0 - p1 - g).max() / np.abs(g).max()))
+    if cross_pod_dtype == "bfloat16":  # the exchange really rounds to bfloat16 on the wire
+        assert worst > 1e-4
 
 
 def _clip_in_numpy(grads, limit):
