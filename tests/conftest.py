@@ -14,11 +14,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-# -- a local GCS emulator (platform/storage/emulator.py) for the gs:// tests ---------------
-
+import importlib.util  # noqa: E402 - after the environment set-up above, on purpose
 import re  # noqa: E402
 
 import pytest  # noqa: E402
+
+# -- a local GCS emulator (platform/storage/emulator.py) for the gs:// tests ---------------
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,26 @@ def gcs_bucket(gcs_emulator, request):
         clear_client_caches()
         yield bucket
     clear_client_caches()
+
+
+def require(module: str, why: str) -> None:
+    """Skip when `module` is missing here; fail when CI is set, where a skip would hide a
+    real path (CI installs every extra, so a missing one is a broken set-up, not a choice)."""
+    if importlib.util.find_spec(module) is not None:
+        return
+    message = f"{why}: `{module}` is not installed"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}, and CI is set: CI must install it (bash scripts/setup.sh)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def require_libtpu() -> None:
+    """For `palm plan` tests: they compile for a real TPU topology through libtpu."""
+    require("libtpu", "needs the tpu extra")
+
+
+@pytest.fixture
+def libtpu():
+    """Use as `pytestmark = pytest.mark.usefixtures("libtpu")`: see require_libtpu."""
+    require_libtpu()

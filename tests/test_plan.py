@@ -1,8 +1,6 @@
 """`palm plan`: the train step compiled by the real TPU compiler for TPU v4 slices, on CPU."""
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-if importlib.util.find_spec("libtpu") is None:
-    if os.environ.get("CI"):  # CI must run these: a missing extra is a broken set-up, not a skip
-        pytest.fail("libtpu is missing (CI is set): install the tpu extra, pip install -e '.[tpu]'",
-                    pytrace=False)
-    pytest.skip("needs the tpu extra (libtpu)", allow_module_level=True)
-pytestmark = pytest.mark.slow
+# Skips without the tpu extra locally, fails in CI (tests/conftest.py: require_libtpu).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
 JOBS = Path(__file__).parent / "jobs"
 PALM = Path(sys.executable).parent / "palm"
 
