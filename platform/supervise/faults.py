@@ -113,6 +113,15 @@ class FaultInjector:
 
     # -- kill, hang, damage -------------------------------------------------------------
 
+    def damage_due(self, step: int) -> bool:
+        """Whether a damage_checkpoint fault of this host fires at `step` (then the caller
+        waits for in-flight saves first, so the damage hits the newest checkpoint)."""
+        return any(
+            fault.kind == "damage_checkpoint" and fault.host == self.host_index
+            and step >= fault.step and not self._marker(index, fault).exists()
+            for index, fault in enumerate(self.faults)
+        )
+
     def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
         """Call before each step. Fires due kill/hang/damage faults of this host, once each.
 

@@ -348,6 +348,8 @@ class Trainer:
             while step < job.train.steps:
                 with self.goodput.phase("data"):
                     batch = prefetcher.next()
+                if injector.damage_due(step):
+                    self.checkpointer.wait_until_finished()  # damage the newest checkpoint
                 injector.maybe_fire(step, checkpoint_dir=job.checkpoint.directory)
                 state, dispatched = self._dispatch(state, batch, injector)
                 spike = self._read(pending, summary) if pending is not None else None
