@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),
+    "generate": ("palm_platform.eval.generate_cli", "continue prompts with a trained checkpoint"),
+    "eval": ("palm_platform.eval.eval_cli", "score a checkpoint on lm-eval-harness tasks, or memorization"),
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from palm.flops import train_flops_per_token
 from palm_platform.data.global_array import to_global_array
+from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics import MetricsSink
@@ -134,6 +135,8 @@ class Trainer:
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
         self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
+        if self.process_index == 0:  # `palm generate` / `palm eval` read the job from here
+            record_job(self.run_dir, job)
 
     def step_fn(self, batch_size: int):
         micro = self.job.train.microbatch_sequences
