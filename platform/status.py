@@ -27,6 +27,7 @@ class Summary:
     skipped_batches: int
     final_loss: float | None
     checkpoints: int
+    last_eval: dict | None = None  # the newest `eval` record (held-out loss, bpb per source)
 
     def lines(self) -> list[str]:
         done = f"{self.steps}" + (f"/{self.total_steps}" if self.total_steps else "")
@@ -36,7 +37,19 @@ class Summary:
             f"wall {self.wall_s:.1f} s  productive {self.productive_s:.1f} s  goodput {self.goodput:.1%}",
             f"restarts {self.restarts}  rollbacks {self.rollbacks}  skipped batches "
             f"{self.skipped_batches}  checkpoints saved {self.checkpoints}",
-        ]
+        ] + ([f"held-out eval at step {self.last_eval['step']}: {eval_text(self.last_eval)}"]
+             if self.last_eval else [])
+
+
+def eval_text(record: dict) -> str:
+    """`code loss 5.12 bpb 1.83, docs ...` from an `eval` record's eval/<source>/<metric>."""
+    per_source: dict[str, dict[str, float]] = {}
+    for key, value in record.items():
+        if key.startswith("eval/"):
+            _, source, metric = key.split("/", 2)
+            per_source.setdefault(source, {})[metric] = value
+    return ", ".join(f"{source} loss {m.get('loss', float('nan')):.3f} bpb {m.get('bpb', float('nan')):.3f}"
+                     for source, m in per_source.items())
 
 
 def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
@@ -60,6 +73,7 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         skipped_batches=int(sum(r.get("batches", 0) for r in records if r["kind"] == "skip")),
         final_loss=steps[-1]["loss"] if steps else None,
         checkpoints=sum(r["kind"] == "checkpoint_saved" for r in records),
+        last_eval=next((r for r in reversed(records) if r["kind"] == "eval"), None),
     )
 
 
@@ -109,6 +123,8 @@ class Progress:
                     if record["kind"] == "step":
                         bar.update(task, completed=record["step"], loss=f"{record['loss']:.3f}",
                                    tps=f"{record['tokens_per_s']:.0f}")
+                    elif record["kind"] == "eval":
+                        bar.console.print(f"step {record['step']}: held-out {eval_text(record)}")
                     else:
                         bar.console.print(f"step {record['step']}: {record['kind']}")
 

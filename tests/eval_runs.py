@@ -13,7 +13,20 @@ from palm_platform.train.loop import Trainer
 JOB = Path(__file__).parent / "jobs" / "eval-tiny.yaml"
 
 
-def train_run(folder: Path, **sections) -> Path:
+_TRAINED: dict[str, tuple[Path, dict]] = {}
+
+
+def shared_run(tmp_path_factory, key: str = "default", **sections) -> tuple[Path, dict]:
+    """One trained run per key for the whole pytest process (several test files use it):
+    (run folder, facts about the trainer such as the eval step's compile count)."""
+    if key not in _TRAINED:
+        facts: dict = {}
+        run_dir = train_run(tmp_path_factory.mktemp(f"run-{key}"), facts=facts, **sections)
+        _TRAINED[key] = (run_dir, facts)
+    return _TRAINED[key]
+
+
+def train_run(folder: Path, facts: dict | None = None, **sections) -> Path:
     """Train tests/jobs/eval-tiny.yaml (sections replaced by `sections`) in `folder`;
     returns the run folder (holding job.json; checkpoints are in folder/ckpt)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -25,6 +38,9 @@ def train_run(folder: Path, **sections) -> Path:
     trainer = Trainer(job, Path(job.run_dir))
     try:
         trainer.run()
+        step_fn = getattr(trainer.evaluator, "step_fn", None)
+        if facts is not None and step_fn is not None:
+            facts["eval_compiles"] = step_fn._cache_size()
     finally:
         trainer.close()
     return Path(job.run_dir)

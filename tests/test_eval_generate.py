@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from eval_runs import copy_run, train_run
+from eval_runs import copy_run, shared_run
 
 from palm.decode import generate
 from palm_platform.cli import main as palm
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return train_run(tmp_path_factory.mktemp("generate"))
+    return shared_run(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")

@@ -272,11 +272,14 @@ def build_pipeline(
     process_count: int,
     cache_dir: Path | None = None,
     num_threads: int = 1,
+    source_filter=None,
 ) -> Pipeline:
     """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
 
     A path that does not exist fails here, before any tokenising, with the config field
     that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
+    `source_filter(sources, tokenizer) -> sources` may take documents out before packing
+    (the held-out eval split, platform/eval/split.py).
     """
     tokenizer, resolved = check_data(data_config, base_dir)
     if cache_dir is None:
@@ -286,6 +289,8 @@ def build_pipeline(
             else default_cache_dir()
         )
     sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads) for s in resolved]
+    if source_filter is not None:
+        sources = source_filter(sources, tokenizer)
     return Pipeline(
         data_config.model_copy(update={"sources": resolved}),
         sources,

@@ -19,6 +19,7 @@ import numpy as np
 
 from palm.flops import train_flops_per_token
 from palm_platform.data.global_array import to_global_array
+from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
@@ -103,9 +104,12 @@ class Trainer:
         self.lr = learning_rate_schedule(job.optimizer)
         self.abstract_state, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
         self._steps: dict[int, object] = {}
+        self.evaluator = build_evaluator(job, self.run_dir, self.mesh, self.model_cfg,
+                                         self.shardings.params)
         self.pipeline = build_pipeline(
             job.data, seq_len=job.seq_len, base_dir=Path.cwd(),
             process_index=self.process_index, process_count=self.process_count,
+            source_filter=self.evaluator.training_sources,
         )
         if self.pipeline.vocab_size > self.model_cfg.vocab_size:
             raise ValueError(
@@ -274,10 +278,12 @@ class Trainer:
                 logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", step, job.train.steps,
                             metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
             self._save_checkpoint(step, state)
+            self.evaluator.maybe_run(step, state, self.sink, self.goodput)
             summary.final_loss = metrics["loss"]
             summary.tokens += int(metrics["tokens"])
         if step not in self.checkpointer.steps():
             self._save_checkpoint(step, state, force=True)
+        self.evaluator.maybe_run(step, state, self.sink, self.goodput, final=True)
         with self.goodput.phase("checkpoint"):
             self.checkpointer.wait_until_finished()
         goodput = self.goodput.summary()
