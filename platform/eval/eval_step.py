@@ -45,3 +45,22 @@ def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, param_shardings) -> Calla
         in_shardings=(param_shardings, batch_sharding(mesh), batch_sharding(mesh)),
         out_shardings=replicated(mesh),
     )
+
+
+def make_score_step(model_cfg: ModelConfig) -> Callable:
+    """jit(params, tokens [B, L+1], mask [B, L]) -> (log-likelihood [B], all greedy [B]).
+
+    The harness's loglikelihood on one device: mask marks the continuation's target
+    positions; a row's score is the sum of their log-probabilities, and it is greedy when
+    every one of them is the argmax. One shape per (B, L), so one compile per run.
+    """
+    model = PaLM(model_cfg)
+
+    def score_step(params, tokens_BxL1, mask_BxL):
+        logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL1[:, :-1])
+        targets_BxL = tokens_BxL1[:, 1:]
+        nats_BxL = token_nats(logits_BxLxV, targets_BxL)
+        greedy_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
+        return -(nats_BxL * mask_BxL).sum(-1), jnp.where(mask_BxL > 0, greedy_BxL, True).all(-1)
+
+    return jax.jit(score_step)

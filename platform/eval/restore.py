@@ -72,9 +72,12 @@ def restore_run(target: str | Path, *, step: int | None = None,
                 job_file: str | Path | None = None) -> Restored:
     """The newest good (or the given) checkpoint of a run, on this process's first device."""
     job, run_dir = find_job(target, job_file)
-    if job.topology.local:  # a run of the local fake-TPU cluster: CPU, no libtpu probing
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
+
+    if job.topology.local and not os.environ.get("JAX_PLATFORMS"):
+        # A run of the local fake-TPU cluster: CPU, without libtpu's probing (JAX read the
+        # environment when it was imported, so the setting goes through its config).
+        jax.config.update("jax_platforms", "cpu")
 
     from palm_platform.checkpoint import Checkpointer, CheckpointError
     from palm_platform.data.tokenizer import load_tokenizer
