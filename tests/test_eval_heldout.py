@@ -107,3 +107,15 @@ def test_a_bad_eval_section_names_the_field(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(JobError, match=r"field eval.batch: .*Fix: remove it"):
         load_job(tmp_path / "job.yaml")
+
+
+def test_palm_status_shows_the_latest_held_out_eval():
+    records = [
+        {"kind": "step", "step": 1, "time": 0.0, "loss": 7.0, "tokens": 10, "step_s": 1.0},
+        {"kind": "eval", "step": 1, "time": 1.0, "eval/code/loss": 6.5, "eval/code/bpb": 3.21},
+        {"kind": "eval", "step": 2, "time": 2.0, "eval/code/loss": 5.25, "eval/code/bpb": 2.5,
+         "eval/web/loss": 4.0, "eval/web/bpb": 1.125},
+    ]
+    lines = summarize(records).lines()
+    assert lines[-1] == "held-out eval at step 2: code loss 5.250 bpb 2.500, web loss 4.000 bpb 1.125"
+    assert not any("held-out" in line for line in summarize(records[:1]).lines())
