@@ -119,3 +119,22 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
     assert "not overwritten" in capsys.readouterr().err and existing.read_text() == "keep"
     assert palm(["eval", str(run_dir)]) == 2
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_scores_go_to_the_runs_own_wandb_run(run_dir, tmp_path, capsys):
+    job = json.loads((run_dir / "job.json").read_text())
+    job["metrics"]["wandb_mode"] = "offline"
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert palm(["eval", str(tmp_path), "--tasks", "palm_cloze", "--limit", "2"]) == 0
+    err = capsys.readouterr().err
+    run_id = err.split("logged to W&B run ")[1].split()[0]
+    assert run_id.startswith("eval-tiny-") and list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_flattened_scores_keep_metrics_and_drop_stderr():
+    from palm_platform.eval.wandb_log import flatten
+
+    report = {"results": {"t": {"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": "t"}},
+              "memorization": {"trained_rate": 1.0, "step": 3}}
+    assert flatten(report) == {"harness/t/acc": 0.5, "memorization/trained_rate": 1.0,
+                               "memorization/step": 3.0}

@@ -129,6 +129,11 @@ def main(args: argparse.Namespace) -> int:
     except EvalInputError as error:
         print(f"palm eval: {error}", file=sys.stderr)
         return 2
+    from palm_platform.eval.wandb_log import log_report
+
+    wandb_id = log_report(run, report)
+    if wandb_id:
+        print(f"logged to W&B run {wandb_id} (project {run.job.metrics.wandb_project})", file=sys.stderr)
     if args.output is not None:
         args.output.write_text(json.dumps(report, indent=1, default=str))
         print(f"results written to {args.output}", file=sys.stderr)
