@@ -1,6 +1,6 @@
 """Generation and evaluation speed of `palm-100m` on this CPU, one device.
 
-    JAX_PLATFORMS=cpu python benchmarks/bench_eval.py [--prompt 64] [--new 64] [--batch 4] [--seq 256]
+    JAX_PLATFORMS=cpu python benchmarks/bench_eval.py [--prompt 32] [--new 32] [--batch 2] [--seq 256]
 
 Measures, in one run (random parameters: speed does not depend on training):
 - decode tokens/s with the multi-query KV cache (`palm.decode.generate`) vs without it
@@ -45,9 +45,9 @@ def best_seconds(fn, rounds: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
