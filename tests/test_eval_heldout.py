@@ -13,7 +13,13 @@ from palm_platform.data.pipeline import Pipeline
 from palm_platform.data.token_cache import SourceTokens
 from palm_platform.data.tokenizer import load_tokenizer
 from palm_platform.eval.heldout import bytes_per_token
-from palm_platform.eval.split import SPLIT_FILE, choose_heldout, document_ids, split_sources
+from palm_platform.eval.split import (
+    SPLIT_FILE,
+    SpanTokens,
+    choose_heldout,
+    document_ends,
+    split_sources,
+)
 from palm_platform.metrics import read_records
 from palm_platform.status import summarize
 
@@ -26,9 +32,22 @@ def source(name: str, documents: int, length: int = 40, first: int = 10) -> Sour
     return SourceTokens(name, tokens, {}, Path("/dev/null"))
 
 
-def test_document_ids_count_eos_terminated_runs():
-    np.testing.assert_array_equal(document_ids(np.array([5, 5, 1, 7, 1, 8, 8, 1]), EOS),
-                                  [0, 0, 0, 1, 1, 2, 2, 2])
+def test_document_ends_are_the_eos_positions():
+    np.testing.assert_array_equal(document_ends(np.array([5, 5, 1, 7, 1, 8, 8, 1]), EOS), [2, 4, 7])
+
+
+def test_span_tokens_read_like_the_concatenated_spans():
+    tokens = np.arange(100)
+    spans = [(0, 10), (20, 21), (30, 30), (50, 100)]
+    view = SpanTokens(tokens, spans)
+    whole = np.concatenate([tokens[a:b] for a, b in spans])
+    assert len(view) == len(whole) == 61
+    for a, b in [(0, 61), (5, 15), (9, 12), (10, 11), (11, 40), (60, 70), (3, 3)]:
+        np.testing.assert_array_equal(view[a:b], whole[a:b])
+
+
+def whole(tokens) -> np.ndarray:
+    return tokens[0 : len(tokens)]
 
 
 def test_the_choice_depends_on_seed_and_count_only_and_never_takes_every_document():
@@ -42,8 +61,8 @@ def test_held_out_documents_leave_the_training_tokens_whole():
     split = split_sources([source("a", 40)], EOS, 0.1, seed=3, recorded=None)
     held = split.record["sources"]["a"]["heldout"]
     assert len(held) == 4
-    train_docs = set(np.unique(split.train[0].tokens)) - {EOS}
-    held_docs = set(np.unique(split.heldout["a"])) - {EOS}
+    train_docs = set(np.unique(whole(split.train[0].tokens))) - {EOS}
+    held_docs = set(np.unique(whole(split.heldout["a"]))) - {EOS}
     assert held_docs == {10 + d for d in held} and not train_docs & held_docs
     assert len(split.train[0].tokens) + len(split.heldout["a"]) == 40 * 41
 
@@ -51,7 +70,7 @@ def test_held_out_documents_leave_the_training_tokens_whole():
 def test_a_recorded_split_wins_and_a_changed_source_is_an_error():
     recorded = {"sources": {"a": {"documents": 40, "heldout": [0, 39]}}}
     split = split_sources([source("a", 40)], EOS, 0.1, seed=3, recorded=recorded)
-    assert set(np.unique(split.heldout["a"])) - {EOS} == {10, 49}
+    assert set(np.unique(whole(split.heldout["a"]))) - {EOS} == {10, 49}
     with pytest.raises(ValueError, match="'a' has 41 documents.*recorded 40"):
         split_sources([source("a", 41)], EOS, 0.1, seed=3, recorded=recorded)
 

@@ -71,12 +71,12 @@ def sample_trained_indices(data_state: dict, count: int, seed: int) -> np.ndarra
 
 
 def _pipeline_and_heldout(run):
-    """The run's training pipeline (one process) and its held-out sequences, if any."""
+    """The run's training pipeline (one process) and its held-out sources, packed."""
     from palm_platform.data import build_pipeline
     from palm_platform.data.packing import PackedSequences
     from palm_platform.eval.split import SPLIT_FILE, split_sources
 
-    heldout: dict[str, np.ndarray] = {}
+    heldout: dict = {}  # source -> SpanTokens of its held-out documents
     config = run.job.eval
 
     def source_filter(sources, tokenizer):
@@ -91,9 +91,19 @@ def _pipeline_and_heldout(run):
 
     pipeline = build_pipeline(run.job.data, seq_len=run.job.seq_len, base_dir=Path.cwd(),
                               process_index=0, process_count=1, source_filter=source_filter)
-    held = [PackedSequences(tokens, run.job.seq_len) for tokens in heldout.values()]
-    held_rows = [np.asarray(p[i]) for p in held for i in range(len(p))]
-    return pipeline, (np.stack(held_rows) if held_rows else np.zeros((0, run.job.seq_len + 1), np.int32))
+    return pipeline, [PackedSequences(tokens, run.job.seq_len) for tokens in heldout.values()]
+
+
+def sample_heldout(packed: list, count: int, seed: int) -> np.ndarray:
+    """Up to `count` held-out sequences [n, L+1], read one by one (never whole sources)."""
+    sizes = np.asarray([len(p) for p in packed], np.int64)
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros((0, 0), np.int32)
+    ranks = np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    which = np.searchsorted(starts, ranks, side="right") - 1
+    return np.stack([np.asarray(packed[w][int(r - starts[w])]) for w, r in zip(which, ranks, strict=True)])
 
 
 def exact_continuations(params, config, sequences_NxS: np.ndarray, prompt: int, continuation: int,
@@ -117,12 +127,9 @@ def memorization(run, count: int, *, prompt_tokens: int = 50, continuation_token
         raise EvalInputError(
             f"the run's sequences have {length} tokens; --prompt-tokens {prompt_tokens} + "
             f"--continuation-tokens {continuation_tokens} must fit. Fix: lower them")
-    pipeline, heldout = _pipeline_and_heldout(run)
+    pipeline, held_packed = _pipeline_and_heldout(run)
     trained = pipeline.sequences(sample_trained_indices(run.data_state, count, seed))
-    if len(heldout):
-        pick = np.random.default_rng(seed).choice(len(heldout), size=min(count, len(heldout)),
-                                                  replace=False)
-        heldout = heldout[np.sort(pick)]
+    heldout = sample_heldout(held_packed, count, seed)
     score = lambda rows: exact_continuations(run.params, run.model_cfg, rows, prompt_tokens,  # noqa: E731
                                              continuation_tokens, batch_size) if len(rows) else 0
     return Memorization(run.step, prompt_tokens, continuation_tokens, len(trained), score(trained),

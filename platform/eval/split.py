@@ -26,10 +26,44 @@ log = logging.getLogger("palm")
 SPLIT_FILE = "eval_split.json"
 
 
-def document_ids(tokens: np.ndarray, eos_id: int) -> np.ndarray:
-    """Per token, the index of the document it belongs to (its EOS included)."""
-    is_eos = np.asarray(tokens) == eos_id
-    return np.concatenate([[0], np.cumsum(is_eos)[:-1]]).astype(np.int64)
+_SCAN_CHUNK = 1 << 24  # tokens read at a time when looking for document ends
+
+
+def document_ends(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+    """Positions of every EOS: document d is tokens[ends[d-1] + 1 : ends[d] + 1].
+
+    Scanned in chunks, so a memory-mapped source is never read into memory whole.
+    """
+    found = [np.flatnonzero(np.asarray(tokens[i : i + _SCAN_CHUNK]) == eos_id) + i
+             for i in range(0, len(tokens), _SCAN_CHUNK)]
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
+
+
+class SpanTokens:
+    """Some spans of a token array, read as one array (len and slices), without copying.
+
+    PackedSequences needs only `len` and `[a:b]`; the spans are gathered on each read, so a
+    source of hundreds of billions of tokens minus its held-out documents stays on disk.
+    """
+
+    def __init__(self, tokens: np.ndarray, spans: list[tuple[int, int]]):
+        self._tokens = tokens
+        spans = [(a, b) for a, b in spans if b > a]
+        self._starts = np.asarray([a for a, _ in spans], np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum([b - a for a, b in spans])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(len(self))
+        pieces, i = [], int(np.searchsorted(self._offsets, a, side="right")) - 1
+        while a < b:
+            n = min(b, int(self._offsets[i + 1])) - a
+            source = int(self._starts[i]) + a - int(self._offsets[i])
+            pieces.append(np.asarray(self._tokens[source : source + n]))
+            a, i = a + n, i + 1
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.asarray(self._tokens[:0]).dtype)
 
 
 def choose_heldout(num_documents: int, fraction: float, seed: int, source: str) -> list[int]:
@@ -41,10 +75,22 @@ def choose_heldout(num_documents: int, fraction: float, seed: int, source: str) 
     return sorted(int(i) for i in order[:count])
 
 
+def _spans(ends: np.ndarray, total: int, held: list[int]) -> tuple[list, list]:
+    """(kept spans, held-out spans) of token positions for the held-out document indices."""
+    kept, heldout, position = [], [], 0
+    for d in held:
+        start, end = (int(ends[d - 1]) + 1 if d else 0), int(ends[d]) + 1
+        kept.append((position, start))
+        heldout.append((start, end))
+        position = end
+    kept.append((position, total))
+    return kept, heldout
+
+
 @dataclass(frozen=True)
 class SplitSources:
-    train: list[SourceTokens]
-    heldout: dict[str, np.ndarray]  # source name -> its held-out documents' tokens
+    train: list[SourceTokens]  # tokens: SpanTokens views without the held-out documents
+    heldout: dict[str, SpanTokens]  # source name -> its held-out documents' tokens
     record: dict
 
 
@@ -53,12 +99,13 @@ def split_sources(sources: list[SourceTokens], eos_id: int, fraction: float, see
     """Training sources without their held-out documents, and those documents' tokens.
 
     `recorded` (a run folder's earlier split) wins over a fresh choice; a source whose
-    document count differs from the record raises ValueError naming it.
+    document count differs from the record raises ValueError naming it. Tokens after the
+    last EOS (none in a token cache) stay in training.
     """
     train, heldout, record = [], {}, {"seed": seed, "fraction": fraction, "sources": {}}
     for source in sources:
-        doc_ids = document_ids(source.tokens, eos_id)
-        n = int(doc_ids[-1]) + 1 if len(doc_ids) else 0
+        ends = document_ends(source.tokens, eos_id)
+        n = len(ends)
         previous = (recorded or {}).get("sources", {}).get(source.name)
         if previous is not None:
             if previous["documents"] != n:
@@ -69,12 +116,11 @@ def split_sources(sources: list[SourceTokens], eos_id: int, fraction: float, see
             chosen = previous["heldout"]
         else:
             chosen = choose_heldout(n, fraction, seed, source.name)
-        held = np.isin(doc_ids, np.asarray(chosen, np.int64))
-        tokens = np.asarray(source.tokens)
-        train.append(replace(source, tokens=tokens[~held]))
-        heldout[source.name] = tokens[held]
+        kept, held = _spans(ends, len(source.tokens), chosen)
+        train.append(replace(source, tokens=SpanTokens(source.tokens, kept)))
+        heldout[source.name] = SpanTokens(source.tokens, held)
         record["sources"][source.name] = {"documents": n, "heldout": chosen,
-                                          "heldout_tokens": int(held.sum())}
+                                          "heldout_tokens": len(heldout[source.name])}
     return SplitSources(train, heldout, record)
 
 
