@@ -15,16 +15,38 @@ from palm.config import ModelConfig
 from palm.model import PaLM, init_cache
 
 
-def _pick(logits_BxV, rng, temperature: float):
+def _filter(logits_BxV, top_k: int, top_p: float):
+    """Keep the top_k most likely tokens and the smallest set whose probability >= top_p."""
+    low = jnp.finfo(logits_BxV.dtype).min
+    if top_k > 0:
+        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, low, logits_BxV)
+    if top_p < 1.0:
+        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        # A token is kept when the mass of the tokens strictly more likely is below top_p.
+        before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+        kept = jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf).min(axis=-1, keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < kept, low, logits_BxV)
+    return logits_BxV
+
+
+def _pick(logits_BxV, rng, temperature: float, top_k: int = 0, top_p: float = 1.0):
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, logits_BxV / temperature, axis=-1).astype(jnp.int32)
+    logits_BxV = _filter(logits_BxV / temperature, top_k, top_p)
+    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature"))
+@partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k", "top_p",
+                                   "eos_id"))
 def generate(params, prompt_BxP, rng, *, config: ModelConfig, max_new_tokens: int,
-             temperature: float = 0.0):
-    """Prompt [B, P] -> prompt + max_new_tokens tokens [B, P + max_new_tokens], cached."""
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = -1):
+    """Prompt [B, P] -> prompt + max_new_tokens tokens [B, P + max_new_tokens], cached.
+
+    With `eos_id` >= 0 a row that produced EOS continues with EOS only, and the loop stops
+    early once every row has (the rest of the buffer is EOS).
+    """
     model = PaLM(config)
     B, P = prompt_BxP.shape
     total = P + max_new_tokens
@@ -32,19 +54,26 @@ def generate(params, prompt_BxP, rng, *, config: ModelConfig, max_new_tokens: in
     positions_BxP = jnp.broadcast_to(jnp.arange(P), (B, P))
     logits_BxPxV, cache = model.apply({"params": params}, prompt_BxP, positions_BxP, cache)
     rngs = jax.random.split(rng, max_new_tokens)
-    first_B = _pick(logits_BxPxV[:, -1], rngs[0], temperature)
-    tokens_BxT = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt_BxP).at[:, P].set(first_B)
+    first_B = _pick(logits_BxPxV[:, -1], rngs[0], temperature, top_k, top_p)
+    fill = max(eos_id, 0)
+    tokens_BxT = jnp.full((B, total), fill, jnp.int32).at[:, :P].set(prompt_BxP).at[:, P].set(first_B)
+    done_B = first_B == eos_id
 
-    def step(i, carry):
-        tokens_BxT, cache = carry
+    def step(carry):
+        i, tokens_BxT, cache, done_B = carry
         position = P + i - 1  # the newest token, whose K/V are not in the cache yet
         token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxT, position, 1, axis=1)
         positions_Bx1 = jnp.full((B, 1), position)
         logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, positions_Bx1, cache)
-        next_B = _pick(logits_Bx1xV[:, 0], rngs[i], temperature)
-        return tokens_BxT.at[:, position + 1].set(next_B), cache
+        next_B = _pick(logits_Bx1xV[:, 0], rngs[i], temperature, top_k, top_p)
+        next_B = jnp.where(done_B, fill, next_B)
+        return i + 1, tokens_BxT.at[:, position + 1].set(next_B), cache, done_B | (next_B == eos_id)
 
-    tokens_BxT, _ = jax.lax.fori_loop(1, max_new_tokens, step, (tokens_BxT, cache))
+    def more(carry):
+        i, _, _, done_B = carry
+        return (i < max_new_tokens) & ~done_B.all()
+
+    _, tokens_BxT, _, _ = jax.lax.while_loop(more, step, (1, tokens_BxT, cache, done_B))
     return tokens_BxT
 
 

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),
     "wandb": ("palm_platform.dashboard.cli", "create the project's W&B workspace (dashboards)"),
     "gcs-emulator": ("palm_platform.storage.emulator", "a local GCS server for gs:// paths (tests, demo)"),
+    "generate": ("palm_platform.eval.generate_cli", "continue prompts with a trained checkpoint"),
+    "eval": ("palm_platform.eval.eval_cli", "score a checkpoint on lm-eval-harness tasks, or memorization"),
 }
 
 

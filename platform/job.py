@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
+from palm_platform.eval.config import EvalConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -277,6 +278,9 @@ class Job(BaseModel):
     checkpoint: CheckpointConfig
     faults: FaultsSection = Field(default_factory=FaultsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    eval: EvalConfig | None = Field(
+        default=None, description="held-out eval during training (none: nothing held out)"
+    )
     run_dir: str = Field(default="runs", description="parent of this job's run folder")
 
     @model_validator(mode="after")

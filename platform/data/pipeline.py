@@ -278,11 +278,14 @@ def build_pipeline(
     process_count: int,
     cache_dir: Path | None = None,
     num_threads: int = 1,
+    source_filter=None,
 ) -> Pipeline:
     """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
 
     A path that does not exist fails here, before any tokenising, with the config field
     that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
+    `source_filter(sources, tokenizer) -> sources` may take documents out before packing
+    (the held-out eval split, platform/eval/split.py).
     """
     tokenizer, resolved = check_data(data_config, base_dir)
     if cache_dir is None:
@@ -293,6 +296,8 @@ def build_pipeline(
         )
     limit = LengthLimit(data_config.max_document_chars, data_config.long_documents)
     sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads, limit) for s in resolved]
+    if source_filter is not None:
+        sources = source_filter(sources, tokenizer)
     return Pipeline(
         data_config.model_copy(update={"sources": resolved}),
         sources,

@@ -31,6 +31,8 @@ import numpy as np
 
 from palm.flops import train_flops_per_token
 from palm_platform.data.global_array import to_global_array
+from palm_platform.eval.heldout import build_evaluator
+from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics import MetricsSink
@@ -131,9 +133,12 @@ class Trainer:
         self.lr = learning_rate_schedule(job.optimizer)
         self.abstract_state, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
         self._steps: dict[int, object] = {}
+        self.evaluator = build_evaluator(job, self.run_dir, self.mesh, self.model_cfg,
+                                         self.shardings.params)
         self.pipeline = build_pipeline(
             job.data, seq_len=job.seq_len, base_dir=Path.cwd(),
             process_index=self.process_index, process_count=self.process_count,
+            source_filter=self.evaluator.training_sources,
         )
         if self.pipeline.vocab_size > self.model_cfg.vocab_size:
             raise ValueError(
@@ -165,6 +170,8 @@ class Trainer:
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
         self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
+        if self.process_index == 0:  # `palm generate` / `palm eval` read the job from here
+            record_job(self.run_dir, job)
         self.startup_marks["trainer_ready"] = time.time()
 
     @property
@@ -356,11 +363,14 @@ class Trainer:
                 if spike is None:
                     pending, step = dispatched, step + 1
                     last = step == job.train.steps
-                    if last or self.checkpointer.is_due(step):
+                    saving = last or self.checkpointer.is_due(step)
+                    if saving or self.evaluator.is_due(step):  # both need step `step` read
                         pending = None
                         spike = self._read(dispatched, summary)
                         if spike is None:
-                            self._save_checkpoint(step, state, batch.data_state_after, force=True)
+                            if saving:
+                                self._save_checkpoint(step, state, batch.data_state_after, force=True)
+                            self.evaluator.maybe_run(step, state, self.sink, self.goodput)
                             continue
                 if spike is not None:  # the step after it was dispatched: dropped with it
                     prefetcher.stop()
@@ -372,6 +382,7 @@ class Trainer:
                     prefetcher = self._prefetch(step)
         finally:
             prefetcher.stop()
+        self.evaluator.maybe_run(step, state, self.sink, self.goodput, final=True)
         with self.goodput.phase("checkpoint"):
             self.checkpointer.wait_until_finished()
         goodput = self.goodput.summary()
