@@ -244,7 +244,7 @@ def up(
         chips_per_host=shape.chips_per_host,
         topology=shape.topology,
         pod_type=shape.pod_type,
-        gcs_address="",  # known once the head is up (from Ray's address file)
+        gcs_address="",  # known once the head is up: Ray binds the machine's IP, not 127.0.0.1
         dashboard_url=f"http://{LOCALHOST}:{dashboard_port}",
         temp_dir=temp_dir,
         object_store_mb=object_store_mb,
@@ -262,10 +262,6 @@ def up(
     bin_dir = str(Path(sys.executable).parent)
     base_env["PATH"] = os.pathsep.join([bin_dir, base_env.get("PATH", "")])
     common = [
-        # Every Ray server of the node (GCS, raylet, object manager, dashboard agent,
-        # runtime-env agent, workers) binds to the node IP when it is loopback, instead of
-        # all interfaces; Ray has no authentication (platform/ray/listening.py checks this).
-        f"--node-ip-address={LOCALHOST}",
         f"--temp-dir={temp_dir}",
         f"--object-store-memory={object_store_mb * 1024 * 1024}",
         "--disable-usage-stats",
