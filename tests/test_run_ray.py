@@ -225,7 +225,9 @@ def test_job_with_checkpoints_on_gs_is_killed_resumes_and_ends_bitwise_equal(
     records = read_records(tmp_path / "run" / "ray-2host")
     assert sum(r["kind"] == "restart" for r in records) == 1, output[-3000:]
     resumed = [r["step"] for r in records if r["kind"] == "checkpoint_restored"]
-    assert resumed and resumed[-1] >= 4, resumed  # from a gs:// checkpoint, not from scratch
+    # resumed from a gs:// checkpoint, not from scratch: the newest committed one (step 4's
+    # asynchronous save may not have committed when the worker died, then it is step 2)
+    assert resumed and resumed[-1] in (2, 4), resumed
 
     from palm_platform.checkpoint import list_checkpoints
 
