@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
+from palm_platform.train.finetune_config import InitFromConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -254,6 +255,9 @@ class Job(BaseModel):
     checkpoint: CheckpointConfig
     faults: FaultsSection = Field(default_factory=FaultsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    init_from: InitFromConfig | None = Field(
+        default=None, description="fine-tuning: start from another run's checkpoint"
+    )
     run_dir: str = Field(default="runs", description="parent of this job's run folder")
 
     @model_validator(mode="after")
@@ -366,4 +370,8 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         update={"directory": resolve_path(job.checkpoint.directory, base_dir)}
     )
     run_dir = resolve_path(job.run_dir, base_dir)
-    return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir})
+    init_from = job.init_from and job.init_from.model_copy(
+        update={"checkpoint": resolve_path(job.init_from.checkpoint, base_dir)}
+    )
+    return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir,
+                                  "init_from": init_from})
