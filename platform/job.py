@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
-from palm_platform.train.finetune_config import InitFromConfig
+from palm_platform.train.finetune_config import FineTuneOptimizerFields, InitFromConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,8 +134,9 @@ class TrainSection(BaseModel):
         raise AssertionError("unreachable: the last phase has no end")
 
 
-class OptimizerSection(BaseModel):
-    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling)."""
+class OptimizerSection(FineTuneOptimizerFields):
+    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling); the schedule,
+    warm-up and frozen-group fields come from `FineTuneOptimizerFields`."""
 
     model_config = STRICT
     peak_learning_rate: float = Field(default=1e-2, gt=0, description="lr for the first steps")

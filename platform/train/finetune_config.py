@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class InitFromConfig(BaseModel):
@@ -44,3 +44,49 @@ class InitFromConfig(BaseModel):
         "initialise the new rows with the mean of the old ones, or N(0, 1) as in pre-training. "
         "Unset: a different row count is an error",
     )
+
+
+# Parameter groups `optimizer.frozen` may name: a group matches every parameter whose path
+# (e.g. layers/attention/query) has it as a component. `embedding` is the shared input/output
+# embedding, `norm` the per-layer LayerNorm scales, `final_norm` the last one.
+PARAMETER_GROUPS = ("embedding", "final_norm", "layers", "norm", "attention", "query", "key",
+                    "value", "out", "mlp", "gate", "up", "down")
+
+
+class FineTuneOptimizerFields(BaseModel):
+    """Learning-rate schedule, warm-up and frozen parameters: the fine-tuning knobs of the
+    `optimizer:` section (defaults: PaLM's pre-training schedule, nothing frozen)."""
+
+    schedule: Literal["palm", "constant", "linear_decay"] = Field(
+        default="palm",
+        description="palm: peak for constant_steps, then 1/sqrt(step); constant: peak throughout; "
+        "linear_decay: peak down to final_learning_rate over decay_steps",
+    )
+    warmup_steps: int = Field(
+        default=0, ge=0, description="linear warm-up from 0 to the peak first; the schedule then "
+        "starts after it"
+    )
+    decay_steps: int | None = Field(
+        default=None, ge=1, description="linear_decay: steps from the peak to final_learning_rate"
+    )
+    final_learning_rate: float = Field(default=0.0, ge=0, description="linear_decay: the end value")
+    frozen: list[str] = Field(
+        default_factory=list,
+        description=f"parameter groups left unchanged (zero updates), e.g. [embedding]; groups: "
+        f"{', '.join(PARAMETER_GROUPS)}",
+    )
+
+    @field_validator("frozen")
+    @classmethod
+    def _known_groups(cls, frozen: list[str]) -> list[str]:
+        unknown = [name for name in frozen if name not in PARAMETER_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}")
+        return frozen
+
+    @model_validator(mode="after")
+    def _decay_needs_steps(self):
+        if self.schedule == "linear_decay" and self.decay_steps is None:
+            raise ValueError("schedule linear_decay needs decay_steps (e.g. train.steps minus "
+                             "warmup_steps)")
+        return self

@@ -140,7 +140,7 @@ class Trainer:
         microbatches = batch_size // micro if micro else 1
         if microbatches not in self._steps:
             spec = StepSpec(self.model_cfg, self.job.topology.pods, microbatches,
-                            self.job.mesh.cross_pod_dtype)
+                            self.job.mesh.cross_pod_dtype, dropout_seed=self.job.train.seed)
             self._steps[microbatches] = make_train_step(spec, self.tx, self.mesh, self.shardings, self.lr)
         return self._steps[microbatches]
 
