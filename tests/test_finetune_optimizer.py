@@ -20,7 +20,8 @@ TOKENS = np.random.RandomState(0).randint(0, 64, (8, 17)).astype(np.int32)
 
 
 @functools.cache
-def compiled_step(cfg, optimizer: OptimizerSection, seed: int):
+def compiled_step(cfg, optimizer_json: str, seed: int):  # compiled once per (model, optimizer, seed)
+    optimizer = OptimizerSection.model_validate_json(optimizer_json)
     tx, mesh = build_optimizer(optimizer), make_mesh(2, 2, 2)
     _, shardings = state_shardings(cfg, tx, mesh)
     step = make_train_step(StepSpec(cfg, pods=2, dropout_seed=seed), tx, mesh, shardings,
@@ -29,7 +30,7 @@ def compiled_step(cfg, optimizer: OptimizerSection, seed: int):
 
 
 def train(cfg, optimizer: OptimizerSection, steps: int, *, seed: int = 0, state=None):
-    step, tx, mesh = compiled_step(cfg, optimizer, seed)
+    step, tx, mesh = compiled_step(cfg, optimizer.model_dump_json(), seed)
     state = init_train_state(cfg, tx, mesh, 0) if state is None else state
     losses = []
     for _ in range(steps):

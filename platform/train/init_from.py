@@ -140,7 +140,8 @@ def check_init_from(job, expected_params=None, opt_state=None) -> SourcePlan:
         from palm_platform.train.state import _init_params
 
         model_cfg = job.model.build()
-        boxed = jax.eval_shape(lambda rng: _init_params(model_cfg, rng), jax.random.key(0))
+        # the key is made inside the trace: no device is touched (the driver of `palm run`)
+        boxed = jax.eval_shape(lambda: _init_params(model_cfg, jax.random.key(0)))
         from flax import linen as nn
 
         expected_params = nn.meta.unbox(boxed)
