@@ -28,6 +28,8 @@ from palm_platform.train.state import state_shardings
 
 JOBS = Path(__file__).parent / "jobs"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+pytestmark = pytest.mark.slow  # every test reads the checkpoint of a source run trained here
+
 HELD_OUT_CODE = ("shutil.py", "tempfile.py", "configparser.py", "gettext.py")  # not in builtin:code
 
 
@@ -86,7 +88,6 @@ def finetuned(source, tmp_path_factory):
     return job, summary, params, records
 
 
-@pytest.mark.slow
 def test_finetune_restores_the_source_parameters_onto_another_mesh(source, finetuned):
     # Source: 2 pods x 2-way model parallel; fine-tune: 1 pod x 4-way. Its first state holds
     # exactly the source's final parameters, resharded, with a fresh step and optimizer.
@@ -100,7 +101,6 @@ def test_finetune_restores_the_source_parameters_onto_another_mesh(source, finet
     assert event["source_step"] == source[0].train.steps
 
 
-@pytest.mark.slow
 def test_finetune_step0_loss_equals_the_source_models_loss_on_that_batch(source, finetuned):
     job = finetuned[0]
     pipeline = build_pipeline(job.data, seq_len=job.seq_len, base_dir=Path.cwd(),
@@ -112,7 +112,6 @@ def test_finetune_step0_loss_equals_the_source_models_loss_on_that_batch(source,
     assert first_step["loss"] == pytest.approx(expected, rel=2e-3)  # bfloat16 compute, other mesh
 
 
-@pytest.mark.slow
 def test_finetuning_on_code_lowers_held_out_code_loss(source, finetuned):
     job, _, params, _ = finetuned
     cfg = job.model.build()
@@ -124,7 +123,6 @@ def test_finetuning_on_code_lowers_held_out_code_loss(source, finetuned):
     assert after < before - 0.05
 
 
-@pytest.mark.slow
 def test_a_restart_resumes_from_the_runs_own_checkpoint_not_init_from(source, finetuned, tmp_path):
     job = finetuned[0]
     copy = tmp_path / "ckpt"  # the fine-tune's checkpoints; its source is then made unreadable

@@ -56,6 +56,7 @@ def test_schedules_constant_linear_decay_and_warmup():
     assert float(palm(99)) == pytest.approx(1e-2) and float(palm(399)) == pytest.approx(5e-3)
 
 
+@pytest.mark.slow
 def test_frozen_groups_keep_their_values_and_the_rest_trains():
     cfg = preset("palm-test")
     start = jax.tree.map(np.asarray, init_train_state(cfg, build_optimizer(OptimizerSection()),
@@ -84,6 +85,7 @@ def test_a_dropout_rate_of_zero_changes_nothing_in_the_model():
     np.testing.assert_array_equal(np.asarray(eval_logits), np.asarray(train_logits))
 
 
+@pytest.mark.slow
 def test_dropout_is_a_function_of_seed_and_step():
     cfg = preset("palm-test", dropout_rate=0.1)
     plain, plain_losses = train(preset("palm-test"), OptimizerSection(), 2)
