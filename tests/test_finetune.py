@@ -212,3 +212,24 @@ def test_a_damaged_step_is_an_error_unless_the_job_allows_an_older_one(source, t
     allowed = job.model_copy(update={"init_from": job.init_from.model_copy(update={"fallback_to_older": True})})
     _, used = load_initial_state(allowed, *_state_for(allowed))
     assert used < newest
+
+
+def test_params_and_optimizer_also_restores_the_optimizer_state(source, tmp_path):
+    import orbax.checkpoint as ocp
+
+    from palm_platform.checkpoint.items import single_device_abstract_state
+
+    job = finetune_job(tmp_path, source[0], load="params_and_optimizer")
+    state, used = load_initial_state(job, *_state_for(job))
+    step_dir = Path(source[0].checkpoint.directory) / str(used)
+    abstract = single_device_abstract_state(step_dir)
+    saved = ocp.PyTreeCheckpointer().restore(step_dir / STATE, args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
+    assert int(state.step) == 0
+    def arrays(tree):  # a multiset: the metadata orders a state's fields by name, optax does not
+        return sorted((np.shape(x), np.asarray(x).tobytes()) for x in jax.tree.leaves(tree))
+
+    assert arrays(saved["opt_state"]) == arrays(state.opt_state)
+    other = job.model_copy(update={"optimizer": job.optimizer.model_copy(update={"frozen": ["embedding"]})})
+    with pytest.raises(InitFromError, match=r"init_from.load: .* optimizer state .*Fix: use load: params"):
+        load_initial_state(other, *_state_for(other))

@@ -160,8 +160,9 @@ def check_init_from(job, expected_params=None, opt_state=None) -> SourcePlan:
     name = job.model.preset + (f" with {job.model.overrides}" if job.model.overrides else "")
     saved_rows = check_shapes(cfg, saved, expected_params, name, where)
     if cfg.load == "params_and_optimizer" and opt_state is not None:
-        have = [tuple(x.shape) for x in jax.tree.leaves(saved.get("opt_state", []))]
-        want = [tuple(x.shape) for x in jax.tree.leaves(opt_state)]
+        # as multisets: the metadata orders a state's fields by name, optax by definition
+        have = sorted(tuple(x.shape) for x in jax.tree.leaves(saved.get("opt_state", [])))
+        want = sorted(tuple(x.shape) for x in jax.tree.leaves(opt_state))
         if have != want:
             raise InitFromError(
                 f"init_from.load: {where} has an optimizer state of {len(have)} arrays that "
@@ -242,8 +243,7 @@ def load_initial_state(job, abstract_state: TrainState, tx, shardings: TrainStat
             params[EMBEDDING], plan.saved_rows, cfg.new_vocab_rows, job.train.seed,
             shardings.params[EMBEDDING])}
     if with_optimizer:
-        opt_state = jax.tree.unflatten(jax.tree.structure(abstract_state.opt_state),
-                                       jax.tree.leaves(restored["opt_state"]))
+        opt_state = restored["opt_state"]  # restored into the structure of this job's optimizer
     else:
         opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
