@@ -246,7 +246,9 @@ def load_initial_state(job, abstract_state: TrainState, tx, shardings: TrainStat
         opt_state = restored["opt_state"]  # restored into the structure of this job's optimizer
     else:
         opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    # made by a jitted function: a global array on every process (device_put of a local value
+    # onto a sharding that spans other hosts' devices is not what multi-host JAX wants)
+    step0 = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=shardings.step)()
     log.info("init_from: parameters of step %d from %s", step, plan.directory)
     return TrainState(step=step0, params=params, opt_state=opt_state), step
 
