@@ -37,6 +37,9 @@ class ModelConfig:
     embed_lookup: Literal["gather", "one_hot"] = "gather"
     remat: RematPolicy = "full"  # what the backward pass recomputes; "none" keeps everything
     scan_layers: bool = True  # one compiled layer, looped: compile time independent of depth
+    # PaLM: no dropout in pre-training, 0.1 in fine-tuning. Applied only when the model is
+    # built with deterministic=False (the train step); 0 leaves the computation unchanged.
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.d_ff == 0:
@@ -45,6 +48,8 @@ class ModelConfig:
                      "vocab_pad_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"ModelConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
 

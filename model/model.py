@@ -20,6 +20,7 @@ class ParallelBlock(nn.Module):
     """y = x + Attention(LN(x)) + MLP(LN(x)): one LayerNorm feeds both branches (PaLM §2)."""
 
     config: ModelConfig
+    deterministic: bool = True  # False: apply dropout (needs a "dropout" rng)
 
     @nn.compact
     def __call__(self, x_BxLxD, positions_BxL, cache):
@@ -28,6 +29,9 @@ class ParallelBlock(nn.Module):
             h_BxLxD, positions_BxL, cache
         )
         mlp_BxLxD = SwiGLU(self.config, name="mlp")(h_BxLxD)
+        if self.config.dropout_rate > 0:  # on each branch before the residual sum (fine-tuning)
+            drop = nn.Dropout(self.config.dropout_rate, deterministic=self.deterministic)
+            attn_BxLxD, mlp_BxLxD = drop(attn_BxLxD), drop(mlp_BxLxD)
         y_BxLxD = x_BxLxD + attn_BxLxD.astype(x_BxLxD.dtype) + mlp_BxLxD.astype(x_BxLxD.dtype)
         return constrain(y_BxLxD, ("batch", "length", "embed")), new_cache
 
@@ -47,9 +51,12 @@ class PaLM(nn.Module):
 
     cache: None for training; for decoding a pair of [N, B, T, Q] arrays (N layers, one K/V
     head each, T cache length) from `init_cache`.
+    deterministic: True (default) never applies dropout; the train step builds the model
+    with False when `config.dropout_rate > 0` and passes rngs={"dropout": key}.
     """
 
     config: ModelConfig
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, tokens_BxL, positions_BxL=None, cache=None):
@@ -72,23 +79,26 @@ class PaLM(nn.Module):
         # A named point to take gradients at (only when a "perturbations" collection is
         # passed; otherwise free): how the tests check causality.
         x_BxLxD = self.perturb("embedded", x_BxLxD)
+        if cfg.dropout_rate > 0:
+            x_BxLxD = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x_BxLxD)
 
         block = _block_class(cfg)
         if cfg.scan_layers:
             layers = nn.scan(
                 block,
                 variable_axes={"params": 0},
-                split_rngs={"params": True},
+                # each layer draws its own dropout mask (only split when there is dropout)
+                split_rngs={"params": True, **({"dropout": True} if cfg.dropout_rate > 0 else {})},
                 in_axes=(nn.broadcast, 0),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, name="layers")
+            )(cfg, deterministic=self.deterministic, name="layers")
             x_BxLxD, new_cache = layers(x_BxLxD, positions_BxL, cache)
         else:
             new_layers = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
-                x_BxLxD, c = block(cfg, name=f"layer_{i}")(x_BxLxD, positions_BxL, layer_cache)
+                x_BxLxD, c = block(cfg, deterministic=self.deterministic, name=f"layer_{i}")(x_BxLxD, positions_BxL, layer_cache)
                 new_layers.append(c)
             new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
 from palm_platform.eval.config import EvalConfig
+from palm_platform.train.finetune_config import FineTuneOptimizerFields, InitFromConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,8 +153,9 @@ class TrainSection(BaseModel):
         raise AssertionError("unreachable: the last phase has no end")
 
 
-class OptimizerSection(BaseModel):
-    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling)."""
+class OptimizerSection(FineTuneOptimizerFields):
+    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling); the schedule,
+    warm-up and frozen-group fields come from `FineTuneOptimizerFields`."""
 
     model_config = STRICT
     peak_learning_rate: float = Field(default=1e-2, gt=0, description="lr for the first steps")
@@ -280,6 +282,9 @@ class Job(BaseModel):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     eval: EvalConfig | None = Field(
         default=None, description="held-out eval during training (none: nothing held out)"
+    )
+    init_from: InitFromConfig | None = Field(
+        default=None, description="fine-tuning: start from another run's checkpoint"
     )
     run_dir: str = Field(default="runs", description="parent of this job's run folder")
 
@@ -425,8 +430,11 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
     cache = job.train.compile_cache
     train = job.train.model_copy(update={  # "off" is not a path
         "compile_cache": cache if cache in (None, "off") else resolve_path(cache, base_dir)})
+    init_from = job.init_from and job.init_from.model_copy(
+        update={"checkpoint": resolve_path(job.init_from.checkpoint, base_dir)}
+    )
     return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir,
-                                  "train": train})
+                                  "train": train, "init_from": init_from})
 
 
 if __name__ == "__main__":  # `python -m palm_platform.job JOB.yaml`: validate only, exit 2 if bad

@@ -59,6 +59,13 @@ def main(args: argparse.Namespace) -> int:
     except DataConfigError as error:
         print(f"{args.job}: {error}", file=sys.stderr)
         return 2
+    from palm_platform.train.init_from import InitFromError, preflight
+
+    try:  # a fine-tune's source checkpoint and shapes, before any worker starts
+        preflight(job)
+    except InitFromError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
     run_dir = run_dir_of(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:

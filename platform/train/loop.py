@@ -183,7 +183,7 @@ class Trainer:
         microbatches = batch_size // micro if micro else 1
         if microbatches not in self._steps:
             spec = StepSpec(self.model_cfg, self.job.topology.pods, microbatches,
-                            self.job.mesh.cross_pod_dtype)
+                            self.job.mesh.cross_pod_dtype, dropout_seed=self.job.train.seed)
             self._steps[microbatches] = make_train_step(spec, self.tx, self.mesh, self.shardings, self.lr)
         return self._steps[microbatches]
 
@@ -196,7 +196,15 @@ class Trainer:
         except CheckpointNotFound:
             self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count,
                             devices=jax.device_count(), cross_pod_bytes_per_step=self.cross_pod_bytes)
-            state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
+            if self.job.init_from is None:
+                state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
+            else:  # fine-tuning: parameters from another run; a restart resumes from our own
+                from palm_platform.train.init_from import load_initial_state
+
+                state, source_step = load_initial_state(self.job, self.abstract_state, self.tx,
+                                                        self.shardings)
+                self.sink.event("init_from", 0, checkpoint=self.job.init_from.checkpoint,
+                                source_step=source_step, load=self.job.init_from.load)
             # Step 0 is saved so that a spike in the first `rollback_steps` can roll back.
             self.checkpointer.save(0, state, self.pipeline.get_state(), self._ledger_item(), force=True)
             return state

@@ -32,6 +32,16 @@ def _init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng) -
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def _dict_keys(path) -> tuple[str, ...]:
+    """The trailing dict keys of a key path: the parameter path inside an optimizer state."""
+    keys = []
+    for key in reversed(path):
+        if not isinstance(key, jax.tree_util.DictKey):
+            break
+        keys.append(str(key.key))
+    return tuple(reversed(keys))
+
+
 def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
     """(abstract TrainState whose leaves carry their shardings, the NamedSharding pytree).
 
@@ -43,12 +53,21 @@ def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
     param_shardings = logical_sharding(mesh, nn.get_partition_spec(boxed))
     abstract = jax.eval_shape(lambda rng: _init_state(model_cfg, tx, rng), jax.random.key(0))
     whole = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(
-        tx,
-        lambda leaf, param, sharding: sharding if leaf.shape == param.shape else whole,
-        abstract.opt_state, abstract.params, param_shardings,
-        transform_non_params=lambda _: whole,
-    )
+    # Matched by path rather than with optax.tree_map_params, which cannot follow the masked
+    # states of optax.multi_transform (frozen parameter groups): a leaf whose path ends in a
+    # parameter's path (.../mu/layers/mlp/gate) and has its shape is sharded like it.
+    by_path = {
+        _dict_keys(path): (param.shape, sharding)
+        for (path, param), sharding in zip(
+            jax.tree_util.tree_leaves_with_path(abstract.params), jax.tree.leaves(param_shardings),
+            strict=True)
+    }
+
+    def opt_sharding(path, leaf):
+        shape, sharding = by_path.get(_dict_keys(path), (None, whole))
+        return sharding if leaf.shape == shape else whole
+
+    opt_shardings = jax.tree_util.tree_map_with_path(opt_sharding, abstract.opt_state)
     shardings = TrainState(step=whole, params=param_shardings, opt_state=opt_shardings)
     with_shardings = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

@@ -30,6 +30,7 @@ class StepSpec:
     pods: int
     microbatches: int = 1
     cross_pod_dtype: str = "float32"  # PaLM's DCN exchange moved bfloat16 gradients
+    dropout_seed: int = 0  # dropout masks are a function of (dropout_seed, step, pod, microbatch)
 
 
 def cross_pod_gradient_exchange(grads_per_pod, dtype: str, param_shardings):
@@ -58,25 +59,31 @@ def cross_pod_bytes_per_step(params, pods: int, dtype: str) -> int:
 def make_train_step(spec: StepSpec, tx: optax.GradientTransformation, mesh: Mesh,
                     state_shardings: TrainState, lr_schedule: Callable) -> Callable:
     """jit(state, tokens [B, L+1]) -> (state, metrics); the state buffer is donated."""
-    model = PaLM(spec.model)
+    # Dropout (fine-tuning) is decided here, once: with a rate of 0 no key is made and the
+    # step is the same computation as without the option.
+    dropout = spec.model.dropout_rate > 0
+    model = PaLM(spec.model, deterministic=not dropout)
     P, M = spec.pods, spec.microbatches
     param_shardings = state_shardings.params
 
-    def loss_fn(params, tokens_bxL1):
-        logits, _ = model.apply({"params": params}, tokens_bxL1[:, :-1])
+    def loss_fn(params, tokens_bxL1, dropout_key=None):
+        rngs = {"dropout": dropout_key} if dropout else None
+        logits, _ = model.apply({"params": params}, tokens_bxL1[:, :-1], rngs=rngs)
         ce, z = cross_entropy_and_z_loss(logits, tokens_bxL1[:, 1:], spec.model.z_loss)
         return ce + z, (ce, z)
 
-    def pod_gradients(params, tokens_MxbxL1):
+    def pod_gradients(params, tokens_MxbxL1, dropout_keys_M=None):
         """One pod's gradient and losses, accumulated over its microbatches."""
 
-        def micro(acc, tokens_bxL1):
-            (_, (ce, z)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens_bxL1)
+        def micro(acc, xs):
+            tokens_bxL1, key = xs if dropout else (xs, None)
+            (_, (ce, z)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens_bxL1, key)
             acc_g, acc_ce, acc_z = acc
             return (jax.tree.map(jnp.add, acc_g, g), acc_ce + ce, acc_z + z), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        (g, ce, z), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), tokens_MxbxL1)
+        xs = (tokens_MxbxL1, dropout_keys_M) if dropout else tokens_MxbxL1
+        (g, ce, z), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), xs)
         return jax.tree.map(lambda x: x / M, g), ce / M, z / M
 
     def per_pod_sharding(s: NamedSharding) -> NamedSharding:
@@ -90,10 +97,12 @@ def make_train_step(spec: StepSpec, tx: optax.GradientTransformation, mesh: Mesh
             tokens, NamedSharding(mesh, PartitionSpec("pod", None, "data", None))
         )
         # The model's logical activation constraints apply only under a mesh context.
+        args, in_axes = (state.params, tokens), (None, 0)
+        if dropout:  # restart-safe: the masks depend on the step, never on a carried key
+            step_key = jax.random.fold_in(jax.random.key(spec.dropout_seed), state.step)
+            args, in_axes = (*args, jax.random.split(step_key, (P, M))), (None, 0, 0)
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(IN_POD_RULES):
-            grads_P, ce_P, z_P = jax.vmap(pod_gradients, in_axes=(None, 0), spmd_axis_name="pod")(
-                state.params, tokens
-            )
+            grads_P, ce_P, z_P = jax.vmap(pod_gradients, in_axes=in_axes, spmd_axis_name="pod")(*args)
         grads_P = jax.lax.with_sharding_constraint(
             grads_P, jax.tree.map(per_pod_sharding, param_shardings)
         )
