@@ -257,6 +257,9 @@ def test_mapping_table_groups_loop_and_eval_names():
     assert keys.step_key("loss") == "train/loss" and keys.step_key("mfu") == "train/mfu"
     assert keys.step_key("eval_loss") == "eval/loss" and keys.step_key("new_metric") == "train/new_metric"
     assert keys.event_keys("eval", {"hellaswag_acc": 0.3, "task": "hellaswag"}) == {"eval/hellaswag_acc": 0.3}
+    # The held-out eval hook's fields are already grouped (platform/eval/heldout.py).
+    assert keys.event_keys("eval", {"eval/code/loss": 4.6, "eval/code/bpb": 3.1}) == {
+        "eval/code/loss": 4.6, "eval/code/bpb": 3.1}
     assert keys.event_keys("goodput", {"goodput": 0.9, "badput_data_s": 1.5}) == {
         "goodput/goodput": 0.9, "goodput/badput/data_s": 1.5}
     assert keys.event_keys("rollback", {"to_step": 30, "note": "x"}) == {

@@ -38,7 +38,8 @@ EVENT_GROUPS: dict[str, str] = {"goodput": "goodput", "eval": "eval"}
 BADPUT_FIELD = re.compile(r"^badput_(?P<cause>.+)_s$")  # goodput event: badput_compile_s
 BADPUT_GROUP = "goodput/badput"
 # The loop's non-productive phases (train/loop.py) and the tracker's own causes.
-BADPUT_CAUSES = ("startup", "compile", "data", "checkpoint", RECOMPUTATION, RESTART, OTHER)
+BADPUT_CAUSES = ("startup", "compile", "data", "checkpoint", "eval", RECOMPUTATION, RESTART,
+                 OTHER)
 # A few event fields that belong with the training metrics.
 EVENT_FIELD_KEYS: dict[tuple[str, str], str] = {
     ("start", "cross_pod_bytes_per_step"): "train/cross_pod_bytes_per_step",
@@ -75,7 +76,10 @@ def event_field_key(kind: str, name: str) -> str:
     """W&B name of one numeric field of an event (goodput's badput_<cause>_s by cause)."""
     if kind in EVENT_GROUPS:
         badput = BADPUT_FIELD.match(name) if kind == "goodput" else None
-        return badput_key(badput["cause"]) if badput else f"{EVENT_GROUPS[kind]}/{name}"
+        if badput:
+            return badput_key(badput["cause"])
+        group = EVENT_GROUPS[kind]  # the eval event's fields are already eval/<source>/<metric>
+        return name if name.startswith(group + "/") else f"{group}/{name}"
     return EVENT_FIELD_KEYS.get((kind, name), f"events/{kind}/{name}")
 
 
