@@ -87,10 +87,12 @@ class Checkpointer:
     ) -> bool:
         """Save if `step` is on the cadence (or `force`); True when a save was started.
 
-        Asynchronous by default: the caller waits only while the arrays are copied on the
-        devices (one dispatched copy, so the next step may reuse the donated originals);
-        Orbax's save (copy to host memory, write, commit), old-step deletion and the
-        manifest run on a background thread. A save waits for the previous one to finish.
+        Asynchronous by default. In one process the caller waits only while the arrays are
+        copied on the devices (one dispatched copy, so the next step may reuse the donated
+        originals); Orbax's save (copy to host memory, write, commit), old-step deletion and
+        the manifest run on a background thread. With several processes the caller waits
+        for Orbax's copy to host memory (see below); the write and commit stay asynchronous.
+        A save waits for the previous one to finish.
         Checkpoints at or after `step` (an abandoned trajectory, after a rollback) are
         deleted first.
         """
@@ -101,6 +103,13 @@ class Checkpointer:
             self.wait_until_finished()
             return True
         self._join_saver()
+        if jax.process_count() > 1:
+            # With several processes Orbax's save runs cross-process collectives and
+            # barriers; on a thread they would interleave with the train step's collectives
+            # on the same (gloo) communicator and break it ("Connection reset by peer"). So
+            # the synchronous part of Orbax's async save stays in the loop here.
+            self._save_now(step, train_state, data_state, ledger)
+            return True
         # Why a thread around Orbax's own async save: its synchronous part starts about a
         # dozen threads and slices every array, 60-100 ms on a busy 2-core machine against
         # a 400 ms step of the local job; a device copy is one dispatch.
