@@ -87,6 +87,13 @@ def _wandb_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
+def _wandb_run_ids(run_dir: Path) -> set[str]:
+    # The id is read from the run file (run-<id>.wandb), not from the folder's name: two
+    # attempts opened in the same second get "offline-run-<time>-<id>" and "...-<id>-1".
+    return {f.name[len("run-"):-len(".wandb")]
+            for run in _wandb_runs(run_dir) for f in run.glob("run-*.wandb")}
+
+
 def test_wandb_run_is_resumed_across_restarts_and_the_key_is_never_written(tmp_path, monkeypatch):
     from palm_platform.metrics import MetricsSink
 
@@ -101,12 +108,12 @@ def test_wandb_run_is_resumed_across_restarts_and_the_key_is_never_written(tmp_p
         sink.close()
     runs = _wandb_runs(run_dir)
     assert len(runs) == 2
-    run_ids = {p.name.rsplit("-", 1)[-1] for p in runs}
+    run_ids = _wandb_run_ids(run_dir)
     assert len(run_ids) == 1  # one W&B run, resumed
     other = tmp_path / "other"
     sink = MetricsSink(other, job_name="tiny", config={}, enabled=True, wandb_project="palm-test")
     sink.close()
-    assert {p.name.rsplit("-", 1)[-1] for p in _wandb_runs(other)} != run_ids  # another run folder
+    assert _wandb_run_ids(other) and _wandb_run_ids(other) != run_ids  # another run folder
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
