@@ -4,7 +4,7 @@ One place that turns "H hosts x C chips per host" into the strings Ray matches o
 fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
-  `VALID_TPU_TOPOLOGY["v4"]`, or `ScalingConfig` / `SlicePlacementGroup` reject it.
+  `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup` reject it.
 - pod type: "v4-<TensorCores>", and a v4 chip has 2 TensorCores, so 8 chips -> "v4-16"
   (Ray's `infer_tpu_pod_type_from_topology`). Worker 0 of a slice carries the resource
   "TPU-v4-16-head", which `reserve_tpu_slice` claims to gang-schedule that slice.
@@ -29,13 +29,12 @@ FAKE_TPU_LABEL = "palm.dev/fake-tpu"
 
 def v4_topology_for_chips(num_chips: int) -> str:
     """The most cube-like valid v4 topology with `num_chips` chips ("2x2x2" for 8)."""
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+    from palm_platform.ray.compat import v4_topologies
 
-    candidates = [
-        t for t in VALID_TPU_TOPOLOGY["v4"] if math.prod(int(d) for d in t.split("x")) == num_chips
-    ]
+    known = v4_topologies()
+    candidates = [t for t in known if math.prod(int(d) for d in t.split("x")) == num_chips]
     if not candidates:
-        valid = sorted({math.prod(int(d) for d in t.split("x")) for t in VALID_TPU_TOPOLOGY["v4"]})
+        valid = sorted({math.prod(int(d) for d in t.split("x")) for t in known})
         raise ValueError(
             f"no TPU v4 topology has {num_chips} chips; chips per slice "
             f"(hosts_per_pod x chips_per_host) must be one of {valid[:8]}..."
@@ -98,13 +97,12 @@ def ensure_ray_accepts_v4_topology(topology: str) -> bool:
     to a full 16x16x16 pod, and PaLM trained on 3072-chip (12x16x16) pods. A shape of three
     multiples of 4 (at most 16) is a real v4 slice; anything else is left for Ray to reject.
     """
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+    from palm_platform.ray.compat import register_v4_topology, v4_topologies
 
-    known = VALID_TPU_TOPOLOGY["v4"]
-    if topology in known:
+    if topology in v4_topologies():
         return False
     dims = topology.split("x")
     if len(dims) == 3 and all(d.isdigit() and int(d) % 4 == 0 and 4 <= int(d) <= 16 for d in dims):
-        known.add(topology)
+        register_v4_topology(topology)
         return True
     return False

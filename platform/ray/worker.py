@@ -1,6 +1,6 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (palm_platform.ray.jax_init).
+jax.distributed is already initialised by the worker group (palm_platform.ray.compat.BoundedJaxConfig).
 A watchdog (supervise/watchdog.py) turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
 a worker failure: it restarts the whole group, and the loop resumes from the newest good
 checkpoint.
