@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.dashboard import keys
 
 logger = logging.getLogger("palm")
@@ -120,7 +121,7 @@ class WandbWriter:
             self._forks += 1
             child = f"{self._base_id}-fork{self._forks}"
             self._open(id=child, fork_from=run_moment(parent, step))
-            (self.run_dir / STATE_FILE).write_text(json.dumps({"run_id": child, "forks": self._forks}))
+            write_atomic(self.run_dir / STATE_FILE, json.dumps({"run_id": child, "forks": self._forks}))
         self._last_step = step
 
     # -- rows ------------------------------------------------------------------------------

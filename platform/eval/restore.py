@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.job import Job, JobError, load_job
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ class EvalInputError(ValueError):
 def record_job(run_dir: Path, job: Job) -> None:
     """Write the job (paths already resolved) into the run folder, for later commands."""
     path = Path(run_dir) / JOB_RECORD
-    path.write_text(json.dumps(job.model_dump(mode="json"), indent=1))
+    # Atomic: `palm eval` / `palm generate` may read it while a restarted run rewrites it.
+    write_atomic(path, json.dumps(job.model_dump(mode="json"), indent=1))
 
 
 def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Job, Path]:
