@@ -8,7 +8,6 @@ with `if config.x` inside the train step.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,10 +92,12 @@ class TopologySection(BaseModel):
     @model_validator(mode="after")
     def _topology_matches_chips(self) -> TopologySection:
         if self.ici_topology is not None:
-            dims = self.ici_topology.lower().split("x")
-            if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
-                raise ValueError(f"ici_topology {self.ici_topology!r} is not AxBxC")
-            chips = math.prod(int(d) for d in dims)
+            from palm_platform.ray.topology import chips_in_topology
+
+            try:
+                chips = chips_in_topology(self.ici_topology)
+            except ValueError as error:
+                raise ValueError(f"ici_topology {error}") from None
             if chips != self.chips_per_pod:
                 raise ValueError(
                     f"ici_topology {self.ici_topology} has {chips} chips but hosts_per_pod x "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ def test_installed_versions_are_the_ones_compat_was_written_for():
 
 
 def test_written_for_matches_the_pins_in_constraints():
-    pins = dict(line.strip().split("==") for line in open("constraints.txt")
+    pins = dict(line.strip().split("==") for line in (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     assert compat.WRITTEN_FOR == {"ray": pins["ray"], "jax": pins["jax"]}
 
