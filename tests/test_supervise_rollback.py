@@ -1,11 +1,11 @@
 """plan_rollback: restore target, data skip in sequences, escalation, stop cases."""
 
-from palm_platform.job import SpikeSection
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.rollback import plan_rollback
 from palm_platform.supervise.spike import Spike
 
-CFG = SpikeSection(window=20, rollback_steps=100, skip_batches=300, max_rollbacks=3,
+CFG = SpikeConfig(window=20, rollback_steps=100, skip_batches=300, max_rollbacks=3,
                    recurrence_steps=500)
 STATE = {"next_sequence": 13184, "skip_ranges": []}
 

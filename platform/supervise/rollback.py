@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.positions import first_unskipped
 from palm_platform.supervise.spike import Spike
-
-if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
-    from palm_platform.job import SpikeSection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ class RollbackPlan:
 def plan_rollback(
     spike: Spike,
     checkpoint_steps: Sequence[int],
-    cfg: SpikeSection,
+    cfg: SpikeConfig,
     ledger: Ledger,
     *,
     data_state: dict,

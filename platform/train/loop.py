@@ -41,7 +41,6 @@ from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import SpikeDetector
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.consistency import checksums_agree, pod_checksum_array
-from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
 from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
@@ -129,8 +128,7 @@ class Trainer:
             )
         self.mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model)
         self.model_cfg = job.model.build()
-        self.tx = build_optimizer(job.optimizer)
-        self.lr = learning_rate_schedule(job.optimizer)
+        self.tx, self.lr = job.optimizer.build()
         self.abstract_state, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
         self._steps: dict[int, object] = {}
         self.evaluator = build_evaluator(job, self.run_dir, self.mesh, self.model_cfg,
