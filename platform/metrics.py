@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from palm_platform.events import describe_event
+
 logger = logging.getLogger("palm")
 
 METRICS_FILE = "metrics.jsonl"
@@ -91,8 +93,6 @@ class MetricsSink:
             return
         record = {"kind": kind, "step": step, "time": time.time(), **fields}
         self._write(record)
-        from palm_platform.status import describe_event  # status imports this module
-
         logger.info("%s", describe_event(record))
         self._to_wandb("log_event", kind, step, fields, alert=alert)
 

@@ -17,7 +17,7 @@ def test_a_rollback_plan_records_spike_rollback_and_its_skip_range():
     ledger = Ledger()
     plan = plan_rollback(SPIKE, [100, 200, 300], SpikeConfig(), ledger,
                          data_state={"next_sequence": 13184}, batch_size=32)
-    added = ledger.record_plan(plan)
+    added = plan.record(ledger)
     assert [e["kind"] for e in added] == ["spike", "rollback", "skip"]
     assert [tuple(r) for r in ledger.skip_ranges()] == [(13184, 13184 + plan.skip_batches * 32)]
     restarted = Ledger.from_dict(json.loads(json.dumps(ledger.to_dict())))
@@ -29,7 +29,7 @@ def test_a_stop_plan_records_no_skip():
     plan = plan_rollback(SPIKE, [], SpikeConfig(), ledger, data_state={"next_sequence": 0},
                          batch_size=32)
     assert plan.action == "stop"
-    assert [e["kind"] for e in ledger.record_plan(plan)] == ["spike", "stop"]
+    assert [e["kind"] for e in plan.record(ledger)] == ["spike", "stop"]
     assert list(ledger.skip_ranges()) == []
 
 

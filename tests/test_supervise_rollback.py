@@ -65,7 +65,7 @@ def test_rollback_steps_zero_may_restore_the_spike_step_itself():
 def _ledger_with_rollback_at(*steps):
     ledger = Ledger()
     for step in steps:
-        ledger.record_plan(_plan(step, [0], ledger=ledger))
+        _plan(step, [0], ledger=ledger).record(ledger)
     return ledger
 
 
@@ -74,7 +74,7 @@ def test_recurrence_widens_the_skip_twofold_per_earlier_nearby_rollback():
     plan = _plan(450, [0, 300], ledger=ledger)
     assert plan.action == "rollback" and plan.recurrences == 1
     assert plan.skip_batches == 600 and "widened to 600" in plan.reason
-    ledger.record_plan(plan)
+    plan.record(ledger)
     assert _plan(420, [0, 300], ledger=ledger).skip_batches == 1200
 
 

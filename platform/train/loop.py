@@ -256,7 +256,7 @@ class Trainer:
         self.checkpointer.wait_until_finished()  # every host sees the same checkpoint list
         plan = plan_rollback(spike, self.checkpointer.steps(), self.job.faults.spike, self.ledger,
                              data_state=data_state, batch_size=batch_size)
-        self.ledger.record_plan(plan)
+        plan.record(self.ledger)
         if self.process_index == 0:
             self.ledger.save(self.ledger_path)
         self.sink.event("spike", spike.step, alert=True, loss=spike.loss, rule=spike.rule,
