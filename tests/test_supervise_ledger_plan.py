@@ -33,16 +33,6 @@ def test_a_stop_plan_records_no_skip():
     assert list(ledger.skip_ranges()) == []
 
 
-def test_recomputed_steps_are_those_between_restore_and_spike():
-    ledger = Ledger()
-    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeConfig(), ledger,
-                         data_state={"next_sequence": 0}, batch_size=32)
-    assert plan.recomputed_steps == SPIKE.step - plan.restore_step
-    stop = plan_rollback(SPIKE, [], SpikeConfig(), ledger, data_state={"next_sequence": 0},
-                         batch_size=32)
-    assert stop.restore_step is None and stop.recomputed_steps == 0
-
-
 @pytest.mark.parametrize("data", [{"events": "spike"}, {"version": 1}, ["events"]])
 def test_what_is_not_a_ledger_is_refused(data):
     with pytest.raises(ValueError, match="not a ledger"):
@@ -60,7 +50,7 @@ def test_save_creates_missing_folders(tmp_path):
 def test_a_batch_of_one_sequence_is_a_valid_plan_and_zero_is_not():
     plan = plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                          batch_size=1)
-    assert plan.action == "rollback" and plan.skip_sequences == plan.skip_batches
+    assert plan.action == "rollback" and plan.end_sequence - plan.first_sequence == plan.skip_batches
     with pytest.raises(ValueError, match="batch_size must be positive"):
         plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                       batch_size=0)

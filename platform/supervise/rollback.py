@@ -52,15 +52,6 @@ class RollbackPlan:
     reason: str  # one line, for logs, the ledger and W&B alerts
     note: str = ""  # set when the restore target is not rollback_steps back
 
-    @property
-    def skip_sequences(self) -> int:
-        return self.end_sequence - self.first_sequence
-
-    @property
-    def recomputed_steps(self) -> int:
-        """Steps between the restore point and the spike that will be trained again."""
-        return 0 if self.restore_step is None else self.spike.step - self.restore_step
-
     def record(self, ledger: Ledger) -> list[dict]:
         """Write the spike and what was done about it (rollback + skip, or stop) in `ledger`."""
         added = [ledger.record_spike(self.spike)]
