@@ -1,8 +1,10 @@
 """The job file: one YAML that names the model, topology, data, optimizer, checkpoints, faults.
 
-`load_job(path)` validates it with pydantic and turns every problem into one message that
-names the file, the field and the fix. Decisions are made here, when the job is built, not
-with `if config.x` inside the train step.
+Each section's config lives with the component that uses it (`train/config.py`,
+`supervise/config.py`, `data/config.py`, `checkpoint/config.py`, `eval/config.py`,
+`metrics.py`); this module composes them into `Job`, checks what spans several sections
+(`CrossFieldError`) and turns every problem into one message that names the file, the field
+and the fix. Decisions are made when the job is built, not with `if config.x` inside the step.
 """
 
 from __future__ import annotations
