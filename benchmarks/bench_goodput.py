@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from palm_platform.events import describe_event
 from palm_platform.metrics import read_records
 from palm_platform.ray.local_cluster import BIN, driver_env, running_cluster
-from palm_platform.supervise.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,13 +66,9 @@ def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
         print(f"compilation cache (host 0, last attempt): {goodput['cache_hits']} hits, "
               f"{goodput['cache_misses']} misses")
     print("restarts {restart}, spikes {spike}, rollbacks {rollback}, skips {skip}".format(**count))
-    for r in records:
-        if r["kind"] in ("restart", "spike", "rollback", "skip", "startup", "compiled"):
-            detail = {k: v for k, v in r.items() if k not in ("kind", "step", "time")}
-            print(f"  event {r['kind']:8s} step {r['step']:3d} {detail}")
-    print("ledger trace:")
-    for line in Ledger.load(run_dir / "ledger.json").summary_lines():
-        print(f"  {line}")
+    for r in records:  # the run's trace, as `palm status` and the log render it
+        if r["kind"] in ("restart", "spike", "rollback", "skip", "stop", "startup", "compiled"):
+            print(f"  {describe_event(r)}")
     if count["spike"] == 0 or count["rollback"] == 0:
         print(f"NO SPIKE HANDLED: poison at step {poison_step} was not detected. Fix: "
               f"--poison-step later (the detector needs min_history good losses first)")

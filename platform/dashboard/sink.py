@@ -30,6 +30,7 @@ from typing import Any
 
 from palm_platform.atomic_write import write_atomic
 from palm_platform.dashboard import keys
+from palm_platform.events import describe_event
 
 logger = logging.getLogger("palm")
 
@@ -172,8 +173,8 @@ class WandbWriter:
         if event in self._alerted:
             return
         self._alerted.add(event)
-        details = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
-        self.run.alert(title=f"{kind} at step {step} (attempt {self._attempt})", text=details or kind,
+        text = describe_event({"kind": kind, "step": step, **fields})
+        self.run.alert(title=f"{kind} at step {step} (attempt {self._attempt})", text=text,
                        level=keys.ALERT_LEVELS.get(kind, "INFO"), wait_duration=0)
 
     def finish(self) -> None:
@@ -184,6 +185,3 @@ class WandbWriter:
             self.run.log({**row, keys.STEP_METRIC: self._last_step}, step=self._last_step)
         self.run.finish()
 
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

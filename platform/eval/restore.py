@@ -84,7 +84,6 @@ def restore_run(target: str | Path, *, step: int | None = None,
     from palm_platform.checkpoint import Checkpointer, CheckpointError
     from palm_platform.data.tokenizer import load_tokenizer
     from palm_platform.mesh import make_mesh
-    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     model_cfg = job.model.build()
@@ -101,7 +100,7 @@ def restore_run(target: str | Path, *, step: int | None = None,
         raise EvalInputError(f"{directory}: checkpoint directory not found (from {job.name}'s "
                              "checkpoint.directory). Fix: pass the run folder of a trained job")
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    abstract, _ = state_shardings(model_cfg, build_optimizer(job.optimizer), mesh)
+    abstract, _ = state_shardings(model_cfg, job.optimizer.build()[0], mesh)
     # Retention must never delete anything here: keep_last is irrelevant to a reader, but
     # the Checkpointer only deletes on save, which this never calls.
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
