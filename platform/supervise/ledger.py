@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.supervise.spike import Spike
 
 LEDGER_VERSION = 1
@@ -100,9 +100,7 @@ class Ledger:
         """Atomic write (temp file + rename), so a crash leaves the old or the new ledger."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Ledger:
