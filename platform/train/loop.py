@@ -165,7 +165,13 @@ class Trainer:
         self.goodput = GoodputTracker()
         self.goodput_path = self.run_dir / "goodput.json"
         if self.goodput_path.exists():
-            self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+            try:
+                self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+            except (ValueError, RecursionError) as error:  # torn or edited: accounting only,
+                from palm_platform.yaml_safe import one_line  # never a reason not to resume
+
+                logger.warning("%s", one_line(f"{self.goodput_path}: unreadable ({error}); "
+                                           "goodput counts from this attempt on", 300))
         elif launched_at is not None:  # the time before this process ran (placement, spawn)
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
