@@ -138,7 +138,10 @@ def _process(record: NodeRecord):
 
 def _dashboard_up(dashboard_url: str, timeout_s: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=timeout_s) as resp:
+        from palm_platform.ray import auth
+
+        request = urllib.request.Request(f"{dashboard_url}/api/version", headers=auth.headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -265,6 +268,9 @@ def up(
         temp_dir=temp_dir,
         object_store_mb=object_store_mb,
     )
+    from palm_platform.ray import auth
+
+    auth.enable_from_environment()  # a token in the environment: the nodes demand it (auth.py)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
     base_env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray's log monitor also streams libtpu's log folder (TPU_LOG_DIR, else /tmp/tpu_logs) to
@@ -444,6 +450,9 @@ def describe(state: ClusterState) -> str:
         f"address: {state.gcs_address}   dashboard: {state.dashboard_url}",
         f"  ray job submit --address {state.dashboard_url} --working-dir . -- python ...",
     ]
+    from palm_platform.ray import auth
+
+    lines.append(auth.describe(auth.cluster_mode(state.dashboard_url)))
     procs = {n.name: _process(n) is not None for n in state.nodes}
     try:
         nodes = list_cluster_nodes(state.dashboard_url)
@@ -508,6 +517,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from palm_platform.ray import auth
+
+    auth.enable_from_environment()  # the state API then sends the token (auth.py)
     path = state_path(args.dir)
     if args.action == "down":
         if load_state(path) is None:
