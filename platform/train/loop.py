@@ -240,7 +240,15 @@ class Trainer:
         local = self.ledger_path.read_text() if self.process_index == 0 and self.ledger_path.exists() else ""
         shared = broadcast_text(local)
         if shared:
-            self.ledger = self.ledger.merge(Ledger.from_dict(json.loads(shared)))
+            try:
+                run_ledger = Ledger.from_dict(json.loads(shared))
+            except (ValueError, RecursionError) as error:  # it steers the skips: refuse it
+                from palm_platform.yaml_safe import one_line
+
+                raise ValueError(one_line(
+                    f"{self.ledger_path}: unreadable ledger ({error}). Fix: delete it (the "
+                    "checkpoint's own ledger is used) or restore it from a backup", 400)) from None
+            self.ledger = self.ledger.merge(run_ledger)
         if (item or {}).get("spike_detector"):
             self.detector.load_state_dict(item["spike_detector"])
         self.detector.truncate(step)
