@@ -9,22 +9,18 @@ writes it works from that shell.
 
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
 
-from palm_platform.ray import cluster
 from palm_platform.ray.listening import public_listeners
+from palm_platform.ray.local_cluster import BIN, running_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-BIN = Path(sys.executable).parent
 TOKEN = secrets.token_hex(16)
 
 
@@ -38,17 +34,16 @@ def shell_env(token: str | None) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def token_cluster(tmp_path_factory):
+    """The shared fixture's cluster, brought up from a shell that exports the token."""
     state_dir = tmp_path_factory.mktemp("cluster")
-    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", "1",
-                         "--chips-per-host", "4", "--dir", str(state_dir)], env=shell_env(TOKEN),
-                        capture_output=True, text=True, timeout=240)
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = cluster.load_state(cluster.state_path(state_dir))
-    try:
-        yield state, state_dir, up.stdout
-    finally:
-        cluster.down(state_dir)
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in shell_env(TOKEN).items():
+            patch.setenv(key, value)
+        with running_cluster(state_dir, pods=1, hosts_per_pod=1, chips_per_host=4,
+                             timeout_s=240) as state:
+            status = subprocess.run([BIN / "palm", "cluster", "status", "--dir", str(state_dir)],
+                                    capture_output=True, text=True, timeout=120)
+            yield state, state_dir, status.stdout
 
 
 def gcs_call(address: str, token: str | None):

@@ -8,10 +8,7 @@ submitted again: the run must resume from its newest checkpoint (not step 1), fi
 """
 
 import os
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +16,12 @@ import yaml
 
 from palm_platform.metrics import read_records
 from palm_platform.ray import cluster
+from palm_platform.ray.local_cluster import BIN, running_cluster, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
-BIN = Path(sys.executable).parent
 STEPS = 60  # ~0.4 s each; `palm cluster down` takes ~10 s to stop a job (about 20 steps)
 # The README's line, unchanged; the shell expands $PWD on the submitting side.
 SUBMIT = 'ray job submit --working-dir . -- palm run --submit-dir "$PWD" jobs/tiny.yaml'
@@ -66,15 +63,12 @@ def test_submit_twice_across_a_cluster_restart_resumes_from_the_checkpoint(tmp_p
     (project / ".gitignore").write_text("runs/\n")  # as the repository's: Ray does not upload it
     run_dir = project / "runs" / "ray-2host"
     state_dir = tmp_path / "cluster"
-    state = cluster_cli("up", state_dir)
-    temp_dirs = {state.temp_dir}
-    try:
+    # The shared fixture's cluster, stopped and started again on the same state folder (and
+    # so the same Ray temp folder): its exit stops whichever cluster is up and removes it.
+    with running_cluster(state_dir, pods=1, hosts_per_pod=2, chips_per_host=2,
+                         timeout_s=240) as state:
         first = submit(project, state)
-        deadline = time.monotonic() + 400
-        while not any(s >= 5 for s in steps_done(run_dir)):  # step 4's checkpoint is due
-            assert first.poll() is None, first.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no step 5 in 400 s"
-            time.sleep(0.5)
+        wait_for_step(run_dir, 5, first, timeout_s=400)  # step 4's checkpoint is due
         cluster_cli("down", state_dir)  # the job dies with its cluster session
         try:
             first.wait(timeout=60)
@@ -85,14 +79,9 @@ def test_submit_twice_across_a_cluster_restart_resumes_from_the_checkpoint(tmp_p
         assert stopped_at < STEPS
 
         state = cluster_cli("up", state_dir)
-        temp_dirs.add(state.temp_dir)
         second = submit(project, state)
         output, _ = second.communicate(timeout=600)
         assert second.returncode == 0 and "succeeded" in output, output[-3000:]
-    finally:
-        cluster.down(state_dir)
-        for folder in temp_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
 
     records = read_records(run_dir)
     resumed = [r["step"] for r in records if r["kind"] == "resume"]
