@@ -101,12 +101,10 @@ class FaultInjector:
                 if self._marker(i, f).exists() or self._poison_record(i, f).exists()]
 
     def _write_durably(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{self.host_index}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # Durable: a marker must survive the SIGKILL its fault is about to send.
+        from palm_platform.atomic_write import write_atomic
+
+        write_atomic(path, text, durable=True)
 
     # -- kill, hang, damage -------------------------------------------------------------
 

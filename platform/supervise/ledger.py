@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from palm_platform.supervise.spike import Spike
@@ -126,11 +125,11 @@ class Ledger:
 
     def save(self, path: str | Path) -> None:
         """Atomic write (temp file + rename), so a crash leaves the old or the new ledger."""
+        from palm_platform.atomic_write import write_atomic
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Ledger:

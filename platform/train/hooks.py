@@ -20,6 +20,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
 from palm_platform.mesh import batch_sharding
 
@@ -153,7 +154,7 @@ class GoodputHook(Hook):
                      **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
                      **t.cache_counts())
         if t.process_index == 0:
-            t.goodput_path.write_text(json.dumps(t.goodput.state_dict()))
+            write_atomic(t.goodput_path, json.dumps(t.goodput.state_dict()))
             t.ledger.save(t.ledger_path)
         summary.extra["goodput"] = goodput
 

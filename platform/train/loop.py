@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from palm.flops import train_flops_per_token
+from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
 from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
@@ -264,7 +265,7 @@ class Trainer:
         if saved:  # blocked_s: how long the loop waited (the on-device copy of the state)
             self.sink.event("checkpoint_saved", step, blocked_s=round(time.monotonic() - start, 3))
             if self.process_index == 0:
-                self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
+                write_atomic(self.goodput_path, json.dumps(self.goodput.state_dict()))
 
     def _roll_back(self, spike, data_state: dict, batch_size: int):
         """Every host, in lock-step: restore an older checkpoint and skip the spike's data."""
