@@ -9,8 +9,8 @@ step-20 checkpoint, so Ray Train restarts the worker group from it) and poison_b
 batches) at `--poison-step` (late enough that the spike detector has its min_history of
 good losses). It brings up `palm cluster up --pods 2 --hosts-per-pod 2 --chips-per-host 4`
 in the work folder and tears it down in a finally. Prints the goodput event (wall,
-productive, goodput, badput by cause), the restart/spike/rollback counts, and the ledger's
-trace of the handled spike; fails loudly if the spike was not detected. Takes ~6-8 minutes
+productive, goodput, badput by cause), the restart/spike/rollback counts, the recovery time
+(SIGKILL of host 1 -> the next completed step), and the ledger's trace of the handled spike; fails loudly if the spike was not detected. Takes ~6-8 minutes
 on 2 shared cores.
 
 `--runs 2` runs the same job again on the same cluster, with fresh run and checkpoint
@@ -53,6 +53,21 @@ def write_job(folder: Path, steps: int, kill_step: int, poison_step: int,
     return path, spec
 
 
+def kill_to_next_step(run_dir: Path, records: list[dict]) -> tuple[float, int, int] | None:
+    """(seconds from the kill_host fault's SIGKILL to the next completed step, that step,
+    the checkpoint step restored). The fault writes its marker durably just before it kills
+    its own process (supervise/faults.py), so the marker's mtime is the moment of the kill."""
+    markers = sorted((run_dir / "faults").glob("*-kill_host-*.fired"))
+    if not markers:
+        return None
+    killed = markers[0].stat().st_mtime
+    after = next((r for r in records if r["kind"] == "step" and r["time"] > killed), None)
+    restored = next((r for r in records if r["kind"] == "restart" and r["time"] > killed), None)
+    if after is None:
+        return None
+    return after["time"] - killed, after["step"], restored["step"] if restored else -1
+
+
 def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
     records = read_records(run_dir)
     count = {k: sum(r["kind"] == k for r in records) for k in ("restart", "spike", "rollback", "skip")}
@@ -66,6 +81,11 @@ def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
         print(f"compilation cache (host 0, last attempt): {goodput['cache_hits']} hits, "
               f"{goodput['cache_misses']} misses")
     print("restarts {restart}, spikes {spike}, rollbacks {rollback}, skips {skip}".format(**count))
+    recovery = kill_to_next_step(run_dir, records)
+    if recovery is not None:
+        seconds, resumed_step, restored = recovery
+        print(f"recovery: host 1 SIGKILLed -> next completed step {resumed_step} in {seconds:.1f} s "
+              f"(restored checkpoint step {restored})")
     for r in records:  # the run's trace, as `palm status` and the log render it
         if r["kind"] in ("restart", "spike", "rollback", "skip", "stop", "startup", "compiled"):
             print(f"  {describe_event(r)}")

@@ -118,9 +118,14 @@ def read_records(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics here. Fix: pass the run folder of a job")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        # Every record this sink writes has a kind, a step and a time; anything else in the
+        # file (an edited or foreign line) is skipped rather than crash `palm status`.
+        if (isinstance(record, dict) and isinstance(record.get("kind"), str)
+                and type(record.get("step")) is int and isinstance(record.get("time"), int | float)):
+            records.append(record)
     return records

@@ -1,5 +1,5 @@
 """Hardening on a real local Ray cluster (1 pod x 2 fake hosts x 2 chips): which sockets
-the cluster listens on (not yet loopback only: xfail), and Ctrl-C on `palm run` stops at a step, keeps the checkpoints,
+the cluster listens on (not loopback only with Ray 2.60: xfail; platform/ray/auth.py), and Ctrl-C on `palm run` stops at a step, keeps the checkpoints,
 and the re-run is counted as a resume, not a restart.
 """
 
@@ -21,8 +21,10 @@ JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="Ray 2.60's GCS and raylets bind all interfaces; "
-                   "--node-ip-address=127.0.0.1 is replaced by the machine IP (listening.py)")
+@pytest.mark.xfail(strict=True, reason="Ray 2.60: `ray start` replaces --node-ip-address="
+                   "127.0.0.1 with the machine IP and its gRPC servers bind loopback only for a "
+                   "loopback node IP (upstream: ray-project/ray#59852, #65867); the mitigation "
+                   "is token auth, tests/test_cluster_auth_ray.py")
 def test_every_socket_of_the_cluster_listens_on_loopback_only(local_cluster):
     found = listeners(cluster_pids([n.pid for n in local_cluster.nodes]))
     names = {s.name for s in found}

@@ -68,3 +68,28 @@ def test_merge_adds_the_run_dir_events_an_older_checkpoint_lacks():
     assert merged == run_dir_ledger
     assert run_dir_ledger.merge(checkpoint_ledger) == run_dir_ledger
     assert len(run_dir_ledger.merge(run_dir_ledger)) == len(run_dir_ledger)
+
+
+@pytest.mark.parametrize("events, problem", [
+    ([{"kind": "skip", "first_sequence": "0", "end_sequence": 8, "step": 3, "batches": 2}],
+     "skip event needs first_sequence (int)"),
+    ([{"kind": "skip", "first_sequence": 9, "end_sequence": 8, "step": 3, "batches": 2}],
+     "bad skip range"),
+    ([{"kind": "restart", "step": 1}], "restart event needs cause (str)"),
+    ([{"kind": "rollback", "from_step": 5}], "rollback event needs to_step"),
+    (["x" * 10_000], "ledger event of unknown kind"),
+])
+def test_an_edited_ledger_is_refused_in_one_short_line(tmp_path, events, problem):
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({"version": 1, "events": events}))
+    with pytest.raises(ValueError) as error:
+        Ledger.load(path)
+    assert problem in str(error.value) and str(path) in str(error.value)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 500
+
+
+def test_a_deeply_nested_ledger_is_refused_not_a_recursion_error(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="unreadable ledger"):
+        Ledger.load(path)

@@ -128,13 +128,17 @@ def load_or_build(
 
 
 def _read_meta(meta_path: Path, tokens_path: Path) -> dict | None:
+    """The sidecar of a complete cache, or None (absent, torn, edited): then it is rebuilt."""
     try:
         meta = json.loads(meta_path.read_text())
+        if not (isinstance(meta, dict) and type(meta.get("num_tokens")) is int
+                and meta["num_tokens"] >= 0 and isinstance(meta.get("stats"), dict)):
+            return None
         expected_bytes = meta["num_tokens"] * TOKEN_DTYPE.itemsize
         if expected_bytes and tokens_path.stat().st_size != expected_bytes:
             return None
         return meta
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

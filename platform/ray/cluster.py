@@ -13,6 +13,7 @@ processes), cluster_status.py (what `status` prints).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from palm_platform.ray.cluster_nodes import (  # noqa: F401 - the public API, re-exported
     cluster_alive,
@@ -25,6 +26,7 @@ from palm_platform.ray.cluster_nodes import (  # noqa: F401 - the public API, re
 from palm_platform.ray.cluster_state import (  # noqa: F401 - the public API, re-exported
     DEFAULT_STATE_DIR,
     ClusterState,
+    ClusterStateError,
     NodeRecord,
     load_state,
     save_state,
@@ -50,6 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except ClusterStateError as error:
+        print(f"palm cluster: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from palm_platform.ray import auth
+
+    auth.enable_from_environment()  # the state API then sends the token (auth.py)
     path = state_path(args.dir)
     if args.action == "down":
         if load_state(path) is None:

@@ -63,7 +63,10 @@ def node_process(record: NodeRecord):
 
 def _dashboard_up(dashboard_url: str, timeout_s: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=timeout_s) as resp:
+        from palm_platform.ray import auth
+
+        request = urllib.request.Request(f"{dashboard_url}/api/version", headers=auth.headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -138,6 +141,9 @@ def _wait_for(predicate, timeout_s: float, what: str, nodes: list[NodeRecord]) -
 
 def _node_env(temp_dir: str) -> dict[str, str]:
     """The environment every node of the cluster starts with."""
+    from palm_platform.ray import auth
+
+    auth.enable_from_environment()  # a token in the environment: the nodes demand it (auth.py)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray's log monitor also streams libtpu's log folder (TPU_LOG_DIR, else /tmp/tpu_logs) to

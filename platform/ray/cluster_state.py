@@ -58,12 +58,28 @@ def state_path(run_state_dir: str | os.PathLike | None) -> Path:
     return Path(run_state_dir or DEFAULT_STATE_DIR).expanduser() / STATE_FILE_NAME
 
 
+class ClusterStateError(ValueError):
+    """A state file that is not one `palm cluster up` wrote (torn, edited, another version)."""
+
+
 def load_state(path: Path) -> ClusterState | None:
     if not path.exists():
         return None
-    raw = json.loads(path.read_text())
-    nodes = [NodeRecord(**n) for n in raw.pop("nodes")]
-    return ClusterState(**raw, nodes=nodes)
+    try:
+        if path.stat().st_size > 1 << 20:  # a state file is a few KB
+            raise ValueError("larger than 1 MiB")
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+        nodes = [NodeRecord(**n) for n in raw.pop("nodes")]
+        if not all(type(n.pid) is int and isinstance(n.create_time, int | float) for n in nodes):
+            raise ValueError("a node's pid or create_time is not a number")
+        return ClusterState(**raw, nodes=nodes)
+    except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as error:
+        from palm_platform.yaml_safe import one_line
+
+        raise ClusterStateError(one_line(
+            f"{path}: not a palm cluster state file ({type(error).__name__}: {error}). Fix: "
+            "stop the Ray processes it started, if any, delete the file and `palm cluster up`",
+            400)) from None
 
 
 def save_state(path: Path, state: ClusterState) -> None:

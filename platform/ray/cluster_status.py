@@ -22,6 +22,9 @@ def describe(state: ClusterState) -> str:
         f"address: {state.gcs_address}   dashboard: {state.dashboard_url}",
         f"  ray job submit --address {state.dashboard_url} --working-dir . -- python ...",
     ]
+    from palm_platform.ray import auth
+
+    lines.append(auth.describe(auth.cluster_mode(state.dashboard_url)))
     procs = {n.name: node_process(n) is not None for n in state.nodes}
     try:
         nodes = list_cluster_nodes(state.dashboard_url)

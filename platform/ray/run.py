@@ -118,9 +118,11 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     topo = job.topology
     shape = SliceShape(topo.pods, topo.hosts_per_pod, topo.chips_per_host)
+    from palm_platform.ray.cluster import ClusterStateError
+
     try:
         connect(address, start_local=shape if topo.local else None)
-    except ConnectionError as error:
+    except (ConnectionError, ClusterStateError) as error:
         print(f"{job.name}: {error}", file=sys.stderr)
         return 2
     progress = Progress(run_dir, total_steps=job.train.steps)

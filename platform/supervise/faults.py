@@ -102,6 +102,7 @@ class FaultInjector:
                 if self._marker(i, f).exists() or self._poison_record(i, f).exists()]
 
     def _write_durably(self, path: Path, text: str) -> None:
+        # Durable: a marker must survive the SIGKILL its fault is about to send.
         write_atomic(path, text, durable=True)
 
     # -- kill, hang, damage -------------------------------------------------------------

@@ -18,6 +18,30 @@ from palm_platform.supervise.spike import Spike
 
 LEDGER_VERSION = 1
 KINDS = ("spike", "rollback", "skip", "restart", "stop")
+# What each kind must carry: a ledger read back (run folder, checkpoint) steers the data
+# pipeline's skips and the summary, so an edited or foreign one is refused when read, in one
+# line, not later as a KeyError or a skip range of strings.
+FIELDS = {
+    "spike": {"step": int, "text": str},
+    "rollback": {"from_step": int, "to_step": int, "reason": str, "note": str},
+    "skip": {"first_sequence": int, "end_sequence": int, "step": int, "batches": int},
+    "restart": {"step": int, "cause": str},
+    "stop": {"step": int, "reason": str},
+}
+
+
+def _event_problem(event: object) -> str | None:
+    from palm_platform.yaml_safe import short_repr
+
+    if not isinstance(event, dict) or event.get("kind") not in KINDS:
+        return f"ledger event of unknown kind: {short_repr(event)}; kinds are {KINDS}"
+    for name, kind in FIELDS[event["kind"]].items():
+        if type(event.get(name)) is not kind:
+            return (f"{event['kind']} event needs {name} ({kind.__name__}), got "
+                    f"{short_repr(event.get(name))}")
+    if event["kind"] == "skip" and not 0 <= event["first_sequence"] <= event["end_sequence"]:
+        return f"bad skip range [{event['first_sequence']}, {event['end_sequence']})"
+    return None
 
 
 class Ledger:
@@ -90,10 +114,14 @@ class Ledger:
         if not data:
             return cls()
         if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-            raise ValueError(f"not a ledger (expected {{'version', 'events': [...]}}): {data!r}")
+            from palm_platform.yaml_safe import short_repr
+
+            raise ValueError("not a ledger (expected {'version', 'events': [...]}): "
+                             + short_repr(data))
         for event in data["events"]:
-            if not isinstance(event, dict) or event.get("kind") not in KINDS:
-                raise ValueError(f"ledger event of unknown kind: {event!r}; kinds are {KINDS}")
+            problem = _event_problem(event)
+            if problem is not None:
+                raise ValueError(problem)
         return cls(data["events"])
 
     def save(self, path: str | Path) -> None:
@@ -110,7 +138,7 @@ class Ledger:
             return cls()
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValueError) as error:
+        except (ValueError, RecursionError) as error:
             raise ValueError(
                 f"{path}: unreadable ledger ({error}). Fix: restore it from the newest "
                 f"checkpoint's ledger item, or delete it to start a new ledger"

@@ -24,6 +24,7 @@ held-out eval, goodput and fault injection are hooks (`hooks.py`), built once pe
 from __future__ import annotations
 
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from palm_platform.train.hooks import build_hooks
 from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
+
+logger = logging.getLogger("palm")
 
 TPU_V4_PEAK_FLOPS = 275e12
 
@@ -167,7 +170,13 @@ class Trainer:
         self.goodput = GoodputTracker()
         self.goodput_path = self.run_dir / "goodput.json"
         if self.goodput_path.exists():
-            self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+            try:
+                self.goodput.load_state_dict(json.loads(self.goodput_path.read_text()))
+            except (ValueError, RecursionError) as error:  # torn or edited: accounting only,
+                from palm_platform.yaml_safe import one_line  # never a reason not to resume
+
+                logger.warning("%s", one_line(f"{self.goodput_path}: unreadable ({error}); "
+                                           "goodput counts from this attempt on", 300))
         elif launched_at is not None:  # the time before this process ran (placement, spawn)
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
@@ -236,7 +245,15 @@ class Trainer:
         local = self.ledger_path.read_text() if self.process_index == 0 and self.ledger_path.exists() else ""
         shared = broadcast_text(local)
         if shared:
-            self.ledger = self.ledger.merge(Ledger.from_dict(json.loads(shared)))
+            try:
+                run_ledger = Ledger.from_dict(json.loads(shared))
+            except (ValueError, RecursionError) as error:  # it steers the skips: refuse it
+                from palm_platform.yaml_safe import one_line
+
+                raise ValueError(one_line(
+                    f"{self.ledger_path}: unreadable ledger ({error}). Fix: delete it (the "
+                    "checkpoint's own ledger is used) or restore it from a backup", 400)) from None
+            self.ledger = self.ledger.merge(run_ledger)
         if (item or {}).get("spike_detector"):
             self.detector.load_state_dict(item["spike_detector"])
         self.detector.truncate(step)
