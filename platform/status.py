@@ -34,6 +34,8 @@ class Summary:
     step_s: float | None = None
     compute_s: float | None = None  # the step's FLOPs at the devices' peak
     last_eval: dict | None = None  # the newest `eval` record (held-out loss, bpb per source)
+    pods: int | None = None  # pods of the newest step (elastic jobs change it)
+    resizes: int = 0
 
     def lines(self) -> list[str]:
         done = f"{self.steps}" + (f"/{self.total_steps}" if self.total_steps else "")
@@ -47,6 +49,8 @@ class Summary:
             lines.append("badput: " + ", ".join(f"{c} {s:.1f} s" for s, c in causes))
         lines.append(f"restarts {self.restarts}  rollbacks {self.rollbacks}  skipped batches "
                      f"{self.skipped_batches}  checkpoints saved {self.checkpoints}")
+        if self.resizes or (self.pods or 0) > 1:
+            lines.append(f"pods {self.pods} now  resizes {self.resizes}")
         if self.last_eval:
             lines.append(f"held-out eval at step {self.last_eval['step']}: {eval_text(self.last_eval)}")
         if self.mfu is not None:
@@ -108,6 +112,8 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         checkpoints=sum(r["kind"] == "checkpoint_saved" for r in records),
         badput_s=badput, mfu=mfu, step_s=step_s, compute_s=compute_s,
         last_eval=next((r for r in reversed(records) if r["kind"] == "eval"), None),
+        pods=steps[-1].get("pods") if steps else None,
+        resizes=sum(r["kind"] == "resize" for r in records),
     )
 
 
@@ -124,6 +130,8 @@ def describe_event(r: dict) -> str:
                      f"{r.get('first_sequence')} to {r.get('end_sequence')})")
     if kind == "stop":
         return at + f"stopped: {r.get('reason')}"
+    if kind == "resize":
+        return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
     if kind == "restart":
         return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
     if kind == "compiled":

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from palm_platform.supervise.rollback import RollbackPlan
 
 LEDGER_VERSION = 1
-KINDS = ("spike", "rollback", "skip", "restart", "stop")
+KINDS = ("spike", "rollback", "skip", "restart", "stop", "resize")
 
 
 class Ledger:
@@ -49,6 +49,11 @@ class Ledger:
     def record_restart(self, step: int, cause: str) -> dict:
         """The worker group restarted and resumed from checkpoint `step`."""
         return self._add({"kind": "restart", "step": int(step), "cause": cause})
+
+    def record_resize(self, step: int, *, from_pods: int, to_pods: int, cause: str) -> dict:
+        """Elastic pods: training resumed at checkpoint `step` on another number of pods."""
+        return self._add({"kind": "resize", "step": int(step), "from_pods": int(from_pods),
+                          "to_pods": int(to_pods), "cause": cause})
 
     def record_stop(self, step: int, reason: str) -> dict:
         """Escalation: the run stops at `step` instead of rolling back again."""
@@ -97,7 +102,7 @@ class Ledger:
     # -- text ---------------------------------------------------------------------------
 
     def summary_lines(self) -> list[str]:
-        """One line per handled spike, restart or stop, for `palm status` and the run end."""
+        """One line per handled spike, restart, resize or stop, for `palm status` and the run end."""
         lines, used = [], set()
         for i, event in enumerate(self.events):
             if i in used:
@@ -132,6 +137,9 @@ class Ledger:
                 lines.append(f"step {event['step']}: restarted ({event['cause']})")
             elif kind == "stop":
                 lines.append(f"step {event['step']}: stopped: {event['reason']}")
+            elif kind == "resize":
+                lines.append(f"step {event['step']}: resized from {event['from_pods']} to "
+                             f"{event['to_pods']} pod(s) ({event['cause']})")
         return lines
 
     # -- persistence --------------------------------------------------------------------
