@@ -469,7 +469,9 @@ def describe(state: ClusterState) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "remove-pod", "add-pod"])
+    parser.add_argument("pod", nargs="?", type=int, default=None,
+                        help="remove-pod/add-pod: the pod to take away or give back")
     parser.add_argument("--pods", type=int, default=2, help="TPU slices (pods)")
     parser.add_argument("--hosts-per-pod", type=int, default=2, help="TPU hosts per pod")
     parser.add_argument(
@@ -484,6 +486,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action in ("remove-pod", "add-pod"):  # elastic pods: platform/ray/elastic_cluster.py
+        from palm_platform.ray.elastic_cluster import main as change_pod
+
+        return change_pod(args)
     path = state_path(args.dir)
     if args.action == "down":
         if load_state(path) is None:
