@@ -179,3 +179,42 @@ def test_resizes_are_events_and_steps_say_their_pod_count(runs):
     assert sizes[5] == sizes[4]  # the global batch did not shrink with the pods
     goodput = [r for r in records if r["kind"] == "goodput"]
     assert goodput[1]["badput_degraded_s"] > 0 and "badput_degraded_s" not in goodput[0]
+
+
+# -- on Ray: the worker counts asked for, and a run below min_pods gives up ----------------
+
+def _tpu_node(pod: int) -> dict:
+    from palm_platform.ray.topology import POD_TYPE_LABEL, SLICE_NAME_LABEL, WORKER_ID_LABEL
+
+    return {"Alive": True, "NodeID": f"node{pod}",
+            "Resources": {"TPU": 4.0, "accelerator_type:TPU-V4": 1.0, "TPU-v4-8-head": 1.0},
+            "Labels": {SLICE_NAME_LABEL: f"pod-{pod}", WORKER_ID_LABEL: "0", POD_TYPE_LABEL: "v4-8"}}
+
+
+def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():
+    from palm_platform.ray.elastic import worker_counts
+
+    assert worker_counts(2, 1, hosts_per_pod=768) == (768, 1536)
+    assert worker_counts(2, 2, hosts_per_pod=768) == 1536  # not elastic: Ray's fixed policy
+
+
+def test_fewer_than_min_pods_for_the_grace_period_gives_up_once_with_the_reason():
+    from palm_platform.ray.elastic import MinPodsMonitor
+    from palm_platform.ray.feasibility import TpuRequest
+
+    nodes, now, reasons = [_tpu_node(0), _tpu_node(1)], [0.0], []
+    monitor = MinPodsMonitor(TpuRequest(2, 1, 4, "2x2x1"), reasons.append, grace_s=30,
+                             nodes=lambda: nodes, clock=lambda: now[0])
+    assert not monitor.check()
+    nodes.pop()  # pod 1 lost: below min_pods=2
+    assert not monitor.check()
+    now[0] = 20.0
+    assert not monitor.check() and not reasons  # still inside the grace period
+    nodes.append(_tpu_node(1))  # back in time: the clock restarts
+    assert not monitor.check()
+    nodes.pop()
+    now[0] = 40.0
+    assert not monitor.check()
+    now[0] = 71.0
+    assert monitor.check() and monitor.check()
+    assert len(reasons) == 1 and "topology.min_pods=2" in reasons[0] and "30 s" in reasons[0]

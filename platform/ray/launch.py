@@ -176,6 +176,12 @@ def launch(
     from palm_platform.ray.elastic import MinPodsMonitor, worker_counts
 
     min_pods = pods if min_pods is None else min_pods
+    if min_pods < pods:
+        # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
+        # (~15 s here), so Train's elastic policy may first try to restart at full size and
+        # time out once (a controller failure) before it restarts on the pods left: give each
+        # allowed restart that one extra start-up attempt.
+        controller_failure_limit = max(controller_failure_limit, max_failures)
     request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
     # An elastic run starts on what is there, if that is at least min_pods whole pods.
     least = TpuRequest(min_pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
