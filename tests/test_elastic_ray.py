@@ -13,7 +13,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 90
+STEPS = 130
 
 
 @pytest.fixture(scope="module")
