@@ -218,3 +218,17 @@ def test_fewer_than_min_pods_for_the_grace_period_gives_up_once_with_the_reason(
     now[0] = 71.0
     assert monitor.check() and monitor.check()
     assert len(reasons) == 1 and "topology.min_pods=2" in reasons[0] and "30 s" in reasons[0]
+
+
+def test_remove_pod_without_a_cluster_or_a_pod_number_says_what_to_do(tmp_path):
+    import subprocess
+    import sys
+
+    palm = Path(sys.executable).parent / "palm"
+    no_pod = subprocess.run([palm, "cluster", "remove-pod", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert no_pod.returncode == 2 and "which pod?" in no_pod.stderr
+    no_cluster = subprocess.run([palm, "cluster", "add-pod", "1", "--dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60)
+    assert no_cluster.returncode == 2 and "no local cluster recorded" in no_cluster.stderr
+    assert "Traceback" not in no_pod.stderr + no_cluster.stderr

@@ -199,7 +199,7 @@ class Trainer:
             restored = self.checkpointer.restore(self.abstract_state)
         except CheckpointNotFound:
             self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count, pods=self.pods,
-                            devices=jax.device_count(), cross_pod_bytes_per_step=self.cross_pod_bytes)
+                            devices=self.mesh.size, cross_pod_bytes_per_step=self.cross_pod_bytes)
             if self.job.init_from is None:
                 state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
             else:  # fine-tuning: parameters from another run; a restart resumes from our own
@@ -244,9 +244,8 @@ class Trainer:
         cause = "pod lost" if self.pods < before else "pod returned"
         self.ledger.record_resize(step, from_pods=before, to_pods=self.pods, cause=cause)
         self.sink.event("resize", step, alert=True, from_pods=before, to_pods=self.pods, cause=cause)
-        if self.process_index == 0:
+        if self.process_index == 0:  # the event above is also its log line
             self.ledger.save(self.ledger_path)
-            logger.info("step %d: resized from %d to %d pod(s) (%s)", step, before, self.pods, cause)
 
     def _load_supervision(self, item: dict, step: int) -> None:
         self.ledger = Ledger.from_dict((item or {}).get("ledger"))
