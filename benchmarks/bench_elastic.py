@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -75,42 +74,35 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
     job = work / "job.yaml"
     job.write_text(yaml.safe_dump(spec))
     run_dir = work / "run" / spec["name"]
+    from palm_platform.ray.local_cluster import driver_env, running_cluster
+
     state_dir = work / "cluster"
-    _palm("cluster", "up", "--pods", str(topo["pods"]), "--hosts-per-pod", str(topo["hosts_per_pod"]),
-          "--chips-per-host", str(topo["chips_per_host"]), "--dir", str(state_dir))
-    from palm_platform.ray import cluster
-
-    state = cluster.load_state(cluster.state_path(state_dir))
-    env = {**os.environ, "RAY_ADDRESS": state.gcs_address, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    log = open(work / "palm-run.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([str(BIN / "palm"), "run", str(job)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=work)
-    try:
-        _wait(run_dir, proc, f"step {warm_steps} on 2 pods",
-              lambda r: r["kind"] == "step" and r["step"] >= warm_steps, timeout_s)
-        lost_at = time.time()
-        _palm("cluster", "remove-pod", "1", "--dir", str(state_dir))
-        first_degraded = _wait(run_dir, proc, "a step on 1 pod",
-                               lambda r: r["kind"] == "step" and r.get("pods") == 1, timeout_s)
-        _wait(run_dir, proc, f"{degraded_steps} steps on 1 pod",
-              lambda r: r["kind"] == "step" and r.get("pods") == 1
-              and r["step"] >= first_degraded["step"] + degraded_steps, timeout_s)
-        returned_at = time.time()
-        _palm("cluster", "add-pod", "1", "--dir", str(state_dir))
-        regrown = _wait(run_dir, proc, "a step on 2 pods after the pod returned",
-                        lambda r: r["kind"] == "step" and r.get("pods") == 2
-                        and r["time"] > returned_at, timeout_s)
-        proc.wait(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
-        log.close()
-        import ray
-
-        ray.shutdown()
-        cluster.down(state_dir)
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
+    with running_cluster(state_dir, pods=topo["pods"], hosts_per_pod=topo["hosts_per_pod"],
+                         chips_per_host=topo["chips_per_host"]) as state:
+        log = open(work / "palm-run.log", "w")  # noqa: SIM115 - closed in finally
+        proc = subprocess.Popen([str(BIN / "palm"), "run", str(job)], env=driver_env(state),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        try:
+            _wait(run_dir, proc, f"step {warm_steps} on 2 pods",
+                  lambda r: r["kind"] == "step" and r["step"] >= warm_steps, timeout_s)
+            lost_at = time.time()
+            _palm("cluster", "remove-pod", "1", "--dir", str(state_dir))
+            first_degraded = _wait(run_dir, proc, "a step on 1 pod",
+                                   lambda r: r["kind"] == "step" and r.get("pods") == 1, timeout_s)
+            _wait(run_dir, proc, f"{degraded_steps} steps on 1 pod",
+                  lambda r: r["kind"] == "step" and r.get("pods") == 1
+                  and r["step"] >= first_degraded["step"] + degraded_steps, timeout_s)
+            returned_at = time.time()
+            _palm("cluster", "add-pod", "1", "--dir", str(state_dir))
+            regrown = _wait(run_dir, proc, "a step on 2 pods after the pod returned",
+                            lambda r: r["kind"] == "step" and r.get("pods") == 2
+                            and r["time"] > returned_at, timeout_s)
+            proc.wait(timeout=timeout_s)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+            log.close()
     records = _records(run_dir)
     steps_seen = [r for r in records if r["kind"] == "step" and not r.get("compiled")]
 

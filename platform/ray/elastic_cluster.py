@@ -7,33 +7,34 @@ slice name, worker ids, resources and labels), so Ray's TPU slice placement can 
 slice again. The head and the other pods are untouched. The state file keeps only live
 nodes, so `palm run` and `palm cluster status` go on working in between.
 
-Kept out of cluster.py (which owns `up`/`down`) on purpose: it only adds and removes
-records of an existing cluster through cluster.py's own node helpers.
+Kept beside cluster_nodes.py (which owns `up`/`down`): it only adds and removes records of
+an existing cluster, through cluster_nodes' own helpers, so a host comes back exactly as
+`up` started it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from palm_platform.ray import cluster
+from palm_platform.ray import cluster_nodes as nodes
+from palm_platform.ray.cluster_state import ClusterState, load_state, save_state, state_path
 
 
 class PodChangeError(RuntimeError):
     """The local cluster cannot take this pod away or give it back (message says why)."""
 
 
-def _state(run_state_dir: str | None) -> tuple[Path, cluster.ClusterState]:
-    path = cluster.state_path(run_state_dir)
-    state = cluster.load_state(path)
+def _state(run_state_dir: str | None) -> tuple[Path, ClusterState]:
+    path = state_path(run_state_dir)
+    state = load_state(path)
     if state is None:
         raise PodChangeError(f"no local cluster recorded in {path}. Fix: `palm cluster up`")
     return path, state
 
 
-def _check_pod(state: cluster.ClusterState, pod: int) -> None:
+def _check_pod(state: ClusterState, pod: int) -> None:
     if not 0 <= pod < state.pods:
         raise PodChangeError(f"pod {pod} does not exist: the local cluster has pods 0 to "
                              f"{state.pods - 1}")
@@ -47,9 +48,9 @@ def remove_pod(pod: int, run_state_dir: str | None = None) -> list[int]:
     hosts = [n for n in state.nodes if n.slice_name == name]
     if not hosts:
         raise PodChangeError(f"pod {pod} ({name}) is already removed. Fix: `palm cluster add-pod {pod}`")
-    pids = cluster.stop_nodes(hosts)
+    pids = nodes.stop_nodes(hosts)
     state.nodes = [n for n in state.nodes if n.slice_name != name]
-    cluster.save_state(path, state)
+    save_state(path, state)
     return pids
 
 
@@ -61,14 +62,11 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
     name = shape.slice_name(pod)
     if any(n.slice_name == name for n in state.nodes):
         raise PodChangeError(f"pod {pod} ({name}) is already up. Fix: `palm cluster remove-pod {pod}` first")
-    if not cluster.cluster_alive(state):
+    if not nodes.cluster_alive(state):
         raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
                              "process is gone). Fix: `palm cluster down` then `palm cluster up`")
-    # The same environment and options `cluster.up` gives its hosts.
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
-    base_env["RAY_USAGE_STATS_ENABLED"] = "0"
-    base_env["TPU_LOG_DIR"] = str(Path(state.temp_dir) / "tpu_logs")
-    base_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base_env.get("PATH", "")])
+    # The same environment and options `cluster_nodes.up` gives its hosts.
+    base_env = nodes._node_env(state.temp_dir)
     common = [f"--temp-dir={state.temp_dir}",
               f"--object-store-memory={state.object_store_mb * 1024 * 1024}",
               "--disable-usage-stats"]
@@ -76,25 +74,25 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
     started = []
     try:
         for worker_id in range(shape.hosts_per_pod):
-            record = cluster._start_host(shape, pod, worker_id, state, base_env, common, logs)
+            record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
             started.append(record)
             state.nodes.append(record)
-            cluster.save_state(path, state)  # recorded at once: `down` stops it even if we fail
+            save_state(path, state)  # recorded at once: `down` stops it even if we fail
             expected = sum(1 for n in state.nodes if n.name != "head")
-            cluster._wait_for(
+            nodes._wait_for(
                 lambda expected=expected: _alive_hosts(state) >= expected,
-                cluster.START_TIMEOUT_S, f"{expected} alive TPU hosts", started)
+                nodes.START_TIMEOUT_S, f"{expected} alive TPU hosts", started)
     except (RuntimeError, TimeoutError) as error:
         raise PodChangeError(f"pod {pod} did not come back: {error}") from None
     return len(started)
 
 
-def _alive_hosts(state: cluster.ClusterState) -> int:
+def _alive_hosts(state: ClusterState) -> int:
     try:
-        nodes = cluster.list_cluster_nodes(state.dashboard_url)
+        listed = nodes.list_cluster_nodes(state.dashboard_url)
     except Exception:  # noqa: BLE001 - the state API may be busy; the wait retries
         return 0
-    return sum(1 for n in nodes if n["state"] == "ALIVE" and not n["is_head"])
+    return sum(1 for n in listed if n["state"] == "ALIVE" and not n["is_head"])
 
 
 def main(args: argparse.Namespace) -> int:
