@@ -21,6 +21,8 @@ def describe_event(r: dict) -> str:
                      f"{r.get('first_sequence')} to {r.get('end_sequence')})")
     if kind == "stop":
         return at + f"stopped: {r.get('reason')}"
+    if kind == "resize":
+        return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
     if kind == "restart":
         return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
     if kind == "compiled":

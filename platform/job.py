@@ -84,6 +84,11 @@ class TopologySection(BaseModel):
         default=False,
         description="run on the local fake-TPU Ray cluster (`palm cluster up`): CPU devices",
     )
+    min_pods: int | None = Field(
+        default=None, ge=1, description="elastic: keep training on as few as this many pods "
+        "when slices are lost, and grow back when they return (default: pods, not elastic)")
+    resize_check_s: float = Field(
+        default=60, gt=0, description="elastic: seconds between checks for returned pods")
 
     @property
     def chips_per_pod(self) -> int:
@@ -93,8 +98,20 @@ class TopologySection(BaseModel):
     def num_hosts(self) -> int:
         return self.pods * self.hosts_per_pod
 
+    @property
+    def fewest_pods(self) -> int:
+        """The fewest pods the job trains on (`min_pods`, default all of them)."""
+        return self.pods if self.min_pods is None else self.min_pods
+
+    @property
+    def elastic(self) -> bool:
+        return self.fewest_pods < self.pods
+
     @model_validator(mode="after")
     def _topology_matches_chips(self) -> TopologySection:
+        if self.min_pods is not None and self.min_pods > self.pods:
+            raise ValueError(f"min_pods={self.min_pods} exceeds pods={self.pods}; set "
+                             f"topology.min_pods between 1 and {self.pods}")
         if self.ici_topology is not None:
             from palm_platform.ray.topology import chips_in_topology
 
@@ -191,6 +208,15 @@ class Job(BaseModel):
                     f"train.microbatch_sequences={micro} must divide every batch size "
                     f"({phase.sequences}) and be a multiple of {replicas} replicas",
                     f"use a multiple of {replicas} that divides {phase.sequences}")
+        if t.elastic:
+            from palm_platform.elastic import check_pod_counts
+
+            problem = check_pod_counts([p.sequences for p in self.train.batch_schedule],
+                                       self.train.microbatch_sequences, t.pods, t.fewest_pods, data)
+            if problem:
+                raise CrossFieldError(("topology.min_pods", "train.microbatch_sequences"), problem,
+                                      "raise topology.min_pods, or pick a microbatch every pod "
+                                      "count down to min_pods divides")
         seq_len = self.seq_len
         if seq_len > cfg.max_seq_len:
             raise CrossFieldError(

@@ -196,10 +196,14 @@ def tpu_devices(ici_topology: str, pods: int):
     return topology.devices
 
 
-def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> PlanReport:
+def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
+         pods: int | None = None) -> PlanReport:
+    """Compile the job's step; `pods` below the job's: an elastic job's degraded shape (same
+    global batch on fewer pods, more microbatches: platform/elastic.py)."""
     import jax
 
     from palm.flops import train_flops_per_token
+    from palm_platform.elastic import microbatches_at
     from palm_platform.mesh import batch_sharding, make_mesh
     from palm_platform.plan_flops import jaxpr_matmul_flops
     from palm_platform.plan_hlo import HloParseError
@@ -209,16 +213,17 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     topo = job.topology
     if topo.ici_topology is None:
         raise SystemExit(f"job {job.name}: topology.ici_topology is needed to plan; set e.g. 4x8x8")
-    devices = tpu_devices(topo.ici_topology, topo.pods)
-    mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model, devices)
+    pods = topo.pods if pods is None else pods
+    devices = tpu_devices(topo.ici_topology, pods)
+    mesh = make_mesh(pods, job.data_parallel, job.mesh.model, devices)
     cfg = job.model.build()
     tx, lr_schedule = job.optimizer.build()
     abstract_state, shardings = state_shardings(cfg, tx, mesh)
     batch = max(p.sequences for p in job.train.batch_schedule)  # the largest phase is the worst
     if microbatches is None:
-        micro = job.train.microbatch_sequences
-        microbatches = batch // micro if micro else 1
-    spec = StepSpec(cfg, topo.pods, microbatches, job.mesh.cross_pod_dtype)
+        microbatches = microbatches_at(batch, job.train.microbatch_sequences, topo.pods, pods,
+                                       job.data_parallel)
+    spec = StepSpec(cfg, pods, microbatches, job.mesh.cross_pod_dtype)
     step = make_train_step(spec, tx, mesh, shardings, lr_schedule)
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
 
@@ -233,7 +238,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
             raise
         args = sum(_sharded_bytes(x) for x in jax.tree.leaves(abstract_state))
         return PlanReport(
-            job=job.name, topology=f"{topo.pods} x v4:{topo.ici_topology}", devices=n,
+            job=job.name, topology=f"{pods} x v4:{topo.ici_topology}", devices=n,
             mesh=dict(mesh.shape), global_batch=batch, microbatches=microbatches,
             seq_len=job.seq_len, params=cfg.num_params(), argument_bytes=args,
             temp_bytes=needed, output_bytes=0, alias_bytes=0, per_chip_bytes=args + needed,
@@ -241,7 +246,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
             formula_flops_per_step=formula, predicted_step_s=float("nan"),
             predicted_mfu=float("nan"),
             cross_pod_bytes_per_step=cross_pod_bytes_per_step(
-                abstract_state.params, topo.pods, job.mesh.cross_pod_dtype),
+                abstract_state.params, pods, job.mesh.cross_pod_dtype),
             compile_s=time.perf_counter() - start,
         )
     memory = compiled.memory_analysis()
@@ -249,7 +254,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                 + memory.output_size_in_bytes - memory.alias_size_in_bytes)
     report = PlanReport(
-        job=job.name, topology=f"{topo.pods} x v4:{topo.ici_topology}", devices=n,
+        job=job.name, topology=f"{pods} x v4:{topo.ici_topology}", devices=n,
         mesh=dict(mesh.shape), global_batch=batch, microbatches=microbatches,
         seq_len=job.seq_len, params=cfg.num_params(),
         argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
@@ -258,7 +263,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
         compiled_flops_per_step=float("nan"), formula_flops_per_step=formula,
         predicted_step_s=float("nan"), predicted_mfu=float("nan"),
         cross_pod_bytes_per_step=cross_pod_bytes_per_step(
-            abstract_state.params, topo.pods, job.mesh.cross_pod_dtype),
+            abstract_state.params, pods, job.mesh.cross_pod_dtype),
         compile_s=compile_s,
     )
     program = jaxpr_matmul_flops(jax.make_jaxpr(step)(abstract_state, tokens))
@@ -269,7 +274,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
             f.write(hlo_text)
     try:
         add_step_analysis(report, hlo_text, program, float(cost.get("flops", 0.0)) * n,
-                          topo.pods, PAPER_MEASURED.get(job.model.preset))
+                          pods, PAPER_MEASURED.get(job.model.preset) if pods == topo.pods else None)
     except HloParseError as error:  # memory is still worth reporting; FLOPs would be a guess
         report.warnings.append(f"no FLOPs or step time: the compiled program could not be read "
                                f"({error}); rerun with --save-hlo FILE and report it")
@@ -349,6 +354,22 @@ def main(args: argparse.Namespace) -> int:
         cache = CompileCache.enable(job.train.compile_cache)
     report = plan(job, args.microbatches, args.save_hlo)
     print(json.dumps(asdict(report)) if args.json else report.text())
+    if job.topology.elastic and args.microbatches is None:  # the shape it shrinks to must fit too
+        degraded = plan(job, pods=job.topology.fewest_pods)
+        if args.json:
+            print(json.dumps({"degraded": asdict(degraded)}))
+        else:
+            print(f"degraded shape (topology.min_pods={job.topology.fewest_pods}): "
+                  f"{degraded.microbatches} microbatches, predicted step "
+                  f"{_seconds(degraded.predicted_step_s)} vs {_seconds(report.predicted_step_s)} "
+                  f"on {job.topology.pods} pods")
+            print(degraded.text())
+        if not degraded.fits:
+            over = (degraded.per_chip_bytes - degraded.hbm_bytes) / 2**30
+            print(f"{args.job}: on topology.min_pods={job.topology.fewest_pods} pod(s) the train "
+                  f"step needs {over:.2f} GiB more than a chip's HBM. Fix: raise "
+                  "topology.min_pods or lower train.microbatch_sequences", file=sys.stderr)
+            return 1
     if cache is not None:
         counts = cache.counts()
         print(f"compilation cache {job.train.compile_cache}: {counts['misses']} executables "

@@ -35,6 +35,8 @@ class Summary:
     step_s: float | None = None
     compute_s: float | None = None  # the step's FLOPs at the devices' peak
     last_eval: dict | None = None  # the newest `eval` record (held-out loss, bpb per source)
+    pods: int | None = None  # pods of the newest step (elastic jobs change it)
+    resizes: int = 0
 
     def lines(self) -> list[str]:
         done = f"{self.steps}" + (f"/{self.total_steps}" if self.total_steps else "")
@@ -48,6 +50,8 @@ class Summary:
             lines.append("badput: " + ", ".join(f"{c} {s:.1f} s" for s, c in causes))
         lines.append(f"restarts {self.restarts}  rollbacks {self.rollbacks}  skipped batches "
                      f"{self.skipped_batches}  checkpoints saved {self.checkpoints}")
+        if self.resizes or (self.pods or 0) > 1:
+            lines.append(f"pods {self.pods} now  resizes {self.resizes}")
         if self.last_eval:
             lines.append(f"held-out eval at step {self.last_eval['step']}: {eval_text(self.last_eval)}")
         if self.mfu is not None:
@@ -98,6 +102,8 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         checkpoints=sum(r["kind"] == "checkpoint_saved" for r in records),
         badput_s=badput, mfu=mfu, step_s=step_s, compute_s=compute_s,
         last_eval=next((r for r in reversed(records) if r["kind"] == "eval"), None),
+        pods=steps[-1].get("pods") if steps else None,
+        resizes=sum(r["kind"] == "resize" for r in records),
     )
 
 

@@ -66,3 +66,21 @@ def test_job_that_cannot_fit_exits_1_naming_what_to_change(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["fits"] and report["per_chip_bytes"] > report["hbm_bytes"]
     assert "more than a chip's HBM" in result.stderr and "Fix:" in result.stderr
+
+
+def test_elastic_job_also_plans_its_degraded_shape_with_more_microbatches(tmp_path):
+    spec = yaml.safe_load((JOBS / "plan-tiny.yaml").read_text())
+    spec["topology"]["min_pods"] = 1
+    job = tmp_path / "plan-tiny-elastic.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    result = plan(job)
+    assert result.returncode == 0, result.stderr[-3000:]
+    full, degraded = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    degraded = degraded["degraded"]
+    assert (full["devices"], full["microbatches"]) == (16, 2)
+    # One pod holds the same 32-sequence batch in twice the microbatches, and sends nothing
+    # over the data-center network.
+    assert degraded["devices"] == 8 and degraded["mesh"] == {"pod": 1, "data": 4, "model": 2}
+    assert (degraded["global_batch"], degraded["microbatches"]) == (32, 4)
+    assert degraded["fits"] and degraded["cross_pod_bytes_per_step"] == 0
+    assert degraded["predicted_step_s"] > 0

@@ -39,15 +39,16 @@ BADPUT_FIELD = re.compile(r"^badput_(?P<cause>.+)_s$")  # goodput event: badput_
 BADPUT_GROUP = "goodput/badput"
 # The loop's non-productive phases (train/loop.py) and the tracker's own causes.
 BADPUT_CAUSES = ("startup", "compile", "data", "checkpoint", "eval", RECOMPUTATION, RESTART,
-                 OTHER)
+                 "degraded", OTHER)  # degraded: the missing pods' share of an elastic run's steps
 # A few event fields that belong with the training metrics.
 EVENT_FIELD_KEYS: dict[tuple[str, str], str] = {
     ("start", "cross_pod_bytes_per_step"): "train/cross_pod_bytes_per_step",
 }
 # Events shown as markers (events/<kind> = 1 at the event's step), and the ones W&B alerts on.
 MARKER_EVENTS = ("spike", "rollback", "skip", "restart", "stop", "start", "checkpoint_saved",
-                 "checkpoint_restored")
-ALERT_LEVELS = {"spike": "WARN", "rollback": "WARN", "restart": "WARN", "stop": "ERROR"}
+                 "checkpoint_restored", "resize")
+ALERT_LEVELS = {"spike": "WARN", "rollback": "WARN", "restart": "WARN", "stop": "ERROR",
+                "resize": "WARN"}
 
 
 def step_key(name: str) -> str:

@@ -37,7 +37,9 @@ from palm_platform.ray.topology import SliceShape
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "remove-pod", "add-pod"])
+    parser.add_argument("pod", nargs="?", type=int, default=None,
+                        help="remove-pod/add-pod: the pod to take away or give back")
     parser.add_argument("--pods", type=int, default=2, help="TPU slices (pods)")
     parser.add_argument("--hosts-per-pod", type=int, default=2, help="TPU hosts per pod")
     parser.add_argument(
@@ -63,6 +65,10 @@ def _main(args: argparse.Namespace) -> int:
     from palm_platform.ray import auth
 
     auth.enable_from_environment()  # the state API then sends the token (auth.py)
+    if args.action in ("remove-pod", "add-pod"):  # elastic pods: platform/ray/elastic_cluster.py
+        from palm_platform.ray.elastic_cluster import main as change_pod
+
+        return change_pod(args)
     path = state_path(args.dir)
     if args.action == "down":
         if load_state(path) is None:

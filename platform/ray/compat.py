@@ -119,8 +119,12 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
             "palm_platform/ray/compat.py for it")
 
     class PalmJaxTrainer(jax_trainer):
+        controller = None  # the Train controller actor, once fit() made it
+
         def _register_sigint_handler(self, controller) -> None:
-            pass  # the caller's SIGINT handler stays in place
+            # The caller's SIGINT handler stays in place; the controller is kept so an
+            # elastic run below min_pods can stop it (ray/elastic.py).
+            self.controller = controller
 
     return PalmJaxTrainer
 

@@ -127,6 +127,8 @@ def launch(
     fake_tpu: bool | None = None,
     address: str | None = None,
     run_state_dir: str | None = None,
+    min_pods: int | None = None,
+    resize_check_s: float = 60.0,
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
 
@@ -136,6 +138,8 @@ def launch(
     `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
     `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
     on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
+    `min_pods` < `pods`: elastic (ray/elastic.py): Ray Train runs on as many whole pods as
+    the cluster has, at least `min_pods`, and checks for returned pods every `resize_check_s`.
     """
     import ray
     from ray.train import CheckpointConfig
@@ -146,8 +150,19 @@ def launch(
     connect(address, run_state_dir=run_state_dir)
     if ensure_ray_accepts_v4_topology(topology.lower()):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", topology)
+    from palm_platform.ray.elastic import MinPodsMonitor, worker_counts
+
+    min_pods = pods if min_pods is None else min_pods
+    if min_pods < pods:
+        # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
+        # (~15 s here), so Train's elastic policy may first try to restart at full size and
+        # time out once (a controller failure) before it restarts on the pods left: give each
+        # allowed restart that one extra start-up attempt.
+        controller_failure_limit = max(controller_failure_limit, max_failures)
     request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
-    matching = check_feasible(ray.nodes(), request)
+    # An elastic run starts on what is there, if that is at least min_pods whole pods.
+    least = TpuRequest(min_pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
+    matching = check_feasible(ray.nodes(), least)
     if fake_tpu is None:
         fake_tpu = all(view.fake for view in matching)
     # A local GCS emulator's variables reach the workers only on the local fake cluster.
@@ -163,7 +178,8 @@ def launch(
                                     heartbeat_timeout_s=jax_heartbeat_timeout_s),
         scaling_config=ScalingConfig(
             use_tpu=True,
-            num_workers=pods * hosts_per_pod,
+            num_workers=worker_counts(pods, min_pods, hosts_per_pod),
+            elastic_resize_monitor_interval_s=resize_check_s,
             topology=request.topology,
             accelerator_type=accelerator_type,
             resources_per_worker={"TPU": chips_per_host},
@@ -188,13 +204,28 @@ def launch(
         ),
     )
     start = time.monotonic()
+
+    def give_up(message: str) -> None:  # below min_pods Ray would wait for slices forever
+        if trainer.controller is not None:
+            ray.kill(trainer.controller)
+
+    monitor = MinPodsMonitor(least, give_up, grace_s=feasibility_timeout_s)
     try:
-        result = trainer.fit()
-    except ControllerError as err:
+        if min_pods < pods:
+            with monitor:
+                result = trainer.fit()
+        else:
+            result = trainer.fit()
+    except Exception as err:
+        if monitor.error is not None:
+            raise InfeasibleTopologyError(monitor.error) from err
+        if not isinstance(err, ControllerError):
+            raise
+
         # Start-up kept failing: say what the cluster lacks now (a host may have died since
         # the check above); otherwise re-raise Ray's error unchanged.
         try:
-            check_feasible(ray.nodes(), request)
+            check_feasible(ray.nodes(), least)
         except InfeasibleTopologyError as infeasible:
             raise infeasible from err
         raise InfeasibleTopologyError(
@@ -204,6 +235,8 @@ def launch(
             f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "
             "them, wait for it or stop it."
         ) from err
+    if monitor.error is not None:
+        raise InfeasibleTopologyError(monitor.error)
     return LaunchResult(
         metrics=result.metrics,
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,

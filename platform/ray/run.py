@@ -145,6 +145,7 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
                 # JAX declares a silent peer dead (and aborts everyone) after this; later than
                 # the watchdog, which names the stuck host and restarts cleanly.
                 jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
+                min_pods=topo.fewest_pods, resize_check_s=topo.resize_check_s,  # elastic pods
             )
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line

@@ -103,6 +103,18 @@ class GoodputTracker:
             self._badput[cause] = self._badput.get(cause, 0.0) + moved
         return moved
 
+    def reclassify(self, step: int, fraction: float, *, cause: str) -> float:
+        """Move `fraction` of step `step`'s productive time to badput `cause` (e.g. an
+        elastic run on half its pods: half of each step is "degraded"). Returns seconds moved."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction {fraction} not in [0, 1]")
+        moved = self._step_seconds.get(step, 0.0) * fraction
+        if moved:
+            self._step_seconds[step] -= moved
+            self._productive -= moved
+            self._badput[cause] = self._badput.get(cause, 0.0) + moved
+        return moved
+
     # -- reporting ----------------------------------------------------------------------
 
     def summary(self) -> dict:

@@ -17,7 +17,7 @@ from palm_platform.atomic_write import write_atomic
 from palm_platform.supervise.spike import Spike
 
 LEDGER_VERSION = 1
-KINDS = ("spike", "rollback", "skip", "restart", "stop")
+KINDS = ("spike", "rollback", "skip", "restart", "stop", "resize")
 # What each kind must carry: a ledger read back (run folder, checkpoint) steers the data
 # pipeline's skips and the summary, so an edited or foreign one is refused when read, in one
 # line, not later as a KeyError or a skip range of strings.
@@ -27,6 +27,7 @@ FIELDS = {
     "skip": {"first_sequence": int, "end_sequence": int, "step": int, "batches": int},
     "restart": {"step": int, "cause": str},
     "stop": {"step": int, "reason": str},
+    "resize": {"step": int, "from_pods": int, "to_pods": int, "cause": str},
 }
 
 
@@ -69,6 +70,11 @@ class Ledger:
     def record_restart(self, step: int, cause: str) -> dict:
         """The worker group restarted and resumed from checkpoint `step`."""
         return self._add({"kind": "restart", "step": int(step), "cause": cause})
+
+    def record_resize(self, step: int, *, from_pods: int, to_pods: int, cause: str) -> dict:
+        """Elastic pods: training resumed at checkpoint `step` on another number of pods."""
+        return self._add({"kind": "resize", "step": int(step), "from_pods": int(from_pods),
+                          "to_pods": int(to_pods), "cause": cause})
 
     def record_stop(self, step: int, reason: str) -> dict:
         """Escalation: the run stops at `step` instead of rolling back again."""

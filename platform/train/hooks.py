@@ -105,6 +105,20 @@ class MetricsHook(Hook):
                         metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
 
 
+class ElasticHook(Hook):
+    """`topology.min_pods`: each step says its pod count, and on fewer pods than the job's
+    the missing pods' share of the step's time is badput "degraded" (platform/elastic.py)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def after_step(self, step: int, metrics: dict, done: _Dispatched) -> None:
+        t = self.trainer
+        metrics["pods"] = t.pods
+        if t.pods < t.job.topology.pods:
+            t.goodput.reclassify(step - 1, 1 - t.pods / t.job.topology.pods, cause="degraded")
+
+
 class CheckpointHook(Hook):
     """Saves every `checkpoint.every_steps` and the last step; waits for saves at the end."""
 
@@ -165,6 +179,8 @@ def build_hooks(trainer: Trainer) -> list[Hook]:
     hooks: list[Hook] = []
     if trainer.job.faults.inject:
         hooks.append(FaultInjectionHook(trainer))
+    if trainer.job.topology.elastic:  # before the metrics record, which carries `pods`
+        hooks.append(ElasticHook(trainer))
     hooks.append(MetricsHook(trainer))
     hooks.append(CheckpointHook(trainer))
     if trainer.job.eval is not None:

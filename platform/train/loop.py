@@ -36,6 +36,7 @@ import numpy as np
 from palm.flops import train_flops_per_token
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
+from palm_platform.elastic import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
@@ -114,7 +115,8 @@ class Trainer:
     """Owns the mesh, the jitted steps, the pipeline and the checkpointer of one process."""
 
     def __init__(self, job: Job, run_dir: Path, *, attempt: int = 0, on_step=None,
-                 launched_at: float | None = None, startup_marks: dict[str, float] | None = None):
+                 launched_at: float | None = None, startup_marks: dict[str, float] | None = None,
+                 devices: list | None = None):
         from palm_platform.checkpoint import Checkpointer
         from palm_platform.data import build_pipeline
 
@@ -128,12 +130,13 @@ class Trainer:
         self.compile_cache = CompileCache.enable(job.train.compile_cache or self.run_dir / "compile-cache")
         topo = job.topology
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        if jax.device_count() != topo.pods * topo.chips_per_pod:
-            raise RuntimeError(
-                f"job {job.name} needs {topo.pods} x {topo.chips_per_pod} devices, JAX sees "
-                f"{jax.device_count()} in {self.process_count} process(es)"
-            )
-        self.mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model)
+        devices = list(jax.devices() if devices is None else devices)
+        try:  # elastic jobs: the pods this worker group has (whole slices), see elastic.py
+            self.pods = pods_in_group(len(devices), topo.chips_per_pod, topo.fewest_pods, topo.pods)
+        except ElasticShapeError as error:
+            raise RuntimeError(f"job {job.name}: {error}; JAX sees {len(devices)} devices in "
+                               f"{self.process_count} process(es)") from None
+        self.mesh = make_mesh(self.pods, job.data_parallel, job.mesh.model, devices)
         self.model_cfg = job.model.build()
         self.tx, self.lr = job.optimizer.build()
         self.abstract_state, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
@@ -159,9 +162,9 @@ class Trainer:
             wandb_entity=job.metrics.wandb_entity, wandb_mode=job.metrics.wandb_mode,
         )
         self.flops_per_token = train_flops_per_token(self.model_cfg, job.seq_len)
-        self.peak_flops = device_peak_flops() * jax.device_count()
+        self.peak_flops = device_peak_flops() * len(devices)
         self.cross_pod_bytes = cross_pod_bytes_per_step(
-            self.abstract_state.params, topo.pods, job.mesh.cross_pod_dtype)
+            self.abstract_state.params, self.pods, job.mesh.cross_pod_dtype)
         self._compiled: set[int] = set()
         # Supervision: deterministic on every host (all see the same global loss).
         self.detector = SpikeDetector(job.faults.spike)
@@ -180,7 +183,7 @@ class Trainer:
         elif launched_at is not None:  # the time before this process ran (placement, spawn)
             self.goodput.load_state_dict({"wall_s": 0.0, "productive_s": 0.0, "badput_s": {},
                                           "saved_at_unix": launched_at}, gap_cause="startup")
-        self.check_pods = job.metrics.check_pods_identical and topo.pods > 1
+        self.check_pods = job.metrics.check_pods_identical and self.pods > 1
         if self.process_index == 0:  # `palm generate` / `palm eval` read the job from here
             record_job(self.run_dir, job)
         self.startup_marks["trainer_ready"] = time.time()
@@ -190,10 +193,11 @@ class Trainer:
         return self._sink_future.result()
 
     def step_fn(self, batch_size: int):
-        micro = self.job.train.microbatch_sequences
-        microbatches = batch_size // micro if micro else 1
+        # Fewer pods than the job's full size: more microbatches, same global batch.
+        microbatches = microbatches_at(batch_size, self.job.train.microbatch_sequences,
+                                       self.job.topology.pods, self.pods, self.job.data_parallel)
         if microbatches not in self._steps:
-            spec = StepSpec(self.model_cfg, self.job.topology.pods, microbatches,
+            spec = StepSpec(self.model_cfg, self.pods, microbatches,
                             self.job.mesh.cross_pod_dtype, dropout_seed=self.job.train.seed)
             self._steps[microbatches] = make_train_step(spec, self.tx, self.mesh, self.shardings, self.lr)
         return self._steps[microbatches]
@@ -205,8 +209,8 @@ class Trainer:
         try:
             restored = self.checkpointer.restore(self.abstract_state)
         except CheckpointNotFound:
-            self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count,
-                            devices=jax.device_count(), cross_pod_bytes_per_step=self.cross_pod_bytes)
+            self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count, pods=self.pods,
+                            devices=self.mesh.size, cross_pod_bytes_per_step=self.cross_pod_bytes)
             if self.job.init_from is None:
                 state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
             else:  # fine-tuning: parameters from another run; a restart resumes from our own
@@ -220,6 +224,7 @@ class Trainer:
             self.checkpointer.save(0, state, self.pipeline.get_state(), self._ledger_item(), force=True)
             return state
         self._load_supervision(restored.ledger, restored.step)
+        self._note_resize(restored.ledger, restored.step)
         self.pipeline.set_state(restored.data_state)
         for start, end in self.ledger.skip_ranges():
             self.pipeline.add_skip_range(start, end)
@@ -235,7 +240,23 @@ class Trainer:
     # -- supervision state: saved with every checkpoint, and in the run folder -------------
 
     def _ledger_item(self) -> dict:
-        return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict()}
+        return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict(),
+                "pods": self.pods}
+
+    def _note_resize(self, item: dict, step: int) -> None:
+        """A restore onto another pod count than the checkpoint's: a `resize` event.
+
+        Decided from the checkpoint (saved with the pod count that wrote it), so every host
+        records the same event and two runs with the same resizes keep equal ledgers.
+        """
+        before = (item or {}).get("pods", self.job.topology.pods)
+        if before == self.pods:
+            return
+        cause = "pod lost" if self.pods < before else "pod returned"
+        self.ledger.record_resize(step, from_pods=before, to_pods=self.pods, cause=cause)
+        self.sink.event("resize", step, alert=True, from_pods=before, to_pods=self.pods, cause=cause)
+        if self.process_index == 0:  # the event above is also its log line
+            self.ledger.save(self.ledger_path)
 
     def _load_supervision(self, item: dict, step: int) -> None:
         self.ledger = Ledger.from_dict((item or {}).get("ledger"))

@@ -1,0 +1,169 @@
+"""Elastic pods on the local Ray cluster: lose pod 1 mid-run, give it back, measure.
+
+    python benchmarks/bench_elastic.py [--job tests/jobs/ray-elastic.yaml] [--steps 300]
+        [--degraded-steps 25] [--json OUT]
+
+One run, one machine: `palm cluster up` with the job's shape (in a temporary state dir),
+`palm run` of the job (its steps set by --steps), `palm cluster remove-pod 1` once the run
+has trained `--warm-steps` steps on both pods, `palm cluster add-pod 1` after
+`--degraded-steps` steps on one pod, then the run to its end. Prints tokens/s at full size,
+degraded and after growing back (medians of steps that did not compile), their ratios, the
+seconds from pod loss to the next trained step and from pod return to the first 2-pod step,
+and the ledger's resize trace. Exit 1 if a phase never happens (with what was seen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return out
+
+
+def _wait(run_dir: Path, proc: subprocess.Popen, what: str, predicate, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in _records(run_dir):
+            if predicate(record):
+                return record
+        if proc.poll() is not None:
+            raise RuntimeError(f"the run ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
+
+
+def _palm(*args: str) -> str:
+    out = subprocess.run([str(BIN / "palm"), *args], capture_output=True, text=True, timeout=300)
+    if out.returncode:
+        raise RuntimeError(f"palm {' '.join(args)}: {out.stdout}{out.stderr}")
+    return out.stdout.strip()
+
+
+def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
+                    degraded_steps: int, timeout_s: float = 600) -> dict:
+    """Run the job on a fresh local cluster, remove pod 1, add it back; return the figures."""
+    spec = yaml.safe_load(job_file.read_text())
+    topo = spec["topology"]
+    spec["train"]["steps"] = steps
+    spec["run_dir"] = str(work / "run")
+    spec["checkpoint"]["directory"] = str(work / "ckpt")
+    spec["train"]["compile_cache"] = str(work / "compile-cache")
+    job = work / "job.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    run_dir = work / "run" / spec["name"]
+    from palm_platform.ray.local_cluster import driver_env, running_cluster
+
+    state_dir = work / "cluster"
+    with running_cluster(state_dir, pods=topo["pods"], hosts_per_pod=topo["hosts_per_pod"],
+                         chips_per_host=topo["chips_per_host"]) as state:
+        log = open(work / "palm-run.log", "w")  # noqa: SIM115 - closed in finally
+        proc = subprocess.Popen([str(BIN / "palm"), "run", str(job)], env=driver_env(state),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        try:
+            _wait(run_dir, proc, f"step {warm_steps} on 2 pods",
+                  lambda r: r["kind"] == "step" and r["step"] >= warm_steps, timeout_s)
+            lost_at = time.time()
+            _palm("cluster", "remove-pod", "1", "--dir", str(state_dir))
+            first_degraded = _wait(run_dir, proc, "a step on 1 pod",
+                                   lambda r: r["kind"] == "step" and r.get("pods") == 1, timeout_s)
+            _wait(run_dir, proc, f"{degraded_steps} steps on 1 pod",
+                  lambda r: r["kind"] == "step" and r.get("pods") == 1
+                  and r["step"] >= first_degraded["step"] + degraded_steps, timeout_s)
+            returned_at = time.time()
+            _palm("cluster", "add-pod", "1", "--dir", str(state_dir))
+            regrown = _wait(run_dir, proc, "a step on 2 pods after the pod returned",
+                            lambda r: r["kind"] == "step" and r.get("pods") == 2
+                            and r["time"] > returned_at, timeout_s)
+            proc.wait(timeout=timeout_s)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+            log.close()
+    records = _records(run_dir)
+    steps_seen = [r for r in records if r["kind"] == "step" and not r.get("compiled")]
+
+    def median_tokens(chosen: list[dict]) -> float:
+        return statistics.median(r["tokens_per_s"] for r in chosen) if chosen else float("nan")
+
+    full = [r for r in steps_seen if r["time"] < lost_at and r.get("pods") == 2]
+    degraded = [r for r in steps_seen if r.get("pods") == 1]
+    after = [r for r in steps_seen if r["time"] > regrown["time"] and r.get("pods") == 2]
+    ledger = json.loads((run_dir / "ledger.json").read_text()) if (run_dir / "ledger.json").exists() else {}
+    return {
+        "exit_code": proc.returncode,
+        "tokens_per_s": {"full": median_tokens(full), "degraded": median_tokens(degraded),
+                         "after_grow": median_tokens(after)},
+        "loss_to_next_step_s": first_degraded["time"] - lost_at,
+        "return_to_two_pod_step_s": regrown["time"] - returned_at,
+        "resize_events": [{k: r[k] for k in ("step", "from_pods", "to_pods", "cause")}
+                          for r in records if r["kind"] == "resize"],
+        "ledger": ledger.get("events", []),
+        "last_step": max((r["step"] for r in records if r["kind"] == "step"), default=0),
+        "goodput": next((r for r in reversed(records) if r["kind"] == "goodput"), {}),
+        "run_dir": str(run_dir),
+        "log": str(work / "palm-run.log"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", default=str(ROOT / "tests" / "jobs" / "ray-elastic.yaml"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warm-steps", type=int, default=20)
+    parser.add_argument("--degraded-steps", type=int, default=25)
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="palm-bench-elastic-"))
+    try:
+        figures = shrink_and_grow(Path(args.job), work, steps=args.steps,
+                                  warm_steps=args.warm_steps, degraded_steps=args.degraded_steps)
+    except (RuntimeError, TimeoutError) as error:
+        print(f"bench_elastic: {error}; run log in {work / 'palm-run.log'}", file=sys.stderr)
+        return 1
+    finally:
+        if args.json is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    tps = figures["tokens_per_s"]
+    print(f"tokens/s: full {tps['full']:,.0f}  degraded {tps['degraded']:,.0f}  after grow "
+          f"{tps['after_grow']:,.0f}")
+    print(f"ratios: degraded/full {tps['degraded'] / tps['full']:.2f}  after-grow/full "
+          f"{tps['after_grow'] / tps['full']:.2f}")
+    print(f"pod loss -> next trained step: {figures['loss_to_next_step_s']:.1f} s")
+    print(f"pod return -> first 2-pod step: {figures['return_to_two_pod_step_s']:.1f} s")
+    print(f"run: exit {figures['exit_code']}, last step {figures['last_step']}")
+    for event in figures["ledger"]:
+        print("ledger: " + json.dumps(event))
+    badput = {k: round(v, 1) for k, v in figures["goodput"].items() if k.startswith("badput_")}
+    print(f"goodput {figures['goodput'].get('goodput', float('nan')):.1%}, badput s: {badput}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 0 if figures["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

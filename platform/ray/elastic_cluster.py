@@ -1,0 +1,114 @@
+"""`palm cluster remove-pod N` / `palm cluster add-pod N`: lose and regain a whole pod locally.
+
+A real TPU slice fails as a unit (one host down makes the slice unusable), so taking pod N
+away stops every fake host of that pod: each `ray start` process group we recorded, with
+its raylet and the train workers on it. Giving it back starts the same hosts again (same
+slice name, worker ids, resources and labels), so Ray's TPU slice placement can reserve the
+slice again. The head and the other pods are untouched. The state file keeps only live
+nodes, so `palm run` and `palm cluster status` go on working in between.
+
+Kept beside cluster_nodes.py (which owns `up`/`down`): it only adds and removes records of
+an existing cluster, through cluster_nodes' own helpers, so a host comes back exactly as
+`up` started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from palm_platform.ray import cluster_nodes as nodes
+from palm_platform.ray.cluster_state import ClusterState, load_state, save_state, state_path
+
+
+class PodChangeError(RuntimeError):
+    """The local cluster cannot take this pod away or give it back (message says why)."""
+
+
+def _state(run_state_dir: str | None) -> tuple[Path, ClusterState]:
+    path = state_path(run_state_dir)
+    state = load_state(path)
+    if state is None:
+        raise PodChangeError(f"no local cluster recorded in {path}. Fix: `palm cluster up`")
+    return path, state
+
+
+def _check_pod(state: ClusterState, pod: int) -> None:
+    if not 0 <= pod < state.pods:
+        raise PodChangeError(f"pod {pod} does not exist: the local cluster has pods 0 to "
+                             f"{state.pods - 1}")
+
+
+def remove_pod(pod: int, run_state_dir: str | None = None) -> list[int]:
+    """Stop every host of pod `pod`; returns the PIDs signalled."""
+    path, state = _state(run_state_dir)
+    _check_pod(state, pod)
+    name = state.shape.slice_name(pod)
+    hosts = [n for n in state.nodes if n.slice_name == name]
+    if not hosts:
+        raise PodChangeError(f"pod {pod} ({name}) is already removed. Fix: `palm cluster add-pod {pod}`")
+    pids = nodes.stop_nodes(hosts)
+    state.nodes = [n for n in state.nodes if n.slice_name != name]
+    save_state(path, state)
+    return pids
+
+
+def add_pod(pod: int, run_state_dir: str | None = None) -> int:
+    """Start every host of pod `pod` again; returns how many hosts started."""
+    path, state = _state(run_state_dir)
+    _check_pod(state, pod)
+    shape = state.shape
+    name = shape.slice_name(pod)
+    if any(n.slice_name == name for n in state.nodes):
+        raise PodChangeError(f"pod {pod} ({name}) is already up. Fix: `palm cluster remove-pod {pod}` first")
+    if not nodes.cluster_alive(state):
+        raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
+                             "process is gone). Fix: `palm cluster down` then `palm cluster up`")
+    # The same environment and options `cluster_nodes.up` gives its hosts.
+    base_env = nodes._node_env(state.temp_dir)
+    common = [f"--temp-dir={state.temp_dir}",
+              f"--object-store-memory={state.object_store_mb * 1024 * 1024}",
+              "--disable-usage-stats"]
+    logs = path.parent / "cluster-logs"
+    started = []
+    try:
+        for worker_id in range(shape.hosts_per_pod):
+            record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
+            started.append(record)
+            state.nodes.append(record)
+            save_state(path, state)  # recorded at once: `down` stops it even if we fail
+            expected = sum(1 for n in state.nodes if n.name != "head")
+            nodes._wait_for(
+                lambda expected=expected: _alive_hosts(state) >= expected,
+                nodes.START_TIMEOUT_S, f"{expected} alive TPU hosts", started)
+    except (RuntimeError, TimeoutError) as error:
+        raise PodChangeError(f"pod {pod} did not come back: {error}") from None
+    return len(started)
+
+
+def _alive_hosts(state: ClusterState) -> int:
+    try:
+        listed = nodes.list_cluster_nodes(state.dashboard_url)
+    except Exception:  # noqa: BLE001 - the state API may be busy; the wait retries
+        return 0
+    return sum(1 for n in listed if n["state"] == "ALIVE" and not n["is_head"])
+
+
+def main(args: argparse.Namespace) -> int:
+    """`palm cluster remove-pod|add-pod N [--dir D]` (hooked into cluster.py's CLI)."""
+    if args.pod is None:
+        print(f"palm cluster {args.action}: which pod? Fix: `palm cluster {args.action} 1`",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.action == "remove-pod":
+            pids = remove_pod(args.pod, args.dir)
+            print(f"pod {args.pod} removed: stopped {len(pids)} processes of its hosts")
+        else:
+            hosts = add_pod(args.pod, args.dir)
+            print(f"pod {args.pod} added back: {hosts} hosts alive")
+    except PodChangeError as error:
+        print(f"palm cluster {args.action}: {error}", file=sys.stderr)
+        return 2
+    return 0

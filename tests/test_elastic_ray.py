@@ -1,0 +1,44 @@
+"""Elastic pods on a real local Ray cluster: pod 1 is taken away mid-run (`palm cluster
+remove-pod 1`: every host of it stopped), the run goes on on pod 0, pod 1 comes back
+(`add-pod 1`) and the run grows back to two pods and ends. Driven by the benchmark's own
+scenario (benchmarks/bench_elastic.py), with few steps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 130
+
+
+@pytest.fixture(scope="module")
+def shrink_grow(tmp_path_factory):
+    out = tmp_path_factory.mktemp("elastic") / "figures.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_elastic.py"),
+                          "--steps", str(STEPS), "--warm-steps", "10", "--degraded-steps", "10",
+                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert out.exists(), run.stdout + run.stderr[-3000:]
+    return run, json.loads(out.read_text())
+
+
+def test_the_run_shrinks_to_one_pod_grows_back_and_ends(shrink_grow):
+    run, figures = shrink_grow
+    assert run.returncode == 0 and figures["exit_code"] == 0, run.stdout + run.stderr[-3000:]
+    assert figures["last_step"] == STEPS
+    events = [(e["from_pods"], e["to_pods"], e["cause"]) for e in figures["resize_events"]]
+    assert events == [(2, 1, "pod lost"), (1, 2, "pod returned")]
+    shrink, grow = figures["resize_events"]
+    assert 10 <= shrink["step"] < grow["step"] < STEPS
+
+
+def test_resizes_are_in_the_ledger_and_degraded_time_in_goodput(shrink_grow):
+    _, figures = shrink_grow
+    resizes = [e for e in figures["ledger"] if e["kind"] == "resize"]
+    assert [(e["from_pods"], e["to_pods"]) for e in resizes] == [(2, 1), (1, 2)]
+    assert figures["goodput"]["badput_degraded_s"] > 0
+    assert figures["tokens_per_s"]["degraded"] > 0 and figures["tokens_per_s"]["after_grow"] > 0
