@@ -5,8 +5,10 @@ the others step on mismatches the collectives (found by tests/test_ray_promises.
 AllGather failed and the job died instead of restarting).
 """
 
-from palm_platform.job import FaultInjection
-from palm_platform.supervise.faults import FaultInjector
+import numpy as np
+
+from palm_platform.supervise.config import FaultInjection
+from palm_platform.supervise.faults import FaultInjector, poison_tokens
 
 FAULTS = [FaultInjection(kind="damage_checkpoint", step=11, host=0),
           FaultInjection(kind="kill_host", step=13, host=1)]
@@ -29,3 +31,16 @@ def test_the_wait_does_not_depend_on_what_one_host_has_fired(tmp_path):
     # a replay of step 11 after the restart: both wait again, or neither does
     assert host0.damage_due(11) and host1.damage_due(11)
     assert not host0.damage_due(12) and not host1.damage_due(12)
+
+
+def test_poison_beside_other_faults_still_poisons_every_host_share(tmp_path):
+    # the Ray test's job: poison, a damaged checkpoint and a killed host in one fault list
+    faults = [*FAULTS, FaultInjection(kind="poison_batches", step=3, steps=1)]
+    for host in range(2):
+        injector = FaultInjector(faults, host_index=host, state_dir=tmp_path / "faults")
+        rows = np.arange(24 + 4 * host, 28 + 4 * host)  # this host's half of step 3's batch
+        clean = np.repeat(rows.astype(np.int32)[:, None], 9, axis=1)
+        out = injector.poison(3, clean, data_state={"next_sequence": 24}, global_batch_size=8,
+                              process_index=host, process_count=2, vocab_size=1024)
+        for row, g in enumerate(rows):
+            np.testing.assert_array_equal(out[row], poison_tokens(int(g), 9, 1024))

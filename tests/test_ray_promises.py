@@ -17,7 +17,6 @@ of the same 30-step job, which poisons the data at step 25:
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import yaml
 
 from palm_platform.metrics import read_records
 from palm_platform.ray import cluster
+from palm_platform.ray.local_cluster import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "loop-2pod.yaml"  # 2 pods x 1 host x 4 chips: 8 devices
-BIN = Path(sys.executable).parent
 STEPS = 30
 POISON_STEP = 25  # the tiny model must have learned enough for poison to spike (test_loop.py)
 DAMAGE_STEP, KILL_STEP = 11, 13  # damage the step-10 checkpoint, lose host 1 before step 15's
@@ -91,7 +90,8 @@ def assert_bitwise_equal(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """An empty HOME: `palm run` finds no recorded cluster; stops what it started there."""
+    """An empty HOME: `palm run` finds no recorded cluster; stops what it started there.
+    (Not the shared `local_cluster` fixture: here `palm run` must bring the cluster up.)"""
     home = tmp_path_factory.mktemp("home")
     try:
         yield home
