@@ -108,13 +108,17 @@ class FaultInjector:
     # -- kill, hang, damage -------------------------------------------------------------
 
     def damage_due(self, step: int) -> bool:
-        """Whether a damage_checkpoint fault of this host fires at `step` (then the caller
-        waits for in-flight saves first, so the damage hits the newest checkpoint)."""
-        return any(
-            fault.kind == "damage_checkpoint" and fault.host == self.host_index
-            and step >= fault.step and not self._marker(index, fault).exists()
-            for index, fault in enumerate(self.faults)
-        )
+        """Whether the caller must wait for in-flight saves before `step`: a damage_checkpoint
+        fault is configured for this step, on any host (then the damage hits the newest
+        checkpoint).
+
+        True on every host, not only the damaging one, and regardless of markers: with
+        several processes the wait ends in a barrier (Checkpointer.wait_until_finished), so
+        every host must make the same call at the same step. The answer is a function of the
+        job file and the step alone (markers are per host on real pods); a replay of the
+        step after a restart waits once more, which is harmless.
+        """
+        return any(fault.kind == "damage_checkpoint" and fault.step == step for fault in self.faults)
 
     def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
         """Call before each step. Fires due kill/hang/damage faults of this host, once each.
