@@ -74,7 +74,7 @@ def palm(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
 
 def evals(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")}
-            for r in read_records(run_dir / "metrics.jsonl") if r.get("kind") == "eval"}
+            for r in read_records(run_dir) if r.get("kind") == "eval"}
 
 
 @pytest.fixture(scope="module")
