@@ -146,3 +146,22 @@ def test_save_killed_before_its_commit_is_never_restored(tmp_path):
     assert (restored.step, restored.data_state) == (1, {"next_index": 8})
     worker.check_restored(restored.train_state)
     assert [i.step for i in list_checkpoints(tmp_path)] == [1]  # the tmp dir is cleaned up
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"format": 1, "files": {', "manifest unreadable: "),  # torn write
+    ("[" * 100_000, "manifest unreadable: maximum recursion depth"),
+    ('["not", "an", "object"]', "manifest unreadable: not a JSON object"),
+    ('{"format": 1}', "manifest unreadable: no 'files' table"),
+    ('{"files": {"../../../etc/hostname": {"size": 1}}}', "outside the step folder"),
+    ('{"files": {"/etc/hostname": {"size": 1}}}', "outside the step folder"),
+    ('{"files": {"state/x": {"size": "12"}}}', "has no integer size"),
+])
+def test_a_hostile_manifest_is_damage_and_restore_falls_back(tmp_path, text, problem):
+    _save_steps(tmp_path)
+    manifest = tmp_path / "20" / "palm_manifest.json"
+    manifest.write_text(text)
+    report = verify(tmp_path, 20)
+    assert [d.path for d in report.damaged] == [str(manifest)]
+    assert problem in report.damaged[0].problem and len(report.damaged[0].problem) < 300
+    assert _restore(tmp_path).step == 10

@@ -164,6 +164,19 @@ def test_the_token_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
     assert second.tokenizer.decode(second._sources[0].tokens[:6]).startswith("second")
 
 
+@pytest.mark.parametrize("sidecar", ["[1]", '{"num_tokens": "12", "stats": {}}', "[" * 100_000,
+                                     '{"num_tokens": 3}', '{"num_tokens": 3, "stats": {}'])
+def test_a_torn_or_edited_cache_sidecar_is_rebuilt_not_a_crash(tmp_path, sidecar):
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i}"}) for i in range(30)))
+    config = _config(("a.jsonl", 1.0))
+    reference = _pipeline(tmp_path, config).local_batch(4)
+    (meta,) = (tmp_path / "cache").glob("*.json")
+    meta.write_text(sidecar)
+    np.testing.assert_array_equal(_pipeline(tmp_path, config).local_batch(4), reference)
+    assert json.loads(meta.read_text())["num_tokens"] > 0  # written again, whole
+
+
 def test_the_embedded_default_corpus_runs_offline(tmp_path):
     pipeline = build_pipeline(
         DataConfig(), seq_len=128, base_dir=tmp_path, process_index=0, process_count=1,

@@ -87,3 +87,12 @@ def test_two_workers_on_one_machine_tokenise_a_source_once(tmp_path):
     assert all(w.returncode == 0 for w in workers), logs
     built = sum(log.count("tokenised source 'big'") for log in logs)
     assert built == 1, logs
+
+
+def test_a_record_nested_past_the_recursion_limit_is_a_bad_record(tmp_path):
+    path = tmp_path / "web.jsonl"
+    good = json.dumps({"text": "a normal document. " * 4})
+    path.write_text("\n".join([good, "[" * 200_000, good]) + "\n")
+    stats = pipeline_for(tmp_path)
+    assert stats["sources"]["web"]["bad"]["bad_json"] == 1
+    assert stats["first_bad"] == [f"{path}:2 bad_json"]

@@ -2,7 +2,7 @@
 --cluster` (restore sharded over the job's mesh, SPMD on every host), each checked against
 one process.
 
-One local Ray cluster (1 pod x 2 hosts x 2 chips) and one 8-step 2-host run for the module.
+The conftest's local Ray cluster (1 pod x 2 hosts x 2 chips) and one 8-step 2-host run for the module.
 Tolerances, stated once: held-out losses are logged rounded to 4 decimals and two runs
 differ only in how gloo and one process order their float32 sums, so they agree to
 EVAL_ATOL nats; greedy tokens are compared exactly; the corpus bits-per-byte (a sum of
@@ -12,7 +12,6 @@ loglikelihoods) to BPB_RTOL.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 import yaml
 
 from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 
@@ -31,24 +29,6 @@ BIN = Path(sys.executable).parent
 EVAL_ATOL = 2e-3
 BPB_RTOL = 1e-4
 PROMPTS = ["a", "def main(", "The quick brown fox jumps over"]  # three lengths in one batch
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    import ray
-
-    state_dir = tmp_path_factory.mktemp("cluster")
-    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", "2",
-                         "--chips-per-host", "2", "--dir", str(state_dir)],
-                        capture_output=True, text=True, timeout=240)
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = cluster.load_state(cluster.state_path(state_dir))
-    try:
-        yield state
-    finally:
-        ray.shutdown()
-        cluster.down(state_dir)
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
 
 
 def write_job(folder: Path, **topology) -> Path:

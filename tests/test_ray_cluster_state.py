@@ -1,6 +1,7 @@
 """The cluster state file: stale records are recognised and cleaned without starting Ray."""
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -57,7 +58,51 @@ def test_status_without_a_recorded_cluster_says_how_to_start_one(tmp_path, capsy
 
 def test_free_ports_are_never_handed_out_twice():
     # Two Ray components of one node given the same port fail to start (seen in CI).
-    from palm_platform.ray import cluster
+    from palm_platform.ray import cluster_state
 
-    ports = [cluster._free_port() for _ in range(300)]
+    ports = [cluster_state.free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+
+
+def _hostile_states(tmp_path) -> dict[str, bytes]:
+    good = cluster.state_path(tmp_path).read_text()
+    edited = json.loads(good)
+    edited["nodes"][0]["pid"] = "1; rm -rf ~"
+    return {
+        "torn": good[: len(good) // 2].encode(),
+        "a list": b"[1, 2]",
+        "unknown field": good.replace('"pods"', '"podz"', 1).encode(),
+        "pid not a number": json.dumps(edited).encode(),
+        "deep nesting": b"[" * 200_000,
+        "not utf-8": good.encode().replace(b'"head"', b'"h\xffad"'),
+    }
+
+
+def test_a_hostile_state_file_is_one_line_and_exit_2_for_every_command(tmp_path, capsys):
+    stale_state(tmp_path)
+    for name, data in _hostile_states(tmp_path).items():
+        cluster.state_path(tmp_path).write_bytes(data)
+        for action in ("status", "down", "up"):
+            assert cluster.main(cli_args(action, tmp_path)) == 2, (name, action)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "not a palm cluster state file" in err, (name, err)
+            assert str(cluster.state_path(tmp_path)) in err and "Fix:" in err and len(err) < 500
+
+
+def test_palm_run_with_a_hostile_state_file_exits_2_before_touching_ray(tmp_path):
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    stale_state(tmp_path / ".palm")
+    cluster.state_path(tmp_path / ".palm").write_text('{"nodes": "x"}')
+    spec = yaml.safe_load((Path(__file__).parent / "jobs" / "ray-2host.yaml").read_text())
+    spec["run_dir"], spec["checkpoint"]["directory"] = str(tmp_path / "run"), str(tmp_path / "ckpt")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([Path(sys.executable).parent / "palm", "run", str(tmp_path / "job.yaml")],
+                         env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.count("\n") == 1 and "not a palm cluster state file" in run.stderr

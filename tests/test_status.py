@@ -2,7 +2,8 @@
 
 import json
 
-from palm_platform.status import describe_event, main, summarize
+from palm_platform.events import describe_event
+from palm_platform.status import main, summarize
 
 
 def records():
@@ -64,3 +65,13 @@ def test_mfu_line_says_a_tiny_model_is_overhead_bound():
 def test_status_of_a_folder_without_metrics_fails_clearly(tmp_path, capsys):
     assert main(type("Args", (), {"run_dir": str(tmp_path)})()) == 2
     assert "no metrics here" in capsys.readouterr().err
+
+
+def test_foreign_lines_in_the_metrics_file_are_skipped_not_a_traceback(tmp_path, capsys):
+    foreign = ["[1, 2]", '"text"', '{"kind": "step"}', '{"step": 3, "time": 1.0}',
+               '{"kind": "step", "step": "4", "time": 1.0}', "[" * 100_000]
+    lines = [json.dumps(r) for r in records()] + foreign
+    (tmp_path / "metrics.jsonl").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe{\n")
+    assert main(type("Args", (), {"run_dir": str(tmp_path)})()) == 0
+    out = capsys.readouterr().out
+    assert "steps 4" in out and "restarts 1  rollbacks 1  skipped batches 5" in out

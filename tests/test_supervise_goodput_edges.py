@@ -69,3 +69,12 @@ def test_idle_time_survives_a_save_and_load_once():
     loaded.load_state_dict(state)
     after = loaded.summary()
     assert after["badput_s"] == pytest.approx(before["badput_s"]) and after["wall_s"] == 5.0
+
+
+def test_a_bad_saved_state_is_refused_without_echoing_it_whole():
+    from palm_platform.supervise.goodput import GoodputTracker
+
+    with pytest.raises(ValueError) as error:
+        GoodputTracker().load_state_dict({"wall_s": "x" * 100_000, "productive_s": 1.0,
+                                          "badput_s": {}})
+    assert "not a GoodputTracker state" in str(error.value) and len(str(error.value)) < 400

@@ -18,6 +18,8 @@ import zlib
 
 from etils import epath
 
+from palm_platform.atomic_write import write_atomic
+
 MANIFEST_NAME = "palm_manifest.json"
 _BLOCK_BYTES = 8 << 20
 
@@ -78,25 +80,50 @@ def write_manifest(step_dir: epath.Path, *, checksums: bool) -> dict:
     if str(step_dir).startswith("gs://"):
         (step_dir / MANIFEST_NAME).write_text(text)
         return manifest
-    tmp = step_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(step_dir / MANIFEST_NAME)
+    write_atomic(step_dir / MANIFEST_NAME, text)
     return manifest
 
 
 def read_manifest(step_dir: epath.Path) -> dict | None:
+    """The step's manifest, or None when it has none. A manifest that cannot be parsed comes
+    back as {"unreadable": why}: check_against_manifest reports it as damage, so a restore
+    falls back to an older step instead of crashing (host 0 crashing would leave the other
+    hosts waiting in the broadcast of its verdict)."""
     path = step_dir / MANIFEST_NAME
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8; `[[[[...`
+        return {"unreadable": describe_error(error)}
+    return manifest if isinstance(manifest, dict) else {"unreadable": "not a JSON object"}
+
+
+def _entry_problem(relative: object, expected: object) -> str | None:
+    """Why one manifest entry cannot be checked, or None. Entries name files inside the
+    step folder: an absolute path or `..` would make the check read files elsewhere."""
+    if not isinstance(relative, str) or relative.startswith("/") or ".." in relative.split("/"):
+        return "names a file outside the step folder"
+    if not isinstance(expected, dict) or type(expected.get("size")) is not int:
+        return "has no integer size"
+    return None
 
 
 def check_against_manifest(
     step_dir: epath.Path, manifest: dict, *, checksums: bool
 ) -> list[Damage]:
     """Files that are missing, of the wrong size, or (with `checksums`) of the wrong CRC32."""
+    files = manifest.get("files")
+    if "unreadable" in manifest or not isinstance(files, dict):
+        why = manifest.get("unreadable", "no 'files' table")
+        return [Damage(str(step_dir / MANIFEST_NAME), f"manifest unreadable: {why}")]
     damage = []
-    for relative, expected in sorted(manifest["files"].items()):
+    for relative, expected in sorted(files.items()):
+        problem = _entry_problem(relative, expected)
+        if problem is not None:
+            shown = relative if len(str(relative)) <= 80 else str(relative)[:80] + "..."
+            damage.append(Damage(str(step_dir / MANIFEST_NAME), f"entry {shown!r} {problem}"))
+            continue
         path = step_dir / relative
         if not path.exists():
             damage.append(Damage(str(path), "missing"))

@@ -145,6 +145,9 @@ def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
             except json.JSONDecodeError as e:
                 stats.record_bad("bad_json", path, line_number, str(e))
                 continue
+            except RecursionError:  # `[[[[...` deeper than Python's stack: a bad record too
+                stats.record_bad("bad_json", path, line_number, "nested too deeply")
+                continue
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 stats.record_bad(

@@ -19,7 +19,9 @@ import json
 import time
 from pathlib import Path
 
-from palm_platform.ray.interrupt import _kv_get, _kv_put
+from palm_platform.ray.compat import kv_delete, kv_get, kv_put
+
+KV_NAMESPACE = "palm"
 
 RESULT_PREFIX = "eval-result"
 
@@ -54,14 +56,10 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
            run_name=f"{job.name}-{command}-{int(time.time())}",
            storage_path=str((Path(run_dir) / "ray").resolve()),
            max_failures=0, jax_init_timeout_s=int(job.faults.init_timeout_s))
-    raw = _kv_get(key)
+    raw = kv_get(key, KV_NAMESPACE)
     if raw is None:
         return {"error": "the workers finished without a result (see their log lines above)"}
-    from ray.experimental.internal_kv import _internal_kv_del
-
-    from palm_platform.ray.interrupt import KV_NAMESPACE
-
-    _internal_kv_del(key, namespace=KV_NAMESPACE)
+    kv_delete(key, KV_NAMESPACE)
     return json.loads(raw)
 
 
@@ -91,4 +89,4 @@ def eval_worker(config: dict) -> None:
     except EvalInputError as error:  # every host raises it alike (same inputs, same data)
         payload = {"error": str(error)}
     if jax.process_index() == 0:
-        _kv_put(config["result_key"], json.dumps(payload, default=str))
+        kv_put(config["result_key"], json.dumps(payload, default=str).encode(), KV_NAMESPACE)

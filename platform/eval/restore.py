@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.job import Job, JobError, load_job
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ class EvalInputError(ValueError):
 def record_job(run_dir: Path, job: Job) -> None:
     """Write the job (paths already resolved) into the run folder, for later commands."""
     path = Path(run_dir) / JOB_RECORD
-    path.write_text(json.dumps(job.model_dump(mode="json"), indent=1))
+    # Atomic: `palm eval` / `palm generate` may read it while a restarted run rewrites it.
+    write_atomic(path, json.dumps(job.model_dump(mode="json"), indent=1))
 
 
 def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Job, Path]:
@@ -45,15 +47,47 @@ def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Jo
     for folder in (target, target.parent):
         record = folder / JOB_RECORD
         if record.is_file():
-            try:
-                return Job.model_validate(json.loads(record.read_text())), folder
-            except ValueError as error:
-                raise EvalInputError(
-                    f"{record}: not a job record ({str(error).splitlines()[0]}). Fix: pass --job "
-                    "with the job file the run used") from None
+            return read_job_record(record), folder
     raise EvalInputError(
         f"{target}: no {JOB_RECORD} here or in its parent (runs before this version did not "
         "record it). Fix: pass --job with the job file the run used")
+
+
+MAX_RECORD_BYTES = 1 << 20  # a recorded job is a few KB; bound what a hostile one costs
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def read_job_record(record: Path) -> Job:
+    """A run folder's job.json, read as defensively as a job file (platform/yaml_safe.py):
+    bounded size, no duplicate keys, no RecursionError, and one line naming the field."""
+    from palm_platform.job import parse_job
+    from palm_platform.yaml_safe import one_line
+
+    fix = "Fix: pass --job with the job file the run used"
+    size = record.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise EvalInputError(f"{record}: {size:,} bytes, more than a job record's "
+                             f"{MAX_RECORD_BYTES:,}. {fix}")
+    try:
+        raw = json.loads(record.read_bytes().decode("utf-8"), object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, duplicates, `[[[[...`
+        raise EvalInputError(one_line(f"{record}: not a job record ({error}). {fix}", 400)) from None
+    try:
+        return parse_job(raw, record)
+    except JobError as error:
+        lines = str(error).splitlines()  # a header, then one line per field
+        detail = lines[1].strip() if len(lines) > 1 else lines[0].removeprefix(f"{record}: ")
+        detail = detail.split(". Fix:")[0]
+        raise EvalInputError(one_line(f"{record}: not a valid job record ({detail}). {fix}",
+                                      400)) from None
 
 
 @dataclass
@@ -89,7 +123,6 @@ def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bo
     from palm_platform.data.tokenizer import load_tokenizer
     from palm_platform.eval.placement import Placement
     from palm_platform.mesh import make_mesh
-    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     model_cfg = job.model.build()
@@ -109,7 +142,7 @@ def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bo
         mesh = make_mesh(job.topology.pods, job.data_parallel, job.mesh.model)
     else:
         mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    abstract, _ = state_shardings(model_cfg, build_optimizer(job.optimizer), mesh)
+    abstract, _ = state_shardings(model_cfg, job.optimizer.build()[0], mesh)
     # Retention must never delete anything here: keep_last is irrelevant to a reader, but
     # the Checkpointer only deletes on save, which this never calls.
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)

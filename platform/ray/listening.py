@@ -6,9 +6,12 @@ descendants (raylet, GCS, agents, workers) and orphans left in their process gro
 
 Measured on Ray 2.60 (tests/test_hardening_ray.py): only the dashboard honours
 `--dashboard-host=127.0.0.1`. `--node-ip-address=127.0.0.1` does not help: `ray start`
-replaces a loopback node IP with the machine's address (`services.resolve_ip_for_localhost`),
-and the GCS and raylet gRPC servers bind `::` regardless. Binding them to loopback is still
-open (issue 16); the test is marked xfail(strict) so it flips when it is fixed.
+replaces a loopback node IP with the machine's address (`services.resolve_ip_for_localhost`;
+only on macOS/Windows, where multi-node clusters are refused, does it keep loopback), and the
+servers bind loopback only for a loopback node IP (`is_localhost(ip) ? localhost :
+all interfaces`), so they bind `::`. Read in Ray's source and checked; no flag or RAY_*
+setting changes it. The test is marked xfail(strict) so it flips when Ray binds loopback; until
+then the cluster is closed by token authentication (auth.py).
 """
 
 from __future__ import annotations

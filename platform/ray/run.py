@@ -105,7 +105,12 @@ def run_direct(job, run_dir: Path) -> int:
 
 def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.feasibility import InfeasibleTopologyError
-    from palm_platform.ray.launch import connect, launch
+
+    try:
+        from palm_platform.ray.launch import connect, launch
+    except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
+        print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        return 2
     from palm_platform.ray.topology import SliceShape, v4_topology_for_chips
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
@@ -113,9 +118,11 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     topo = job.topology
     shape = SliceShape(topo.pods, topo.hosts_per_pod, topo.chips_per_host)
+    from palm_platform.ray.cluster import ClusterStateError
+
     try:
         connect(address, start_local=shape if topo.local else None)
-    except ConnectionError as error:
+    except (ConnectionError, ClusterStateError) as error:
         print(f"{job.name}: {error}", file=sys.stderr)
         return 2
     progress = Progress(run_dir, total_steps=job.train.steps)

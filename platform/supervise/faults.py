@@ -37,15 +37,13 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.checkpoint.manifest import MANIFEST_NAME
+from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.positions import batch_sequence_indices, first_unskipped
-
-if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
-    from palm_platform.job import FaultInjection
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +102,8 @@ class FaultInjector:
                 if self._marker(i, f).exists() or self._poison_record(i, f).exists()]
 
     def _write_durably(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{self.host_index}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # Durable: a marker must survive the SIGKILL its fault is about to send.
+        write_atomic(path, text, durable=True)
 
     # -- kill, hang, damage -------------------------------------------------------------
 

@@ -151,7 +151,10 @@ class GoodputTracker:
             steps = [(int(s), float(v)) for s, v in state.get("step_seconds", [])]
             saved_at = state.get("saved_at_unix")
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"not a GoodputTracker state ({error}): {state!r}") from error
+            from palm_platform.yaml_safe import one_line, short_repr  # never echo a whole file
+
+            raise ValueError(one_line(f"not a GoodputTracker state ({error}): "
+                                      f"{short_repr(state)}", 300)) from error
         self._productive = productive
         self._badput = badput
         if state.get("other_s"):

@@ -11,17 +11,37 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.supervise.spike import Spike
-
-if TYPE_CHECKING:
-    from palm_platform.supervise.rollback import RollbackPlan
 
 LEDGER_VERSION = 1
 KINDS = ("spike", "rollback", "skip", "restart", "stop")
+# What each kind must carry: a ledger read back (run folder, checkpoint) steers the data
+# pipeline's skips and the summary, so an edited or foreign one is refused when read, in one
+# line, not later as a KeyError or a skip range of strings.
+FIELDS = {
+    "spike": {"step": int, "text": str},
+    "rollback": {"from_step": int, "to_step": int, "reason": str, "note": str},
+    "skip": {"first_sequence": int, "end_sequence": int, "step": int, "batches": int},
+    "restart": {"step": int, "cause": str},
+    "stop": {"step": int, "reason": str},
+}
+
+
+def _event_problem(event: object) -> str | None:
+    from palm_platform.yaml_safe import short_repr
+
+    if not isinstance(event, dict) or event.get("kind") not in KINDS:
+        return f"ledger event of unknown kind: {short_repr(event)}; kinds are {KINDS}"
+    for name, kind in FIELDS[event["kind"]].items():
+        if type(event.get(name)) is not kind:
+            return (f"{event['kind']} event needs {name} ({kind.__name__}), got "
+                    f"{short_repr(event.get(name))}")
+    if event["kind"] == "skip" and not 0 <= event["first_sequence"] <= event["end_sequence"]:
+        return f"bad skip range [{event['first_sequence']}, {event['end_sequence']})"
+    return None
 
 
 class Ledger:
@@ -54,18 +74,6 @@ class Ledger:
         """Escalation: the run stops at `step` instead of rolling back again."""
         return self._add({"kind": "stop", "step": int(step), "reason": reason})
 
-    def record_plan(self, plan: RollbackPlan) -> list[dict]:
-        """The spike and what was done about it (rollback + skip, or stop)."""
-        added = [self.record_spike(plan.spike)]
-        if plan.action == "stop":
-            added.append(self.record_stop(plan.spike.step, plan.reason))
-            return added
-        added.append(self.record_rollback(plan.spike.step, plan.restore_step, plan.reason,
-                                          plan.note))
-        added.append(self.record_skip(plan.first_sequence, plan.end_sequence, plan.spike.step,
-                                      plan.skip_batches))
-        return added
-
     def _add(self, event: dict) -> dict:
         self.events.append(event)
         return event
@@ -94,46 +102,6 @@ class Ledger:
         """[first, end) global sequence ranges to re-apply with `pipeline.add_skip_range`."""
         return [(e["first_sequence"], e["end_sequence"]) for e in self.of_kind("skip")]
 
-    # -- text ---------------------------------------------------------------------------
-
-    def summary_lines(self) -> list[str]:
-        """One line per handled spike, restart or stop, for `palm status` and the run end."""
-        lines, used = [], set()
-        for i, event in enumerate(self.events):
-            if i in used:
-                continue
-            kind = event["kind"]
-            if kind == "spike":
-                line = f"step {event['step']}: {event['text']}"
-                for j in range(i + 1, len(self.events)):
-                    other = self.events[j]
-                    if other["kind"] == "spike" or j in used:
-                        break
-                    if other["kind"] == "rollback" and other["from_step"] == event["step"]:
-                        line += f" -> rolled back to step {other['to_step']}"
-                        if other["note"]:
-                            line += f" ({other['note']})"
-                    elif other["kind"] == "skip" and other["step"] == event["step"]:
-                        line += (f", skipped sequences [{other['first_sequence']}, "
-                                 f"{other['end_sequence']}) ({other['batches']} batches)")
-                    elif other["kind"] == "stop" and other["step"] == event["step"]:
-                        line += f" -> stopped: {other['reason']}"
-                    else:
-                        break
-                    used.add(j)
-                lines.append(line)
-            elif kind == "rollback":
-                lines.append(f"step {event['from_step']}: rolled back to step {event['to_step']}"
-                             f" ({event['reason']})")
-            elif kind == "skip":
-                lines.append(f"step {event['step']}: skipped sequences [{event['first_sequence']},"
-                             f" {event['end_sequence']}) ({event['batches']} batches)")
-            elif kind == "restart":
-                lines.append(f"step {event['step']}: restarted ({event['cause']})")
-            elif kind == "stop":
-                lines.append(f"step {event['step']}: stopped: {event['reason']}")
-        return lines
-
     # -- persistence --------------------------------------------------------------------
 
     def to_dict(self) -> dict:
@@ -146,19 +114,21 @@ class Ledger:
         if not data:
             return cls()
         if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-            raise ValueError(f"not a ledger (expected {{'version', 'events': [...]}}): {data!r}")
+            from palm_platform.yaml_safe import short_repr
+
+            raise ValueError("not a ledger (expected {'version', 'events': [...]}): "
+                             + short_repr(data))
         for event in data["events"]:
-            if not isinstance(event, dict) or event.get("kind") not in KINDS:
-                raise ValueError(f"ledger event of unknown kind: {event!r}; kinds are {KINDS}")
+            problem = _event_problem(event)
+            if problem is not None:
+                raise ValueError(problem)
         return cls(data["events"])
 
     def save(self, path: str | Path) -> None:
         """Atomic write (temp file + rename), so a crash leaves the old or the new ledger."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Ledger:
@@ -168,7 +138,7 @@ class Ledger:
             return cls()
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValueError) as error:
+        except (ValueError, RecursionError) as error:
             raise ValueError(
                 f"{path}: unreadable ledger ({error}). Fix: restore it from the newest "
                 f"checkpoint's ledger item, or delete it to start a new ledger"
