@@ -41,33 +41,40 @@ def _pick(logits_BxV, rng, temperature: float, top_k: int = 0, top_p: float = 1.
 @partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k", "top_p",
                                    "eos_id"))
 def generate(params, prompt_BxP, rng, *, config: ModelConfig, max_new_tokens: int,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = -1):
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
+             prompt_lengths_B=None):
     """Prompt [B, P] -> prompt + max_new_tokens tokens [B, P + max_new_tokens], cached.
 
-    With `eos_id` >= 0 a row that produced EOS continues with EOS only, and the loop stops
-    early once every row has (the rest of the buffer is EOS).
+    `prompt_lengths_B` (default: all P): prompts of different lengths, right-padded to P.
+    Row b's new tokens then start at column `prompt_lengths_B[b]` and it decodes at its own
+    positions (RoPE and the cache slot are the absolute position), so its tokens are the
+    ones it gets alone: its padding sits at later positions, which the causal mask hides
+    until the row overwrites them. With `eos_id` >= 0 a row that produced EOS continues with
+    EOS only, and the loop stops early once every row has.
     """
     model = PaLM(config)
     B, P = prompt_BxP.shape
     total = P + max_new_tokens
+    lengths_B = jnp.full((B,), P, jnp.int32) if prompt_lengths_B is None else jnp.asarray(prompt_lengths_B, jnp.int32)
+    rows_B = jnp.arange(B)
     cache = init_cache(config, B, total)
     positions_BxP = jnp.broadcast_to(jnp.arange(P), (B, P))
     logits_BxPxV, cache = model.apply({"params": params}, prompt_BxP, positions_BxP, cache)
     rngs = jax.random.split(rng, max_new_tokens)
-    first_B = _pick(logits_BxPxV[:, -1], rngs[0], temperature, top_k, top_p)
+    first_B = _pick(logits_BxPxV[rows_B, lengths_B - 1], rngs[0], temperature, top_k, top_p)
     fill = max(eos_id, 0)
-    tokens_BxT = jnp.full((B, total), fill, jnp.int32).at[:, :P].set(prompt_BxP).at[:, P].set(first_B)
+    tokens_BxT = jnp.full((B, total), fill, jnp.int32).at[:, :P].set(prompt_BxP)
+    tokens_BxT = tokens_BxT.at[rows_B, lengths_B].set(first_B)
     done_B = first_B == eos_id
 
     def step(carry):
         i, tokens_BxT, cache, done_B = carry
-        position = P + i - 1  # the newest token, whose K/V are not in the cache yet
-        token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxT, position, 1, axis=1)
-        positions_Bx1 = jnp.full((B, 1), position)
-        logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, positions_Bx1, cache)
+        position_B = lengths_B + i - 1  # each row's newest token, whose K/V are not cached yet
+        token_Bx1 = jnp.take_along_axis(tokens_BxT, position_B[:, None], axis=1)
+        logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, position_B[:, None], cache)
         next_B = _pick(logits_Bx1xV[:, 0], rngs[i], temperature, top_k, top_p)
         next_B = jnp.where(done_B, fill, next_B)
-        return i + 1, tokens_BxT.at[:, position + 1].set(next_B), cache, done_B | (next_B == eos_id)
+        return i + 1, tokens_BxT.at[rows_B, position_B + 1].set(next_B), cache, done_B | (next_B == eos_id)
 
     def more(carry):
         i, _, _, done_B = carry

@@ -58,8 +58,9 @@ class MultiQueryAttention(nn.Module):
     """H query heads share one key head and one value head (Shazeer 2019), with RoPE.
 
     `cache` (decoding) is a pair of [B, T, Q] arrays holding that single K/V head; the new
-    keys and values are written at `positions[0, 0]` and attention runs over the whole cache,
-    masked causally by absolute position.
+    keys and values of row b are written at `positions[b, 0]` and attention runs over the
+    whole cache, masked causally by absolute position (so a row never sees slots past its
+    own position, whatever a longer row wrote there).
     """
 
     config: ModelConfig
@@ -96,9 +97,11 @@ class MultiQueryAttention(nn.Module):
             new_cache = None
         else:
             cache_k, cache_v = cache
-            start = positions_BxL[0, 0]
-            k_BxTxQ = jax.lax.dynamic_update_slice(cache_k, k_BxLxQ.astype(cache_k.dtype), (0, start, 0))
-            v_BxTxQ = jax.lax.dynamic_update_slice(cache_v, v_BxLxQ.astype(cache_v.dtype), (0, start, 0))
+            # Each row writes at its own first position: rows of a batch may stand at
+            # different positions (prompts of different lengths decoding together).
+            write = jax.vmap(lambda c_TxQ, x_LxQ, start: jax.lax.dynamic_update_slice(c_TxQ, x_LxQ, (start, 0)))
+            k_BxTxQ = write(cache_k, k_BxLxQ.astype(cache_k.dtype), positions_BxL[:, 0])
+            v_BxTxQ = write(cache_v, v_BxLxQ.astype(cache_v.dtype), positions_BxL[:, 0])
             new_cache = (k_BxTxQ, v_BxTxQ)
             T = cache_k.shape[1]
             key_positions_BxT = jnp.broadcast_to(jnp.arange(T), (x.shape[0], T))

@@ -59,6 +59,24 @@ def test_a_batch_of_prompts_decodes_as_each_prompt_alone(restored):
     assert together == alone and all(len(t) == 12 for t in together)
 
 
+def test_prompts_of_different_lengths_in_one_batch_decode_as_each_alone(restored):
+    tok, cfg = restored.tokenizer, restored.model_cfg
+    texts = ("a", "def main(", "for i in range(10):", "The quick brown fox jumps over")
+    prompts = [[tok.eos_id, *tok.encode(t)] for t in texts]
+    assert len({len(p) for p in prompts}) == len(prompts)  # every length differs
+    sampling = Sampling(max_new_tokens=16)
+    together = generate_ids(restored.params, cfg, prompts, sampling, eos_id=-1)
+    alone = [generate_ids(restored.params, cfg, [p], sampling, eos_id=-1)[0] for p in prompts]
+    assert together == alone and all(len(t) == 16 for t in together)
+    # The padded rows really decode at their own positions: shifting a short prompt to the
+    # longest one's length (as a batch without per-row positions would) changes its tokens.
+    longest = max(len(p) for p in prompts)
+    shifted = generate(restored.params, np.asarray([[tok.eos_id] * (longest - len(prompts[0])) + prompts[0]],
+                                                   np.int32), jax.random.key(0), config=cfg,
+                       max_new_tokens=16)
+    assert np.asarray(shifted)[0, longest:].tolist() != together[0]
+
+
 def test_decoding_stops_at_eos(restored):
     cfg, params = restored.model_cfg, restored.params
     prompt = np.asarray([[1, 5, 9, 12]], np.int32)

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="which sequences memorization samples")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest good one)")
     parser.add_argument("--job", type=Path, help="the job file, when the run folder has no job.json")
+    from palm_platform.eval.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -69,7 +72,7 @@ def run_tasks(run, args: argparse.Namespace) -> dict:
         raise EvalInputError(f"unknown task(s) {unknown}. Fix: use a harness task name (shipped "
                              f"offline: {', '.join(shipped)}) or --include-path DIR")
     model = PalmLM(run.params, run.model_cfg, run.tokenizer, batch_size=args.batch_size,
-                   max_length=run.job.seq_len)
+                   max_length=run.job.seq_len, **({"placement": run.placement} if run.placement else {}))
     return lm_eval.simple_evaluate(model=model, tasks=names, num_fewshot=args.num_fewshot,
                                    limit=args.limit, task_manager=manager, log_samples=False,
                                    bootstrap_iters=0)
@@ -103,32 +106,54 @@ def quiet_harness() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def evaluate(run, args: argparse.Namespace) -> dict:
+    """The report: the harness's results and/or the memorization rates (every host alike)."""
+    report: dict = {"run": {"job": run.job.name, "step": run.step, "run_dir": str(run.run_dir)}}
+    if args.tasks:
+        results = run_tasks(run, args)
+        report["results"] = results["results"]
+        report["config"] = {k: results["config"].get(k) for k in ("limit", "batch_size")}
+        report["n-shot"] = results.get("n-shot")
+    if args.memorization is not None:
+        from palm_platform.eval.memorization import memorization
+
+        report["memorization"] = memorization(
+            run, args.memorization, prompt_tokens=args.prompt_tokens,
+            continuation_tokens=args.continuation_tokens, seed=args.seed,
+            batch_size=args.batch_size).as_dict()
+    return report
+
+
 def main(args: argparse.Namespace) -> int:
-    from palm_platform.eval.restore import EvalInputError, restore_run
+    from types import SimpleNamespace
+
+    from palm_platform.eval.restore import EvalInputError, find_job, restore_run
 
     quiet_harness()
-    report: dict = {}
     try:
         _check(args)
-        run = restore_run(args.target, step=args.step, job_file=args.job)
-        report["run"] = {"job": run.job.name, "step": run.step, "run_dir": str(run.run_dir)}
-        if args.tasks:
-            results = run_tasks(run, args)
-            print_table(results)
-            report["results"] = results["results"]
-            report["config"] = {k: results["config"].get(k) for k in ("limit", "batch_size")}
-            report["n-shot"] = results.get("n-shot")
-        if args.memorization is not None:
-            from palm_platform.eval.memorization import memorization
+        if args.cluster:
+            from palm_platform.eval.cluster import run_on_cluster
 
-            mem = memorization(run, args.memorization, prompt_tokens=args.prompt_tokens,
-                               continuation_tokens=args.continuation_tokens, seed=args.seed,
-                               batch_size=args.batch_size)
-            print(mem.line())
-            report["memorization"] = mem.as_dict()
-    except EvalInputError as error:
+            job, run_dir = find_job(args.target, args.job)
+            outcome = run_on_cluster("eval", args, job, run_dir)
+            if "error" in outcome:
+                raise EvalInputError(outcome["error"])
+            report = outcome["ok"]
+            run = SimpleNamespace(job=job, run_dir=run_dir, step=report["run"]["step"])
+        else:
+            run = restore_run(args.target, step=args.step, job_file=args.job)
+            report = evaluate(run, args)
+    except (EvalInputError, ConnectionError) as error:
         print(f"palm eval: {error}", file=sys.stderr)
         return 2
+    if "results" in report:
+        print_table(report)
+    if "memorization" in report:
+        from palm_platform.eval.memorization import Memorization
+
+        fields = Memorization.__dataclass_fields__
+        print(Memorization(**{k: v for k, v in report["memorization"].items() if k in fields}).line())
     from palm_platform.eval.wandb_log import log_report
 
     wandb_id = log_report(run, report)

@@ -1,14 +1,13 @@
 """Text in, text out: tokenize prompts, decode with the model's KV cache, batched, to EOS.
 
-Prompts of the same token length decode together in one batch: the model's cache writes
-every row at one position, so rows of different lengths would need padding that the
-attention would see. Each prompt starts with EOS, the document separator the model saw in
-training before every document.
+Prompts of any lengths decode together in one batch: right-padded to the longest, each
+row at its own positions (palm.decode.generate's `prompt_lengths_B`), so a prompt gives the
+same greedy tokens in a batch as alone. Each prompt starts with EOS, the document separator
+the model saw in training before every document.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import jax
@@ -16,6 +15,7 @@ import numpy as np
 
 from palm.config import ModelConfig
 from palm.decode import generate
+from palm_platform.eval.placement import LOCAL, Placement
 from palm_platform.eval.restore import EvalInputError
 
 
@@ -48,23 +48,25 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int, max_new_tokens: 
     return out
 
 
+def raw_key(seed: int) -> np.ndarray:
+    """The seed's PRNG key as plain uint32 data, which can be placed like any input."""
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
 def generate_ids(params, config: ModelConfig, prompts_ids: list[list[int]], sampling: Sampling,
-                 eos_id: int) -> list[list[int]]:
+                 eos_id: int, placement: Placement = LOCAL) -> list[list[int]]:
     """New token ids per prompt (EOS and what follows cut off), in the prompts' order."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(prompts_ids):
-        by_length[len(ids)].append(i)
-    out: list[list[int]] = [[] for _ in prompts_ids]
-    for length, rows in sorted(by_length.items()):
-        prompt_BxP = np.asarray([prompts_ids[i] for i in rows], np.int32)
-        # One key per batch from the seed and the prompt length: the same prompts and seed
-        # give the same text whatever else is in the file.
-        rng = jax.random.fold_in(jax.random.key(sampling.seed), length)
-        tokens_BxT = generate(params, prompt_BxP, rng, config=config,
-                              max_new_tokens=sampling.max_new_tokens,
-                              temperature=sampling.temperature, top_k=sampling.top_k,
-                              top_p=sampling.top_p, eos_id=eos_id)
-        for row, i in enumerate(rows):
-            new = np.asarray(tokens_BxT[row, length:]).tolist()
-            out[i] = new[: new.index(eos_id)] if eos_id in new else new
+    lengths_B = np.asarray([len(ids) for ids in prompts_ids], np.int32)
+    prompt_BxP = np.full((len(prompts_ids), int(lengths_B.max())), max(eos_id, 0), np.int32)
+    for row, ids in enumerate(prompts_ids):
+        prompt_BxP[row, : len(ids)] = ids
+    tokens_BxT = placement.get(generate(
+        params, placement.put(prompt_BxP), placement.put(raw_key(sampling.seed)), config=config,
+        max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+        top_k=sampling.top_k, top_p=sampling.top_p, eos_id=eos_id,
+        prompt_lengths_B=placement.put(lengths_B)))
+    out = []
+    for row, length in enumerate(lengths_B):
+        new = tokens_BxT[row, length : length + sampling.max_new_tokens].tolist()
+        out.append(new[: new.index(eos_id)] if eos_id in new else new)
     return out

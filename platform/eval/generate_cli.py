@@ -1,7 +1,8 @@
 """`palm generate CKPT_OR_RUN_DIR --prompt TEXT`: text from a checkpoint, on this machine.
 
 One process on CPU (or one accelerator) suits models whose parameters fit one host
-(palm-tiny .. palm-100m here; up to ~8B on a large host); bigger models need the job's mesh.
+(palm-tiny .. palm-100m here; up to ~8B on a large host); bigger models need the job's mesh:
+`--cluster` runs the same decode as a Ray job on the job's hosts (eval/cluster.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same output")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest good one)")
     parser.add_argument("--job", type=Path, help="the job file, when the run folder has no job.json")
+    from palm_platform.eval.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def _check(args: argparse.Namespace) -> list[str]:
@@ -44,31 +48,44 @@ def _check(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def main(args: argparse.Namespace) -> int:
-    from palm_platform.eval.restore import EvalInputError, restore_run
+def complete(run, args: argparse.Namespace) -> dict:
+    """{"header": what ran and the KV cache's size, "texts": prompt + continuation each}."""
+    from palm_platform.eval.generate import Sampling, encode_prompts, generate_ids, kv_cache_bytes
 
-    try:
-        prompts = _check(args)
-        run = restore_run(args.target, step=args.step, job_file=args.job)
-        from palm_platform.eval.generate import (
-            Sampling,
-            encode_prompts,
-            generate_ids,
-            kv_cache_bytes,
-        )
-
-        cfg = run.model_cfg
-        ids = encode_prompts(run.tokenizer, prompts, cfg.max_seq_len, args.max_new_tokens)
-    except EvalInputError as error:
-        print(f"palm generate: {error}", file=sys.stderr)
-        return 2
+    cfg, prompts = run.model_cfg, list(args.prompt)
+    ids = encode_prompts(run.tokenizer, prompts, cfg.max_seq_len, args.max_new_tokens)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     longest = max(len(p) for p in ids) + args.max_new_tokens
     cache = kv_cache_bytes(cfg, len(ids), longest)
-    print(f"{run.job.name} step {run.step} ({run.job.model.preset}); KV cache {cache / 2**20:.2f} MiB "
-          f"for {len(ids)} prompt(s) x {longest} tokens: one K/V head, 1/{cfg.num_heads} of "
-          f"multi-head's {cache * cfg.num_heads / 2**20:.2f} MiB", file=sys.stderr)
-    for prompt, new in zip(prompts, generate_ids(run.params, cfg, ids, sampling, run.tokenizer.eos_id),
-                           strict=True):
-        print(f"--- {prompt}\n{prompt}{run.tokenizer.decode(new)}")
+    header = (f"{run.job.name} step {run.step} ({run.job.model.preset}); KV cache {cache / 2**20:.2f} MiB "
+              f"for {len(ids)} prompt(s) x {longest} tokens: one K/V head, 1/{cfg.num_heads} of "
+              f"multi-head's {cache * cfg.num_heads / 2**20:.2f} MiB")
+    new = generate_ids(run.params, cfg, ids, sampling, run.tokenizer.eos_id, run.placement)
+    return {"header": header, "texts": [p + run.tokenizer.decode(n) for p, n in zip(prompts, new, strict=True)]}
+
+
+def main(args: argparse.Namespace) -> int:
+    from palm_platform.eval.restore import EvalInputError, find_job, restore_run
+
+    try:
+        args.prompt, args.prompts_file = _check(args), None  # the workers get the prompts themselves
+        if args.cluster:
+            from palm_platform.eval.cluster import run_on_cluster
+
+            job, run_dir = find_job(args.target, args.job)
+            outcome = run_on_cluster("generate", args, job, run_dir)
+            if "error" in outcome:
+                raise EvalInputError(outcome["error"])
+            result = outcome["ok"]
+        else:
+            result = complete(restore_run(args.target, step=args.step, job_file=args.job), args)
+    except EvalInputError as error:
+        print(f"palm generate: {error}", file=sys.stderr)
+        return 2
+    except ConnectionError as error:
+        print(f"palm generate: {error}", file=sys.stderr)
+        return 2
+    print(result["header"], file=sys.stderr)
+    for prompt, text in zip(args.prompt, result["texts"], strict=True):
+        print(f"--- {prompt}\n{text}")
     return 0

@@ -6,8 +6,9 @@
     generate_until         the model's KV-cache decode (generate.py), cut at `until`
 
 Written for lm-eval 0.4.13 (see `compat_check`); only the public `LM` API is used. One
-process: the harness's multi-rank path needs torch, so a run's hosts would each evaluate
-every request (the same way); sharding a model across hosts is left to an eval job.
+process, or every host of the job's mesh (`palm eval --cluster`, eval/cluster.py): the
+harness's multi-rank path needs torch, so each host runs every request, in the same order,
+on the sharded model (one SPMD program), and host 0 reports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from palm_platform.eval.eval_step import make_score_step
 from palm_platform.eval.generate import Sampling, generate_ids
+from palm_platform.eval.placement import LOCAL, Placement
 
 WRITTEN_FOR = "0.4"
 
@@ -33,7 +35,7 @@ def compat_check() -> None:
 
 class PalmLM(LM):
     def __init__(self, params, config, tokenizer, *, batch_size: int = 16,
-                 max_length: int | None = None):
+                 max_length: int | None = None, placement: Placement = LOCAL):
         super().__init__()
         compat_check()
         self.params, self.config, self.tokenizer = params, config, tokenizer
@@ -41,6 +43,7 @@ class PalmLM(LM):
         self.max_length = max_length or config.max_seq_len
         self.eos = tokenizer.eos_id
         self._score = make_score_step(config)
+        self.placement = placement  # one process, or every host of the job's mesh
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -66,7 +69,8 @@ class PalmLM(LM):
                 n = min(n, len(ids) - 1)
                 tokens[r, : len(ids)] = ids
                 mask[r, len(ids) - 1 - n : len(ids) - 1] = 1.0
-            logprob, greedy = self._score(self.params, tokens, mask)
+            logprob, greedy = self.placement.get(self._score(
+                self.params, self.placement.put(tokens), self.placement.put(mask)))
             out += [(float(logprob[r]), bool(greedy[r])) for r in range(len(chunk))]
         return out
 
@@ -110,7 +114,7 @@ class PalmLM(LM):
                 chunk = indices[start : start + self.batch_size]
                 new = generate_ids(self.params, self.config, prompts[start : start + self.batch_size],
                                    Sampling(max_new_tokens=max_new, temperature=temperature),
-                                   self.eos)
+                                   self.eos, self.placement)
                 for i, ids in zip(chunk, new, strict=True):
                     out[i] = cut_at(self.tokenizer.decode(ids), requests[i].args[1].get("until") or [])
         return out

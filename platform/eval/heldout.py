@@ -97,8 +97,13 @@ class HeldOutEvaluator:
 
     def maybe_run(self, step: int, state, sink, goodput, *, final: bool = False) -> None:
         due = step % self.config.every_steps == 0 or final
-        if not due or step == self.last_step or not self.sets:
-            return
+        if due and step != self.last_step and self.sets:
+            self._run(step, state, sink, goodput)
+        if final and self.sets:  # one line per host per run: the eval step compiled once?
+            log.info("host %d/%d: held-out eval step compiled %d time(s) in this process",
+                     self.process_index, self.process_count, self.step_fn._cache_size())
+
+    def _run(self, step: int, state, sink, goodput) -> None:
         with goodput.phase("eval"):
             results = {name: self.evaluate(state.params, seqs) for name, seqs in self.sets.items()}
         self.last_step = step

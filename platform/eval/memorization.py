@@ -14,10 +14,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from palm.decode import generate
+from palm_platform.eval.generate import raw_key
+from palm_platform.eval.placement import LOCAL, Placement
 from palm_platform.eval.restore import EvalInputError
 
 
@@ -101,14 +102,15 @@ def sample_heldout(packed: list, count: int, seed: int) -> np.ndarray:
 
 
 def exact_continuations(params, config, sequences_NxS: np.ndarray, prompt: int, continuation: int,
-                        batch_size: int) -> int:
+                        batch_size: int, placement: Placement = LOCAL) -> int:
     """How many rows the model continues exactly (greedy) for `continuation` tokens."""
     exact = 0
     for start in range(0, len(sequences_NxS), batch_size):
         rows = sequences_NxS[start : start + batch_size]
         padded = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
-        out = np.asarray(generate(params, padded[:, :prompt].astype(np.int32), jax.random.key(0),
-                                  config=config, max_new_tokens=continuation))
+        out = placement.get(generate(params, placement.put(padded[:, :prompt].astype(np.int32)),
+                                     placement.put(raw_key(0)), config=config,
+                                     max_new_tokens=continuation))
         same = (out[: len(rows), prompt:] == rows[:, prompt : prompt + continuation]).all(axis=1)
         exact += int(same.sum())
     return exact
@@ -125,6 +127,6 @@ def memorization(run, count: int, *, prompt_tokens: int = 50, continuation_token
     trained = pipeline.sequences(sample_trained_indices(run.data_state, count, seed))
     heldout = sample_heldout(held_packed, count, seed)
     score = lambda rows: exact_continuations(run.params, run.model_cfg, rows, prompt_tokens,  # noqa: E731
-                                             continuation_tokens, batch_size) if len(rows) else 0
+                                             continuation_tokens, batch_size, run.placement or LOCAL) if len(rows) else 0
     return Memorization(run.step, prompt_tokens, continuation_tokens, len(trained), score(trained),
                         len(heldout), score(heldout))

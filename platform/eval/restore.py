@@ -100,12 +100,18 @@ class Restored:
     tokenizer: Any
     data_state: dict
     ledger: dict
+    placement: Any = None  # eval.placement.Placement: one process, or the job's mesh
 
 
 def restore_run(target: str | Path, *, step: int | None = None,
-                job_file: str | Path | None = None) -> Restored:
-    """The newest good (or the given) checkpoint of a run, on this process's first device."""
+                job_file: str | Path | None = None, sharded: bool = False) -> Restored:
+    """The newest good (or the given) checkpoint of a run: on this process's first device,
+    or (`sharded`, every host of a Ray eval job) sharded over the job's mesh as in training."""
     job, run_dir = find_job(target, job_file)
+    return restore_job(job, run_dir, step=step, sharded=sharded)
+
+
+def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bool = False) -> Restored:
     import jax
 
     if job.topology.local and not os.environ.get("JAX_PLATFORMS"):
@@ -115,6 +121,7 @@ def restore_run(target: str | Path, *, step: int | None = None,
 
     from palm_platform.checkpoint import Checkpointer, CheckpointError
     from palm_platform.data.tokenizer import load_tokenizer
+    from palm_platform.eval.placement import Placement
     from palm_platform.mesh import make_mesh
     from palm_platform.train.state import state_shardings
 
@@ -131,7 +138,10 @@ def restore_run(target: str | Path, *, step: int | None = None,
     if "://" not in job.checkpoint.directory and not directory.is_dir():
         raise EvalInputError(f"{directory}: checkpoint directory not found (from {job.name}'s "
                              "checkpoint.directory). Fix: pass the run folder of a trained job")
-    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    if sharded:
+        mesh = make_mesh(job.topology.pods, job.data_parallel, job.mesh.model)
+    else:
+        mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     abstract, _ = state_shardings(model_cfg, job.optimizer.build()[0], mesh)
     # Retention must never delete anything here: keep_last is irrelevant to a reader, but
     # the Checkpointer only deletes on save, which this never calls.
@@ -144,4 +154,5 @@ def restore_run(target: str | Path, *, step: int | None = None,
         checkpointer.close()
     return Restored(job=job, run_dir=run_dir, step=restored.step,
                     params=restored.train_state.params, model_cfg=model_cfg, tokenizer=tokenizer,
-                    data_state=restored.data_state, ledger=restored.ledger)
+                    data_state=restored.data_state, ledger=restored.ledger,
+                    placement=Placement(mesh if sharded else None))

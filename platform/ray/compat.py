@@ -102,6 +102,12 @@ def kv_put(key: str, value: bytes, namespace: str) -> None:
     _internal_kv_put(key, value, overwrite=True, namespace=namespace)
 
 
+def kv_delete(key: str, namespace: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(key, namespace=namespace)
+
+
 # --- Ray Train's SIGINT handler ---------------------------------------------------------
 
 def trainer_without_sigint_handler(jax_trainer: type) -> type:
