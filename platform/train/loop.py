@@ -42,6 +42,7 @@ from palm_platform.supervise.spike import SpikeDetector
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.consistency import checksums_agree, pod_checksum_array
 from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
+from palm_platform.train.precompile import Precompiler, compile_train_step, later_batch_sizes
 from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
@@ -321,6 +322,7 @@ class Trainer:
             metrics["pods_identical"] = identical
         self.sink.log(k + 1, metrics)
         if done.compiled:
+            self._precompiler.start()  # the schedule's later batch sizes, into the cache
             self.sink.event("compiled", k + 1, batch_size=done.batch.batch_size,
                             seconds=round(step_s, 1), **self._cache_counts())
         self.on_step(k + 1)
@@ -338,6 +340,16 @@ class Trainer:
         spans = {f"{name}_s": round(t - prev_t, 2)
                  for (_, prev_t), (name, t) in zip(marks, marks[1:], strict=False)}
         self.sink.event("startup", step, attempt=self.attempt, **spans)
+
+    def _make_precompiler(self, first_step: int) -> Precompiler:
+        train = self.job.train
+        sizes = later_batch_sizes(train.batch_size_at, [p.until_step for p in train.batch_schedule
+                                                        if p.until_step], first_step, train.steps)
+        sharding = batch_sharding(self.mesh)
+        return Precompiler(
+            lambda size: compile_train_step(self.step_fn(size), self.abstract_state, sharding,
+                                            size, self.job.seq_len),
+            sizes, enabled=self.process_index == 0 and self.compile_cache.directory is not None)
 
     def _cache_counts(self) -> dict:
         counts = self.compile_cache.counts()
@@ -358,6 +370,7 @@ class Trainer:
         summary = RunSummary(extra={"startup_s": time.monotonic() - self.t0, "start_step": step})
         self._last_finished_at = time.monotonic()
         prefetcher = self._prefetch(step)
+        self._precompiler = self._make_precompiler(step)
         pending: _Dispatched | None = None  # dispatched, not yet read
         try:
             while step < job.train.steps:
@@ -407,5 +420,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        if getattr(self, "_precompiler", None) is not None:
+            self._precompiler.join()  # it writes to the cache a next Trainer may reset
         self.checkpointer.close()
         self.sink.close()
