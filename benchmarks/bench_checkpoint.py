@@ -135,15 +135,15 @@ def local_job_blocking(work: Path, steps: int) -> None:
 def build_train_step(mesh, d_model: int, seq: int):
     """(jitted step, train state, tokens [8, seq + 1]) of a PaLM-shaped model on `mesh`."""
     from palm.config import ModelConfig
-    from palm_platform.job import OptimizerSection
-    from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
+    from palm_platform.train.config import OptimizerConfig
+    from palm_platform.train.optimizer import learning_rate_schedule
     from palm_platform.train.state import init_train_state, state_shardings
     from palm_platform.train.step import StepSpec, make_train_step
 
     model = ModelConfig(d_model=d_model, num_layers=4, num_heads=d_model // 64, head_dim=64,
                         vocab_size=8192, max_seq_len=seq, compute_dtype="float32", remat="none")
-    opt = OptimizerSection()
-    tx = build_optimizer(opt)
+    opt = OptimizerConfig()
+    tx = opt.build()[0]
     state = init_train_state(model, tx, mesh, seed=0)
     step = make_train_step(StepSpec(model, mesh.shape["pod"]), tx, mesh,
                            state_shardings(model, tx, mesh)[1], learning_rate_schedule(opt))

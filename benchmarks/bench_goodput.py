@@ -21,8 +21,6 @@ the cold cache, the second the warm one, and the goodput of both is printed.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,12 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from palm_platform.events import describe_event
 from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
-from palm_platform.supervise.ledger import Ledger
+from palm_platform.ray.local_cluster import BIN, driver_env, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def write_job(folder: Path, steps: int, kill_step: int, poison_step: int,
@@ -69,13 +66,9 @@ def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
         print(f"compilation cache (host 0, last attempt): {goodput['cache_hits']} hits, "
               f"{goodput['cache_misses']} misses")
     print("restarts {restart}, spikes {spike}, rollbacks {rollback}, skips {skip}".format(**count))
-    for r in records:
-        if r["kind"] in ("restart", "spike", "rollback", "skip", "startup", "compiled"):
-            detail = {k: v for k, v in r.items() if k not in ("kind", "step", "time")}
-            print(f"  event {r['kind']:8s} step {r['step']:3d} {detail}")
-    print("ledger trace:")
-    for line in Ledger.load(run_dir / "ledger.json").summary_lines():
-        print(f"  {line}")
+    for r in records:  # the run's trace, as `palm status` and the log render it
+        if r["kind"] in ("restart", "spike", "rollback", "skip", "stop", "startup", "compiled"):
+            print(f"  {describe_event(r)}")
     if count["spike"] == 0 or count["rollback"] == 0:
         print(f"NO SPIKE HANDLED: poison at step {poison_step} was not detected. Fix: "
               f"--poison-step later (the detector needs min_history good losses first)")
@@ -107,16 +100,10 @@ def main() -> int:
           f"batches at step {args.poison_step} (spike window {spike_cfg.get('window')}, "
           f"min_history {spike_cfg.get('min_history', 10)})")
 
-    state_dir, state, status = root / "cluster", None, 0
-    try:
-        start = time.monotonic()
-        subprocess.run([BIN / "palm", "cluster", "up", "--pods", "2", "--hosts-per-pod", "2",
-                        "--chips-per-host", "4", "--dir", str(state_dir)],
-                       check=True, capture_output=True, text=True, timeout=300)
+    status, start = 0, time.monotonic()
+    with running_cluster(root / "cluster", pods=2, hosts_per_pod=2, chips_per_host=4) as state:
         print(f"cluster 2x2x4 up in {time.monotonic() - start:.1f} s")
-        state = cluster.load_state(cluster.state_path(state_dir))
-        env = {**os.environ, "RAY_ADDRESS": state.gcs_address,
-               "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env = driver_env(state)
         for i, (job, _) in enumerate(jobs):
             label = ("cold" if i == 0 else "warm") + " compilation cache" if cache else "run"
             print(f"--- {label}")
@@ -129,10 +116,6 @@ def main() -> int:
                 print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
                 return 1
             status |= report(job.parent / "run" / spec["name"], args.poison_step, args.kill_step)
-    finally:
-        subprocess.run([BIN / "palm", "cluster", "down", "--dir", str(state_dir)], timeout=120)
-        if state is not None:
-            shutil.rmtree(state.temp_dir, ignore_errors=True)
     return status
 
 

@@ -11,29 +11,31 @@ jitted step alone). The Ray/direct ratio is the cost of running under Ray Train.
 (b) On a 1 pod x 2 hosts x 2 chips cluster, a fresh `palm run`; once step `--kill-after` is
 in the metrics file, one RayTrainWorker is SIGKILLed by PID. Printed: cold start (launch ->
 first step record) and recovery (kill -> first step record after it), and their ratio.
-Every cluster is torn down with `palm cluster down --dir` in a finally. Takes ~3-4 minutes
+Every cluster is torn down (`cluster.down`, local_cluster.running_cluster) on exit. Takes ~3-4 minutes
 on 2 shared cores (two cluster start-ups of ~15 s each).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 import yaml
 
 from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
-
-BIN = Path(sys.executable).parent
+from palm_platform.ray.cluster_state import ClusterState
+from palm_platform.ray.local_cluster import (
+    BIN,
+    driver_env,
+    kill_a_train_worker_after_step,
+    running_cluster,
+)
 
 
 def job_spec(folder: Path, name: str, hosts: int, chips: int, steps: int) -> Path:
@@ -61,21 +63,12 @@ def steady_rates(steps: list[dict]) -> tuple[float, float, int]:
     return len(gaps) / sum(gaps), len(step_s) / sum(step_s), len(step_s)
 
 
-def up(state_dir: Path, hosts: int, chips: int) -> dict:
+@contextmanager
+def timed_cluster(state_dir: Path, hosts: int, chips: int) -> Iterator[ClusterState]:
     start = time.monotonic()
-    subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", str(hosts),
-                    "--chips-per-host", str(chips), "--dir", str(state_dir)],
-                   check=True, capture_output=True, text=True, timeout=300)
-    print(f"  cluster 1x{hosts}x{chips} up in {time.monotonic() - start:.1f} s")
-    state = cluster.load_state(cluster.state_path(state_dir))
-    return {**os.environ, "RAY_ADDRESS": state.gcs_address, "PATH": f"{BIN}:{os.environ['PATH']}"}
-
-
-def down(state_dir: Path) -> None:
-    state = cluster.load_state(cluster.state_path(state_dir))
-    subprocess.run([BIN / "palm", "cluster", "down", "--dir", str(state_dir)], timeout=120)
-    if state is not None:
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
+    with running_cluster(state_dir, pods=1, hosts_per_pod=hosts, chips_per_host=chips) as state:
+        print(f"  cluster 1x{hosts}x{chips} up in {time.monotonic() - start:.1f} s")
+        yield state
 
 
 def run(job: Path, env: dict | None, *extra: str) -> None:
@@ -85,35 +78,23 @@ def run(job: Path, env: dict | None, *extra: str) -> None:
         raise RuntimeError(f"palm run {' '.join(extra)} {job} failed:\n{done.stderr[-3000:]}")
 
 
-def train_workers(state_dir: Path) -> list[psutil.Process]:
-    ours = {n.pid for n in cluster.load_state(cluster.state_path(state_dir)).nodes}
-    return [p for p in psutil.process_iter(["cmdline"])
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-            and any(q.pid in ours for q in p.parents())]
-
-
 def kill_and_recover(root: Path, steps: int, kill_after: int) -> tuple[float, float]:
     """(cold start s, kill -> next step s) of one `palm run` on a 1x2x2 cluster."""
     job, state_dir = job_spec(root / "kill", "kill", 2, 2, steps), root / "cluster-2host"
-    metrics = root / "kill" / "run" / "kill" / "metrics.jsonl"
-    try:
-        env = up(state_dir, 2, 2)
+    with timed_cluster(state_dir, 2, 2) as state:
         launched = time.time()
         log = root / "kill" / "palm-run.log"  # a file, not a pipe nobody drains while we poll
         with log.open("w") as out:
-            proc = subprocess.Popen([BIN / "palm", "run", str(job)], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
-        while not (metrics.exists() and any(r["step"] >= kill_after for r in steps_of(root / "kill", "kill"))):
-            if proc.poll() is not None:
-                raise RuntimeError(f"run ended before step {kill_after}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        victim = train_workers(state_dir)[-1]
+            proc = subprocess.Popen([BIN / "palm", "run", str(job)], env=driver_env(state),
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            victim = kill_a_train_worker_after_step(state, proc, root / "kill" / "run" / "kill",
+                                                    kill_after, timeout_s=900)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}:\n{log.read_text()[-3000:]}") from None
         killed = time.time()
-        os.kill(victim.pid, signal.SIGKILL)
         if proc.wait(timeout=900) != 0:
             raise RuntimeError(f"killed run failed:\n{log.read_text()[-3000:]}")
-    finally:
-        down(state_dir)
     records = read_records(root / "kill" / "run" / "kill")
     first = next(r for r in records if r["kind"] == "step")
     after = next(r for r in records if r["kind"] == "step" and r["time"] > killed)
@@ -140,12 +121,8 @@ def main() -> None:
 
     print(f"(a) 1 pod x 1 host x 4 chips, palm-tiny, seq 128, 8 sequences, {args.steps} steps")
     run(job_spec(root / "direct", "bench", 1, 4, args.steps), None, "--direct")
-    state_dir = root / "cluster-1host"
-    try:
-        env = up(state_dir, 1, 4)
-        run(job_spec(root / "ray", "bench", 1, 4, args.steps), env)
-    finally:
-        down(state_dir)
+    with timed_cluster(root / "cluster-1host", 1, 4) as state:
+        run(job_spec(root / "ray", "bench", 1, 4, args.steps), driver_env(state))
     direct = steady_rates(steps_of(root / "direct", "bench"))
     on_ray = steady_rates(steps_of(root / "ray", "bench"))
     for label, (loop, step, n) in (("direct", direct), ("palm run", on_ray)):

@@ -33,9 +33,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from palm.config import ModelConfig  # noqa: E402
 from palm.flops import mfu, train_flops_per_token  # noqa: E402
-from palm_platform.job import OptimizerSection  # noqa: E402
 from palm_platform.mesh import make_mesh  # noqa: E402
-from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule  # noqa: E402
+from palm_platform.train.config import OptimizerConfig  # noqa: E402
+from palm_platform.train.optimizer import learning_rate_schedule  # noqa: E402
 from palm_platform.train.state import init_train_state, state_shardings  # noqa: E402
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step  # noqa: E402
 
@@ -63,8 +63,8 @@ class Run:
     """One train step (mesh, state, jitted step) that can be stepped and timed."""
 
     def __init__(self, pods: int, data: int, model: int, tokens_BxL1: jax.Array):
-        opt = OptimizerSection()
-        tx = build_optimizer(opt)
+        opt = OptimizerConfig()
+        tx = opt.build()[0]
         self.devices = pods * data * model
         self.mesh = make_mesh(pods, data, model, jax.devices()[: self.devices])
         self.state = init_train_state(MODEL, tx, self.mesh, seed=0)

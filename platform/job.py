@@ -1,23 +1,26 @@
 """The job file: one YAML that names the model, topology, data, optimizer, checkpoints, faults.
 
-`load_job(path)` validates it with pydantic and turns every problem into one message that
-names the file, the field and the fix. Decisions are made here, when the job is built, not
-with `if config.x` inside the train step.
+Each section's config lives with the component that uses it (`train/config.py`,
+`supervise/config.py`, `data/config.py`, `checkpoint/config.py`, `eval/config.py`,
+`metrics.py`); this module composes them into `Job`, checks what spans several sections
+(`CrossFieldError`) and turns every problem into one message that names the file, the field
+and the fix. Decisions are made when the job is built, not with `if config.x` inside the step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
 from palm_platform.eval.config import EvalConfig
-from palm_platform.train.finetune_config import FineTuneOptimizerFields, InitFromConfig
+from palm_platform.metrics import MetricsConfig
+from palm_platform.supervise.config import FaultsConfig, SpikeConfig
+from palm_platform.train.config import InitFromConfig, OptimizerConfig, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,10 +96,12 @@ class TopologySection(BaseModel):
     @model_validator(mode="after")
     def _topology_matches_chips(self) -> TopologySection:
         if self.ici_topology is not None:
-            dims = self.ici_topology.lower().split("x")
-            if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
-                raise ValueError(f"ici_topology {self.ici_topology!r} is not AxBxC")
-            chips = math.prod(int(d) for d in dims)
+            from palm_platform.ray.topology import chips_in_topology
+
+            try:
+                chips = chips_in_topology(self.ici_topology)
+            except ValueError as error:
+                raise ValueError(f"ici_topology {error}") from None
             if chips != self.chips_per_pod:
                 raise ValueError(
                     f"ici_topology {self.ici_topology} has {chips} chips but hosts_per_pod x "
@@ -114,172 +119,18 @@ class MeshSection(BaseModel):
     )
 
 
-class BatchPhase(BaseModel):
-    model_config = STRICT
-    sequences: int = Field(ge=1, description="global batch size in sequences")
-    until_step: int | None = Field(default=None, ge=1, description="last phase: omit")
-
-
-class TrainSection(BaseModel):
-    model_config = STRICT
-    steps: int = Field(ge=1, description="total optimizer steps")
-    seq_len: int | None = Field(default=None, ge=2, description="tokens per sequence; default the model's")
-    batch_schedule: list[BatchPhase] = Field(
-        min_length=1, description="global batch size by step (PaLM 540B: 512 -> 1024 -> 2048)"
-    )
-    microbatch_sequences: int | None = Field(
-        default=None, ge=1, description="sequences per gradient-accumulation microbatch (global)"
-    )
-    seed: int = Field(default=0, ge=0, description="parameter initialisation seed")
-    compile_cache: str | None = Field(
-        default=None, description="JAX persistent compilation cache shared by every host and "
-        "restart: a local path or gs://bucket/path; default RUN_DIR/NAME/compile-cache; 'off': none"
-    )
-
-    @field_validator("batch_schedule")
-    @classmethod
-    def _phases_in_order(cls, phases: list[BatchPhase]) -> list[BatchPhase]:
-        ends = [p.until_step for p in phases]
-        if ends[-1] is not None or any(e is None for e in ends[:-1]):
-            raise ValueError("every phase but the last needs until_step; the last has none")
-        if any(a >= b for a, b in zip(ends[:-2], ends[1:-1], strict=False)):
-            raise ValueError(f"until_step values must increase, got {ends[:-1]}")
-        return phases
-
-    def batch_size_at(self, step: int) -> int:
-        for phase in self.batch_schedule:
-            if phase.until_step is None or step < phase.until_step:
-                return phase.sequences
-        raise AssertionError("unreachable: the last phase has no end")
-
-
-class OptimizerSection(FineTuneOptimizerFields):
-    """PaLM §5: Adafactor without factorisation (Adam with parameter scaling); the schedule,
-    warm-up and frozen-group fields come from `FineTuneOptimizerFields`."""
-
-    model_config = STRICT
-    peak_learning_rate: float = Field(default=1e-2, gt=0, description="lr for the first steps")
-    constant_steps: int = Field(
-        default=10_000, ge=1, description="lr is constant this long, then 1/sqrt(step)"
-    )
-    beta1: float = Field(default=0.9, ge=0, lt=1, description="momentum")
-    second_moment_exponent: float = Field(
-        default=0.8, gt=0, le=1, description="beta2 = 1 - step^-exponent"
-    )
-    clip_global_norm: float = Field(default=1.0, gt=0, description="gradient global-norm clip")
-    clip_update_rms: float = Field(default=1.0, gt=0, description="Adafactor update clipping")
-    weight_decay: Literal["lr_squared", "none"] = Field(
-        default="lr_squared", description="PaLM: dynamic weight decay lr^2"
-    )
-
-
-class SpikeSection(BaseModel):
-    """Loss-spike detection and the rollback + data-skip remedy (PaLM §5.1).
-
-    Rules (see `palm_platform.supervise.spike`): "zscore" flags loss > median + zscore x
-    robust std (1.4826 x MAD) of the last `window` good losses; "ratio" flags loss >
-    threshold x median. NaN or Inf is always a spike. Recurrence: a spike within
-    `recurrence_steps` of an earlier rolled-back spike widens the skip (x2 per earlier
-    one) or stops the run (`on_recurrence`); `max_rollbacks` such rollbacks, then stop.
-    """
-
-    model_config = STRICT
-    rule: Literal["zscore", "ratio"] = Field(
-        default="zscore",
-        description="zscore: loss > median + zscore x robust std; ratio: loss > threshold x median",
-    )
-    window: int = Field(default=100, ge=5, description="steps of loss history the rule looks at")
-    min_history: int = Field(
-        default=10, ge=2, description="good losses needed before a verdict (NaN/Inf: always)"
-    )
-    threshold: float = Field(default=3.0, gt=1, description="rule ratio: loss > threshold x median")
-    zscore: float = Field(
-        default=6.0, gt=0, description="rule zscore: loss > median + zscore x robust std (MAD)"
-    )
-    rollback_steps: int = Field(default=100, ge=0, description="restore at least this far back")
-    skip_batches: int = Field(default=300, ge=1, description="batches skipped from the spike on")
-    recurrence_steps: int = Field(
-        default=500,
-        ge=0,
-        description="a spike within this many steps of an earlier rolled-back spike recurs",
-    )
-    on_recurrence: Literal["widen", "stop"] = Field(
-        default="widen",
-        description="widen: skip x2 per earlier nearby rollback; stop: stop the run with a report",
-    )
-    max_rollbacks: int = Field(
-        default=5,
-        ge=0,
-        description="rollbacks for spikes within recurrence_steps of each other; one more stops "
-        "the run with a report (0: stop at the first spike)",
-    )
-
-    @model_validator(mode="after")
-    def _history_fits_window(self) -> SpikeSection:
-        if self.min_history > self.window:
-            raise ValueError(
-                f"min_history={self.min_history} exceeds window={self.window}, so no verdict "
-                f"could ever be reached; set min_history <= {self.window}"
-            )
-        return self
-
-
-class FaultInjection(BaseModel):
-    """One fault to inject; each fires at most once per run, restarts included."""
-
-    model_config = STRICT
-    kind: Literal["kill_host", "hang_host", "poison_batches", "damage_checkpoint"] = Field(
-        description="kill_host: SIGKILL the worker; hang_host: block it forever; poison_batches: "
-        "replace the data of `steps` batches from `step` with random tokens; damage_checkpoint: "
-        "truncate a file of the newest checkpoint"
-    )
-    step: int = Field(ge=0, description="fires at the first step >= this one that the run reaches")
-    host: int = Field(
-        default=0, ge=0, description="global host (worker) index that acts (poison: every host)"
-    )
-    steps: int = Field(default=1, ge=1, description="poison_batches: how many batches (steps)")
-
-
-class FaultsSection(BaseModel):
-    model_config = STRICT
-    max_restarts: int = Field(default=3, ge=0, description="worker-group restarts before failing")
-    hang_timeout_s: float = Field(default=300, gt=0, description="no step for this long = hang")
-    init_timeout_s: float = Field(default=300, gt=0, description="jax.distributed start-up limit")
-    spike: SpikeSection = Field(default_factory=SpikeSection)
-    inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject")
-
-
-class MetricsSection(BaseModel):
-    model_config = STRICT
-    wandb_project: str = Field(default="palm-platform", description="W&B project")
-    wandb_entity: str | None = Field(default=None, description="W&B entity (team)")
-    wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
-        default=None, description="default: $WANDB_MODE, else offline"
-    )
-    wandb_replay: Literal["xaxis", "rewind", "fork"] = Field(
-        default="xaxis", description="how W&B shows steps replayed after a rollback or restart: "
-        "xaxis (plotted against train/step, works offline and on any server), rewind or fork "
-        "(W&B server features, online only; offline falls back to xaxis)"
-    )
-    log_every: int = Field(default=1, ge=1, description="steps between progress log lines")
-    check_pods_identical: bool = Field(
-        default=False, description="each step, compare every pod's copy of the parameters "
-        "bitwise (a checksum all-gathered over pods; for tests and the local job)"
-    )
-
-
 class Job(BaseModel):
     model_config = STRICT
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
     model: ModelSection
     topology: TopologySection
     mesh: MeshSection = Field(default_factory=MeshSection)
-    train: TrainSection
-    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    train: TrainConfig
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint: CheckpointConfig
-    faults: FaultsSection = Field(default_factory=FaultsSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     eval: EvalConfig | None = Field(
         default=None, description="held-out eval during training (none: nothing held out)"
     )
@@ -287,6 +138,27 @@ class Job(BaseModel):
         default=None, description="fine-tuning: start from another run's checkpoint"
     )
     run_dir: str = Field(default="runs", description="parent of this job's run folder")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_rollback_distance(cls, raw: Any) -> Any:
+        """`faults.spike.rollback_steps` is the one rollback distance: the spike remedy restores
+        at least that far back, and checkpoint retention keeps what such a rollback needs
+        (CheckpointConfig.rollback_steps is filled from it). The old second spelling,
+        `checkpoint.rollback_steps`, is accepted only when it says the same (a recorded job)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("checkpoint"), dict):
+            return raw  # the field validators report what is wrong
+        faults = raw.get("faults") if isinstance(raw.get("faults"), dict) else {}
+        spike = faults.get("spike") if isinstance(faults.get("spike"), dict) else {}
+        distance = spike.get("rollback_steps", SpikeConfig.model_fields["rollback_steps"].default)
+        old = raw["checkpoint"].get("rollback_steps", distance)
+        if old != distance:
+            raise CrossFieldError(
+                ("checkpoint.rollback_steps", "faults.spike.rollback_steps"),
+                f"checkpoint.rollback_steps={old} is no longer a separate setting: retention now "
+                f"keeps what a rollback of faults.spike.rollback_steps={distance} needs",
+                "remove checkpoint.rollback_steps (set faults.spike.rollback_steps instead)")
+        return {**raw, "checkpoint": {**raw["checkpoint"], "rollback_steps": distance}}
 
     @model_validator(mode="after")
     def _feasible(self) -> Job:

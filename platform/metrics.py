@@ -14,11 +14,36 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from palm_platform.events import describe_event
 
 logger = logging.getLogger("palm")
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsConfig(BaseModel):
+    """The `metrics:` section of a job file: where metrics go and what is checked each step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    wandb_project: str = Field(default="palm-platform", description="W&B project")
+    wandb_entity: str | None = Field(default=None, description="W&B entity (team)")
+    wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
+        default=None, description="default: $WANDB_MODE, else offline"
+    )
+    wandb_replay: Literal["xaxis", "rewind", "fork"] = Field(
+        default="xaxis", description="how W&B shows steps replayed after a rollback or restart: "
+        "xaxis (plotted against train/step, works offline and on any server), rewind or fork "
+        "(W&B server features, online only; offline falls back to xaxis)"
+    )
+    log_every: int = Field(default=1, ge=1, description="steps between progress log lines")
+    check_pods_identical: bool = Field(
+        default=False, description="each step, compare every pod's copy of the parameters "
+        "bitwise (a checksum all-gathered over pods; for tests and the local job)"
+    )
 
 
 def wandb_run_id(run_dir: Path, name: str) -> str:
@@ -68,8 +93,6 @@ class MetricsSink:
             return
         record = {"kind": kind, "step": step, "time": time.time(), **fields}
         self._write(record)
-        from palm_platform.status import describe_event  # status imports this module
-
         logger.info("%s", describe_event(record))
         self._to_wandb("log_event", kind, step, fields, alert=alert)
 

@@ -203,7 +203,6 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     from palm_platform.mesh import batch_sharding, make_mesh
     from palm_platform.plan_flops import jaxpr_matmul_flops
     from palm_platform.plan_hlo import HloParseError
-    from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
     from palm_platform.train.state import state_shardings
     from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
@@ -213,14 +212,14 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None) -> P
     devices = tpu_devices(topo.ici_topology, topo.pods)
     mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model, devices)
     cfg = job.model.build()
-    tx = build_optimizer(job.optimizer)
+    tx, lr_schedule = job.optimizer.build()
     abstract_state, shardings = state_shardings(cfg, tx, mesh)
     batch = max(p.sequences for p in job.train.batch_schedule)  # the largest phase is the worst
     if microbatches is None:
         micro = job.train.microbatch_sequences
         microbatches = batch // micro if micro else 1
     spec = StepSpec(cfg, topo.pods, microbatches, job.mesh.cross_pod_dtype)
-    step = make_train_step(spec, tx, mesh, shardings, learning_rate_schedule(job.optimizer))
+    step = make_train_step(spec, tx, mesh, shardings, lr_schedule)
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
 
     start = time.perf_counter()

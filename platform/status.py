@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from palm_platform.events import describe_event, eval_text
 from palm_platform.metrics import METRICS_FILE, read_records
 
 OVERHEAD_BOUND_S = 0.05  # a step with less arithmetic than this at peak is overhead-bound
@@ -63,17 +64,6 @@ class Summary:
         return line
 
 
-def eval_text(record: dict) -> str:
-    """`code loss 5.12 bpb 1.83, docs ...` from an `eval` record's eval/<source>/<metric>."""
-    per_source: dict[str, dict[str, float]] = {}
-    for key, value in record.items():
-        if key.startswith("eval/"):
-            _, source, metric = key.split("/", 2)
-            per_source.setdefault(source, {})[metric] = value
-    return ", ".join(f"{source} loss {m.get('loss', float('nan')):.3f} bpb {m.get('bpb', float('nan')):.3f}"
-                     for source, m in per_source.items())
-
-
 def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
     steps = [r for r in records if r["kind"] == "step"]
     # A step recomputed after a restart or rollback counts once in progress, every time in wall.
@@ -109,47 +99,6 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         badput_s=badput, mfu=mfu, step_s=step_s, compute_s=compute_s,
         last_eval=next((r for r in reversed(records) if r["kind"] == "eval"), None),
     )
-
-
-def describe_event(r: dict) -> str:
-    """One sentence for an event record, numbers rounded."""
-    kind, at = r["kind"], f"step {r['step']}: "
-    if kind == "spike":
-        return at + f"loss spike ({r.get('description') or _num(r.get('loss'))})"
-    if kind == "rollback":
-        note = f" ({r['note']})" if r.get("note") else ""
-        return at + f"rolled back to the checkpoint of step {r.get('to_step')}{note}"
-    if kind == "skip":
-        return at + (f"skipped {r.get('batches')} batches (global sequences "
-                     f"{r.get('first_sequence')} to {r.get('end_sequence')})")
-    if kind == "stop":
-        return at + f"stopped: {r.get('reason')}"
-    if kind == "restart":
-        return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
-    if kind == "compiled":
-        cache = ""
-        if "cache_hits" in r:
-            cache = f"; compilation cache: {r['cache_hits']} hits, {r['cache_misses']} misses"
-        return at + f"compiled the step for batch {r.get('batch_size')} in {_num(r.get('seconds'))} s{cache}"
-    if kind == "goodput":
-        causes = sorted(((k[len("badput_"):-2], v) for k, v in r.items()
-                         if k.startswith("badput_") and k.endswith("_s") and v), key=lambda kv: -kv[1])
-        badput = "; badput " + ", ".join(f"{k} {v:.1f} s" for k, v in causes) if causes else ""
-        cache = (f"; compilation cache {r['cache_hits']} hits, {r['cache_misses']} misses"
-                 if "cache_hits" in r else "")
-        return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
-                     f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
-    if kind == "checkpoint_saved":
-        blocked = f" (the loop waited {r['blocked_s']:.2f} s)" if "blocked_s" in r else ""
-        return at + f"checkpoint saved{blocked}"
-    fields = ", ".join(f"{k} {_num(v)}" for k, v in r.items()
-                       if k not in ("kind", "time", "step", "alert") and v not in ("", None))
-    return at + kind.replace("_", " ") + (f": {fields}" if fields else "")
-
-
-def _num(value) -> str:
-    """Floats to 4 significant digits; everything else as it is."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:

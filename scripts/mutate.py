@@ -67,6 +67,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"],
                               ["tests/test_supervise_watchdog_edges.py"]),
     "data/pipeline.py": (["tests/test_data_pipeline.py"], ["tests/test_skip_ranges.py"]),
+    # The skip-range arithmetic of pipeline.py and positions.py, one type since issue 15.
+    "data/skips.py": (["tests/test_data_pipeline.py", "tests/test_supervise_faults.py",
+                       "tests/test_supervise_rollback.py"], ["tests/test_skip_ranges.py"]),
     "checkpoint/verification.py": (["tests/test_checkpoint_integrity.py"],
                                    ["tests/test_checkpoint_verify_defaults.py"]),
 }

@@ -47,6 +47,19 @@ def gcs_bucket(gcs_emulator, request):
     clear_client_caches()
 
 
+# -- a local fake-TPU Ray cluster (platform/ray/local_cluster.py) for the Ray tests ----------
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """1 pod x 2 fake hosts x 2 chips for the module, through `palm cluster up` / `down`."""
+    from palm_platform.ray.local_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("cluster"), pods=1, hosts_per_pod=2,
+                         chips_per_host=2, timeout_s=240) as state:
+        yield state
+
+
 def require(module: str, why: str) -> None:
     """Skip when `module` is missing here; fail when CI is set, where a skip would hide a
     real path (CI installs every extra, so a missing one is a broken set-up, not a choice)."""

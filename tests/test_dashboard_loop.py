@@ -11,8 +11,9 @@ from test_dashboard_sink import WAIT_S, wandb_env
 from palm_platform.dashboard import keys
 from palm_platform.dashboard.offline import read_job_runs
 from palm_platform.dashboard.workspace import build_workspace, panel_metrics
-from palm_platform.job import FaultInjection, load_job
+from palm_platform.job import load_job
 from palm_platform.metrics import read_records
+from palm_platform.supervise.config import FaultInjection
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"

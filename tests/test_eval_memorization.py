@@ -38,7 +38,8 @@ def overfit_run(tmp_path_factory):
               "sources": [{"name": "secrets", "paths": [str(folder / "secrets.jsonl")], "weight": 1.0}]},
         train={"steps": 250, "seq_len": 32, "batch_schedule": [{"sequences": 8}]},
         optimizer={"constant_steps": 1000},  # no lr decay: overfit fast
-        checkpoint={"directory": "ckpt", "every_steps": 250, "keep_last": 1, "rollback_steps": 0},
+        checkpoint={"directory": "ckpt", "every_steps": 250, "keep_last": 1},
+        faults={"spike": {"rollback_steps": 0}},  # retention: keep only the newest
         eval={"every_steps": 250, "heldout_fraction": 0.2, "sequences": 8},
     )
 

@@ -2,7 +2,7 @@
 
 import re
 
-from palm_platform.status import describe_event
+from palm_platform.events import describe_event
 
 
 def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():

@@ -3,41 +3,21 @@ the cluster listens on (not yet loopback only: xfail), and Ctrl-C on `palm run` 
 and the re-run is counted as a resume, not a restart.
 """
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
 from palm_platform.ray.listening import cluster_pids, listeners
+from palm_platform.ray.local_cluster import BIN, driver_env, train_workers, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    state_dir = tmp_path_factory.mktemp("cluster")
-    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", "2",
-                         "--chips-per-host", "2", "--dir", str(state_dir)],
-                        capture_output=True, text=True, timeout=240)
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = cluster.load_state(cluster.state_path(state_dir))
-    try:
-        yield state
-    finally:
-        cluster.down(state_dir)
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
 
 
 @pytest.mark.timeout(120)
@@ -66,18 +46,11 @@ def write_job(folder: Path, steps: int) -> Path:
 @pytest.mark.timeout(600)
 def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes(local_cluster, tmp_path):
     job = write_job(tmp_path, steps=40)
-    env = {**os.environ, "RAY_ADDRESS": local_cluster.gcs_address,
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = driver_env(local_cluster)
     run_dir = tmp_path / "run" / "ray-2host"
     run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # interrupt once a few steps are done
-        steps = [r["step"] for r in read_records(run_dir) if r["kind"] == "step"] \
-            if (run_dir / "metrics.jsonl").exists() else []
-        if steps and max(steps) >= 5:
-            break
-        time.sleep(0.5)
+    wait_for_step(run_dir, 5, run, timeout_s=300)  # interrupt once a few steps are done
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=240)
     assert run.returncode == 130, stderr[-3000:]
@@ -97,32 +70,17 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes(local_cluster, tmp_path):
     assert resumed_from <= stopped_at and max(r["step"] for r in records if r["kind"] == "step") == 40
 
 
-def train_workers(state) -> list:
-    import psutil
-
-    ours = {n.pid for n in state.nodes}
-    return [proc for proc in psutil.process_iter(["cmdline"])
-            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
-            and any(p.pid in ours for p in proc.parents())]
-
-
 @pytest.mark.timeout(600)
 def test_a_sigstopped_host_is_named_with_its_step_and_the_run_resumes(local_cluster, tmp_path):
     job = write_job(tmp_path, steps=16)
     spec = yaml.safe_load(job.read_text())
     spec["faults"]["hang_timeout_s"] = 20  # JAX's heartbeat is then 50 s: the watchdog is first
     job.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "RAY_ADDRESS": local_cluster.gcs_address,
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = driver_env(local_cluster)
     run_dir = tmp_path / "run" / "ray-2host"
     run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if (run_dir / "metrics.jsonl").exists() and any(
-                r["kind"] == "step" and r["step"] >= 4 for r in read_records(run_dir)):
-            break
-        time.sleep(0.5)
+    wait_for_step(run_dir, 4, run, timeout_s=300)
     victim = train_workers(local_cluster)[-1]
     victim.send_signal(signal.SIGSTOP)
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palm_platform.job import JobError, load_job
+from palm_platform.job import Job, JobError, load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "jobs" / "local-cpu.yaml"
@@ -57,6 +57,8 @@ def write(tmp_path, mutate) -> Path:
     (lambda s: s.pop("checkpoint"), "checkpoint", "Fix: add it"),
     (lambda s: s["data"].update(sources=[{"name": "x", "paths": ["a"], "weight": -1}]),
      "data.sources[0].weight", "greater than 0"),
+    (lambda s: s["checkpoint"].update(rollback_steps=20), "checkpoint.rollback_steps, "
+     "faults.spike.rollback_steps", "remove checkpoint.rollback_steps"),
 ])
 def test_bad_job_names_file_field_and_fix(tmp_path, mutate, field, words):
     path = write(tmp_path, mutate)
@@ -66,6 +68,13 @@ def test_bad_job_names_file_field_and_fix(tmp_path, mutate, field, words):
     assert str(path) in message and words in message
     assert f"field {field}" in message or f"fields {field}" in message
     assert "Fix:" in message
+
+
+def test_one_rollback_distance_sets_the_spike_remedy_and_checkpoint_retention(tmp_path):
+    job = load_job(write(tmp_path, lambda s: s["faults"]["spike"].update(rollback_steps=30)))
+    assert job.faults.spike.rollback_steps == job.checkpoint.rollback_steps == 30
+    # a recorded job (job.json, the Ray worker's copy) repeats it in the checkpoint section
+    assert Job.model_validate(job.model_dump(mode="json")) == job
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -57,7 +57,7 @@ def test_status_without_a_recorded_cluster_says_how_to_start_one(tmp_path, capsy
 
 def test_free_ports_are_never_handed_out_twice():
     # Two Ray components of one node given the same port fail to start (seen in CI).
-    from palm_platform.ray import cluster
+    from palm_platform.ray import cluster_state
 
-    ports = [cluster._free_port() for _ in range(300)]
+    ports = [cluster_state.free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)

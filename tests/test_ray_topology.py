@@ -1,5 +1,7 @@
 """TPU v4 shape strings and the feasibility check, on hand-made node lists (no cluster)."""
 
+from pathlib import Path
+
 import pytest
 
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
@@ -79,3 +81,25 @@ def test_ray_accepts_paper_pod_topology_after_registration():
     assert "3x5x7" not in VALID_TPU_TOPOLOGY["v4"]
     ensure_ray_accepts_v4_topology("12x16x16")  # PaLM's 3072-chip pods
     assert "12x16x16" in VALID_TPU_TOPOLOGY["v4"]
+
+
+def test_one_parser_reads_axbxc_for_the_job_and_for_ray():
+    from palm_platform.ray.topology import chips_in_topology, parse_topology
+
+    assert parse_topology("12X16x16") == (12, 16, 16) and chips_in_topology("2x2x1") == 4
+    for bad in ("2x2", "2x2x0", "axbxc", "2x2x2x2"):
+        with pytest.raises(ValueError, match="is not AxBxC"):
+            parse_topology(bad)
+
+
+def test_a_malformed_ici_topology_in_a_job_names_the_field(tmp_path):
+    import yaml
+
+    from palm_platform.job import JobError, load_job
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())
+    spec["topology"]["ici_topology"] = "2x4"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(JobError, match="ici_topology '2x4' is not AxBxC"):
+        load_job(path)

@@ -7,46 +7,23 @@ bit for bit.
 """
 
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import jax
 import numpy as np
-import psutil
 import pytest
 import yaml
 
 from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
+from palm_platform.ray.local_cluster import BIN, driver_env, kill_a_train_worker_after_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    import ray
-
-    state_dir = tmp_path_factory.mktemp("cluster")
-    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", "1", "--hosts-per-pod", "2",
-                         "--chips-per-host", "2", "--dir", str(state_dir)],
-                        capture_output=True, text=True, timeout=240)
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = cluster.load_state(cluster.state_path(state_dir))
-    try:
-        yield state
-    finally:
-        ray.shutdown()
-        cluster.down(state_dir)
-        shutil.rmtree(state.temp_dir, ignore_errors=True)
 
 
 def write_job(folder: Path, **changes) -> Path:
@@ -63,20 +40,15 @@ def write_job(folder: Path, **changes) -> Path:
     return path
 
 
-def env_for(state) -> dict:
-    return {**os.environ, "RAY_ADDRESS": state.gcs_address, "PATH": f"{BIN}:{os.environ['PATH']}"}
-
-
 def final_params(folder: Path):
     from palm_platform.checkpoint import Checkpointer
     from palm_platform.job import load_job
     from palm_platform.mesh import make_mesh
-    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     job = load_job(folder / "job.yaml")
     mesh = make_mesh(1, job.data_parallel, job.mesh.model, jax.devices()[:4])
-    abstract, _ = state_shardings(job.model.build(), build_optimizer(job.optimizer), mesh)
+    abstract, _ = state_shardings(job.model.build(), job.optimizer.build()[0], mesh)
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
     try:
         restored = checkpointer.restore(abstract)
@@ -94,7 +66,7 @@ def reference(local_cluster, tmp_path_factory):
     submit = subprocess.run(
         [BIN / "ray", "job", "submit", "--address", local_cluster.dashboard_url,
          "--working-dir", str(folder), "--", "./job.yaml"],
-        capture_output=True, text=True, timeout=600, env=env_for(local_cluster),
+        capture_output=True, text=True, timeout=600, env=driver_env(local_cluster),
     )
     assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-3000:] + submit.stderr[-2000:]
     (folder / "submit.log").write_text(submit.stdout)
@@ -129,34 +101,14 @@ def test_submitted_job_file_trains_to_its_last_step(reference):
     assert any(r["kind"] == "start" for r in records)
 
 
-def train_workers(state) -> list[psutil.Process]:
-    ours = {n.pid for n in state.nodes}
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmd and any(p.pid in ours for p in proc.parents()):
-            found.append(proc)
-    return found
-
-
 @pytest.mark.timeout(900)
 def test_killed_and_hung_hosts_restart_and_end_bitwise_equal(local_cluster, reference, tmp_path):
     # Host 1 hangs at step 8 (the watchdog turns it into a restart); a worker is killed
     # by PID once step 3 is done.
     job = write_job(tmp_path, faults={"inject": [{"kind": "hang_host", "step": 8, "host": 1}]})
-    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=driver_env(local_cluster),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "run" / "ray-2host" / "metrics.jsonl"
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        if metrics.exists() and any('"step": 3,' in ln and '"kind": "step"' in ln
-                                    for ln in metrics.read_text().splitlines()):
-            break
-        assert run.poll() is None, run.stdout.read()
-        time.sleep(0.5)
-    victims = train_workers(local_cluster)
-    assert len(victims) == 2, victims
-    os.kill(victims[-1].pid, signal.SIGKILL)
+    kill_a_train_worker_after_step(local_cluster, run, tmp_path / "run" / "ray-2host", 3)
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-4000:]
     records = read_records(tmp_path / "run" / "ray-2host")
@@ -174,7 +126,7 @@ def test_killed_and_hung_hosts_restart_and_end_bitwise_equal(local_cluster, refe
 def test_job_that_needs_more_pods_than_the_cluster_has_fails_fast(local_cluster, tmp_path):
     job = write_job(tmp_path, topology={"pods": 2})
     start = time.monotonic()
-    run = subprocess.run([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+    run = subprocess.run([BIN / "palm", "run", str(job)], env=driver_env(local_cluster),
                          capture_output=True, text=True, timeout=90)
     assert run.returncode == 1
     assert "cannot start" in run.stderr and "pod" in run.stderr, run.stderr
@@ -207,19 +159,9 @@ def test_job_with_checkpoints_on_gs_is_killed_resumes_and_ends_bitwise_equal(
     # group restarts from the newest gs:// checkpoint and must end as the local-disk run did.
     directory = f"{gcs_bucket}/ray-2host/ckpt"
     job = write_job(tmp_path, checkpoint={"directory": directory})
-    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=env_for(local_cluster),
+    run = subprocess.Popen([BIN / "palm", "run", str(job)], env=driver_env(local_cluster),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "run" / "ray-2host" / "metrics.jsonl"
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        if metrics.exists() and any('"step": 5,' in ln and '"kind": "step"' in ln
-                                    for ln in metrics.read_text().splitlines()):
-            break
-        assert run.poll() is None, run.stdout.read()
-        time.sleep(0.5)
-    victims = train_workers(local_cluster)
-    assert len(victims) == 2, victims
-    os.kill(victims[-1].pid, signal.SIGKILL)
+    kill_a_train_worker_after_step(local_cluster, run, tmp_path / "run" / "ray-2host", 5)
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-4000:]
     records = read_records(tmp_path / "run" / "ray-2host")

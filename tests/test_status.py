@@ -2,7 +2,8 @@
 
 import json
 
-from palm_platform.status import describe_event, main, summarize
+from palm_platform.events import describe_event
+from palm_platform.status import main, summarize
 
 
 def records():

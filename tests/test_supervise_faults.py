@@ -11,7 +11,7 @@ import pytest
 
 from palm_platform.data import DataConfig, SourceConfig, build_pipeline
 from palm_platform.data.readers import write_pretokenized_shard
-from palm_platform.job import FaultInjection
+from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.faults import FaultInjector, poison_tokens
 from palm_platform.supervise.positions import batch_sequence_indices
 

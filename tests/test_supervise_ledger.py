@@ -1,11 +1,11 @@
-"""Ledger: JSON round trip, skip ranges, counts, summary text, merge, atomic save."""
+"""Ledger: JSON round trip, skip ranges, counts, merge, atomic save."""
 
 import json
 import math
 
 import pytest
 
-from palm_platform.job import SpikeSection
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.rollback import plan_rollback
 from palm_platform.supervise.spike import Spike, SpikeDetector
@@ -15,33 +15,15 @@ def _handled_spike_ledger():
     ledger = Ledger()
     spike = Spike(step=412, loss=9.81, rule="ratio", limit=9.3, median=3.10, scale=3.0,
                   factor=3.0)
-    plan = plan_rollback(spike, [100, 200, 300], SpikeSection(), ledger,
+    plan = plan_rollback(spike, [100, 200, 300], SpikeConfig(), ledger,
                          data_state={"next_sequence": 13184}, batch_size=32)
-    ledger.record_plan(plan)
+    plan.record(ledger)
     return ledger
-
-
-def test_summary_line_traces_a_handled_spike():
-    assert _handled_spike_ledger().summary_lines() == [
-        "step 412: loss 9.81 > 3 x median 3.1 -> rolled back to step 300, "
-        "skipped sequences [13184, 22784) (300 batches)"
-    ]
-
-
-def test_summary_lines_show_restart_and_stop():
-    ledger = _handled_spike_ledger()
-    ledger.record_restart(300, "host 2 died (SIGKILL)")
-    nan_spike = SpikeDetector(SpikeSection()).observe(500, float("nan"))
-    ledger.record_spike(nan_spike)
-    ledger.record_stop(500, "max_rollbacks reached")
-    lines = ledger.summary_lines()
-    assert lines[1] == "step 300: restarted (host 2 died (SIGKILL))"
-    assert lines[2] == "step 500: loss nan is not finite -> stopped: max_rollbacks reached"
 
 
 def test_json_round_trip_is_strict_json_and_lossless():
     ledger = _handled_spike_ledger()
-    ledger.record_spike(SpikeDetector(SpikeSection()).observe(600, float("inf")))
+    ledger.record_spike(SpikeDetector(SpikeConfig()).observe(600, float("inf")))
     text = json.dumps(ledger.to_dict(), allow_nan=False)
     back = Ledger.from_dict(json.loads(text))
     assert back == ledger

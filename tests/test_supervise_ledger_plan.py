@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from palm_platform.job import SpikeSection
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.rollback import plan_rollback
 from palm_platform.supervise.spike import Spike
@@ -15,9 +15,9 @@ SPIKE = Spike(step=412, loss=9.81, rule="ratio", limit=9.3, median=3.10, scale=3
 
 def test_a_rollback_plan_records_spike_rollback_and_its_skip_range():
     ledger = Ledger()
-    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeSection(), ledger,
+    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeConfig(), ledger,
                          data_state={"next_sequence": 13184}, batch_size=32)
-    added = ledger.record_plan(plan)
+    added = plan.record(ledger)
     assert [e["kind"] for e in added] == ["spike", "rollback", "skip"]
     assert [tuple(r) for r in ledger.skip_ranges()] == [(13184, 13184 + plan.skip_batches * 32)]
     restarted = Ledger.from_dict(json.loads(json.dumps(ledger.to_dict())))
@@ -26,21 +26,11 @@ def test_a_rollback_plan_records_spike_rollback_and_its_skip_range():
 
 def test_a_stop_plan_records_no_skip():
     ledger = Ledger()
-    plan = plan_rollback(SPIKE, [], SpikeSection(), ledger, data_state={"next_sequence": 0},
+    plan = plan_rollback(SPIKE, [], SpikeConfig(), ledger, data_state={"next_sequence": 0},
                          batch_size=32)
     assert plan.action == "stop"
-    assert [e["kind"] for e in ledger.record_plan(plan)] == ["spike", "stop"]
+    assert [e["kind"] for e in plan.record(ledger)] == ["spike", "stop"]
     assert list(ledger.skip_ranges()) == []
-
-
-def test_recomputed_steps_are_those_between_restore_and_spike():
-    ledger = Ledger()
-    plan = plan_rollback(SPIKE, [100, 200, 300], SpikeSection(), ledger,
-                         data_state={"next_sequence": 0}, batch_size=32)
-    assert plan.recomputed_steps == SPIKE.step - plan.restore_step
-    stop = plan_rollback(SPIKE, [], SpikeSection(), ledger, data_state={"next_sequence": 0},
-                         batch_size=32)
-    assert stop.restore_step is None and stop.recomputed_steps == 0
 
 
 @pytest.mark.parametrize("data", [{"events": "spike"}, {"version": 1}, ["events"]])
@@ -58,9 +48,9 @@ def test_save_creates_missing_folders(tmp_path):
 
 
 def test_a_batch_of_one_sequence_is_a_valid_plan_and_zero_is_not():
-    plan = plan_rollback(SPIKE, [300], SpikeSection(), Ledger(), data_state={"next_sequence": 7},
+    plan = plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                          batch_size=1)
-    assert plan.action == "rollback" and plan.skip_sequences == plan.skip_batches
+    assert plan.action == "rollback" and plan.end_sequence - plan.first_sequence == plan.skip_batches
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        plan_rollback(SPIKE, [300], SpikeSection(), Ledger(), data_state={"next_sequence": 7},
+        plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                       batch_size=0)

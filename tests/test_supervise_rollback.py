@@ -1,11 +1,11 @@
 """plan_rollback: restore target, data skip in sequences, escalation, stop cases."""
 
-from palm_platform.job import SpikeSection
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.rollback import plan_rollback
 from palm_platform.supervise.spike import Spike
 
-CFG = SpikeSection(window=20, rollback_steps=100, skip_batches=300, max_rollbacks=3,
+CFG = SpikeConfig(window=20, rollback_steps=100, skip_batches=300, max_rollbacks=3,
                    recurrence_steps=500)
 STATE = {"next_sequence": 13184, "skip_ranges": []}
 
@@ -23,13 +23,13 @@ def test_restores_newest_checkpoint_at_least_rollback_steps_before_the_spike():
     plan = _plan(412, [100, 200, 300, 400])
     assert plan.action == "rollback"
     assert plan.restore_step == 300 and plan.note == ""
-    assert plan.recomputed_steps == 112
+    assert plan.spike.step - plan.restore_step == 112
 
 
 def test_skip_starts_at_the_spike_batch_and_spans_skip_batches_times_batch_size():
     plan = _plan(412, [300], batch_size=32)
     assert (plan.first_sequence, plan.end_sequence) == (13184, 13184 + 300 * 32)
-    assert plan.skip_batches == 300 and plan.skip_sequences == 9600
+    assert plan.skip_batches == 300 and plan.end_sequence - plan.first_sequence == 9600
 
 
 def test_skip_starts_after_an_earlier_skip_range_the_batch_jumped_over():
@@ -65,7 +65,7 @@ def test_rollback_steps_zero_may_restore_the_spike_step_itself():
 def _ledger_with_rollback_at(*steps):
     ledger = Ledger()
     for step in steps:
-        ledger.record_plan(_plan(step, [0], ledger=ledger))
+        _plan(step, [0], ledger=ledger).record(ledger)
     return ledger
 
 
@@ -74,7 +74,7 @@ def test_recurrence_widens_the_skip_twofold_per_earlier_nearby_rollback():
     plan = _plan(450, [0, 300], ledger=ledger)
     assert plan.action == "rollback" and plan.recurrences == 1
     assert plan.skip_batches == 600 and "widened to 600" in plan.reason
-    ledger.record_plan(plan)
+    plan.record(ledger)
     assert _plan(420, [0, 300], ledger=ledger).skip_batches == 1200
 
 

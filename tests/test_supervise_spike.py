@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palm_platform.job import JobError, SpikeSection, load_job, parse_job
+from palm_platform.job import JobError, load_job, parse_job
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.spike import Spike, SpikeDetector
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
@@ -23,7 +24,7 @@ def _noisy(n, base=3.0, wiggle=0.05):
 
 
 def test_ratio_rule_flags_loss_above_threshold_times_median():
-    detector = SpikeDetector(SpikeSection(rule="ratio", window=10, min_history=5, threshold=2.0))
+    detector = SpikeDetector(SpikeConfig(rule="ratio", window=10, min_history=5, threshold=2.0))
     assert _feed(detector, [3.0] * 10) == [None] * 10
     assert detector.observe(10, 5.9) is None
     spike = detector.observe(11, 6.1)
@@ -32,7 +33,7 @@ def test_ratio_rule_flags_loss_above_threshold_times_median():
 
 
 def test_zscore_rule_flags_loss_above_median_plus_k_robust_std():
-    detector = SpikeDetector(SpikeSection(rule="zscore", window=20, min_history=10, zscore=6.0))
+    detector = SpikeDetector(SpikeConfig(rule="zscore", window=20, min_history=10, zscore=6.0))
     _feed(detector, _noisy(20))
     assert detector.observe(20, 3.2) is None
     spike = detector.observe(21, 4.0)
@@ -42,14 +43,14 @@ def test_zscore_rule_flags_loss_above_median_plus_k_robust_std():
 
 
 def test_zscore_does_not_flag_ordinary_noise_or_a_falling_loss():
-    detector = SpikeDetector(SpikeSection(rule="zscore", window=20, min_history=10))
+    detector = SpikeDetector(SpikeConfig(rule="zscore", window=20, min_history=10))
     falling = [7.0 - 0.05 * i + 0.1 * math.sin(2.3 * i) for i in range(60)]
     assert all(v is None for v in _feed(detector, falling))
 
 
 def test_zscore_noise_estimate_ignores_a_steady_trend():
     # falling 0.05 per step with +-0.01 noise: a jump of 0.5 above the median is a spike
-    detector = SpikeDetector(SpikeSection(rule="zscore", window=20, min_history=10, zscore=6.0))
+    detector = SpikeDetector(SpikeConfig(rule="zscore", window=20, min_history=10, zscore=6.0))
     _feed(detector, [7.0 - 0.05 * i + 0.01 * (-1) ** i for i in range(20)])
     spike = detector.observe(20, 7.05)  # median 6.525; a MAD about it would put the bar at 8.7
     assert spike is not None
@@ -57,7 +58,7 @@ def test_zscore_noise_estimate_ignores_a_steady_trend():
 
 
 def test_zscore_on_a_perfectly_flat_window_uses_a_relative_floor():
-    detector = SpikeDetector(SpikeSection(rule="zscore", window=10, min_history=5, zscore=6.0))
+    detector = SpikeDetector(SpikeConfig(rule="zscore", window=10, min_history=5, zscore=6.0))
     _feed(detector, [2.0] * 10)
     assert detector.observe(10, 2.1) is None  # 5% up: under 6 x 1% of the median
     assert detector.observe(11, 2.2) is not None
@@ -65,20 +66,20 @@ def test_zscore_on_a_perfectly_flat_window_uses_a_relative_floor():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_nan_and_inf_are_spikes_even_before_min_history(bad):
-    detector = SpikeDetector(SpikeSection(window=10, min_history=5))
+    detector = SpikeDetector(SpikeConfig(window=10, min_history=5))
     spike = detector.observe(0, bad)
     assert spike is not None and spike.rule == "nonfinite"
     assert "not finite" in spike.describe()
 
 
 def test_no_verdict_before_min_history():
-    detector = SpikeDetector(SpikeSection(rule="ratio", window=10, min_history=5))
+    detector = SpikeDetector(SpikeConfig(rule="ratio", window=10, min_history=5))
     assert _feed(detector, [1.0, 1.0, 1.0, 1.0, 100.0]) == [None] * 5
     assert detector.observe(5, 100.0) is not None  # history: 5 losses incl. the 100
 
 
 def test_spike_losses_do_not_enter_the_history():
-    detector = SpikeDetector(SpikeSection(rule="ratio", window=5, min_history=5))
+    detector = SpikeDetector(SpikeConfig(rule="ratio", window=5, min_history=5))
     _feed(detector, [1.0] * 5)
     before = detector.history
     assert detector.observe(5, 50.0) is not None
@@ -88,7 +89,7 @@ def test_spike_losses_do_not_enter_the_history():
 
 
 def test_verdicts_are_a_pure_function_of_the_observations():
-    cfg = SpikeSection(window=20, min_history=10)
+    cfg = SpikeConfig(window=20, min_history=10)
     losses = _noisy(50) + [9.0, 3.0, float("nan")] + _noisy(20)
     a, b = SpikeDetector(cfg), SpikeDetector(cfg)
 
@@ -101,7 +102,7 @@ def test_verdicts_are_a_pure_function_of_the_observations():
 
 
 def test_steps_must_increase_until_truncated():
-    detector = SpikeDetector(SpikeSection(window=10, min_history=5))
+    detector = SpikeDetector(SpikeConfig(window=10, min_history=5))
     _feed(detector, [3.0] * 10)
     with pytest.raises(ValueError, match="truncate"):
         detector.observe(5, 3.0)
@@ -111,7 +112,7 @@ def test_steps_must_increase_until_truncated():
 
 
 def test_truncate_then_replay_equals_restore_of_saved_state():
-    cfg = SpikeSection(window=10, min_history=5, rollback_steps=10)
+    cfg = SpikeConfig(window=10, min_history=5, rollback_steps=10)
     losses = _noisy(40)
     saved_at_20 = None
     live = SpikeDetector(cfg)
@@ -128,7 +129,7 @@ def test_truncate_then_replay_equals_restore_of_saved_state():
 
 
 def test_spike_json_round_trip_keeps_nan():
-    spike = SpikeDetector(SpikeSection()).observe(3, float("nan"))
+    spike = SpikeDetector(SpikeConfig()).observe(3, float("nan"))
     text = json.dumps(spike.to_dict(), allow_nan=False)
     back = Spike.from_dict(json.loads(text))
     assert back.step == 3 and math.isnan(back.loss) and back.rule == "nonfinite"

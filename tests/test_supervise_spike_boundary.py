@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from palm_platform.job import SpikeSection
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.spike import SpikeDetector
 
 
-def _fed(cfg: SpikeSection, losses) -> SpikeDetector:
+def _fed(cfg: SpikeConfig, losses) -> SpikeDetector:
     detector = SpikeDetector(cfg)
     for step, loss in enumerate(losses):
         assert detector.observe(step, loss) is None
@@ -24,7 +24,7 @@ def _just_above(x: float) -> float:
 @pytest.mark.parametrize(("window", "median"), [([3.0] * 10, 3.0), ([1.0, 4.0, 2.0, 3.0, 6.0, 5.0], 3.5),
                                                 ([1.0, 5.0, 2.0, 3.0, 4.0], 3.0)])
 def test_ratio_rule_boundary_is_threshold_times_median(window, median):
-    cfg = SpikeSection(rule="ratio", window=len(window), min_history=len(window), threshold=2.0)
+    cfg = SpikeConfig(rule="ratio", window=len(window), min_history=len(window), threshold=2.0)
     limit = 2.0 * median
     at_limit = _fed(cfg, window)
     assert at_limit.observe(len(window), limit) is None
@@ -35,7 +35,7 @@ def test_ratio_rule_boundary_is_threshold_times_median(window, median):
 
 
 def test_zscore_boundary_on_a_flat_window_is_the_relative_floor():
-    cfg = SpikeSection(rule="zscore", window=10, min_history=5, zscore=6.0)
+    cfg = SpikeConfig(rule="zscore", window=10, min_history=5, zscore=6.0)
     floor = 0.01 * 2.0
     limit = 2.0 + 6.0 * floor
     assert _fed(cfg, [2.0] * 10).observe(10, limit) is None
@@ -44,7 +44,7 @@ def test_zscore_boundary_on_a_flat_window_is_the_relative_floor():
 
 
 def test_zscore_boundary_with_noise_matches_numpy():
-    cfg = SpikeSection(rule="zscore", window=12, min_history=12, zscore=4.0)
+    cfg = SpikeConfig(rule="zscore", window=12, min_history=12, zscore=4.0)
     losses = [3.0 + 0.3 * math.sin(1.3 * i) + 0.01 * i for i in range(12)]
     diffs = np.diff(losses)
     robust_std = 1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2)
@@ -60,20 +60,20 @@ def test_zscore_boundary_with_noise_matches_numpy():
 
 
 def test_only_the_last_window_losses_set_the_bar():
-    cfg = SpikeSection(rule="ratio", window=5, min_history=5, threshold=2.0)
+    cfg = SpikeConfig(rule="ratio", window=5, min_history=5, threshold=2.0)
     detector = _fed(cfg, [10.0] * 5 + [1.0] * 5)
     spike = detector.observe(10, 2.5)  # 2.5 > 2 x 1.0; the older 10.0s no longer count
     assert spike is not None and spike.median == 1.0
 
 
 def test_verdicts_start_exactly_at_min_history():
-    cfg = SpikeSection(rule="ratio", window=10, min_history=4, threshold=2.0)
+    cfg = SpikeConfig(rule="ratio", window=10, min_history=4, threshold=2.0)
     assert _fed(cfg, [1.0] * 3).observe(3, 50.0) is None  # 3 losses: too few to judge
     assert _fed(cfg, [1.0] * 4).observe(4, 50.0) is not None
 
 
 def test_a_rolled_back_detector_forgets_replayed_steps_only():
-    cfg = SpikeSection(rule="ratio", window=5, min_history=5, threshold=2.0, rollback_steps=3)
+    cfg = SpikeConfig(rule="ratio", window=5, min_history=5, threshold=2.0, rollback_steps=3)
     detector = _fed(cfg, [1.0] * 5 + [1.9] * 5)
     detector.truncate(7)
     assert [s for s, _ in detector.history] == [0, 1, 2, 3, 4, 5, 6]
@@ -85,7 +85,7 @@ def test_a_rolled_back_detector_forgets_replayed_steps_only():
 
 
 def test_a_loaded_state_keeps_its_last_step():
-    cfg = SpikeSection(rule="ratio", window=5, min_history=5)
+    cfg = SpikeConfig(rule="ratio", window=5, min_history=5)
     detector = _fed(cfg, [1.0] * 8)
     restored = SpikeDetector(cfg)
     restored.load_state_dict(detector.state_dict())

@@ -1,6 +1,6 @@
 """The pods-identical check returns False when one pod's copy differs by a single bit.
 
-The loop trusts `pods_hold_identical_params` every step; these tests build parameters whose
+The loop trusts `pod_checksum_array` + `checksums_agree` every step; these tests build parameters whose
 pods hold purpose-made different copies (one bit flipped in one element of one pod's shard)
 and show the check notices, for float32 and bfloat16 leaves, sharded and replicated ones.
 """
@@ -12,7 +12,16 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from palm_platform.mesh import make_mesh
-from palm_platform.train.consistency import pod_checksums, pods_hold_identical_params
+from palm_platform.train.consistency import checksums_agree, pod_checksum_array
+
+
+def pod_checksums(params, mesh) -> list[int]:
+    return [int(c) for c in jax.device_get(pod_checksum_array(params, mesh))]
+
+
+def pods_hold_identical_params(params, mesh) -> bool:
+    """What the loop computes each step with metrics.check_pods_identical."""
+    return checksums_agree(pod_checksum_array(params, mesh))
 
 # name -> (shape, dtype, partition spec over the in-pod axes)
 LEAVES = {

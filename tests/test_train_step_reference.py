@@ -21,13 +21,13 @@ import pytest
 
 from palm.config import PALM_TEST
 from palm.model import PaLM, cross_entropy_and_z_loss
-from palm_platform.job import OptimizerSection
 from palm_platform.mesh import make_mesh
-from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
+from palm_platform.train.config import OptimizerConfig
+from palm_platform.train.optimizer import learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, make_train_step
 
-OPT = OptimizerSection()
+OPT = OptimizerConfig()
 TOKENS = jax.random.randint(jax.random.key(1), (8, 17), 0, PALM_TEST.vocab_size)
 
 
@@ -104,8 +104,8 @@ def test_optimizer_clips_the_global_norm_before_adafactor(limit):
     steps = [jax.tree.map(lambda p, s=s: (rng.normal(size=p.shape) * s).astype(np.float32), params)
              for s in (4.0, 0.5)]
     assert all(global_norm(g) > limit * 4 for g in steps)
-    clipped_tx = build_optimizer(OPT.model_copy(update={"clip_global_norm": limit}))
-    never_clips = build_optimizer(OPT.model_copy(update={"clip_global_norm": 1e30}))
+    clipped_tx = OPT.model_copy(update={"clip_global_norm": limit}).build()[0]
+    never_clips = OPT.model_copy(update={"clip_global_norm": 1e30}).build()[0]
     state, ref_state = clipped_tx.init(params), never_clips.init(params)
     p, ref_p = params, params
     for grads in steps:
@@ -126,7 +126,7 @@ def test_optimizer_leaves_a_gradient_under_the_limit_alone():
     params = {"w": np.full((4, 4), 2.0, np.float32)}
     small = {"w": np.full((4, 4), 0.01, np.float32)}  # norm 0.04 < 1
     big = {"w": np.full((4, 4), 10.0, np.float32)}
-    tx, never_clips = build_optimizer(OPT), build_optimizer(OPT.model_copy(update={"clip_global_norm": 1e30}))
+    tx, never_clips = OPT.build()[0], OPT.model_copy(update={"clip_global_norm": 1e30}).build()[0]
     s, r = tx.init(params), never_clips.init(params)
     for grads in (big, small):
         u, s = tx.update(grads, s, params)
@@ -135,7 +135,7 @@ def test_optimizer_leaves_a_gradient_under_the_limit_alone():
     assert jnp.isfinite(u["w"]).all()
 
 
-def numpy_palm_optimizer(cfg: OptimizerSection, params: dict, grad_steps: list[dict]) -> list[dict]:
+def numpy_palm_optimizer(cfg: OptimizerConfig, params: dict, grad_steps: list[dict]) -> list[dict]:
     """PaLM's recipe written out in numpy, one leaf at a time (float64), for comparison:
     global-norm clip; second moment v = b2 v + (1 - b2)(g^2 + 1e-30) with b2 = 1 - k^-exponent;
     u = g / sqrt(v); u /= max(1, rms(u) / clip_update_rms); u *= lr; u *= max(rms(p), 1e-3);
@@ -164,8 +164,8 @@ def numpy_palm_optimizer(cfg: OptimizerSection, params: dict, grad_steps: list[d
 
 
 @pytest.mark.parametrize("cfg", [
-    OptimizerSection(),
-    OptimizerSection(peak_learning_rate=0.05, constant_steps=2, beta1=0.5,
+    OptimizerConfig(),
+    OptimizerConfig(peak_learning_rate=0.05, constant_steps=2, beta1=0.5,
                      second_moment_exponent=0.5, clip_global_norm=0.7, clip_update_rms=0.3),
 ], ids=["palm", "every-field-changed"])
 def test_optimizer_follows_the_recipe_written_in_numpy(cfg):
@@ -178,7 +178,7 @@ def test_optimizer_follows_the_recipe_written_in_numpy(cfg):
     grad_steps = [{k: (rng.normal(size=x.shape) * scale).astype(np.float32)
                    for k, x in params.items()} for scale in (3.0, 0.05, 1.0, 0.2)]
     expected = numpy_palm_optimizer(cfg, params, grad_steps)
-    tx = build_optimizer(cfg)
+    tx = cfg.build()[0]
     state, p = tx.init(params), params
     for grads, want in zip(grad_steps, expected, strict=True):
         updates, state = tx.update(grads, state, p)

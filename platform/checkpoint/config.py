@@ -31,7 +31,7 @@ class CheckpointConfig(BaseModel):
         ge=0,
         description="train steps a loss-spike rollback must be able to go "
         "back from the newest checkpoint; older checkpoints are kept until one lies at least "
-        "this many steps behind it",
+        "this many steps behind it (in a job file: set from faults.spike.rollback_steps)",
     )
     keep_every: int | None = Field(
         default=None,

@@ -18,6 +18,8 @@ import zlib
 
 from etils import epath
 
+from palm_platform.atomic_write import write_atomic
+
 MANIFEST_NAME = "palm_manifest.json"
 _BLOCK_BYTES = 8 << 20
 
@@ -78,9 +80,7 @@ def write_manifest(step_dir: epath.Path, *, checksums: bool) -> dict:
     if str(step_dir).startswith("gs://"):
         (step_dir / MANIFEST_NAME).write_text(text)
         return manifest
-    tmp = step_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(step_dir / MANIFEST_NAME)
+    write_atomic(step_dir / MANIFEST_NAME, text)
     return manifest
 
 

@@ -28,7 +28,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.dashboard import keys
+from palm_platform.events import describe_event
 
 logger = logging.getLogger("palm")
 
@@ -120,7 +122,7 @@ class WandbWriter:
             self._forks += 1
             child = f"{self._base_id}-fork{self._forks}"
             self._open(id=child, fork_from=run_moment(parent, step))
-            (self.run_dir / STATE_FILE).write_text(json.dumps({"run_id": child, "forks": self._forks}))
+            write_atomic(self.run_dir / STATE_FILE, json.dumps({"run_id": child, "forks": self._forks}))
         self._last_step = step
 
     # -- rows ------------------------------------------------------------------------------
@@ -171,8 +173,8 @@ class WandbWriter:
         if event in self._alerted:
             return
         self._alerted.add(event)
-        details = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
-        self.run.alert(title=f"{kind} at step {step} (attempt {self._attempt})", text=details or kind,
+        text = describe_event({"kind": kind, "step": step, **fields})
+        self.run.alert(title=f"{kind} at step {step} (attempt {self._attempt})", text=text,
                        level=keys.ALERT_LEVELS.get(kind, "INFO"), wait_duration=0)
 
     def finish(self) -> None:
@@ -183,6 +185,3 @@ class WandbWriter:
             self.run.log({**row, keys.STEP_METRIC: self._last_step}, step=self._last_step)
         self.run.finish()
 
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

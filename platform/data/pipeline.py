@@ -29,7 +29,6 @@ Tokenising and packing are hand-written too (token_cache.py, packing.py).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ import numpy as np
 
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
 from palm_platform.data.packing import PackedSequences
+from palm_platform.data.skips import SkipRanges
 from palm_platform.data.token_cache import (
     LengthLimit,
     SourceTokens,
@@ -118,7 +118,7 @@ class Pipeline:
             mixed, window_size=config.shuffle_window, seed=derive_seed(config.seed, "mixture")
         )
         self._next_sequence = 0
-        self._skip_ranges: list[list[int]] = []  # sorted, disjoint, merged [start, end)
+        self._skips = SkipRanges()
 
     # ---- position and skips -------------------------------------------------------------
 
@@ -127,7 +127,7 @@ class Pipeline:
         return {
             "version": STATE_VERSION,
             "next_sequence": self._next_sequence,
-            "skip_ranges": [list(r) for r in self._skip_ranges],
+            "skip_ranges": self._skips.to_list(),
             "seed": self.config.seed,
             "seq_len": self.seq_len,
             "sources": {s.name: s.weight for s in self.config.sources},
@@ -146,9 +146,7 @@ class Pipeline:
                     "data state was saved with %s=%s, pipeline has %s", key, state[key], mine
                 )
         self._next_sequence = next_sequence
-        self._skip_ranges = []
-        for start, end in ranges:
-            self.add_skip_range(start, end)
+        self._skips = SkipRanges(ranges)
 
     @property
     def next_sequence(self) -> int:
@@ -156,49 +154,17 @@ class Pipeline:
 
     def add_skip_range(self, start: int, end: int) -> None:
         """Never yield global sequences [start, end) (e.g. from a rollback ledger)."""
-        if not 0 <= start <= end:
-            raise ValueError(f"bad skip range [{start}, {end})")
-        if start == end:
-            return
-        merged = []
-        for a, b in sorted([*map(tuple, self._skip_ranges), (start, end)]):
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        self._skip_ranges = merged
+        self._skips.add(start, end)
 
     def skip_sequences(self, count: int) -> tuple[int, int]:
         """Skip the next `count` global sequences; returns the skipped [start, end)."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        start = self._first_unskipped(self._next_sequence)
+        start = self._skips.first_unskipped(self._next_sequence)
         self.add_skip_range(start, start + count)
         self._next_sequence = start + count
         log.info("data: skipping global sequences [%d, %d)", start, start + count)
         return start, start + count
-
-    def _first_unskipped(self, index: int) -> int:
-        starts = [a for a, _ in self._skip_ranges]
-        k = bisect.bisect_right(starts, index) - 1
-        if k >= 0 and index < self._skip_ranges[k][1]:
-            return self._skip_ranges[k][1]
-        return index
-
-    def _take_indices(self, count: int) -> np.ndarray:
-        """The next `count` global sequence indices outside the skip ranges; advances."""
-        chunks, taken, index = [], 0, self._next_sequence
-        while taken < count:
-            index = self._first_unskipped(index)
-            starts = [a for a, _ in self._skip_ranges]
-            k = bisect.bisect_right(starts, index)
-            limit = starts[k] if k < len(starts) else index + count - taken
-            n = min(count - taken, limit - index)
-            chunks.append(np.arange(index, index + n, dtype=np.int64))
-            taken += n
-            index += n
-        self._next_sequence = index
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -220,7 +186,7 @@ class Pipeline:
                 f"global batch size {global_batch_size} must be a positive multiple of the "
                 f"process count {self.process_count}"
             )
-        indices = self._take_indices(global_batch_size)
+        indices, self._next_sequence = self._skips.take(self._next_sequence, global_batch_size)
         per_process = global_batch_size // self.process_count
         mine = indices[self.process_index * per_process : (self.process_index + 1) * per_process]
         return self.sequences(mine)

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from palm_platform.atomic_write import atomic_open, write_atomic
 from palm_platform.data import readers
 from palm_platform.data.config import SourceConfig
 from palm_platform.data.tokenizer import Tokenizer
@@ -151,51 +151,44 @@ def _build(
     start = time.perf_counter()
     stats = readers.ReadStats()
     num_tokens = 0
-    handle, tmp_tokens = tempfile.mkstemp(dir=tokens_path.parent, suffix=".tokens.tmp")
     eos = np.array([tokenizer.eos_id], TOKEN_DTYPE)
-    try:
-        with os.fdopen(handle, "wb") as out:
+    # Tokens first, then the meta file that marks the cache valid: each replaced atomically.
+    with atomic_open(tokens_path, "wb") as out:
 
-            def write(arrays: list[np.ndarray]) -> None:
-                nonlocal num_tokens
-                for array in arrays:
-                    out.write(array.tobytes())
-                    out.write(eos.tobytes())
-                    num_tokens += len(array) + 1
+        def write(arrays: list[np.ndarray]) -> None:
+            nonlocal num_tokens
+            for array in arrays:
+                out.write(array.tobytes())
+                out.write(eos.tobytes())
+                num_tokens += len(array) + 1
 
-            for path in files:
-                pending: list[str] = []
-                pending_chars = 0
-                documents = readers.iter_documents(path, source.format, source.text_field, stats)
-                for index, document in enumerate(documents, start=1):
-                    if isinstance(document, np.ndarray):  # pre-tokenised
-                        if document.size and (
-                            document.min() < 0 or document.max() >= tokenizer.vocab_size
-                        ):
-                            stats.record_bad(
-                                "bad_tokens",
-                                path,
-                                index,
-                                f"ids outside [0, {tokenizer.vocab_size}) of {tokenizer.path}",
-                            )
-                            continue
-                        write([document.astype(TOKEN_DTYPE)])
+        for path in files:
+            pending: list[str] = []
+            pending_chars = 0
+            documents = readers.iter_documents(path, source.format, source.text_field, stats)
+            for index, document in enumerate(documents, start=1):
+                if isinstance(document, np.ndarray):  # pre-tokenised
+                    if document.size and (
+                        document.min() < 0 or document.max() >= tokenizer.vocab_size
+                    ):
+                        stats.record_bad(
+                            "bad_tokens",
+                            path,
+                            index,
+                            f"ids outside [0, {tokenizer.vocab_size}) of {tokenizer.path}",
+                        )
                         continue
-                    for piece in limit.apply(document, path, stats.position, stats):
-                        pending.append(piece)
-                        pending_chars += len(piece)
-                    if pending_chars >= _ENCODE_CHUNK_CHARS:
-                        write(_encode(tokenizer, pending, num_threads))
-                        pending, pending_chars = [], 0
-                write(_encode(tokenizer, pending, num_threads))
-        meta = {"num_tokens": num_tokens, "stats": stats.as_dict(), "files": len(files)}
-        os.replace(tmp_tokens, tokens_path)
-        tmp_meta = meta_path.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)
-    finally:
-        if os.path.exists(tmp_tokens):
-            os.unlink(tmp_tokens)
+                    write([document.astype(TOKEN_DTYPE)])
+                    continue
+                for piece in limit.apply(document, path, stats.position, stats):
+                    pending.append(piece)
+                    pending_chars += len(piece)
+                if pending_chars >= _ENCODE_CHUNK_CHARS:
+                    write(_encode(tokenizer, pending, num_threads))
+                    pending, pending_chars = [], 0
+            write(_encode(tokenizer, pending, num_threads))
+    meta = {"num_tokens": num_tokens, "stats": stats.as_dict(), "files": len(files)}
+    write_atomic(meta_path, json.dumps(meta))
     log.info(
         "tokenised source %r: %d files, %d documents, %d tokens in %.1f s -> %s; bad: %s",
         source.name,

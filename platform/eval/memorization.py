@@ -52,15 +52,9 @@ class Memorization:
 
 def sample_trained_indices(data_state: dict, count: int, seed: int) -> np.ndarray:
     """`count` distinct global sequence indices in [0, next_sequence) outside skip ranges."""
-    end = int(data_state["next_sequence"])
-    kept, position = [], 0
-    for start, stop in sorted((int(a), int(b)) for a, b in data_state.get("skip_ranges", [])):
-        if start > position:
-            kept.append((position, min(start, end)))
-        position = max(position, stop)
-    if position < end:
-        kept.append((position, end))
-    kept = [(a, b) for a, b in kept if b > a]
+    from palm_platform.data.skips import SkipRanges
+
+    kept = SkipRanges.of_state(data_state).kept_spans(int(data_state["next_sequence"]))
     total = sum(b - a for a, b in kept)
     if total == 0:
         raise EvalInputError("this checkpoint has trained on no sequence yet. Fix: pick a later --step")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.job import Job, JobError, load_job
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ class EvalInputError(ValueError):
 def record_job(run_dir: Path, job: Job) -> None:
     """Write the job (paths already resolved) into the run folder, for later commands."""
     path = Path(run_dir) / JOB_RECORD
-    path.write_text(json.dumps(job.model_dump(mode="json"), indent=1))
+    # Atomic: `palm eval` / `palm generate` may read it while a restarted run rewrites it.
+    write_atomic(path, json.dumps(job.model_dump(mode="json"), indent=1))
 
 
 def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Job, Path]:
@@ -82,7 +84,6 @@ def restore_run(target: str | Path, *, step: int | None = None,
     from palm_platform.checkpoint import Checkpointer, CheckpointError
     from palm_platform.data.tokenizer import load_tokenizer
     from palm_platform.mesh import make_mesh
-    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     model_cfg = job.model.build()
@@ -99,7 +100,7 @@ def restore_run(target: str | Path, *, step: int | None = None,
         raise EvalInputError(f"{directory}: checkpoint directory not found (from {job.name}'s "
                              "checkpoint.directory). Fix: pass the run folder of a trained job")
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    abstract, _ = state_shardings(model_cfg, build_optimizer(job.optimizer), mesh)
+    abstract, _ = state_shardings(model_cfg, job.optimizer.build()[0], mesh)
     # Retention must never delete anything here: keep_last is irrelevant to a reader, but
     # the Checkpointer only deletes on save, which this never calls.
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)

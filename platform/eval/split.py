@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.data.pipeline import derive_seed
 from palm_platform.data.token_cache import SourceTokens
 
@@ -137,4 +138,4 @@ def read_recorded_split(run_dir: Path, process_index: int) -> dict | None:
 def write_split(run_dir: Path, record: dict) -> None:
     path = Path(run_dir) / SPLIT_FILE
     if not path.exists():
-        path.write_text(json.dumps(record))
+        write_atomic(path, json.dumps(record))  # a kill mid-write must not leave half a split

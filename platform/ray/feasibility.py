@@ -37,9 +37,9 @@ class TpuRequest:
 
     @property
     def pod_type(self) -> str:
-        from ray._private.accelerators.tpu import infer_tpu_pod_type_from_topology
+        from palm_platform.ray.compat import tpu_pod_type
 
-        return infer_tpu_pod_type_from_topology(self.topology, self.accelerator_type)
+        return tpu_pod_type(self.topology, self.accelerator_type)
 
     def describe(self) -> str:
         return (

@@ -69,15 +69,15 @@ def last_logged_step(run_dir: Path) -> int | None:
 
 
 def _kv_get(key: str) -> bytes | None:
-    from ray.experimental.internal_kv import _internal_kv_get
+    from palm_platform.ray.compat import kv_get
 
-    return _internal_kv_get(key, namespace=KV_NAMESPACE)
+    return kv_get(key, KV_NAMESPACE)
 
 
 def _kv_put(key: str, value: str) -> None:
-    from ray.experimental.internal_kv import _internal_kv_put
+    from palm_platform.ray.compat import kv_put
 
-    _internal_kv_put(key, value.encode(), overwrite=True, namespace=KV_NAMESPACE)
+    kv_put(key, value.encode(), KV_NAMESPACE)
 
 
 def publish_stop(key: str) -> None:

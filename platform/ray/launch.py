@@ -18,7 +18,7 @@ Facts about Ray 2.60 this relies on (read from its source, checked on the local 
   `jax.distributed.initialize(rank0_ip:free_port, num_workers, rank)` on "tpu", "cuda" or
   "cpu" alike. With JAX_PLATFORMS=cpu that is the CPU branch: gloo collectives
   (JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo) across the worker processes. No initialization
-  timeout is passed (JAX default 300 s): jax_init.BoundedJaxConfig bounds it.
+  timeout is passed (JAX default 300 s): compat.BoundedJaxConfig bounds it.
 - FailureConfig has three budgets: `max_failures` (worker-group errors: a host process died),
   `controller_failure_limit` (worker-group start-up failures and timeouts; default -1 =
   unlimited, which is how an infeasible placement retries forever) and
@@ -37,8 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from palm_platform.ray.compat import BoundedJaxConfig, trainer_without_sigint_handler
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
-from palm_platform.ray.jax_init import BoundedJaxConfig
 from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
 from palm_platform.storage.env import forwarded_env
 
@@ -106,26 +106,6 @@ def worker_env(
     return env_vars
 
 
-def _trainer_class(jax_trainer: type) -> type:
-    """JaxTrainer without Ray's own SIGINT handler: `palm run` handles Ctrl-C (interrupt.py).
-
-    Ray 2.60's `DataParallelTrainer.fit()` registers a SIGINT handler that aborts the
-    controller, which kills the workers wherever they are (mid-checkpoint included) and
-    replaces any handler the caller installed. Checked against ray 2.60
-    (ray/train/v2/api/data_parallel_trainer.py, `_register_sigint_handler`); fails loudly if
-    the hook is gone, rather than silently letting Ray take Ctrl-C again.
-    """
-    if not hasattr(jax_trainer, "_register_sigint_handler"):
-        raise RuntimeError("this Ray version has no DataParallelTrainer._register_sigint_handler;"
-                           " update palm_platform/ray/launch.py for it")
-
-    class PalmJaxTrainer(jax_trainer):
-        def _register_sigint_handler(self, controller) -> None:
-            pass  # the caller's SIGINT handler stays in place
-
-    return PalmJaxTrainer
-
-
 def launch(
     train_fn: Callable[[dict], None],
     train_loop_config: dict,
@@ -176,7 +156,7 @@ def launch(
     # attempt may wait before it counts against controller_failure_limit.
     os.environ[START_TIMEOUT_ENV_VAR] = str(feasibility_timeout_s)
 
-    trainer = _trainer_class(JaxTrainer)(
+    trainer = trainer_without_sigint_handler(JaxTrainer)(
         train_fn,
         train_loop_config=train_loop_config,
         jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,

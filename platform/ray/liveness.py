@@ -51,13 +51,12 @@ class LivenessBoard:
         self._stop.set()
 
     def _stamp_forever(self) -> None:
-        from ray.experimental.internal_kv import _internal_kv_put
+        from palm_platform.ray.compat import kv_put
 
         while True:
             value = json.dumps({"step": self.step, "time": time.time(), "name": self._name})
             try:
-                _internal_kv_put(self._key(self.index), value.encode(), overwrite=True,
-                                 namespace=KV_NAMESPACE)
+                kv_put(self._key(self.index), value.encode(), KV_NAMESPACE)
             except Exception:  # noqa: BLE001 - the GCS may be briefly away; try again
                 pass
             if self._stop.wait(PERIOD_S):
@@ -65,11 +64,11 @@ class LivenessBoard:
 
     def stuck_hosts(self) -> list[str]:
         """`host 3 pod-1/w1 (pid 9) at step 12, silent 41 s` for every stale peer."""
-        from ray.experimental.internal_kv import _internal_kv_get
+        from palm_platform.ray.compat import kv_get
 
         now, stuck = time.time(), []
         for index in range(self.count):
-            raw = _internal_kv_get(self._key(index), namespace=KV_NAMESPACE)
+            raw = kv_get(self._key(index), KV_NAMESPACE)
             if raw is None:
                 stuck.append(f"host {index} (never reported)")
                 continue

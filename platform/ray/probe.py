@@ -21,6 +21,7 @@ def distributed_probe(config: dict) -> None:
     from jax.sharding import NamedSharding, PartitionSpec
 
     import ray.train
+    from palm_platform.ray.compat import bounded_jax_init_timeout_s
 
     num_devices = jax.device_count()
     mesh = jax.make_mesh((num_devices,), ("devices",))
@@ -37,7 +38,7 @@ def distributed_probe(config: dict) -> None:
         "device_count": num_devices,
         "local_device_count": jax.local_device_count(),
         "platform": jax.devices()[0].platform,
-        "jax_init_timeout_s": getattr(jax.distributed.initialize, "_palm_timeout_s", None),
+        "jax_init_timeout_s": bounded_jax_init_timeout_s(),
         "sharded_sum": total,
         "expected_sum": num_devices * (num_devices + 1) / 2,
         "allgathered_process_indices": [int(i) for i in np.ravel(process_indices)],

@@ -105,7 +105,12 @@ def run_direct(job, run_dir: Path) -> int:
 
 def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.feasibility import InfeasibleTopologyError
-    from palm_platform.ray.launch import connect, launch
+
+    try:
+        from palm_platform.ray.launch import connect, launch
+    except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
+        print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+        return 2
     from palm_platform.ray.topology import SliceShape, v4_topology_for_chips
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary

@@ -4,7 +4,7 @@ One place that turns "H hosts x C chips per host" into the strings Ray matches o
 fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
-  `VALID_TPU_TOPOLOGY["v4"]`, or `ScalingConfig` / `SlicePlacementGroup` reject it.
+  `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup` reject it.
 - pod type: "v4-<TensorCores>", and a v4 chip has 2 TensorCores, so 8 chips -> "v4-16"
   (Ray's `infer_tpu_pod_type_from_topology`). Worker 0 of a slice carries the resource
   "TPU-v4-16-head", which `reserve_tpu_slice` claims to gang-schedule that slice.
@@ -27,24 +27,31 @@ TOPOLOGY_LABEL = "ray.io/tpu-topology"
 FAKE_TPU_LABEL = "palm.dev/fake-tpu"
 
 
+def parse_topology(topology: str) -> tuple[int, int, int]:
+    """Chips along (x, y, z) of an "AxBxC" slice topology: the one parser of that string."""
+    dims = topology.lower().split("x")
+    if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+        raise ValueError(f"{topology!r} is not AxBxC")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def chips_in_topology(topology: str) -> int:
+    return math.prod(parse_topology(topology))
+
+
 def v4_topology_for_chips(num_chips: int) -> str:
     """The most cube-like valid v4 topology with `num_chips` chips ("2x2x2" for 8)."""
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+    from palm_platform.ray.compat import v4_topologies
 
-    candidates = [
-        t for t in VALID_TPU_TOPOLOGY["v4"] if math.prod(int(d) for d in t.split("x")) == num_chips
-    ]
+    known = v4_topologies()
+    candidates = [t for t in known if chips_in_topology(t) == num_chips]
     if not candidates:
-        valid = sorted({math.prod(int(d) for d in t.split("x")) for t in VALID_TPU_TOPOLOGY["v4"]})
+        valid = sorted({chips_in_topology(t) for t in known})
         raise ValueError(
             f"no TPU v4 topology has {num_chips} chips; chips per slice "
             f"(hosts_per_pod x chips_per_host) must be one of {valid[:8]}..."
         )
-    return min(candidates, key=lambda t: (max(int(d) for d in t.split("x")), t))
-
-
-def chips_in_topology(topology: str) -> int:
-    return math.prod(int(d) for d in topology.lower().split("x"))
+    return min(candidates, key=lambda t: (max(parse_topology(t)), t))
 
 
 def v4_pod_type(topology: str) -> str:
@@ -98,13 +105,15 @@ def ensure_ray_accepts_v4_topology(topology: str) -> bool:
     to a full 16x16x16 pod, and PaLM trained on 3072-chip (12x16x16) pods. A shape of three
     multiples of 4 (at most 16) is a real v4 slice; anything else is left for Ray to reject.
     """
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+    from palm_platform.ray.compat import register_v4_topology, v4_topologies
 
-    known = VALID_TPU_TOPOLOGY["v4"]
-    if topology in known:
+    if topology in v4_topologies():
         return False
-    dims = topology.split("x")
-    if len(dims) == 3 and all(d.isdigit() and int(d) % 4 == 0 and 4 <= int(d) <= 16 for d in dims):
-        known.add(topology)
+    try:
+        dims = parse_topology(topology)
+    except ValueError:
+        return False
+    if all(d % 4 == 0 and 4 <= d <= 16 for d in dims):
+        register_v4_topology(topology)
         return True
     return False

@@ -1,6 +1,6 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (palm_platform.ray.jax_init).
+jax.distributed is already initialised by the worker group (palm_platform.ray.compat.BoundedJaxConfig).
 A watchdog (supervise/watchdog.py) turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
 a worker failure: it restarts the whole group, and the loop resumes from the newest good
 checkpoint.
@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from palm_platform.atomic_write import write_atomic
 from palm_platform.supervise.watchdog import Watchdog
 
 logger = logging.getLogger("palm")
@@ -110,7 +111,7 @@ def train_worker(config: dict) -> None:
             board.stop()
         trainer.close()  # waits for an in-flight checkpoint
     if jax.process_index() == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, default=float, indent=1))
+        write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
 
 
 def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
@@ -127,5 +128,5 @@ def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
         previous = None
     same_launch = isinstance(previous, dict) and previous.get("launch") == launch
     attempt = previous["attempt"] + 1 if same_launch else 0
-    path.write_text(json.dumps({"launch": launch, "attempt": attempt}))
+    write_atomic(path, json.dumps({"launch": launch, "attempt": attempt}))  # read after kills
     return attempt

@@ -37,15 +37,12 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from palm_platform.checkpoint.manifest import MANIFEST_NAME
+from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.positions import batch_sequence_indices, first_unskipped
-
-if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
-    from palm_platform.job import FaultInjection
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,8 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from palm_platform.supervise.spike import Spike
-
-if TYPE_CHECKING:
-    from palm_platform.supervise.rollback import RollbackPlan
 
 LEDGER_VERSION = 1
 KINDS = ("spike", "rollback", "skip", "restart", "stop")
@@ -54,18 +50,6 @@ class Ledger:
         """Escalation: the run stops at `step` instead of rolling back again."""
         return self._add({"kind": "stop", "step": int(step), "reason": reason})
 
-    def record_plan(self, plan: RollbackPlan) -> list[dict]:
-        """The spike and what was done about it (rollback + skip, or stop)."""
-        added = [self.record_spike(plan.spike)]
-        if plan.action == "stop":
-            added.append(self.record_stop(plan.spike.step, plan.reason))
-            return added
-        added.append(self.record_rollback(plan.spike.step, plan.restore_step, plan.reason,
-                                          plan.note))
-        added.append(self.record_skip(plan.first_sequence, plan.end_sequence, plan.spike.step,
-                                      plan.skip_batches))
-        return added
-
     def _add(self, event: dict) -> dict:
         self.events.append(event)
         return event
@@ -93,46 +77,6 @@ class Ledger:
     def skip_ranges(self) -> list[tuple[int, int]]:
         """[first, end) global sequence ranges to re-apply with `pipeline.add_skip_range`."""
         return [(e["first_sequence"], e["end_sequence"]) for e in self.of_kind("skip")]
-
-    # -- text ---------------------------------------------------------------------------
-
-    def summary_lines(self) -> list[str]:
-        """One line per handled spike, restart or stop, for `palm status` and the run end."""
-        lines, used = [], set()
-        for i, event in enumerate(self.events):
-            if i in used:
-                continue
-            kind = event["kind"]
-            if kind == "spike":
-                line = f"step {event['step']}: {event['text']}"
-                for j in range(i + 1, len(self.events)):
-                    other = self.events[j]
-                    if other["kind"] == "spike" or j in used:
-                        break
-                    if other["kind"] == "rollback" and other["from_step"] == event["step"]:
-                        line += f" -> rolled back to step {other['to_step']}"
-                        if other["note"]:
-                            line += f" ({other['note']})"
-                    elif other["kind"] == "skip" and other["step"] == event["step"]:
-                        line += (f", skipped sequences [{other['first_sequence']}, "
-                                 f"{other['end_sequence']}) ({other['batches']} batches)")
-                    elif other["kind"] == "stop" and other["step"] == event["step"]:
-                        line += f" -> stopped: {other['reason']}"
-                    else:
-                        break
-                    used.add(j)
-                lines.append(line)
-            elif kind == "rollback":
-                lines.append(f"step {event['from_step']}: rolled back to step {event['to_step']}"
-                             f" ({event['reason']})")
-            elif kind == "skip":
-                lines.append(f"step {event['step']}: skipped sequences [{event['first_sequence']},"
-                             f" {event['end_sequence']}) ({event['batches']} batches)")
-            elif kind == "restart":
-                lines.append(f"step {event['step']}: restarted ({event['cause']})")
-            elif kind == "stop":
-                lines.append(f"step {event['step']}: stopped: {event['reason']}")
-        return lines
 
     # -- persistence --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ same plan. The loop then applies it in lock-step:
 
     plan = plan_rollback(spike, checkpointer.steps(), cfg, ledger,
                          data_state=state_before_batch, batch_size=job.train.batch_size_at(step))
-    ledger.record_plan(plan)
+    plan.record(ledger)
     if plan.action == "stop": ... stop with plan.reason
     restored = checkpointer.restore(abstract_state, step=plan.restore_step)
     checkpointer.discard_after(plan.restore_step)
@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from palm_platform.supervise.config import SpikeConfig
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.positions import first_unskipped
 from palm_platform.supervise.spike import Spike
-
-if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
-    from palm_platform.job import SpikeSection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,20 +52,23 @@ class RollbackPlan:
     reason: str  # one line, for logs, the ledger and W&B alerts
     note: str = ""  # set when the restore target is not rollback_steps back
 
-    @property
-    def skip_sequences(self) -> int:
-        return self.end_sequence - self.first_sequence
-
-    @property
-    def recomputed_steps(self) -> int:
-        """Steps between the restore point and the spike that will be trained again."""
-        return 0 if self.restore_step is None else self.spike.step - self.restore_step
+    def record(self, ledger: Ledger) -> list[dict]:
+        """Write the spike and what was done about it (rollback + skip, or stop) in `ledger`."""
+        added = [ledger.record_spike(self.spike)]
+        if self.action == "stop":
+            added.append(ledger.record_stop(self.spike.step, self.reason))
+            return added
+        added.append(ledger.record_rollback(self.spike.step, self.restore_step, self.reason,
+                                            self.note))
+        added.append(ledger.record_skip(self.first_sequence, self.end_sequence, self.spike.step,
+                                        self.skip_batches))
+        return added
 
 
 def plan_rollback(
     spike: Spike,
     checkpoint_steps: Sequence[int],
-    cfg: SpikeSection,
+    cfg: SpikeConfig,
     ledger: Ledger,
     *,
     data_state: dict,

@@ -21,11 +21,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the job module imports the data stack (grain); not needed here
-    from palm_platform.job import SpikeSection
-
+from palm_platform.supervise.config import SpikeConfig
 
 MAD_TO_STD = 1.4826
 MIN_RELATIVE_STD = 0.01
@@ -93,7 +91,7 @@ class SpikeDetector:
     a restart from the same checkpoint are identical by construction).
     """
 
-    def __init__(self, cfg: SpikeSection):
+    def __init__(self, cfg: SpikeConfig):
         self.cfg = cfg
         # Keep more than `window` so that `truncate` after a rollback of up to
         # rollback_steps + window steps still leaves a full window behind the restore point.

@@ -38,14 +38,6 @@ def pod_checksum_array(params, mesh: Mesh) -> jax.Array:
     return _checksum_fn(mesh, treedef, specs)(*leaves)
 
 
-def pod_checksums(params, mesh: Mesh) -> list[int]:
-    return [int(c) for c in jax.device_get(pod_checksum_array(params, mesh))]
-
-
 def checksums_agree(checksums) -> bool:
     values = [int(c) for c in jax.device_get(checksums)]
     return all(c == values[0] for c in values)
-
-
-def pods_hold_identical_params(params, mesh: Mesh) -> bool:
-    return checksums_agree(pod_checksum_array(params, mesh))

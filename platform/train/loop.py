@@ -1,4 +1,4 @@
-"""The train loop every JAX process runs: restore, then step, log, checkpoint, until done.
+"""The train loop every JAX process runs: restore, then get batch, step, hooks, until done.
 
 The same function runs under Ray (one call per TPU host, `platform/ray/worker.py`) and
 directly in one process (`palm run --direct`, tests, benchmarks). Everything that differs
@@ -15,12 +15,15 @@ has passed, and the save copies that step's state off the devices before the nex
 reuses (donates) its buffers.
 
     dispatch k+1 | read k: spike? -> roll back (k+1 dropped) | log k | checkpoint if due
+
+The loop itself holds only batches, steps and the spike check with its rollback (which
+changes the state and the step, so it cannot be a hook). Metrics, checkpoint cadence,
+held-out eval, goodput and fault injection are hooks (`hooks.py`), built once per run.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,13 +44,10 @@ from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import SpikeDetector
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.consistency import checksums_agree, pod_checksum_array
-from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
-from palm_platform.train.precompile import Precompiler, compile_train_step, later_batch_sizes
+from palm_platform.train.hooks import build_hooks
 from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
-
-logger = logging.getLogger("palm")
 
 TPU_V4_PEAK_FLOPS = 275e12
 
@@ -94,6 +94,7 @@ class _Dispatched:
     checksums: object | None  # per-pod parameter checksums (device), if checked
     compiled: bool
     dispatched_at: float
+    pods_identical: bool | None = None  # set when read, if checked
 
 
 @dataclass
@@ -130,8 +131,7 @@ class Trainer:
             )
         self.mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model)
         self.model_cfg = job.model.build()
-        self.tx = build_optimizer(job.optimizer)
-        self.lr = learning_rate_schedule(job.optimizer)
+        self.tx, self.lr = job.optimizer.build()
         self.abstract_state, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
         self._steps: dict[int, object] = {}
         self.evaluator = build_evaluator(job, self.run_dir, self.mesh, self.model_cfg,
@@ -240,7 +240,7 @@ class Trainer:
             self.detector.load_state_dict(item["spike_detector"])
         self.detector.truncate(step)
 
-    def _save_checkpoint(self, step: int, state, data_state: dict, *, force: bool = False) -> None:
+    def save_checkpoint(self, step: int, state, data_state: dict, *, force: bool = False) -> None:
         start = time.monotonic()
         with self.goodput.phase("checkpoint"):
             saved = self.checkpointer.save(step, state, data_state, self._ledger_item(), force=force)
@@ -256,7 +256,7 @@ class Trainer:
         self.checkpointer.wait_until_finished()  # every host sees the same checkpoint list
         plan = plan_rollback(spike, self.checkpointer.steps(), self.job.faults.spike, self.ledger,
                              data_state=data_state, batch_size=batch_size)
-        self.ledger.record_plan(plan)
+        plan.record(self.ledger)
         if self.process_index == 0:
             self.ledger.save(self.ledger_path)
         self.sink.event("spike", spike.step, alert=True, loss=spike.loss, rule=spike.rule,
@@ -285,14 +285,11 @@ class Trainer:
                           batch_size_at=self.job.train.batch_size_at,
                           place=lambda local: to_global_array(local, sharding))
 
-    def _dispatch(self, state, batch: Batch, injector):
+    def _dispatch(self, state, batch: Batch):
         """Queue one step on the devices; returns the new state without waiting for it."""
-        local = injector.poison(
-            batch.step, batch.local, data_state=batch.data_state,
-            global_batch_size=batch.batch_size, process_index=self.process_index,
-            process_count=self.process_count, vocab_size=self.pipeline.vocab_size,
-        )
-        array = batch.array if local is batch.local else to_global_array(local, batch_sharding(self.mesh))
+        array = batch.array
+        for hook in self.hooks:
+            array = hook.before_step(batch, array)
         compiling = batch.batch_size not in self._compiled  # a new batch shape compiles
         self._compiled.add(batch.batch_size)
         dispatched_at = time.monotonic()
@@ -302,34 +299,22 @@ class Trainer:
         return state, _Dispatched(batch, metrics, checksums, compiling, dispatched_at)
 
     def _read(self, done: _Dispatched, summary: RunSummary):
-        """Wait for a dispatched step, check it for a spike, then log it; returns the spike."""
+        """Wait for a dispatched step and check it for a spike (returned); if it passes, the
+        hooks see its metrics."""
         k = done.batch.step
         with self.goodput.phase("compile" if done.compiled else "step", step=None if done.compiled else k):
             metrics = {name: float(v) for name, v in jax.device_get(done.metrics).items()}
-            identical = checksums_agree(done.checksums) if done.checksums is not None else None
+            if done.checksums is not None:
+                done.pods_identical = checksums_agree(done.checksums)
         finished_at = time.monotonic()
         step_s = finished_at - max(done.dispatched_at, self._last_finished_at)
         self._last_finished_at = finished_at
         spike = self.detector.observe(k, metrics["loss"])
         if spike is not None:
             return spike
-        metrics.update(
-            step_s=step_s, tokens_per_s=metrics["tokens"] / step_s, batch_size=done.batch.batch_size,
-            mfu=metrics["tokens"] / step_s * self.flops_per_token / self.peak_flops,
-            compiled=done.compiled,
-        )
-        if identical is not None:
-            metrics["pods_identical"] = identical
-        self.sink.log(k + 1, metrics)
-        if done.compiled:
-            self._precompiler.start()  # the schedule's later batch sizes, into the cache
-            self.sink.event("compiled", k + 1, batch_size=done.batch.batch_size,
-                            seconds=round(step_s, 1), **self._cache_counts())
-        self.on_step(k + 1)
-        total = self.job.train.steps
-        if self.process_index == 0 and ((k + 1) % self.job.metrics.log_every == 0 or k + 1 == total):
-            logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", k + 1, total,
-                        metrics["loss"], metrics["tokens_per_s"], 100 * metrics["mfu"])
+        metrics["step_s"] = step_s
+        for hook in self.hooks:
+            hook.after_step(k + 1, metrics, done)
         summary.final_loss = metrics["loss"]
         summary.tokens += int(metrics["tokens"])
         return None
@@ -341,57 +326,39 @@ class Trainer:
                  for (_, prev_t), (name, t) in zip(marks, marks[1:], strict=False)}
         self.sink.event("startup", step, attempt=self.attempt, **spans)
 
-    def _make_precompiler(self, first_step: int) -> Precompiler:
-        train = self.job.train
-        sizes = later_batch_sizes(train.batch_size_at, [p.until_step for p in train.batch_schedule
-                                                        if p.until_step], first_step, train.steps)
-        sharding = batch_sharding(self.mesh)
-        return Precompiler(
-            lambda size: compile_train_step(self.step_fn(size), self.abstract_state, sharding,
-                                            size, self.job.seq_len),
-            sizes, enabled=self.process_index == 0 and self.compile_cache.directory is not None)
-
-    def _cache_counts(self) -> dict:
+    def cache_counts(self) -> dict:
         counts = self.compile_cache.counts()
         return {"cache_hits": counts["hits"], "cache_misses": counts["misses"]}
 
     def run(self) -> RunSummary:
-        from palm_platform.supervise.faults import FaultInjector
-
-        job = self.job
-        injector = FaultInjector(job.faults.inject, host_index=self.process_index,
-                                 state_dir=self.run_dir / "faults",
-                                 batch_size_at=job.train.batch_size_at)
+        """Get batch, step, hooks; step k+1 is dispatched before step k is read, except that
+        a step a hook needs the state of (checkpoint, eval, the last) is read at once."""
+        self.hooks = build_hooks(self)
         with self.goodput.phase("startup"):
             state = self.restore_or_init()
         self.startup_marks["restored"] = time.time()
         step = int(jax.device_get(state.step))
         self._report_startup(step)
+        for hook in self.hooks:
+            hook.on_start(step)
         summary = RunSummary(extra={"startup_s": time.monotonic() - self.t0, "start_step": step})
         self._last_finished_at = time.monotonic()
         prefetcher = self._prefetch(step)
-        self._precompiler = self._make_precompiler(step)
         pending: _Dispatched | None = None  # dispatched, not yet read
         try:
-            while step < job.train.steps:
+            while step < self.job.train.steps:
                 with self.goodput.phase("data"):
                     batch = prefetcher.next()
-                if injector.damage_due(step):
-                    self.checkpointer.wait_until_finished()  # damage the newest checkpoint
-                injector.maybe_fire(step, checkpoint_dir=job.checkpoint.directory)
-                state, dispatched = self._dispatch(state, batch, injector)
+                state, dispatched = self._dispatch(state, batch)
                 spike = self._read(pending, summary) if pending is not None else None
                 if spike is None:
                     pending, step = dispatched, step + 1
-                    last = step == job.train.steps
-                    saving = last or self.checkpointer.is_due(step)
-                    if saving or self.evaluator.is_due(step):  # both need step `step` read
+                    if any(hook.needs_state(step) for hook in self.hooks):
                         pending = None
                         spike = self._read(dispatched, summary)
                         if spike is None:
-                            if saving:
-                                self._save_checkpoint(step, state, batch.data_state_after, force=True)
-                            self.evaluator.maybe_run(step, state, self.sink, self.goodput)
+                            for hook in self.hooks:
+                                hook.with_state(step, state, batch)
                             continue
                 if spike is not None:  # the step after it was dispatched: dropped with it
                     prefetcher.stop()
@@ -403,24 +370,15 @@ class Trainer:
                     prefetcher = self._prefetch(step)
         finally:
             prefetcher.stop()
-        self.evaluator.maybe_run(step, state, self.sink, self.goodput, final=True)
-        with self.goodput.phase("checkpoint"):
-            self.checkpointer.wait_until_finished()
-        goodput = self.goodput.summary()
-        self.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
-                        **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
-                        **self._cache_counts())
-        if self.process_index == 0:
-            self.goodput_path.write_text(json.dumps(self.goodput.state_dict()))
-            self.ledger.save(self.ledger_path)
+        for hook in self.hooks:
+            hook.on_end(step, state, summary)
         summary.steps = step
         summary.wall_s = time.monotonic() - self.t0
-        summary.extra["goodput"] = goodput
         self.final_state = state
         return summary
 
     def close(self) -> None:
-        if getattr(self, "_precompiler", None) is not None:
-            self._precompiler.join()  # it writes to the cache a next Trainer may reset
+        for hook in getattr(self, "hooks", []):  # set by run()
+            hook.close()
         self.checkpointer.close()
         self.sink.close()

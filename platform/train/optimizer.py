@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from palm_platform.job import OptimizerSection
+from palm_platform.train.config import OptimizerConfig
 
 
-def palm_schedule(cfg: OptimizerSection) -> optax.Schedule:
+def palm_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's 1/sqrt(max(k, 10^4))."""
 
     def schedule(count):
@@ -26,7 +26,7 @@ def palm_schedule(cfg: OptimizerSection) -> optax.Schedule:
     return schedule
 
 
-def learning_rate_schedule(cfg: OptimizerSection) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     """The job's schedule (PaLM's by default; constant or linear decay for fine-tuning),
     after an optional linear warm-up from 0."""
     if cfg.schedule == "palm":
@@ -55,17 +55,19 @@ def frozen_labels(frozen: list[str]):
     return labels
 
 
-def build_optimizer(cfg: OptimizerSection) -> optax.GradientTransformation:
-    palm = _palm_optimizer(cfg)
+def build_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(transformation, schedule), through `OptimizerConfig.build()`: the one place the
+    learning-rate schedule is made, so the step logs the very function the optimizer uses."""
+    lr = learning_rate_schedule(cfg)
+    palm = _palm_optimizer(cfg, lr)
     if not cfg.frozen:
-        return palm
+        return palm, lr
     # Frozen groups get zero updates and keep no optimizer state (optax masks them out).
     return optax.multi_transform({"train": palm, "frozen": optax.set_to_zero()},
-                                 frozen_labels(cfg.frozen))
+                                 frozen_labels(cfg.frozen)), lr
 
 
-def _palm_optimizer(cfg: OptimizerSection) -> optax.GradientTransformation:
-    lr = learning_rate_schedule(cfg)
+def _palm_optimizer(cfg: OptimizerConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     # optax applies Adafactor's weight_decay_rate *after* scaling by the learning rate, so the
     # per-step shrinkage is weight_decay_rate * param: pass lr^2 itself to get PaLM's lr^2.
     weight_decay = (lambda count: lr(count) ** 2) if cfg.weight_decay == "lr_squared" else None

@@ -1,0 +1,203 @@
+"""Every place the platform reaches into Ray's or JAX's internals, behind one door.
+
+Ray 2.60 and JAX 0.10 offer no public way to do what these functions do; each says what it
+works around and which private name it touches. A Ray or JAX upgrade breaks here and only
+here: importing this module checks the installed versions against the ones it was written
+for (the pins in constraints.txt) and fails with one line naming both, so an upgrade is a
+deliberate step (re-check each function below against the new source, then update
+`WRITTEN_FOR`) instead of a silent change of behaviour somewhere in a run.
+
+Not a touch point, but measured against Ray 2.60 and recorded in ray/listening.py: `ray start`
+replaces a loopback node IP (`services.resolve_ip_for_localhost`), so the GCS and raylet bind
+every interface whatever we pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import socket
+from dataclasses import dataclass
+
+# The releases this module was checked against (constraints.txt pins ray==2.60.0, jax==0.10.2).
+# A different patch release is accepted: the internals below changed only across minor ones.
+WRITTEN_FOR = {"ray": "2.60.0", "jax": "0.10.2"}
+
+
+class IncompatibleVersionError(RuntimeError):
+    """Ray or JAX is a release this module's private hooks were not checked against."""
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def check_versions(installed: dict[str, str] | None = None) -> None:
+    """Raise IncompatibleVersionError unless ray and jax are the minor releases we were written for."""
+    if installed is None:
+        installed = {name: importlib.metadata.version(name) for name in WRITTEN_FOR}
+    wrong = [f"{name} {installed[name]}" for name, pinned in WRITTEN_FOR.items()
+             if _minor(installed[name]) != _minor(pinned)]
+    if wrong:
+        pinned = ", ".join(f"{name} {version}" for name, version in WRITTEN_FOR.items())
+        raise IncompatibleVersionError(
+            f"palm_platform/ray/compat.py was written for {pinned} but found {', '.join(wrong)}; "
+            "install the versions in constraints.txt (bash scripts/setup.sh), or re-check compat.py "
+            "against the new release and update its WRITTEN_FOR.")
+
+
+check_versions()  # before touching anything private below
+
+from ray.train.v2.jax.config import JaxConfig, _JaxBackend  # noqa: E402 - after the check
+
+# --- Ray's TPU topology table ------------------------------------------------------------
+# ray._private.accelerators.tpu.VALID_TPU_TOPOLOGY is what ScalingConfig and
+# SlicePlacementGroup validate a slice's topology against; Ray has no public accessor.
+
+def v4_topologies() -> frozenset[str]:
+    """The TPU v4 slice topologies Ray accepts ("2x2x2", ...)."""
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    return frozenset(VALID_TPU_TOPOLOGY["v4"])
+
+
+def register_v4_topology(topology: str) -> None:
+    """Add `topology` to Ray's table of valid v4 slices, in this process.
+
+    Works around: Ray 2.60's table stops at 12x12x16 (2304 chips), but v4 slices go up to a
+    full 16x16x16 pod and PaLM trained on 12x16x16 pods (topology.ensure_ray_accepts_v4_topology
+    decides which shapes are real).
+    """
+    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
+
+    VALID_TPU_TOPOLOGY["v4"].add(topology)
+
+
+def tpu_pod_type(topology: str, accelerator_type: str) -> str:
+    """Ray's own pod type for a topology ("2x2x2", "TPU-V4" -> "v4-16").
+
+    Works around: the function Ray's slice placement uses is private
+    (ray._private.accelerators.tpu.infer_tpu_pod_type_from_topology); asking it keeps our
+    feasibility check naming exactly the head resource Ray will claim.
+    """
+    from ray._private.accelerators.tpu import infer_tpu_pod_type_from_topology
+
+    return infer_tpu_pod_type_from_topology(topology, accelerator_type)
+
+
+# --- The GCS key-value store --------------------------------------------------------------
+# ray.experimental.internal_kv's functions are underscore-named (internal); they are the only
+# store every worker and the driver of a job already share, with no actor to keep alive.
+
+def kv_get(key: str, namespace: str) -> bytes | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=namespace)
+
+
+def kv_put(key: str, value: bytes, namespace: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+# --- Ray Train's SIGINT handler ---------------------------------------------------------
+
+def trainer_without_sigint_handler(jax_trainer: type) -> type:
+    """JaxTrainer without Ray's own SIGINT handler: `palm run` handles Ctrl-C (interrupt.py).
+
+    Works around: Ray 2.60's `DataParallelTrainer.fit()` registers a SIGINT handler that
+    aborts the controller, which kills the workers wherever they are (mid-checkpoint
+    included) and replaces any handler the caller installed (ray/train/v2/api/
+    data_parallel_trainer.py, private `_register_sigint_handler`). Fails loudly if the hook is
+    gone, rather than silently letting Ray take Ctrl-C again.
+    """
+    if not hasattr(jax_trainer, "_register_sigint_handler"):
+        raise IncompatibleVersionError(
+            "this Ray version has no DataParallelTrainer._register_sigint_handler; update "
+            "palm_platform/ray/compat.py for it")
+
+    class PalmJaxTrainer(jax_trainer):
+        def _register_sigint_handler(self, controller) -> None:
+            pass  # the caller's SIGINT handler stays in place
+
+    return PalmJaxTrainer
+
+
+# --- jax.distributed.initialize with a bound ----------------------------------------------
+# Works around: Ray 2.60's JaxConfig calls `jax.distributed.initialize(addr, n, rank)` with
+# JAX's default `initialization_timeout` (300 s), waits on it without a timeout, and offers no
+# knob for it. A host that never joins (or stale MEGASCALE_* variables) stalls the worker
+# group. `BoundedJaxConfig` subclasses JaxConfig and its private `_JaxBackend` to run one step
+# before Ray's own set-up: on every worker it replaces `jax.distributed.initialize`
+# process-wide with a wrapper carrying our timeout and a message that says what happened. The
+# failure then surfaces in Ray Train as a worker-group start-up failure, which FailureConfig
+# turns into a restart (counted against `controller_failure_limit`). (A runtime_env
+# `worker_process_setup_hook` would be simpler, but Ray applies it only to the job-level
+# runtime env from `ray.init`, not to Ray Train's worker runtime env.)
+
+def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None:
+    """Make this process's `jax.distributed.initialize` default to `timeout_s`, with a clear error.
+
+    Also: JAX's coordination-service heartbeat timeout from the job (longer than its hang
+    timeout, so the watchdog names a stuck host before JAX aborts every peer with SIGABRT),
+    and the coordinator bound to loopback when its address is loopback (JAX binds all
+    interfaces by default; the local cluster keeps everything on 127.0.0.1).
+    """
+    import jax
+
+    original = getattr(jax.distributed.initialize, "_palm_original", jax.distributed.initialize)
+
+    @functools.wraps(original)
+    def initialize(*args, initialization_timeout: int = timeout_s, **kwargs):
+        kwargs.setdefault("heartbeat_timeout_seconds", heartbeat_timeout_s)
+        address = kwargs.get("coordinator_address") or (args[0] if args else None)
+        if address and address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+            kwargs.setdefault("coordinator_bind_address", f"127.0.0.1:{address.rsplit(':', 1)[1]}")
+        try:
+            return original(*args, initialization_timeout=initialization_timeout, **kwargs)
+        except Exception as err:
+            raise RuntimeError(
+                f"jax.distributed.initialize did not complete within {initialization_timeout} s "
+                f"on {socket.gethostname()} (TPU_NAME={os.environ.get('TPU_NAME')}, "
+                f"MEGASCALE_SLICE_ID={os.environ.get('MEGASCALE_SLICE_ID')}): a host of the "
+                "worker group never joined, or its MEGASCALE_* variables are stale. Ray Train "
+                "restarts the worker group; raise jax_init_timeout_s if hosts are just slow."
+            ) from err
+
+    initialize._palm_original = original  # type: ignore[attr-defined]
+    initialize._palm_timeout_s = timeout_s  # type: ignore[attr-defined]
+    jax.distributed.initialize = initialize
+
+
+def bounded_jax_init_timeout_s() -> int | None:
+    """The bound `bound_jax_initialize` put on this process (None when it did not run)."""
+    import jax
+
+    return getattr(jax.distributed.initialize, "_palm_timeout_s", None)
+
+
+@dataclass
+class BoundedJaxConfig(JaxConfig):
+    """JaxConfig whose `jax.distributed.initialize` gives up after `initialization_timeout_s`."""
+
+    initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 100
+
+    @property
+    def backend_cls(self):
+        return _BoundedJaxBackend
+
+
+class _BoundedJaxBackend(_JaxBackend):
+    def on_start(self, worker_group, backend_config: BoundedJaxConfig) -> None:
+        if len(worker_group) == 1:
+            # One host needs no jax.distributed; on CPU, initialising it routes the
+            # in-process collectives through gloo and made every step ~3x slower
+            # (benchmarks/bench_run.py).
+            return
+        if backend_config.use_tpu or backend_config.use_gpu:
+            worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
+                                 backend_config.heartbeat_timeout_s)
+        super().on_start(worker_group, backend_config)

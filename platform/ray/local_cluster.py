@@ -1,0 +1,94 @@
+"""A local fake-TPU cluster for a test module or a benchmark, and the train workers on it.
+
+Tests and benchmarks bring a cluster up through the real CLI (`palm cluster up`, so the
+command users run is what they exercise), drive `palm run` against it, and sometimes kill
+one train worker by its PID mid-run. These are the shared pieces; tests/conftest.py wraps
+`running_cluster` as the `local_cluster` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from palm_platform.ray import cluster
+from palm_platform.ray.cluster_state import ClusterState
+
+BIN = Path(sys.executable).parent  # this environment's `palm`, `ray` and `python`
+
+
+@contextmanager
+def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per_host: int,
+                    timeout_s: float = 300) -> Iterator[ClusterState]:
+    """`palm cluster up` in `state_dir`; on exit `down` and its Ray temp folder removed."""
+    up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", str(pods), "--hosts-per-pod",
+                         str(hosts_per_pod), "--chips-per-host", str(chips_per_host), "--dir",
+                         str(state_dir)], capture_output=True, text=True, timeout=timeout_s)
+    state = cluster.load_state(cluster.state_path(state_dir))
+    try:
+        if up.returncode != 0:
+            raise RuntimeError(f"palm cluster up failed ({up.returncode}):\n"
+                               f"{up.stdout[-3000:]}{up.stderr[-3000:]}")
+        yield state
+    finally:
+        if "ray" in sys.modules:  # a driver connected in this process lets go first
+            import ray
+
+            ray.shutdown()
+        cluster.down(state_dir)
+        if state is not None:
+            shutil.rmtree(state.temp_dir, ignore_errors=True)
+
+
+def driver_env(state: ClusterState) -> dict[str, str]:
+    """Environment for a `palm run` / `ray job submit` subprocess aimed at the cluster."""
+    return {**os.environ, "RAY_ADDRESS": state.gcs_address,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def train_workers(state: ClusterState) -> list:
+    """The Ray Train worker processes (psutil.Process) running under this cluster's nodes."""
+    import psutil
+
+    ours = {n.pid for n in state.nodes}
+    return [proc for proc in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
+            and any(p.pid in ours for p in proc.parents())]
+
+
+def wait_for_step(run_dir: Path, step: int, run: subprocess.Popen, timeout_s: float) -> None:
+    """Return once the run's metrics show `step` trained; raise if the run ends or time is up."""
+    from palm_platform.metrics import METRICS_FILE, read_records
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (Path(run_dir) / METRICS_FILE).exists() and any(
+                r.get("kind") == "step" and r.get("step", 0) >= step for r in read_records(run_dir)):
+            return
+        if run.poll() is not None:
+            output = run.stdout.read()[-4000:] if run.stdout else ""
+            raise RuntimeError(f"the run exited ({run.returncode}) before step {step}\n{output}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no step {step} in {run_dir} within {timeout_s:.0f} s")
+
+
+def kill_a_train_worker_after_step(state: ClusterState, run: subprocess.Popen, run_dir: Path,
+                                   step: int, timeout_s: float = 400):
+    """Once `step` is trained, SIGKILL the last train worker by its PID; return its process.
+
+    Killing by PID (never by name) keeps other clusters on the machine untouched.
+    """
+    wait_for_step(run_dir, step, run, timeout_s)
+    victims = train_workers(state)
+    hosts = state.pods * state.hosts_per_pod
+    if len(victims) != hosts:
+        raise RuntimeError(f"expected {hosts} train workers, found {len(victims)}: {victims}")
+    os.kill(victims[-1].pid, signal.SIGKILL)
+    return victims[-1]
