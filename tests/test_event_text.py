@@ -18,3 +18,26 @@ def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():
 def test_checkpoint_saved_says_how_long_the_loop_waited():
     line = describe_event({"kind": "checkpoint_saved", "step": 20, "time": 1.0, "blocked_s": 0.38234})
     assert line == "step 20: checkpoint saved (the loop waited 0.38 s)"
+
+
+def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
+    import json
+    import threading
+
+    from palm_platform.status import Progress
+
+    records = [{"kind": "step", "step": 10, "time": 1.0, "loss": 5.4321, "tokens_per_s": 1889.4},
+               {"kind": "checkpoint_saved", "step": 10, "time": 1.0, "blocked_s": 0.02},
+               {"kind": "goodput", "step": 10, "time": 1.0, "goodput": 0.5, "wall_s": 20.0,
+                "productive_s": 10.0, "badput_compile_s": 10.0}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.touch()  # the view follows what is written after it starts: from offset 0 here
+    stop = threading.Event()
+    follower = threading.Thread(target=Progress(tmp_path, total_steps=20).follow, args=(stop,))
+    follower.start()
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    threading.Timer(2.0, stop.set).start()
+    follower.join(timeout=10)
+    out = capsys.readouterr().out
+    assert "checkpoint saved" not in out and "checkpoint 10" in out
+    assert "step 10: goodput 50.0% (10.0 s productive of 20.0 s); badput compile 10.0 s" in out
