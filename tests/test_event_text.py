@@ -23,6 +23,7 @@ def test_checkpoint_saved_says_how_long_the_loop_waited():
 def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
     import json
     import threading
+    import time
 
     from palm_platform.status import Progress
 
@@ -31,12 +32,13 @@ def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
                {"kind": "goodput", "step": 10, "time": 1.0, "goodput": 0.5, "wall_s": 20.0,
                 "productive_s": 10.0, "badput_compile_s": 10.0}]
     metrics = tmp_path / "metrics.jsonl"
-    metrics.touch()  # the view follows what is written after it starts: from offset 0 here
+    metrics.touch()
     stop = threading.Event()
     follower = threading.Thread(target=Progress(tmp_path, total_steps=20).follow, args=(stop,))
     follower.start()
+    time.sleep(1.0)  # the view shows what is written after it starts
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    threading.Timer(2.0, stop.set).start()
+    threading.Timer(2.5, stop.set).start()
     follower.join(timeout=10)
     out = capsys.readouterr().out
     assert "checkpoint saved" not in out and "checkpoint 10" in out
