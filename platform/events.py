@@ -30,6 +30,17 @@ def describe_event(r: dict) -> str:
         if "cache_hits" in r:
             cache = f"; compilation cache: {r['cache_hits']} hits, {r['cache_misses']} misses"
         return at + f"compiled the step for batch {r.get('batch_size')} in {_num(r.get('seconds'))} s{cache}"
+    if kind == "goodput":
+        causes = sorted(((k[len("badput_"):-2], v) for k, v in r.items()
+                         if k.startswith("badput_") and k.endswith("_s") and v), key=lambda kv: -kv[1])
+        badput = "; badput " + ", ".join(f"{k} {v:.1f} s" for k, v in causes) if causes else ""
+        cache = (f"; compilation cache {r['cache_hits']} hits, {r['cache_misses']} misses"
+                 if "cache_hits" in r else "")
+        return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
+                     f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
+    if kind == "checkpoint_saved":
+        blocked = f" (the loop waited {r['blocked_s']:.2f} s)" if "blocked_s" in r else ""
+        return at + f"checkpoint saved{blocked}"
     fields = ", ".join(f"{k} {_num(v)}" for k, v in r.items()
                        if k not in ("kind", "time", "step", "alert") and v not in ("", None))
     return at + kind.replace("_", " ") + (f": {fields}" if fields else "")

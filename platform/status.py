@@ -142,9 +142,10 @@ class Progress:
 
         offset = self.path.stat().st_size if self.path.exists() else 0
         columns = (TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                   TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"), TimeRemainingColumn())
+                   TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  checkpoint {task.fields[ckpt]}"),
+                   TimeRemainingColumn())
         with Bar(*columns, transient=False) as bar:
-            task = bar.add_task("train", total=self.total, loss="-", tps="-")
+            task = bar.add_task("train", total=self.total, loss="-", tps="-", ckpt="-")
             while not stop.wait(0.5):
                 if not self.path.exists():
                     continue
@@ -158,6 +159,8 @@ class Progress:
                     if record["kind"] == "step":
                         bar.update(task, completed=record["step"], loss=f"{record['loss']:.3f}",
                                    tps=f"{record['tokens_per_s']:.0f}")
+                    elif record["kind"] == "checkpoint_saved":  # routine: on the bar, not a line each
+                        bar.update(task, ckpt=str(record["step"]))
                     elif record["kind"] == "eval":
                         bar.console.print(f"step {record['step']}: held-out {eval_text(record)}")
                     else:

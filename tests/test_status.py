@@ -50,7 +50,7 @@ def test_events_read_as_sentences_with_rounded_numbers():
     assert lines[1] == "step 45: rolled back to the checkpoint of step 35"  # no empty note
     assert lines[2] == ("step 1: compiled the step for batch 16 in 12.35 s; compilation cache: "
                         "3 hits, 0 misses")
-    assert lines[3] == "step 10: checkpoint saved: blocked_s 0.01235"
+    assert lines[3] == "step 10: checkpoint saved (the loop waited 0.01 s)"
 
 
 def test_mfu_line_says_a_tiny_model_is_overhead_bound():

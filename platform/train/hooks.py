@@ -10,6 +10,7 @@ a hook here, and a job gets only the hooks it asks for (fault injection only whe
     after_step(step, metrics, done)     a step's metrics, read (and spike-checked)
     with_state(step, state, batch)      the state after `step`, for steps read at once
     on_end(step, state, summary)        once, after the last step; may add to the summary
+    close()                             when the Trainer closes, also after a failed run
 
 A new hook subclasses `Hook` and is added in `build_hooks`; the loop needs no change.
 """
@@ -50,6 +51,9 @@ class Hook:
         pass
 
     def on_end(self, step: int, state: Any, summary: RunSummary) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -173,6 +177,39 @@ class GoodputHook(Hook):
         summary.extra["goodput"] = goodput
 
 
+class PrecompileHook(Hook):
+    """After the first compiled step, the schedule's later batch sizes compile ahead of time
+    into the persistent cache (precompile.py), so a restart before them loads them."""
+
+    def __init__(self, trainer: Trainer):
+        from palm_platform.train.precompile import Precompiler, compile_train_step
+
+        self.trainer, t = trainer, trainer
+        sharding = batch_sharding(t.mesh)
+        self.precompiler = Precompiler(
+            lambda size: compile_train_step(t.step_fn(size), t.abstract_state, sharding, size,
+                                            t.job.seq_len),
+            [], enabled=False)
+
+    def on_start(self, step: int) -> None:
+        from palm_platform.train.precompile import later_batch_sizes
+
+        t, train = self.trainer, self.trainer.job.train
+        self.precompiler.sizes = later_batch_sizes(
+            train.batch_size_at, [p.until_step for p in train.batch_schedule if p.until_step],
+            step, train.steps)
+        # Only process 0 writes JAX's persistent cache: elsewhere the compile would be lost.
+        self.precompiler.enabled = (t.process_index == 0 and t.compile_cache.directory is not None
+                                    and bool(self.precompiler.sizes))
+
+    def after_step(self, step: int, metrics: dict, done: _Dispatched) -> None:
+        if done.compiled:
+            self.precompiler.start()
+
+    def close(self) -> None:  # its thread writes to a cache the next Trainer may reset
+        self.precompiler.join()
+
+
 def build_hooks(trainer: Trainer) -> list[Hook]:
     """The job's hooks, in the order they run: faults act before the step; a step's state is
     saved before it is evaluated; at the end, eval, then the last save, then goodput."""
@@ -182,6 +219,8 @@ def build_hooks(trainer: Trainer) -> list[Hook]:
     if trainer.job.topology.elastic:  # before the metrics record, which carries `pods`
         hooks.append(ElasticHook(trainer))
     hooks.append(MetricsHook(trainer))
+    if len(trainer.job.train.batch_schedule) > 1:
+        hooks.append(PrecompileHook(trainer))
     hooks.append(CheckpointHook(trainer))
     if trainer.job.eval is not None:
         hooks.append(EvalHook(trainer))

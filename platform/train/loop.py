@@ -417,5 +417,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        for hook in getattr(self, "hooks", []):  # set by run()
+            hook.close()
         self.checkpointer.close()
         self.sink.close()

@@ -1,0 +1,45 @@
+"""Events as the terminal shows them: one sentence, rounded numbers."""
+
+import re
+
+from palm_platform.events import describe_event
+
+
+def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():
+    line = describe_event({"kind": "goodput", "step": 60, "time": 1.0, "goodput": 0.30961234,
+                           "wall_s": 290.41234, "productive_s": 89.91111, "badput_data_s": 0.06159,
+                           "badput_compile_s": 82.4321, "badput_eval_s": 0.0,
+                           "cache_hits": 8, "cache_misses": 1})
+    assert line == ("step 60: goodput 31.0% (89.9 s productive of 290.4 s); badput compile 82.4 s, "
+                    "data 0.1 s; compilation cache 8 hits, 1 misses")
+    assert not re.search(r"\d\.\d{3,}", line)
+
+
+def test_checkpoint_saved_says_how_long_the_loop_waited():
+    line = describe_event({"kind": "checkpoint_saved", "step": 20, "time": 1.0, "blocked_s": 0.38234})
+    assert line == "step 20: checkpoint saved (the loop waited 0.38 s)"
+
+
+def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
+    import json
+    import threading
+    import time
+
+    from palm_platform.status import Progress
+
+    records = [{"kind": "step", "step": 10, "time": 1.0, "loss": 5.4321, "tokens_per_s": 1889.4},
+               {"kind": "checkpoint_saved", "step": 10, "time": 1.0, "blocked_s": 0.02},
+               {"kind": "goodput", "step": 10, "time": 1.0, "goodput": 0.5, "wall_s": 20.0,
+                "productive_s": 10.0, "badput_compile_s": 10.0}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.touch()
+    stop = threading.Event()
+    follower = threading.Thread(target=Progress(tmp_path, total_steps=20).follow, args=(stop,))
+    follower.start()
+    time.sleep(1.0)  # the view shows what is written after it starts
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    threading.Timer(2.5, stop.set).start()
+    follower.join(timeout=10)
+    out = capsys.readouterr().out
+    assert "checkpoint saved" not in out and "checkpoint 10" in out
+    assert "step 10: goodput 50.0% (10.0 s productive of 20.0 s); badput compile 10.0 s" in out
