@@ -81,3 +81,15 @@ def require_libtpu() -> None:
 def libtpu():
     """Use as `pytestmark = pytest.mark.usefixtures("libtpu")`: see require_libtpu."""
     require_libtpu()
+
+
+@pytest.fixture(autouse=True)
+def _ray_auth_environment_is_per_test():
+    """Code under test may turn Ray's token mode on in os.environ (ray/auth.py does, for the
+    nodes it starts); restored after each test, so one test's RAY_AUTH_MODE=token never makes
+    every later `ray start` of the session demand a token it does not have."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
+    yield
+    for key in [k for k in os.environ if k.startswith("RAY_AUTH")]:
+        del os.environ[key]
+    os.environ.update(saved)

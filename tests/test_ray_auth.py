@@ -9,7 +9,12 @@ from palm_platform.ray import auth
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     for var in (auth.MODE_VAR, auth.TOKEN_VAR, auth.TOKEN_PATH_VAR):
-        monkeypatch.delenv(var, raising=False)
+        # setenv first so that monkeypatch records the variable and restores it after the
+        # test: enable_from_environment() sets RAY_AUTH_MODE in os.environ itself, and a
+        # leaked RAY_AUTH_MODE=token would make every later `ray start` of the session demand
+        # a token (a plain delenv of an unset variable records nothing to undo).
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token of the machine's user
 
 
