@@ -34,6 +34,18 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         "RAY_ADDRESS, else the local cluster of `palm cluster up`)")
 
 
+def result_from_cluster(command: str, args: argparse.Namespace):
+    """`palm generate|eval --cluster`: the job of `args.target`, its run folder and host 0's
+    result; a worker's input error comes back as EvalInputError, as it would in one process."""
+    from palm_platform.eval.restore import EvalInputError, find_job
+
+    job, run_dir = find_job(args.target, args.job)
+    outcome = run_on_cluster(command, args, job, run_dir)
+    if "error" in outcome:
+        raise EvalInputError(outcome["error"])
+    return job, run_dir, outcome["ok"]
+
+
 def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -> dict:
     """Launch `command` on one worker per host of the job's topology; host 0's result.
 

@@ -127,19 +127,15 @@ def evaluate(run, args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
-    from palm_platform.eval.restore import EvalInputError, find_job, restore_run
+    from palm_platform.eval.restore import EvalInputError, restore_run
 
     quiet_harness()
     try:
         _check(args)
         if args.cluster:
-            from palm_platform.eval.cluster import run_on_cluster
+            from palm_platform.eval.cluster import result_from_cluster
 
-            job, run_dir = find_job(args.target, args.job)
-            outcome = run_on_cluster("eval", args, job, run_dir)
-            if "error" in outcome:
-                raise EvalInputError(outcome["error"])
-            report = outcome["ok"]
+            job, run_dir, report = result_from_cluster("eval", args)
             run = SimpleNamespace(job=job, run_dir=run_dir, step=report["run"]["step"])
         else:
             run = restore_run(args.target, step=args.step, job_file=args.job)

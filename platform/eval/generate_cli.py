@@ -65,18 +65,14 @@ def complete(run, args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from palm_platform.eval.restore import EvalInputError, find_job, restore_run
+    from palm_platform.eval.restore import EvalInputError, restore_run
 
     try:
         args.prompt, args.prompts_file = _check(args), None  # the workers get the prompts themselves
         if args.cluster:
-            from palm_platform.eval.cluster import run_on_cluster
+            from palm_platform.eval.cluster import result_from_cluster
 
-            job, run_dir = find_job(args.target, args.job)
-            outcome = run_on_cluster("generate", args, job, run_dir)
-            if "error" in outcome:
-                raise EvalInputError(outcome["error"])
-            result = outcome["ok"]
+            result = result_from_cluster("generate", args)[2]
         else:
             result = complete(restore_run(args.target, step=args.step, job_file=args.job), args)
     except EvalInputError as error:
