@@ -211,3 +211,24 @@ class _BoundedJaxBackend(_JaxBackend):
             worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
                                  backend_config.heartbeat_timeout_s)
         super().on_start(worker_group, backend_config)
+
+
+# -- Ray re-points the session's libtpu log link at the driver's TPU_LOG_DIR ------------------
+# Every process that joins a Ray session, a driver included, re-points the session's
+# `logs/tpu_logs` link at its own TPU_LOG_DIR, else /tmp/tpu_logs (ray/_private/node.py
+# `_init_temp`), and the head's log monitor streams every file behind that link to the
+# drivers. On a laptop /tmp/tpu_logs holds every libtpu log ever written there (`palm plan`):
+# 15,000 old lines flooded the README demo's terminal before its first step. The fake hosts
+# run on CPU and write no libtpu logs, so for them the link may as well point at an empty
+# folder of the driver's own. Real TPU clusters keep Ray's behaviour (their hosts' logs are
+# worth streaming), so only drivers of fake-TPU clusters call this.
+def keep_libtpu_logs_out_of_the_terminal() -> None:
+    """Give this driver an empty TPU_LOG_DIR of its own, unless one is set."""
+    if "TPU_LOG_DIR" in os.environ:
+        return
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.gettempdir()) / f"palm-driver-tpu-logs-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    os.environ["TPU_LOG_DIR"] = str(folder)

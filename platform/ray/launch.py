@@ -37,7 +37,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from palm_platform.ray.compat import BoundedJaxConfig, trainer_without_sigint_handler
+from palm_platform.ray.compat import (
+    BoundedJaxConfig,
+    keep_libtpu_logs_out_of_the_terminal,
+    trainer_without_sigint_handler,
+)
 from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
 from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
 from palm_platform.storage.env import forwarded_env
@@ -89,6 +93,8 @@ def connect(
             f"recorded in {cluster.state_path(run_state_dir)}. Fix: `palm cluster up` (local "
             "fake TPU hosts) or export RAY_ADDRESS=<head>:6379."
         )
+    if start_local is not None:  # a fake-TPU cluster: no libtpu logs worth streaming
+        keep_libtpu_logs_out_of_the_terminal()
     ray.init(address=address, logging_level=logging.WARNING)
     return ray.get_runtime_context().gcs_address
 
