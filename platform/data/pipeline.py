@@ -156,16 +156,6 @@ class Pipeline:
         """Never yield global sequences [start, end) (e.g. from a rollback ledger)."""
         self._skips.add(start, end)
 
-    def skip_sequences(self, count: int) -> tuple[int, int]:
-        """Skip the next `count` global sequences; returns the skipped [start, end)."""
-        if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        start = self._skips.first_unskipped(self._next_sequence)
-        self.add_skip_range(start, start + count)
-        self._next_sequence = start + count
-        log.info("data: skipping global sequences [%d, %d)", start, start + count)
-        return start, start + count
-
     # ---- batches ------------------------------------------------------------------------
 
     def sequences(self, indices: Sequence[int]) -> np.ndarray:

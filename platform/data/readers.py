@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
@@ -261,13 +261,26 @@ def _local_copy(path: str) -> tuple[str, bool]:
     return local_path, True
 
 
-def write_pretokenized_shard(path: str, documents: list[np.ndarray] | list[list[int]]) -> None:
-    """Write documents' token ids as an ArrayRecord shard that a source can read."""
+def write_pretokenized_shard(path: str, documents: Iterable[np.ndarray | list[int]]) -> int:
+    """Write documents' token ids as an ArrayRecord shard a source can read; returns the count.
+
+    `palm tokenizer encode` writes shards with it. The shard appears under `path` only once
+    complete: ArrayRecordWriter opens by path (so atomic_write's file object cannot serve),
+    and it writes a temporary name beside `path` that is renamed in one step.
+    """
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    writer = ArrayRecordWriter(str(path), "group_size:1")
+    partial = f"{path}.partial-{os.getpid()}"
+    writer = ArrayRecordWriter(partial, "group_size:1")
+    count = 0
     try:
         for tokens in documents:
             writer.write(np.asarray(tokens, dtype="<i4").tobytes())
-    finally:
+            count += 1
+    except BaseException:
         writer.close()
+        os.remove(partial)
+        raise
+    writer.close()
+    os.replace(partial, path)
+    return count
