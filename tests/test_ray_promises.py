@@ -27,7 +27,7 @@ import yaml
 
 from palm_platform.metrics import read_records
 from palm_platform.ray import cluster
-from palm_platform.ray.local_cluster import BIN
+from palm_platform.ray.local_cluster import BIN, final_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 
@@ -59,27 +59,6 @@ def palm_run(job: Path, home: Path, timeout: float = 420) -> subprocess.Complete
     env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}")
     return subprocess.run([BIN / "palm", "run", str(job)], env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def final_params(job_path: Path):
-    """The run's last checkpoint's parameters, restored here on the job's own mesh."""
-    from palm_platform.checkpoint import Checkpointer
-    from palm_platform.job import load_job
-    from palm_platform.mesh import make_mesh
-    from palm_platform.train.state import state_shardings
-
-    job = load_job(job_path)
-    topo = job.topology
-    mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model,
-                     jax.devices()[: topo.pods * topo.chips_per_pod])
-    abstract, _ = state_shardings(job.model.build(), job.optimizer.build()[0], mesh)
-    checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
-    try:
-        restored = checkpointer.restore(abstract)
-    finally:
-        checkpointer.close()
-    assert restored.step == STEPS
-    return jax.tree.map(np.asarray, restored.train_state.params)
 
 
 def assert_bitwise_equal(a, b) -> None:
@@ -152,7 +131,7 @@ def test_two_hosts_roll_back_in_lock_step_and_end_as_one_process_does(reference,
     local = read_records(tmp_path / "run" / "ray-2pod")
     assert [(r["first_sequence"], r["end_sequence"]) for r in local if r["kind"] == "skip"] == \
         [(r["first_sequence"], r["end_sequence"]) for r in records if r["kind"] == "skip"]
-    assert_bitwise_equal(final_params(folder / "job.yaml"), one_process)
+    assert_bitwise_equal(final_params(folder / "job.yaml", STEPS), one_process)
 
 
 @pytest.mark.timeout(900)
@@ -178,4 +157,4 @@ def test_2pod_run_with_damaged_checkpoint_and_killed_host_ends_bitwise_equal(
     damaged = [ln for ln in output.splitlines() if "checkpoint step 10 is damaged" in ln]
     assert len(damaged) == 1, output[-3000:]
     assert [r["step"] for r in records if r["kind"] == "spike"] == [POISON_STEP]
-    assert_bitwise_equal(final_params(folder / "job.yaml"), final_params(job))
+    assert_bitwise_equal(final_params(folder / "job.yaml", STEPS), final_params(job, STEPS))

@@ -19,7 +19,12 @@ import pytest
 import yaml
 
 from palm_platform.metrics import read_records
-from palm_platform.ray.local_cluster import BIN, driver_env, kill_a_train_worker_after_step
+from palm_platform.ray.local_cluster import (
+    BIN,
+    driver_env,
+    final_params,
+    kill_a_train_worker_after_step,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -39,24 +44,6 @@ def write_job(folder: Path, **changes) -> Path:
     path.write_text("#!/usr/bin/env -S palm run\n" + yaml.safe_dump(spec))
     path.chmod(0o755)
     return path
-
-
-def final_params(folder: Path):
-    from palm_platform.checkpoint import Checkpointer
-    from palm_platform.job import load_job
-    from palm_platform.mesh import make_mesh
-    from palm_platform.train.state import state_shardings
-
-    job = load_job(folder / "job.yaml")
-    mesh = make_mesh(1, job.data_parallel, job.mesh.model, jax.devices()[:4])
-    abstract, _ = state_shardings(job.model.build(), job.optimizer.build()[0], mesh)
-    checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
-    try:
-        restored = checkpointer.restore(abstract)
-    finally:
-        checkpointer.close()
-    assert restored.step == job.train.steps
-    return jax.tree.map(np.asarray, restored.train_state.params)
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +132,8 @@ def test_killed_and_hung_hosts_restart_from_gs_and_end_bitwise_equal(
 
     assert [i.step for i in list_checkpoints(directory) if i.complete][-1] == 12
     assert not (tmp_path / "ckpt").exists()  # nothing went to local disk instead
-    for a, b in zip(jax.tree.leaves(final_params(reference)), jax.tree.leaves(final_params(tmp_path)),
-                    strict=True):
+    expected, got = (final_params(folder / "job.yaml", 12) for folder in (reference, tmp_path))
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

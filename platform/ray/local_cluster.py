@@ -92,3 +92,31 @@ def kill_a_train_worker_after_step(state: ClusterState, run: subprocess.Popen, r
         raise RuntimeError(f"expected {hosts} train workers, found {len(victims)}: {victims}")
     os.kill(victims[-1].pid, signal.SIGKILL)
     return victims[-1]
+
+
+def final_params(job_path: Path, expected_step: int):
+    """The parameters of a run's newest checkpoint, restored in this process on the job's mesh
+    (numpy arrays), for bitwise comparisons between runs. Needs the job's chip count of local
+    devices (the tests' 8 fake CPU devices)."""
+    import jax
+    import numpy as np
+
+    from palm_platform.checkpoint import Checkpointer
+    from palm_platform.job import load_job
+    from palm_platform.mesh import make_mesh
+    from palm_platform.train.state import state_shardings
+
+    job = load_job(job_path)
+    topo = job.topology
+    mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model,
+                     jax.devices()[: topo.pods * topo.chips_per_pod])
+    abstract, _ = state_shardings(job.model.build(), job.optimizer.build()[0], mesh)
+    checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
+    try:
+        restored = checkpointer.restore(abstract)
+    finally:
+        checkpointer.close()
+    if restored.step != expected_step:
+        raise AssertionError(f"{job_path}: newest checkpoint is step {restored.step}, "
+                             f"expected {expected_step}")
+    return jax.tree.map(np.asarray, restored.train_state.params)
