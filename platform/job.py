@@ -19,6 +19,7 @@ from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
 from palm_platform.eval.config import EvalConfig
 from palm_platform.metrics import MetricsConfig
+from palm_platform.ray.topology import SliceShape, chips_in_topology
 from palm_platform.supervise.config import FaultsConfig, SpikeConfig
 from palm_platform.train.config import InitFromConfig, OptimizerConfig, TrainConfig
 
@@ -107,14 +108,17 @@ class TopologySection(BaseModel):
     def elastic(self) -> bool:
         return self.fewest_pods < self.pods
 
+    def shape(self) -> SliceShape:
+        """This section as the one topology type the cluster, feasibility and launch take."""
+        return SliceShape(self.pods, self.hosts_per_pod, self.chips_per_host,
+                          ici_topology=self.ici_topology, min_pods=self.min_pods)
+
     @model_validator(mode="after")
     def _topology_matches_chips(self) -> TopologySection:
         if self.min_pods is not None and self.min_pods > self.pods:
             raise ValueError(f"min_pods={self.min_pods} exceeds pods={self.pods}; set "
                              f"topology.min_pods between 1 and {self.pods}")
         if self.ici_topology is not None:
-            from palm_platform.ray.topology import chips_in_topology
-
             try:
                 chips = chips_in_topology(self.ici_topology)
             except ValueError as error:

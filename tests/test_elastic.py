@@ -13,6 +13,7 @@ from palm_platform.data import DataConfig, build_pipeline
 from palm_platform.elastic import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.job import JobError, load_job
 from palm_platform.metrics import read_records
+from palm_platform.ray.topology import SliceShape
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.loop import Trainer
 
@@ -194,16 +195,17 @@ def _tpu_node(pod: int) -> dict:
 def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():
     from palm_platform.ray.elastic import worker_counts
 
-    assert worker_counts(2, 1, hosts_per_pod=768) == (768, 1536)
-    assert worker_counts(2, 2, hosts_per_pod=768) == 1536  # not elastic: Ray's fixed policy
+    assert worker_counts(SliceShape(2, 768, 4, "12x16x16", min_pods=1)) == (768, 1536)
+    # not elastic: Ray's fixed policy
+    assert worker_counts(SliceShape(2, 768, 4, "12x16x16", min_pods=2)) == 1536
+    assert worker_counts(SliceShape(2, 768, 4, "12x16x16")) == 1536
 
 
 def test_fewer_than_min_pods_for_the_grace_period_gives_up_once_with_the_reason():
     from palm_platform.ray.elastic import MinPodsMonitor
-    from palm_platform.ray.feasibility import TpuRequest
 
     nodes, now, reasons = [_tpu_node(0), _tpu_node(1)], [0.0], []
-    monitor = MinPodsMonitor(TpuRequest(2, 1, 4, "2x2x1"), reasons.append, grace_s=30,
+    monitor = MinPodsMonitor(SliceShape(2, 1, 4, "2x2x1"), reasons.append, grace_s=30,
                              nodes=lambda: nodes, clock=lambda: now[0])
     assert not monitor.check()
     nodes.pop()  # pod 1 lost: below min_pods=2

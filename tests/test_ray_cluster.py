@@ -16,6 +16,7 @@ import pytest
 from palm_platform.ray import cluster, launch
 from palm_platform.ray.feasibility import InfeasibleTopologyError
 from palm_platform.ray.probe import distributed_probe
+from palm_platform.ray.topology import SliceShape
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -105,16 +106,12 @@ def test_launch_runs_one_jax_process_per_fake_host_with_cross_process_collective
     )
 
 
-def launch_kwargs(tmp_path, **overrides):
-    kwargs = dict(
-        pods=2,
-        hosts_per_pod=2,
-        chips_per_host=4,
-        topology="2x2x2",
-        run_name="infeasible",
-        storage_path=str(tmp_path / "runs"),
-        max_failures=0,
-    )
+TWO_PODS = SliceShape(2, 2, 4, "2x2x2")
+
+
+def launch_kwargs(tmp_path, shape=TWO_PODS, **overrides):
+    kwargs = dict(shape=shape, run_name="infeasible", storage_path=str(tmp_path / "runs"),
+                  max_failures=0)
     return {**kwargs, **overrides}
 
 
@@ -124,7 +121,7 @@ def test_launch_asking_for_more_pods_than_the_cluster_has_fails_with_what_is_mis
 ):
     with pytest.raises(InfeasibleTopologyError) as err:
         launch.launch(
-            distributed_probe, {}, **launch_kwargs(tmp_path, pods=3), address=state.gcs_address
+            distributed_probe, {}, **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")), address=state.gcs_address
         )
     message = str(err.value)
     assert "needs 3 pods x 2 hosts x 4 chips of TPU-V4 topology 2x2x2" in message
@@ -138,7 +135,7 @@ def test_launch_with_a_topology_the_cluster_lacks_names_the_slices_it_has(state,
         launch.launch(
             distributed_probe,
             {},
-            **launch_kwargs(tmp_path, pods=1, hosts_per_pod=4, topology="2x2x4"),
+            **launch_kwargs(tmp_path, SliceShape(1, 4, 4, "2x2x4")),
             address=state.gcs_address,
         )
     assert "0 matching slices" in str(err.value)
@@ -160,7 +157,7 @@ def test_placement_that_never_comes_fails_after_bounded_retries(state, tmp_path,
         launch.launch(
             distributed_probe,
             {},
-            **launch_kwargs(tmp_path, pods=3),
+            **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")),
             feasibility_timeout_s=5,
             controller_failure_limit=1,
             fake_tpu=True,
@@ -181,12 +178,12 @@ def test_ray_job_submit_runs_a_jax_trainer_job_on_the_cluster(state, tmp_path):
             import os, tempfile
             from palm_platform.ray.launch import launch
             from palm_platform.ray.probe import distributed_probe
+            from palm_platform.ray.topology import SliceShape
 
             assert not os.path.exists(".venv"), "working-dir upload must skip .venv"
             result = launch(
-                distributed_probe, {}, pods=2, hosts_per_pod=2, chips_per_host=4,
-                topology="2x2x2", run_name="job", storage_path=tempfile.mkdtemp(),
-                max_failures=0,
+                distributed_probe, {}, shape=SliceShape(2, 2, 4, "2x2x2"), run_name="job",
+                storage_path=tempfile.mkdtemp(), max_failures=0,
             )
             print("PROBE-OK", result.run_path)
             """

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
+from palm_platform.ray.compat import tpu_pod_type
+from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
 from palm_platform.ray.topology import SliceShape
 
 
@@ -38,7 +39,7 @@ def test_shape_strings_match_ray_tpu_conventions():
     )
     assert SliceShape(1, 1, 4).topology == "2x2x1"
     assert SliceShape(1, 4, 4).pod_type == "v4-32"
-    assert TpuRequest(1, 2, 4, "2x2x2").pod_type == shape.pod_type  # Ray's own inference agrees
+    assert tpu_pod_type("2x2x2", "TPU-V4") == shape.pod_type  # Ray's own inference agrees
 
 
 def test_shape_without_a_v4_topology_is_rejected():
@@ -47,14 +48,14 @@ def test_shape_without_a_v4_topology_is_rejected():
 
 
 def test_feasible_request_returns_the_matching_slices():
-    views = check_feasible(two_pod_cluster(), TpuRequest(2, 2, 4, "2x2x2"))
+    views = check_feasible(two_pod_cluster(), SliceShape(2, 2, 4, "2x2x2"))
     assert [v.name for v in views] == ["pod-0", "pod-1"]
     assert all(v.fake for v in views)
 
 
 def test_too_few_pods_names_what_is_missing_and_the_fix():
     with pytest.raises(InfeasibleTopologyError) as err:
-        check_feasible(two_pod_cluster(), TpuRequest(3, 2, 4, "2x2x2"))
+        check_feasible(two_pod_cluster(), SliceShape(3, 2, 4, "2x2x2"))
     message = str(err.value)
     assert "needs 3 pods x 2 hosts x 4 chips of TPU-V4 topology 2x2x2" in message
     assert "2 matching slices (pod-0: 2 hosts, pod-1: 2 hosts)" in message
@@ -63,12 +64,12 @@ def test_too_few_pods_names_what_is_missing_and_the_fix():
 
 def test_missing_accelerator_type_resource_is_named():
     with pytest.raises(InfeasibleTopologyError, match="no accelerator_type:TPU-V4 resource"):
-        check_feasible(two_pod_cluster(accel=False), TpuRequest(1, 2, 4, "2x2x2"))
+        check_feasible(two_pod_cluster(accel=False), SliceShape(1, 2, 4, "2x2x2"))
 
 
 def test_topology_that_disagrees_with_hosts_and_chips_is_rejected():
     with pytest.raises(InfeasibleTopologyError, match="topology 2x2x1 has 4 chips"):
-        check_feasible(two_pod_cluster(), TpuRequest(1, 2, 4, "2x2x1"))
+        check_feasible(two_pod_cluster(), SliceShape(1, 2, 4, "2x2x1"))
 
 
 def test_ray_accepts_paper_pod_topology_after_registration():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from palm_platform.ray.compat import kv_delete, kv_get, kv_put
@@ -53,19 +54,14 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
     cluster can be reached and InfeasibleTopologyError when it cannot hold the job.
     """
     from palm_platform.ray.launch import connect, launch
-    from palm_platform.ray.topology import SliceShape, v4_topology_for_chips
-
     topo = job.topology
-    connect(args.address, start_local=SliceShape(topo.pods, topo.hosts_per_pod, topo.chips_per_host)
-            if topo.local else None)
+    connect(args.address, start_local=topo.shape() if topo.local else None)
     key = f"{RESULT_PREFIX}/{job.name}/{command}/{time.time():.6f}"
     worker_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                    if k != "func"}
     launch(eval_worker, {"command": command, "args": worker_args, "job": job.model_dump(mode="json"),
                          "run_dir": str(Path(run_dir).resolve()), "result_key": key},
-           pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
-           topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
-           run_name=f"{job.name}-{command}-{int(time.time())}",
+           shape=replace(topo.shape(), min_pods=None), run_name=f"{job.name}-{command}-{int(time.time())}",
            storage_path=str((Path(run_dir) / "ray").resolve()),
            max_failures=0, jax_init_timeout_s=int(job.faults.init_timeout_s))
     raw = kv_get(key, KV_NAMESPACE)

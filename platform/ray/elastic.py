@@ -22,23 +22,24 @@ import threading
 import time
 from collections.abc import Callable
 
-from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
+from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
+from palm_platform.ray.topology import SliceShape
 
 logger = logging.getLogger(__name__)
 
 
-def worker_counts(pods: int, min_pods: int, hosts_per_pod: int) -> int | tuple[int, int]:
+def worker_counts(shape: SliceShape) -> int | tuple[int, int]:
     """ScalingConfig.num_workers: fixed `pods` slices, or (min, max) workers when elastic."""
-    if min_pods >= pods:
-        return pods * hosts_per_pod
-    return (min_pods * hosts_per_pod, pods * hosts_per_pod)
+    if not shape.elastic:
+        return shape.num_hosts
+    return (shape.fewest_pods * shape.hosts_per_pod, shape.num_hosts)
 
 
 class MinPodsMonitor:
     """Watches the cluster while an elastic run is up; calls `on_lost(message)` once when it
     has held fewer than `request.pods` (= min_pods) matching slices for `grace_s` seconds."""
 
-    def __init__(self, request: TpuRequest, on_lost: Callable[[str], None], *,
+    def __init__(self, request: SliceShape, on_lost: Callable[[str], None], *,
                  grace_s: float, poll_s: float = 2.0,
                  nodes: Callable[[], list[dict]] | None = None,
                  clock: Callable[[], float] = time.monotonic):

@@ -19,33 +19,13 @@ from palm_platform.ray.topology import (
     SLICE_NAME_LABEL,
     TOPOLOGY_LABEL,
     WORKER_ID_LABEL,
+    SliceShape,
     chips_in_topology,
 )
 
 
 class InfeasibleTopologyError(RuntimeError):
     """The cluster cannot hold the job's TPU slices; the message says what is missing."""
-
-
-@dataclass(frozen=True)
-class TpuRequest:
-    pods: int
-    hosts_per_pod: int
-    chips_per_host: int
-    topology: str
-    accelerator_type: str = "TPU-V4"
-
-    @property
-    def pod_type(self) -> str:
-        from palm_platform.ray.compat import tpu_pod_type
-
-        return tpu_pod_type(self.topology, self.accelerator_type)
-
-    def describe(self) -> str:
-        return (
-            f"{self.pods} pods x {self.hosts_per_pod} hosts x {self.chips_per_host} chips of "
-            f"{self.accelerator_type} topology {self.topology} (pod type {self.pod_type})"
-        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +73,7 @@ def tpu_slices(nodes: list[dict], accelerator_type: str) -> list[SliceView]:
     return views
 
 
-def matches(view: SliceView, request: TpuRequest) -> bool:
+def matches(view: SliceView, request: SliceShape) -> bool:
     return (
         view.pod_type == request.pod_type
         and view.hosts == request.hosts_per_pod
@@ -103,7 +83,7 @@ def matches(view: SliceView, request: TpuRequest) -> bool:
     )
 
 
-def _why_not(view: SliceView, request: TpuRequest) -> str:
+def _why_not(view: SliceView, request: SliceShape) -> str:
     reasons = []
     if view.pod_type != request.pod_type:
         reasons.append(f"pod type {view.pod_type} topology {view.topology}")
@@ -118,7 +98,7 @@ def _why_not(view: SliceView, request: TpuRequest) -> str:
     return f"{view.name}: " + ", ".join(reasons)
 
 
-def check_feasible(nodes: list[dict], request: TpuRequest) -> list[SliceView]:
+def check_feasible(nodes: list[dict], request: SliceShape) -> list[SliceView]:
     """The matching slices, or InfeasibleTopologyError naming what is missing and the fix."""
     chips = chips_in_topology(request.topology)
     if chips != request.hosts_per_pod * request.chips_per_host:

@@ -42,7 +42,7 @@ from palm_platform.ray.compat import (
     keep_libtpu_logs_out_of_the_terminal,
     trainer_without_sigint_handler,
 )
-from palm_platform.ray.feasibility import InfeasibleTopologyError, TpuRequest, check_feasible
+from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
 from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
 from palm_platform.storage.env import forwarded_env
 
@@ -116,11 +116,7 @@ def launch(
     train_fn: Callable[[dict], None],
     train_loop_config: dict,
     *,
-    pods: int,
-    hosts_per_pod: int,
-    chips_per_host: int,
-    topology: str,
-    accelerator_type: str = "TPU-V4",
+    shape: SliceShape,
     run_name: str,
     storage_path: str,
     max_failures: int,
@@ -133,7 +129,6 @@ def launch(
     fake_tpu: bool | None = None,
     address: str | None = None,
     run_state_dir: str | None = None,
-    min_pods: int | None = None,
     resize_check_s: float = 60.0,
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
@@ -144,8 +139,9 @@ def launch(
     `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
     `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
     on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
-    `min_pods` < `pods`: elastic (ray/elastic.py): Ray Train runs on as many whole pods as
-    the cluster has, at least `min_pods`, and checks for returned pods every `resize_check_s`.
+    An elastic `shape` (min_pods < pods; ray/elastic.py): Ray Train runs on as many whole
+    pods as the cluster has, at least min_pods, and checks for returned pods every
+    `resize_check_s`.
     """
     import ray
     from ray.train import CheckpointConfig
@@ -154,20 +150,17 @@ def launch(
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
-    if ensure_ray_accepts_v4_topology(topology.lower()):
-        logger.info("added TPU v4 topology %s to Ray's table of valid slices", topology)
+    if ensure_ray_accepts_v4_topology(shape.topology):
+        logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
     from palm_platform.ray.elastic import MinPodsMonitor, worker_counts
 
-    min_pods = pods if min_pods is None else min_pods
-    if min_pods < pods:
+    if shape.elastic:
         # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
         # (~15 s here), so Train's elastic policy may first try to restart at full size and
         # time out once (a controller failure) before it restarts on the pods left: give each
         # allowed restart that one extra start-up attempt.
         controller_failure_limit = max(controller_failure_limit, max_failures)
-    request = TpuRequest(pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
-    # An elastic run starts on what is there, if that is at least min_pods whole pods.
-    least = TpuRequest(min_pods, hosts_per_pod, chips_per_host, topology.lower(), accelerator_type)
+    least = shape.smallest()  # an elastic run starts on what is there, if at least min_pods
     matching = check_feasible(ray.nodes(), least)
     if fake_tpu is None:
         fake_tpu = all(view.fake for view in matching)
@@ -184,11 +177,11 @@ def launch(
                                     heartbeat_timeout_s=jax_heartbeat_timeout_s),
         scaling_config=ScalingConfig(
             use_tpu=True,
-            num_workers=worker_counts(pods, min_pods, hosts_per_pod),
+            num_workers=worker_counts(shape),
             elastic_resize_monitor_interval_s=resize_check_s,
-            topology=request.topology,
-            accelerator_type=accelerator_type,
-            resources_per_worker={"TPU": chips_per_host},
+            topology=shape.topology,
+            accelerator_type=shape.accelerator_type,
+            resources_per_worker={"TPU": shape.chips_per_host},
             placement_strategy="SPREAD",
         ),
         run_config=RunConfig(
@@ -202,7 +195,7 @@ def launch(
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             worker_runtime_env={
                 "env_vars": worker_env(
-                    chips_per_host=chips_per_host,
+                    chips_per_host=shape.chips_per_host,
                     fake_tpu=fake_tpu,
                     env=env,
                 ),
@@ -217,7 +210,7 @@ def launch(
 
     monitor = MinPodsMonitor(least, give_up, grace_s=feasibility_timeout_s)
     try:
-        if min_pods < pods:
+        if shape.elastic:
             with monitor:
                 result = trainer.fit()
         else:
@@ -235,7 +228,7 @@ def launch(
         except InfeasibleTopologyError as infeasible:
             raise infeasible from err
         raise InfeasibleTopologyError(
-            f"the worker group for {request.describe()} did not start in "
+            f"the worker group for {shape.describe()} did not start in "
             f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
             f"{feasibility_timeout_s:g} s, jax.distributed.initialize up to "
             f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "

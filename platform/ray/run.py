@@ -111,13 +111,12 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
-    from palm_platform.ray.topology import SliceShape, v4_topology_for_chips
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
 
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     topo = job.topology
-    shape = SliceShape(topo.pods, topo.hosts_per_pod, topo.chips_per_host)
+    shape = topo.shape()
     from palm_platform.ray.cluster import ClusterStateError
 
     try:
@@ -138,14 +137,12 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
             launch(
                 train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
                                "launched_at": launched_at, "stop_key": key},
-                pods=topo.pods, hosts_per_pod=topo.hosts_per_pod, chips_per_host=topo.chips_per_host,
-                topology=topo.ici_topology or v4_topology_for_chips(topo.chips_per_pod),
-                run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
+                shape=shape, run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
                 max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
                 # JAX declares a silent peer dead (and aborts everyone) after this; later than
                 # the watchdog, which names the stuck host and restarts cleanly.
                 jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
-                min_pods=topo.fewest_pods, resize_check_s=topo.resize_check_s,  # elastic pods
+                resize_check_s=topo.resize_check_s,  # elastic pods
             )
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line

@@ -13,7 +13,7 @@ fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ACCELERATOR_TYPE = "TPU-V4"
 CORES_PER_V4_CHIP = 2
@@ -61,17 +61,29 @@ def v4_pod_type(topology: str) -> str:
 
 @dataclass(frozen=True)
 class SliceShape:
-    """pods x hosts_per_pod x chips_per_host TPU v4 hosts; one pod is one TPU slice."""
+    """The one topology type: pods x hosts_per_pod x chips_per_host TPU v4 hosts, one pod per
+    TPU slice. Built from the job (`TopologySection.shape()`) or `palm cluster up`'s flags,
+    and passed as is to the local cluster, the feasibility check and `launch()`.
+
+    `ici_topology` None means the most cube-like v4 shape of the pod's chips; `min_pods`
+    (elastic jobs) the fewest pods the run may go on with, None meaning all of them.
+    """
 
     pods: int
     hosts_per_pod: int
     chips_per_host: int
+    ici_topology: str | None = None
+    min_pods: int | None = None
+    accelerator_type: str = "TPU-V4"
 
     def __post_init__(self) -> None:
         for field in ("pods", "hosts_per_pod", "chips_per_host"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        v4_topology_for_chips(self.chips_per_pod)  # fail at construction, not at first use
+        if self.ici_topology is None:
+            v4_topology_for_chips(self.chips_per_pod)  # fail at construction, not at first use
+        else:
+            parse_topology(self.ici_topology)  # whether it agrees with the chips: feasibility.py
 
     @property
     def chips_per_pod(self) -> int:
@@ -79,6 +91,8 @@ class SliceShape:
 
     @property
     def topology(self) -> str:
+        if self.ici_topology is not None:
+            return self.ici_topology.lower()
         return v4_topology_for_chips(self.chips_per_pod)
 
     @property
@@ -94,8 +108,26 @@ class SliceShape:
     def num_hosts(self) -> int:
         return self.pods * self.hosts_per_pod
 
+    @property
+    def fewest_pods(self) -> int:
+        return self.pods if self.min_pods is None else self.min_pods
+
+    @property
+    def elastic(self) -> bool:
+        return self.fewest_pods < self.pods
+
+    def smallest(self) -> SliceShape:
+        """The least this shape may run on: `fewest_pods` pods of the same slices."""
+        return replace(self, pods=self.fewest_pods, min_pods=None)
+
     def slice_name(self, pod: int) -> str:
         return f"pod-{pod}"
+
+    def describe(self) -> str:
+        return (
+            f"{self.pods} pods x {self.hosts_per_pod} hosts x {self.chips_per_host} chips of "
+            f"{self.accelerator_type} topology {self.topology} (pod type {self.pod_type})"
+        )
 
 
 def ensure_ray_accepts_v4_topology(topology: str) -> bool:
