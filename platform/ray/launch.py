@@ -146,13 +146,12 @@ def launch(
     import ray
     from ray.train import CheckpointConfig
     from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.exceptions import ControllerError
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
     if ensure_ray_accepts_v4_topology(shape.topology):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
-    from palm_platform.ray.elastic import MinPodsMonitor, worker_counts
+    from palm_platform.ray.elastic import worker_counts
 
     if shape.elastic:
         # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
@@ -202,6 +201,20 @@ def launch(
             },
         ),
     )
+    return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s,
+                controller_failure_limit=controller_failure_limit,
+                jax_init_timeout_s=jax_init_timeout_s)
+
+
+def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float,
+         controller_failure_limit: int, jax_init_timeout_s: int) -> LaunchResult:
+    """`trainer.fit()`, watched below min_pods when elastic; a start-up that kept failing
+    becomes an InfeasibleTopologyError saying what the cluster lacks now."""
+    import ray
+    from palm_platform.ray.elastic import MinPodsMonitor
+    from ray.train.v2.api.exceptions import ControllerError
+
+    least = shape.smallest()
     start = time.monotonic()
 
     def give_up(message: str) -> None:  # below min_pods Ray would wait for slices forever
