@@ -105,6 +105,9 @@ def train_worker(config: dict) -> None:
     except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         return
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
+        _exit_if_peer_lost(error, host, watchdog.last_step)
+        raise
     finally:
         watchdog.stop()
         if board is not None:
@@ -112,6 +115,24 @@ def train_worker(config: dict) -> None:
         trainer.close()  # waits for an in-flight checkpoint
     if jax.process_index() == 0:
         write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
+
+
+def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> None:
+    """A collective failed because another host died: one line, then exit as the watchdog does.
+
+    Ray Train restarts the whole group either way (the killed host's actor is gone); exiting here
+    only spares the operator each survivor's traceback. The finally block's checkpoint wait is
+    skipped on purpose: it would block on the same broken communicator.
+    """
+    from palm_platform.supervise.peer_loss import peer_loss_reason
+
+    reason = peer_loss_reason(error)
+    if reason is None:
+        return
+    logger.error("%s: lost a peer during step %s (%s); exiting so Ray Train restarts the group",
+                 host, "?" if step is None else step + 1, reason)
+    logging.shutdown()  # flush the line before the hard exit
+    os._exit(75)
 
 
 def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
