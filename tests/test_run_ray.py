@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
+from palm_platform.events import describe_event
 from palm_platform.metrics import read_records
 from palm_platform.ray.local_cluster import BIN, driver_env, kill_a_train_worker_after_step
+from palm_platform.status import ON_THE_BAR
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -90,6 +92,16 @@ def test_each_worker_log_line_is_printed_once(reference):
     # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
     foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
     assert not foreign, foreign[:5]
+    # Each event once: the driver's sentence, not also the worker's log line of it. The end
+    # summary (after the "run DIR" header) recaps some on purpose, so only the live part counts.
+    run_dir = reference / "run" / "ray-2host"
+    live = output.split(f"run {run_dir}")[0].splitlines()
+    events = [r for r in read_records(run_dir) if r["kind"] not in ON_THE_BAR | {"eval"}]
+    assert events, "the reference run recorded no events"
+    for record in events:
+        start = describe_event(record)[:40]  # the live view may wrap a long sentence
+        seen = [ln for ln in live if start in ln]
+        assert len(seen) == 1, (start, seen)
 
 
 @pytest.mark.timeout(700)

@@ -24,6 +24,7 @@ def configure_logging() -> None:
     """One line per event on stderr for our loggers; libraries only warn. Idempotent."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    handler.addFilter(_not_printed_by_the_driver)
     for name in ("palm", "palm_platform"):
         ours = logging.getLogger(name)
         ours.handlers = [handler]
@@ -37,6 +38,16 @@ def configure_logging() -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:
         pass
+
+
+def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
+    """False for an event line `palm run`'s live view also prints (status.Progress), so the
+    terminal shows each event once: the driver's sentence. Events the live view only puts on its
+    bar (a checkpoint saved, with how long the loop waited) keep the worker's line."""
+    from palm_platform.status import ON_THE_BAR
+
+    kind = getattr(record, "event_kind", None)
+    return kind is None or kind in ON_THE_BAR
 
 
 def train_worker(config: dict) -> None:
