@@ -14,7 +14,7 @@ parameters must be bitwise equal: the platform's determinism promise under fault
 Prints goodput with badput by cause, goodput with the first compile excluded (goal >= 80%), the
 mean seconds from a host's SIGKILL to the next completed step, and exits 1 when a run does not
 reach its last step or the replay differs. One `palm cluster up` serves both runs; it is torn
-down in a finally. About 8 minutes on 2 shared cores at 200 steps.
+down in a finally. Measured: 5.5 minutes on 2 shared cores at --steps 130 (2.6 min per run).
 """
 
 from __future__ import annotations
