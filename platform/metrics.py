@@ -93,7 +93,8 @@ class MetricsSink:
             return
         record = {"kind": kind, "step": step, "time": time.time(), **fields}
         self._write(record)
-        logger.info("%s", describe_event(record))
+        # `event_kind` lets a Ray worker drop the lines its driver prints too (ray/worker.py).
+        logger.info("%s", describe_event(record), extra={"event_kind": kind})
         self._to_wandb("log_event", kind, step, fields, alert=alert)
 
     def _to_wandb(self, method: str, *args: Any, **kwargs: Any) -> None:

@@ -128,6 +128,11 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     return summary
 
 
+# Event kinds the live view does not print as a line (the bar shows them): every other event
+# record gets its sentence from the driver, so a worker need not log it too (ray/worker.py).
+ON_THE_BAR = frozenset({"step", "checkpoint_saved"})
+
+
 class Progress:
     """A rich progress bar fed by the metrics file while a job runs."""
 

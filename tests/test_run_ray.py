@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from palm_platform.events import describe_event
 from palm_platform.metrics import read_records
 from palm_platform.ray.local_cluster import (
     BIN,
@@ -25,6 +26,7 @@ from palm_platform.ray.local_cluster import (
     final_params,
     kill_a_train_worker_after_step,
 )
+from palm_platform.status import ON_THE_BAR
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -78,6 +80,16 @@ def test_each_worker_log_line_is_printed_once(reference):
     # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
     foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
     assert not foreign, foreign[:5]
+    # Each event once: the driver's sentence, not also the worker's log line of it. The end
+    # summary (after the "run DIR" header) recaps some on purpose, so only the live part counts.
+    run_dir = reference / "run" / "ray-2host"
+    live = output.split(f"run {run_dir}")[0].splitlines()
+    events = [r for r in read_records(run_dir) if r["kind"] not in ON_THE_BAR | {"eval"}]
+    assert events, "the reference run recorded no events"
+    for record in events:
+        start = describe_event(record)[:40]  # the live view may wrap a long sentence
+        seen = [ln for ln in live if start in ln]
+        assert len(seen) == 1, (start, seen)
 
 
 @pytest.mark.timeout(700)
@@ -123,6 +135,9 @@ def test_killed_and_hung_hosts_restart_from_gs_and_end_bitwise_equal(
     # One line per restore, from host 0 (not one per host, nor one per log monitor).
     restored = [ln for ln in worker_lines(output) if "restored checkpoint step" in ln]
     assert len(restored) == 2, restored
+    # The killed host's peers fail in a gloo collective: one line each, not Ray's traceback
+    # (worker.py's peer-loss exit); the hang's thread dump is not a "Traceback" either.
+    assert "Traceback (most recent call last)" not in output, output[-4000:]
     # Resumed from gs:// checkpoints (every 2 steps), not from scratch: the one before the
     # hang at step 8 is at least step 4 whichever saves had committed.
     resumed = [r["step"] for r in records if r["kind"] == "checkpoint_restored"]

@@ -24,6 +24,7 @@ def configure_logging() -> None:
     """One line per event on stderr for our loggers; libraries only warn. Idempotent."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    handler.addFilter(_not_printed_by_the_driver)
     for name in ("palm", "palm_platform"):
         ours = logging.getLogger(name)
         ours.handlers = [handler]
@@ -37,6 +38,16 @@ def configure_logging() -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:
         pass
+
+
+def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
+    """False for an event line `palm run`'s live view also prints (status.Progress), so the
+    terminal shows each event once: the driver's sentence. Events the live view only puts on its
+    bar (a checkpoint saved, with how long the loop waited) keep the worker's line."""
+    from palm_platform.status import ON_THE_BAR
+
+    kind = getattr(record, "event_kind", None)
+    return kind is None or kind in ON_THE_BAR
 
 
 def train_worker(config: dict) -> None:
@@ -105,6 +116,9 @@ def train_worker(config: dict) -> None:
     except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         return
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
+        _exit_if_peer_lost(error, host, watchdog.last_step)
+        raise
     finally:
         watchdog.stop()
         if board is not None:
@@ -112,6 +126,24 @@ def train_worker(config: dict) -> None:
         trainer.close()  # waits for an in-flight checkpoint
     if jax.process_index() == 0:
         write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
+
+
+def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> None:
+    """A collective failed because another host died: one line, then exit as the watchdog does.
+
+    Ray Train restarts the whole group either way (the killed host's actor is gone); exiting here
+    only spares the operator each survivor's traceback. The finally block's checkpoint wait is
+    skipped on purpose: it would block on the same broken communicator.
+    """
+    from palm_platform.supervise.peer_loss import peer_loss_reason
+
+    reason = peer_loss_reason(error)
+    if reason is None:
+        return
+    logger.error("%s: lost a peer during step %s (%s); exiting so Ray Train restarts the group",
+                 host, "?" if step is None else step + 1, reason)
+    logging.shutdown()  # flush the line before the hard exit
+    os._exit(75)
 
 
 def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
