@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
 from palm_platform.eval.config import EvalConfig
+from palm_platform.mesh_config import MeshSection, TopologySection
 from palm_platform.metrics import MetricsConfig
-from palm_platform.ray.topology import SliceShape, chips_in_topology
 from palm_platform.supervise.config import FaultsConfig, SpikeConfig
 from palm_platform.train.config import InitFromConfig, OptimizerConfig, TrainConfig
 
@@ -68,76 +68,6 @@ class ModelSection(BaseModel):
         from palm.config import preset
 
         return preset(self.preset, **self.overrides)
-
-
-class TopologySection(BaseModel):
-    """pods x hosts_per_pod x chips_per_host TPU v4 hosts (one pod = one TPU slice)."""
-
-    model_config = STRICT
-    accelerator: Literal["tpu-v4"] = Field(default="tpu-v4", description="TPU generation")
-    pods: int = Field(ge=1, description="TPU pods (slices), joined over the data-center network")
-    hosts_per_pod: int = Field(ge=1, description="TPU VM hosts per pod (v4: 4 chips each)")
-    chips_per_host: int = Field(default=4, ge=1, description="chips per host (v4: 4)")
-    ici_topology: str | None = Field(
-        default=None, description="chips per pod along x,y,z, e.g. 8x16x24 for a 3072-chip pod"
-    )
-    local: bool = Field(
-        default=False,
-        description="run on the local fake-TPU Ray cluster (`palm cluster up`): CPU devices",
-    )
-    min_pods: int | None = Field(
-        default=None, ge=1, description="elastic: keep training on as few as this many pods "
-        "when slices are lost, and grow back when they return (default: pods, not elastic)")
-    resize_check_s: float = Field(
-        default=60, gt=0, description="elastic: seconds between checks for returned pods")
-
-    @property
-    def chips_per_pod(self) -> int:
-        return self.hosts_per_pod * self.chips_per_host
-
-    @property
-    def num_hosts(self) -> int:
-        return self.pods * self.hosts_per_pod
-
-    @property
-    def fewest_pods(self) -> int:
-        """The fewest pods the job trains on (`min_pods`, default all of them)."""
-        return self.pods if self.min_pods is None else self.min_pods
-
-    @property
-    def elastic(self) -> bool:
-        return self.fewest_pods < self.pods
-
-    def shape(self) -> SliceShape:
-        """This section as the one topology type the cluster, feasibility and launch take."""
-        return SliceShape(self.pods, self.hosts_per_pod, self.chips_per_host,
-                          ici_topology=self.ici_topology, min_pods=self.min_pods)
-
-    @model_validator(mode="after")
-    def _topology_matches_chips(self) -> TopologySection:
-        if self.min_pods is not None and self.min_pods > self.pods:
-            raise ValueError(f"min_pods={self.min_pods} exceeds pods={self.pods}; set "
-                             f"topology.min_pods between 1 and {self.pods}")
-        if self.ici_topology is not None:
-            try:
-                chips = chips_in_topology(self.ici_topology)
-            except ValueError as error:
-                raise ValueError(f"ici_topology {error}") from None
-            if chips != self.chips_per_pod:
-                raise ValueError(
-                    f"ici_topology {self.ici_topology} has {chips} chips but hosts_per_pod x "
-                    f"chips_per_host = {self.hosts_per_pod} x {self.chips_per_host} = "
-                    f"{self.chips_per_pod}; make them agree"
-                )
-        return self
-
-
-class MeshSection(BaseModel):
-    model_config = STRICT
-    model: int = Field(default=1, ge=1, description="tensor-parallel degree inside a pod")
-    cross_pod_dtype: Literal["float32", "bfloat16"] = Field(
-        default="float32", description="gradient dtype on the data-center network between pods"
-    )
 
 
 class Job(BaseModel):
