@@ -243,8 +243,8 @@ class _BoundedJaxBackend(_JaxBackend):
             # in-process collectives through gloo and made every step ~3x slower
             # (benchmarks/bench_run.py).
             return
-        if not (backend_config.use_tpu or backend_config.use_gpu):
-            worker_group.execute(cache_writes_from_every_process_on_cpu)
+        # Acts only on the CPU backend (fake TPU hosts); a no-op on TPU.
+        worker_group.execute(cache_writes_from_every_process_on_cpu)
         if backend_config.use_tpu or backend_config.use_gpu:
             worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
                                  backend_config.heartbeat_timeout_s)
