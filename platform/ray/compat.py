@@ -224,34 +224,12 @@ def bounded_jax_init_timeout_s() -> int | None:
     return getattr(jax.distributed.initialize, "_palm_timeout_s", None)
 
 
-def import_in_background(modules: tuple[str, ...]) -> None:
-    """Start importing `modules` on a daemon thread of this worker process.
-
-    Why: a restarted worker group spent ~2 s importing the train loop (Orbax, Optax, Grain)
-    after jax.distributed.initialize, one step after the other (benchmarks/bench_run.py);
-    started first, the imports overlap the rendezvous, and the train function's own import
-    waits on Python's import lock for whatever is left.
-    """
-    import importlib
-    import threading
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the train function's own import reports it
-                return
-
-    threading.Thread(target=run, name="palm-preimport", daemon=True).start()
-
-
 @dataclass
 class BoundedJaxConfig(JaxConfig):
     """JaxConfig whose `jax.distributed.initialize` gives up after `initialization_timeout_s`."""
 
     initialization_timeout_s: int = 300
     heartbeat_timeout_s: int = 100
-    preimport: tuple[str, ...] = ("palm_platform.train.loop",)
 
     @property
     def backend_cls(self):
@@ -260,8 +238,6 @@ class BoundedJaxConfig(JaxConfig):
 
 class _BoundedJaxBackend(_JaxBackend):
     def on_start(self, worker_group, backend_config: BoundedJaxConfig) -> None:
-        if backend_config.preimport:
-            worker_group.execute(import_in_background, backend_config.preimport)
         if len(worker_group) == 1:
             # One host needs no jax.distributed; on CPU, initialising it routes the
             # in-process collectives through gloo and made every step ~3x slower
