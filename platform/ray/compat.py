@@ -18,6 +18,7 @@ import functools
 import importlib.metadata
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 # The releases this module was checked against (constraints.txt pins ray==2.60.0, jax==0.10.2).
@@ -135,6 +136,41 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
     return PalmJaxTrainer
 
 
+# --- JAX's persistent cache written by every process on CPU -------------------------------
+# Works around: jax 0.10's `jax._src.compiler._cache_write` writes only from process 0 (to
+# avoid write contention on a shared filesystem such as GCS). On CPU the cache key of each
+# process differs (jax/_src/cache_key.py strips the device assignment from `compile_options`
+# only on GPU, and `accelerator_config` names the process's own devices), so process 0's
+# entries never serve processes 1..N and they recompiled on every restart (measured:
+# process 1 had 0 hits of 8 after a restart). With distinct keys there is no contention, so
+# on the CPU backend every process writes its own entries; other backends keep JAX's rule.
+
+def cache_writes_from_every_process_on_cpu() -> None:
+    """Let processes 1..N write their own persistent-cache entries when the backend is CPU."""
+    from jax._src import compilation_cache, compiler, config, distributed
+
+    original = getattr(compiler._cache_write, "_palm_original", compiler._cache_write)
+
+    @functools.wraps(original)
+    def _cache_write(cache_key, compile_time_secs, module_name, backend, executable,
+                     host_callbacks, *args, **kwargs):
+        if (getattr(backend, "platform", None) != "cpu" or distributed.global_state.process_id == 0
+                or host_callbacks  # JAX never caches these (they call back into this process)
+                or compile_time_secs < config.persistent_cache_min_compile_time_secs.value):
+            return original(cache_key, compile_time_secs, module_name, backend, executable,
+                            host_callbacks, *args, **kwargs)
+        # What JAX's own function does past its process check (errors warn, as there).
+        try:
+            compilation_cache.put_executable_and_time(
+                cache_key, module_name, executable, backend, int(compile_time_secs))
+        except Exception as err:  # noqa: BLE001 - a cache that cannot be written costs a recompile
+            warnings.warn(f"Error writing persistent compilation cache entry for "
+                          f"'{module_name}': {type(err).__name__}: {err}", stacklevel=2)
+
+    _cache_write._palm_original = original  # type: ignore[attr-defined]
+    compiler._cache_write = _cache_write
+
+
 # --- jax.distributed.initialize with a bound ----------------------------------------------
 # Works around: Ray 2.60's JaxConfig calls `jax.distributed.initialize(addr, n, rank)` with
 # JAX's default `initialization_timeout` (300 s), waits on it without a timeout, and offers no
@@ -207,6 +243,8 @@ class _BoundedJaxBackend(_JaxBackend):
             # in-process collectives through gloo and made every step ~3x slower
             # (benchmarks/bench_run.py).
             return
+        # Acts only on the CPU backend (fake TPU hosts); a no-op on TPU.
+        worker_group.execute(cache_writes_from_every_process_on_cpu)
         if backend_config.use_tpu or backend_config.use_gpu:
             worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
                                  backend_config.heartbeat_timeout_s)

@@ -192,14 +192,18 @@ class PrecompileHook(Hook):
             [], enabled=False)
 
     def on_start(self, step: int) -> None:
+        import jax
+
         from palm_platform.train.precompile import later_batch_sizes
 
         t, train = self.trainer, self.trainer.job.train
         self.precompiler.sizes = later_batch_sizes(
             train.batch_size_at, [p.until_step for p in train.batch_schedule if p.until_step],
             step, train.steps)
-        # Only process 0 writes JAX's persistent cache: elsewhere the compile would be lost.
-        self.precompiler.enabled = (t.process_index == 0 and t.compile_cache.directory is not None
+        # Only process 0 writes JAX's persistent cache, except on CPU, where every process
+        # writes its own keys (ray/compat.py, cache_writes_from_every_process_on_cpu).
+        writes = t.process_index == 0 or jax.default_backend() == "cpu"
+        self.precompiler.enabled = (writes and t.compile_cache.directory is not None
                                     and bool(self.precompiler.sizes))
 
     def after_step(self, step: int, metrics: dict, done: _Dispatched) -> None:
