@@ -165,3 +165,23 @@ def test_a_hostile_manifest_is_damage_and_restore_falls_back(tmp_path, text, pro
     assert [d.path for d in report.damaged] == [str(manifest)]
     assert problem in report.damaged[0].problem and len(report.damaged[0].problem) < 300
     assert _restore(tmp_path).step == 10
+
+
+def test_listing_a_save_in_flight_survives_files_that_vanish_while_it_is_listed(
+    tmp_path, monkeypatch
+):
+    # Orbax deletes its lock files and renames the temporary folder while a save commits; a
+    # `palm ckpt list` (or the loop's own listing) at that moment must not fail.
+    from palm_platform.checkpoint import inventory
+
+    step_dir = tmp_path / "10.orbax-checkpoint-tmp-123"
+    step_dir.mkdir()
+    (step_dir / "kept").write_bytes(b"x" * 7)
+    listed = inventory.walk_files
+
+    def listing_with_a_vanished_file(directory):
+        return [*listed(directory), directory / "manifest.ocdbt.__lock"]
+
+    monkeypatch.setattr(inventory, "walk_files", listing_with_a_vanished_file)
+    [info] = list_checkpoints(tmp_path)
+    assert (info.step, info.complete, info.size_bytes) == (10, False, 7)

@@ -53,7 +53,20 @@ def _commit_time(step_dir: epath.Path) -> datetime.datetime | None:
 
 
 def _size(step_dir: epath.Path) -> int:
-    return sum(p.stat().length for p in walk_files(step_dir))
+    """Bytes under `step_dir`. A save in flight changes the tree while it is listed (Orbax
+    deletes its lock files and renames the temporary folder on commit): a file or folder
+    that vanishes between listing and `stat` counts as nothing, instead of failing the list."""
+    try:
+        files = walk_files(step_dir)
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for path in files:
+        try:
+            total += path.stat().length
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def list_checkpoints(directory: str | epath.PathLike) -> list[CheckpointInfo]:
