@@ -1,7 +1,7 @@
 """Elastic pods on the local Ray cluster: lose pod 1 mid-run, give it back, measure.
 
     python benchmarks/bench_elastic.py [--job tests/jobs/ray-elastic.yaml] [--steps 300]
-        [--degraded-steps 25] [--json OUT]
+        [--degraded-steps 25] [--stop-after-grow N] [--json OUT]
 
 One run, one machine: `palm cluster up` with the job's shape (in a temporary state dir),
 `palm run` of the job (its steps set by --steps), `palm cluster remove-pod 1` once the run
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,8 +64,15 @@ def _palm(*args: str) -> str:
 
 
 def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
-                    degraded_steps: int, timeout_s: float = 600) -> dict:
-    """Run the job on a fresh local cluster, remove pod 1, add it back; return the figures."""
+                    degraded_steps: int, stop_after_grow: int | None = None,
+                    timeout_s: float = 600) -> dict:
+    """Run the job on a fresh local cluster, remove pod 1, add it back; return the figures.
+
+    `stop_after_grow=N`: once the regrown run has trained N steps on 2 pods, Ctrl-C it (as a
+    user would) instead of waiting for its last step. How many steps a regrowth takes depends
+    on how fast the machine trains one pod's steps (on a fast one, a short job could end first),
+    so the test stops the run itself and the job's `steps` only needs to be out of reach.
+    """
     spec = yaml.safe_load(job_file.read_text())
     topo = spec["topology"]
     spec["train"]["steps"] = steps
@@ -97,6 +105,11 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
             regrown = _wait(run_dir, proc, "a step on 2 pods after the pod returned",
                             lambda r: r["kind"] == "step" and r.get("pods") == 2
                             and r["time"] > returned_at, timeout_s)
+            if stop_after_grow is not None:
+                _wait(run_dir, proc, f"{stop_after_grow} steps on 2 pods after the regrowth",
+                      lambda r: r["kind"] == "step" and r.get("pods") == 2
+                      and r["step"] >= regrown["step"] + stop_after_grow, timeout_s)
+                proc.send_signal(signal.SIGINT)
             proc.wait(timeout=timeout_s)
         finally:
             if proc.poll() is None:
@@ -135,13 +148,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warm-steps", type=int, default=20)
     parser.add_argument("--degraded-steps", type=int, default=25)
+    parser.add_argument("--stop-after-grow", type=int, default=None, metavar="N",
+                        help="Ctrl-C the run N steps after it grew back (exit 130 expected)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="palm-bench-elastic-"))
     try:
         figures = shrink_and_grow(Path(args.job), work, steps=args.steps,
-                                  warm_steps=args.warm_steps, degraded_steps=args.degraded_steps)
+                                  warm_steps=args.warm_steps, degraded_steps=args.degraded_steps,
+                                  stop_after_grow=args.stop_after_grow)
     except (RuntimeError, TimeoutError) as error:
         print(f"bench_elastic: {error}; run log in {work / 'palm-run.log'}", file=sys.stderr)
         return 1
@@ -162,7 +178,7 @@ def main() -> int:
     print(f"goodput {figures['goodput'].get('goodput', float('nan')):.1%}, badput s: {badput}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0 if figures["exit_code"] == 0 else 1
+    return 0 if figures["exit_code"] == (0 if args.stop_after_grow is None else 130) else 1
 
 
 if __name__ == "__main__":

@@ -151,7 +151,11 @@ class Progress:
                    TimeRemainingColumn())
         with Bar(*columns, transient=False) as bar:
             task = bar.add_task("train", total=self.total, loss="-", tps="-", ckpt="-")
-            while not stop.wait(0.5):
+            stopping = False
+            while not stopping:
+                # Once stopped, one last read: the lines written since the previous poll (the
+                # last steps, the goodput of a run stopped on Ctrl-C) are printed too.
+                stopping = stop.wait(0.5)
                 if not self.path.exists():
                     continue
                 with self.path.open() as f:

@@ -61,12 +61,13 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes_past_a_sigstopped_host(loc
                            stderr=subprocess.PIPE, text=True)
     wait_for_step(run_dir, 5, run, timeout_s=300)  # interrupt once a few steps are done
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=240)
+    stdout, stderr = run.communicate(timeout=240)
     assert run.returncode == 130, stderr[-3000:]
     said = [line for line in stderr.splitlines() if "interrupted at step" in line]
     assert len(said) == 1 and said[0].endswith("re-run the same command to resume"), stderr[-3000:]
     stopped_at = int(said[0].split("interrupted at step ")[1].split(";")[0])
     assert 5 <= stopped_at < 40
+    assert f"step {stopped_at}: goodput " in stdout, stdout[-3000:]  # the live view went on
     assert "Traceback" not in stderr
     kinds = [r["kind"] for r in read_records(run_dir)]
     assert "restart" not in kinds, kinds  # an interrupt is not a restart

@@ -131,7 +131,8 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
 
     key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
-    interrupt = InterruptHandler(key, run_dir, on_first=stop.set)
+    # The live view goes on after a Ctrl-C: the last steps and the run's goodput are shown.
+    interrupt = InterruptHandler(key, run_dir)
     try:
         with interrupt:
             launch(

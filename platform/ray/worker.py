@@ -115,6 +115,7 @@ def train_worker(config: dict) -> None:
         summary = trainer.run()
     except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
+        trainer.stopped(stopped.step)
         return
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
         _exit_if_peer_lost(error, host, watchdog.last_step)

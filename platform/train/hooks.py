@@ -10,6 +10,7 @@ a hook here, and a job gets only the hooks it asks for (fault injection only whe
     after_step(step, metrics, done)     a step's metrics, read (and spike-checked)
     with_state(step, state, batch)      the state after `step`, for steps read at once
     on_end(step, state, summary)        once, after the last step; may add to the summary
+    on_stop(step)                       instead of on_end, when the run stops early (Ctrl-C)
     close()                             when the Trainer closes, also after a failed run
 
 A new hook subclasses `Hook` and is added in `build_hooks`; the loop needs no change.
@@ -51,6 +52,9 @@ class Hook:
         pass
 
     def on_end(self, step: int, state: Any, summary: RunSummary) -> None:
+        pass
+
+    def on_stop(self, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -160,12 +164,16 @@ class EvalHook(Hook):
 
 
 class GoodputHook(Hook):
-    """The run's goodput and badput causes: one event at the end, kept in the run folder."""
+    """The run's goodput and badput causes: one event when it ends (or is stopped early),
+    kept in the run folder."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
 
     def on_end(self, step: int, state: Any, summary: RunSummary) -> None:
+        summary.extra["goodput"] = self.on_stop(step)
+
+    def on_stop(self, step: int) -> dict:
         t = self.trainer
         goodput = t.goodput.summary()
         t.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
@@ -174,7 +182,7 @@ class GoodputHook(Hook):
         if t.process_index == 0:
             write_atomic(t.goodput_path, json.dumps(t.goodput.state_dict()))
             t.ledger.save(t.ledger_path)
-        summary.extra["goodput"] = goodput
+        return goodput
 
 
 class PrecompileHook(Hook):

@@ -416,6 +416,12 @@ class Trainer:
         self.final_state = state
         return summary
 
+    def stopped(self, step: int) -> None:
+        """The run stopped at `step` before its last (Ctrl-C on `palm run`): the hooks that
+        report on the whole run (goodput) report up to here."""
+        for hook in self.hooks:
+            hook.on_stop(step)
+
     def close(self) -> None:
         for hook in getattr(self, "hooks", []):  # set by run()
             hook.close()
