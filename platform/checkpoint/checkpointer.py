@@ -37,6 +37,32 @@ log = logging.getLogger(__name__)
 _barrier_ids = itertools.count()
 
 
+_DISTRIBUTED_BARRIER_FLAG = "experimental_orbax_use_distributed_barrier"
+
+
+def _orbax_barriers_through_the_distributed_client() -> bool:
+    """Turn on Orbax's barriers over JAX's distributed client; False if Orbax lacks the flag.
+
+    Why: by default Orbax's barriers in the synchronous part of a save are
+    `sync_global_devices`, a collective over every device. Started on a thread, they run
+    beside the train step's collectives on the same (gloo, on CPU) communicator, in a
+    different order on each host, and the hosts deadlock (measured: a 2-process save on a
+    thread hung). With Orbax 0.12's absl flag `experimental_orbax_use_distributed_barrier`
+    the barriers are the coordination service's `wait_at_barrier` (gRPC, with timeouts,
+    what Orbax's own background commit already uses), and 10 saves on a thread beside 40
+    steps went through. Absl refuses to read any flag before its flags are parsed, so they
+    are marked parsed (their defaults: nothing else changes) unless the program parsed them.
+    """
+    from absl import flags
+
+    if _DISTRIBUTED_BARRIER_FLAG not in flags.FLAGS:
+        return False
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    setattr(flags.FLAGS, _DISTRIBUTED_BARRIER_FLAG, True)
+    return True
+
+
 @jax.jit
 def _device_copy(tree: Any) -> Any:
     """A copy of every array, on the same devices: the step after a save donates the originals."""
@@ -73,6 +99,10 @@ class Checkpointer:
         self._manifest_writer: threading.Thread | None = None
         self._saver: threading.Thread | None = None
         self._save_error: BaseException | None = None
+        # Several processes: a save may start on a thread only if Orbax's barriers stay off
+        # the devices' communicator (see the function).
+        self._save_on_a_thread = (jax.process_count() == 1
+                                  or _orbax_barriers_through_the_distributed_client())
 
     # -- saving -------------------------------------------------------------------------
 
@@ -87,12 +117,12 @@ class Checkpointer:
     ) -> bool:
         """Save if `step` is on the cadence (or `force`); True when a save was started.
 
-        Asynchronous by default. In one process the caller waits only while the arrays are
-        copied on the devices (one dispatched copy, so the next step may reuse the donated
-        originals); Orbax's save (copy to host memory, write, commit), old-step deletion and
-        the manifest run on a background thread. With several processes the caller waits
-        for Orbax's copy to host memory (see below); the write and commit stay asynchronous.
-        A save waits for the previous one to finish.
+        Asynchronous by default. The caller waits only while the arrays are copied on the
+        devices (one dispatched copy, so the next step may reuse the donated originals);
+        Orbax's save (its barriers, copy to host memory, write, commit), old-step deletion
+        and the manifest run on a background thread, with one process or several (there,
+        Orbax's barriers go through JAX's distributed client, not the devices). A save
+        waits for the previous one to finish.
         Checkpoints at or after `step` (an abandoned trajectory, after a rollback) are
         deleted first.
         """
@@ -103,16 +133,13 @@ class Checkpointer:
             self.wait_until_finished()
             return True
         self._join_saver()
-        if jax.process_count() > 1:
-            # With several processes Orbax's save runs cross-process collectives and
-            # barriers; on a thread they would interleave with the train step's collectives
-            # on the same (gloo) communicator and break it ("Connection reset by peer"). So
-            # the synchronous part of Orbax's async save stays in the loop here.
+        if not self._save_on_a_thread:  # an Orbax without distributed barriers (see above)
             self._save_now(step, train_state, data_state, ledger)
             return True
         # Why a thread around Orbax's own async save: its synchronous part starts about a
-        # dozen threads and slices every array, 60-100 ms on a busy 2-core machine against
-        # a 400 ms step of the local job; a device copy is one dispatch.
+        # dozen threads, slices every array and (with several processes) waits at barriers
+        # for every host, 60-200 ms on a busy 2-core machine against a 100-1000 ms step of
+        # the local jobs; a device copy is one dispatch.
         snapshot = _device_copy(train_state)
         self._saver = threading.Thread(target=self._save_in_background,
                                        args=(step, snapshot, data_state, ledger),
