@@ -80,6 +80,9 @@ def test_each_worker_log_line_is_printed_once(reference):
     # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
     foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
     assert not foreign, foreign[:5]
+    # Nor gloo's line per communicator ("[Gloo] Rank 1 is connected to 3 peer ranks ...").
+    gloo = [ln for ln in output.splitlines() if "peer ranks" in ln or "[Gloo]" in ln]
+    assert not gloo, gloo[:5]
     # Each event once: the driver's sentence, not also the worker's log line of it. The end
     # summary (after the "run DIR" header) recaps some on purpose, so only the live part counts.
     run_dir = reference / "run" / "ray-2host"

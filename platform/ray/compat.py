@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import os
 import socket
 import warnings
@@ -49,6 +50,41 @@ def check_versions(installed: dict[str, str] | None = None) -> None:
 
 
 check_versions()  # before touching anything private below
+
+
+# --- Lines the driver never prints ----------------------------------------------------------
+# jaxlib's gloo writes "[Gloo] Rank N is connected to M peer ranks. Expected number of connected
+# peer ranks is : M" to stdout for every communicator it builds, unconditionally (no log level):
+# about 40 lines per fake host in the local demo, and again after every restart, which Ray
+# forwards to the driver's terminal. Ray's driver-side log deduplicator drops lines matching
+# RAY_DEDUP_LOGS_SKIP_REGEX (public, but read once, when `ray` is first imported); if `ray` was
+# imported before this module, the pattern goes into its private deduplicators instead. Lines
+# written by two threads at once arrive torn, hence the other alternatives (and a torn write
+# leaves an empty line: no worker line without text is worth printing). Also Ray 2.60's
+# error line at every worker-group start about its own PreemptionWatcher actor (harmless,
+# ray-project/ray#53727).
+NEVER_PRINTED = (r"^\s*$|\[Gloo\] Rank \d|is connected to \d+ peer ranks|connected peer ranks is :"
+                 r"|class name: 'PreemptionWatcher' .* has constructor arguments in the object store")
+
+
+def drop_never_printed_lines() -> None:
+    """Make this driver skip the NEVER_PRINTED worker lines (the user's own pattern is kept)."""
+    import re
+    import sys
+
+    own = os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX")
+    if own and NEVER_PRINTED in own:
+        return
+    pattern = f"{own}|{NEVER_PRINTED}" if own else NEVER_PRINTED
+    os.environ["RAY_DEDUP_LOGS_SKIP_REGEX"] = pattern
+    if "ray._private.ray_logging" in sys.modules:
+        from ray._private import ray_logging
+
+        for deduplicator in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+            deduplicator.skip_re = re.compile(pattern)
+
+
+drop_never_printed_lines()  # before `ray` reads the variable, below
 
 from ray.train.v2.jax.config import JaxConfig, _JaxBackend  # noqa: E402 - after the check
 
@@ -193,6 +229,9 @@ def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None
     """
     import jax
 
+    # "Starting/Connecting to JAX distributed service on ..." on every host at every start:
+    # the run's `startup` event says how long this took.
+    logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)
     original = getattr(jax.distributed.initialize, "_palm_original", jax.distributed.initialize)
 
     @functools.wraps(original)
@@ -249,6 +288,22 @@ class _BoundedJaxBackend(_JaxBackend):
             worker_group.execute(bound_jax_initialize, backend_config.initialization_timeout_s,
                                  backend_config.heartbeat_timeout_s)
         super().on_start(worker_group, backend_config)
+
+    def on_shutdown(self, worker_group, backend_config: BoundedJaxConfig) -> None:
+        # After a host loss, Ray's shutdown of jax.distributed reaches processes that are gone
+        # (the lost host, and the survivors that exited on the lost peer) and logs a 7-line
+        # "Error during JAX distributed shutdown: The actor died ..." per restart; the run's
+        # own events already say the group restarts. Other shutdown warnings stay.
+        shutdown_logger = logging.getLogger(_JaxBackend.__module__)
+        shutdown_logger.addFilter(_not_a_dead_actor_shutdown)
+        try:
+            super().on_shutdown(worker_group, backend_config)
+        finally:
+            shutdown_logger.removeFilter(_not_a_dead_actor_shutdown)
+
+
+def _not_a_dead_actor_shutdown(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Error during JAX distributed shutdown: The actor died")
 
 
 # -- Ray re-points the session's libtpu log link at the driver's TPU_LOG_DIR ------------------

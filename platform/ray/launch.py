@@ -146,7 +146,7 @@ def launch(
     """
     import ray
     from ray.train import CheckpointConfig
-    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
@@ -197,6 +197,11 @@ def launch(
                 max_preemption_failures=max_preemption_failures,
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # Ray Train's own INFO lines (placement, "Started training worker group", and on a
+            # host loss about 130 lines of worker dumps per restart) stay in the session's
+            # logs/train/ray-train-sys-*.log; the terminal gets the run's events instead
+            # ("worker group restarted", "lost a peer", the watchdog's line).
+            logging_config=LoggingConfig(log_level="WARNING"),
             worker_runtime_env={
                 "env_vars": worker_env(
                     chips_per_host=shape.chips_per_host,
