@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,13 @@ def wandb_run_id(run_dir: Path, name: str) -> str:
 
 
 class MetricsSink:
-    """`log(step, metrics)` every step, `event(kind, step, **fields)` for what happens."""
+    """`log(step, metrics)` every step, `event(kind, step, **fields)` for what happens.
+
+    The JSONL line is written at once; W&B gets the same calls, in order, on a thread of its
+    own: `wandb`'s import and `init` take seconds on every start and restart (2-6 s here), and
+    its `log` a few milliseconds per row, none of which the train loop waits for. `close()`
+    waits until W&B has everything.
+    """
 
     def __init__(self, run_dir: Path, *, job_name: str, config: dict, enabled: bool,
                  wandb_project: str | None, wandb_entity: str | None = None,
@@ -59,25 +66,33 @@ class MetricsSink:
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self._wandb = None
+        self._wandb_calls: ThreadPoolExecutor | None = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
         if wandb_project and mode != "disabled":
+            from palm_platform.dashboard.sink import scan_metrics_file
+
             # The replay policy is a job field; the job is the config this sink records.
             replay = wandb_replay or (config.get("metrics") or {}).get("wandb_replay") or "xaxis"
-            try:
-                from palm_platform.dashboard.sink import WandbWriter
-
-                self._wandb = WandbWriter(
-                    Path(run_dir), run_id=wandb_run_id(Path(run_dir), job_name), name=job_name,
-                    config=config, project=wandb_project, entity=wandb_entity, mode=mode,
-                    replay=replay,
-                )
-            except Exception as error:  # W&B must never stop training
-                logger.warning("W&B disabled: %s", error)
-        # Opened after W&B: the writer counts the lines already here (its step keeps growing).
+            self._wandb_calls = ThreadPoolExecutor(1, thread_name_prefix="palm-wandb")
+            self._wandb_calls.submit(
+                self._open_wandb, Path(run_dir), run_id=wandb_run_id(Path(run_dir), job_name),
+                name=job_name, config=config, project=wandb_project, entity=wandb_entity,
+                mode=mode, replay=replay,
+                # Read before this process writes a line: where its W&B rows start and which
+                # of its steps are replays (the row counter keeps growing across restarts).
+                scanned=scan_metrics_file(self.path))
         self._file = self.path.open("a", buffering=1)
+
+    def _open_wandb(self, run_dir: Path, **kwargs: Any) -> None:
+        try:
+            from palm_platform.dashboard.sink import WandbWriter
+
+            self._wandb = WandbWriter(run_dir, **kwargs)
+        except Exception as error:  # W&B must never stop training
+            logger.warning("W&B disabled: %s", error)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, default=float) + "\n")
@@ -86,7 +101,7 @@ class MetricsSink:
         if not self.enabled:
             return
         self._write({"kind": "step", "step": step, "time": time.time(), **metrics})
-        self._to_wandb("log_step", step, metrics)
+        self._to_wandb("log_step", step, dict(metrics))  # a copy: logged later, on W&B's thread
 
     def event(self, kind: str, step: int, *, alert: bool = False, **fields: Any) -> None:
         if not self.enabled:
@@ -98,6 +113,11 @@ class MetricsSink:
         self._to_wandb("log_event", kind, step, fields, alert=alert)
 
     def _to_wandb(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self._wandb_calls is not None:
+            self._wandb_calls.submit(self._call_wandb, method, args, kwargs)
+
+    def _call_wandb(self, method: str, args: tuple, kwargs: dict) -> None:
+        """On W&B's thread, after its init and every earlier call."""
         if self._wandb is None:
             return
         try:
@@ -110,7 +130,9 @@ class MetricsSink:
         if not self.enabled:
             return
         self._file.close()
-        self._to_wandb("finish")
+        if self._wandb_calls is not None:
+            self._to_wandb("finish")
+            self._wandb_calls.shutdown(wait=True)
 
 
 def read_records(run_dir: Path) -> list[dict]:

@@ -266,3 +266,30 @@ def test_mapping_table_groups_loop_and_eval_names():
         "events/rollback": 1, "events/rollback/to_step": 30}
     assert [keys.summary_of(k) for k in ("eval/loss", "eval/hellaswag_acc", "goodput/wall_s", "train/mfu")] == [
         "min,last", "max,last", "last", None]
+
+
+def test_the_loop_never_waits_for_wandb_and_wandb_still_gets_every_row_in_order(tmp_path, monkeypatch):
+    # wandb's import and init take seconds on every start and restart: while they run, the
+    # loop's calls return at once (the JSONL has them), and W&B gets them all afterwards.
+    import threading
+
+    import palm_platform.dashboard.sink as sink_module
+
+    init_may_finish = threading.Event()
+    real_init = sink_module.WandbWriter.__init__
+
+    def slow_init(self, *args, **kwargs):
+        assert init_may_finish.wait(timeout=60)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(sink_module.WandbWriter, "__init__", slow_init)
+    sink = open_sink(tmp_path)
+    sink.event("start", 0, attempt=0, hosts=1, devices=4, cross_pod_bytes_per_step=0)
+    for step in range(1, 6):
+        sink.log(step, step_metrics(step, 0))
+    assert [r["step"] for r in read_records(tmp_path)] == [0, 1, 2, 3, 4, 5]
+    assert not (tmp_path / "wandb").exists()  # W&B has not even opened its run yet
+    init_may_finish.set()
+    sink.close()
+    [run] = read_job_runs(tmp_path, wait_s=WAIT_S)
+    assert [row[keys.STEP_METRIC] for row in run.history] == [0, 1, 2, 3, 4, 5]

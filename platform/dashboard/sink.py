@@ -62,7 +62,10 @@ class WandbWriter:
     """One W&B run per job (resumed across restarts) fed by MetricsSink on process 0."""
 
     def __init__(self, run_dir: Path, *, run_id: str, name: str, config: dict,
-                 project: str, entity: str | None, mode: str, replay: str = "xaxis"):
+                 project: str, entity: str | None, mode: str, replay: str = "xaxis",
+                 scanned: tuple[int, int, int] | None = None):
+        """`scanned`: `scan_metrics_file` of the run's metrics.jsonl before this process
+        wrote to it (read here when not given)."""
         import wandb
 
         if replay not in REPLAY_POLICIES:
@@ -75,7 +78,7 @@ class WandbWriter:
         self._wandb, self._base_id = wandb, run_id
         self._init_kwargs = dict(project=project, entity=entity, name=name, mode=mode,
                                  dir=str(run_dir), config=config)
-        rows, self._high_water, last_step = scan_metrics_file(self.run_dir / "metrics.jsonl")
+        rows, self._high_water, last_step = scanned or scan_metrics_file(self.run_dir / "metrics.jsonl")
         self._attempt = 0
         self._forks = 0
         current = run_id

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,10 +153,10 @@ class Trainer:
                 f"{self.model_cfg.vocab_size}; set model.overrides.vocab_size"
             )
         self.checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
-        # W&B's import and init take seconds (6 s here) on every start and restart: they run
-        # beside the rest of the set-up and the restore, and the first event waits for them.
-        self._sink_future = ThreadPoolExecutor(1, thread_name_prefix="palm-sink").submit(
-            MetricsSink, self.run_dir, job_name=job.name, config=job.model_dump(mode="json"),
+        # W&B's import and init (seconds, on every start and restart) run on the sink's own
+        # thread: nothing here waits for them.
+        self.sink = MetricsSink(
+            self.run_dir, job_name=job.name, config=job.model_dump(mode="json"),
             enabled=self.process_index == 0, wandb_project=job.metrics.wandb_project,
             wandb_entity=job.metrics.wandb_entity, wandb_mode=job.metrics.wandb_mode,
         )
@@ -187,10 +186,6 @@ class Trainer:
         if self.process_index == 0:  # `palm generate` / `palm eval` read the job from here
             record_job(self.run_dir, job)
         self.startup_marks["trainer_ready"] = time.time()
-
-    @property
-    def sink(self) -> MetricsSink:
-        return self._sink_future.result()
 
     def step_fn(self, batch_size: int):
         # Fewer pods than the job's full size: more microbatches, same global batch.
