@@ -31,7 +31,13 @@ import yaml
 
 from palm_platform.events import describe_event
 from palm_platform.metrics import read_records
-from palm_platform.ray.local_cluster import BIN, driver_env, running_cluster
+from palm_platform.ray.local_cluster import (
+    BIN,
+    driver_env,
+    first_step_after_restart,
+    kill_times,
+    running_cluster,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,18 +60,14 @@ def write_job(folder: Path, steps: int, kill_step: int, poison_step: int,
 
 
 def kill_to_next_step(run_dir: Path, records: list[dict]) -> tuple[float, int, int] | None:
-    """(seconds from the kill_host fault's SIGKILL to the next completed step, that step,
-    the checkpoint step restored). The fault writes its marker durably just before it kills
-    its own process (supervise/faults.py), so the marker's mtime is the moment of the kill."""
-    markers = sorted((run_dir / "faults").glob("*-kill_host-*.fired"))
-    if not markers:
+    """(seconds from the kill_host fault's SIGKILL to the first step the restarted group
+    completed, that step, the checkpoint step restored)."""
+    kills = kill_times(run_dir)
+    found = first_step_after_restart(records, kills[0]) if kills else None
+    if found is None:
         return None
-    killed = markers[0].stat().st_mtime
-    after = next((r for r in records if r["kind"] == "step" and r["time"] > killed), None)
-    restored = next((r for r in records if r["kind"] == "restart" and r["time"] > killed), None)
-    if after is None:
-        return None
-    return after["time"] - killed, after["step"], restored["step"] if restored else -1
+    restart, after = found
+    return after["time"] - kills[0], after["step"], restart["step"]
 
 
 def report(run_dir: Path, poison_step: int, kill_step: int) -> int:

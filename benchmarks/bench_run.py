@@ -1,13 +1,17 @@
 """`palm run` on the local Ray cluster vs the same train loop in one process; restart vs cold start.
 
-    python benchmarks/bench_run.py [--steps 30] [--kill-after 6] [--dir DIR]
+    python benchmarks/bench_run.py [--steps 30] [--rounds 3] [--kill-after 6] [--dir DIR]
 
-(a) One job (palm-tiny, seq 128, 8 sequences/step, 1 pod x 1 host x 4 chips, topology 2x2x1)
-run twice: `palm run --direct` (Trainer in the CLI process, no Ray) and `palm run` on a
-`palm cluster up --pods 1 --hosts-per-pod 1 --chips-per-host 4` cluster. Steady-state steps/s
-counts only records with "compiled": false, as 1 / the mean gap between consecutive step
-records (the whole loop: data, step, metrics, async checkpoint) and as 1 / mean step_s (the
-jitted step alone). The Ray/direct ratio is the cost of running under Ray Train.
+(a) One job (palm-tiny, seq 128, 8 sequences/step, 1 pod x 1 host x 4 chips, topology 2x2x1):
+`palm run --direct` (Trainer in the CLI process, no Ray) once before any cluster exists, then
+`--rounds` times `palm run --direct` and `palm run` on a `palm cluster up --pods 1
+--hosts-per-pod 1 --chips-per-host 4` cluster, alternately, with the cluster up for both.
+Steady-state steps/s counts only records with "compiled": false, as 1 / the mean gap between
+consecutive step records (the whole loop: data, step, metrics, async checkpoint) and as 1 /
+mean step_s (the jitted step alone). The median of the rounds' palm run / direct ratios is the
+cost of running under Ray Train; direct with the cluster up / without is what the idle Ray
+daemons (GCS, raylet, dashboard, log monitor) take from a 2-core machine, which TPU hosts
+(hundreds of cores) do not feel.
 (b) On a 1 pod x 2 hosts x 2 chips cluster, a fresh `palm run`; once step `--kill-after` is
 in the metrics file, one RayTrainWorker is SIGKILLed by PID. Printed: cold start (launch ->
 first step record) and recovery (kill -> first step record after it), and their ratio.
@@ -18,6 +22,7 @@ on 2 shared cores (two cluster start-ups of ~15 s each).
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ from palm_platform.ray.cluster_state import ClusterState
 from palm_platform.ray.local_cluster import (
     BIN,
     driver_env,
+    first_step_after_restart,
     kill_a_train_worker_after_step,
     running_cluster,
 )
@@ -97,7 +103,7 @@ def kill_and_recover(root: Path, steps: int, kill_after: int) -> tuple[float, fl
             raise RuntimeError(f"killed run failed:\n{log.read_text()[-3000:]}")
     records = read_records(root / "kill" / "run" / "kill")
     first = next(r for r in records if r["kind"] == "step")
-    after = next(r for r in records if r["kind"] == "step" and r["time"] > killed)
+    _, after = first_step_after_restart(records, killed)
     restarts = sum(r["kind"] == "restart" for r in records)
     print(f"  killed worker pid {victim.pid} at step >= {kill_after}; restarts {restarts}; "
           f"resumed at step {after['step']} (compiled: {after['compiled']})")
@@ -112,6 +118,7 @@ def kill_and_recover(root: Path, steps: int, kill_after: int) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3, help="direct/palm run pairs in (a)")
     parser.add_argument("--kill-after", type=int, default=6)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = parser.parse_args()
@@ -120,15 +127,32 @@ def main() -> None:
     print(f"work folder {root}")
 
     print(f"(a) 1 pod x 1 host x 4 chips, palm-tiny, seq 128, 8 sequences, {args.steps} steps")
-    run(job_spec(root / "direct", "bench", 1, 4, args.steps), None, "--direct")
+
+    def measured(folder: Path, env: dict | None, *extra: str) -> tuple[float, float, int]:
+        run(job_spec(folder, "bench", 1, 4, args.steps), env, *extra)
+        return steady_rates(steps_of(folder, "bench"))
+
+    def show(label: str, rates: tuple[float, float, int]) -> None:
+        print(f"  {label:26s} loop {rates[0]:6.2f} steps/s   step alone {rates[1]:6.2f} steps/s"
+              f"   ({rates[2]} steps)")
+
+    alone = measured(root / "direct-alone", None, "--direct")
+    show("direct, no cluster", alone)
+    loop_ratios, step_ratios, direct_loops = [], [], []
     with timed_cluster(root / "cluster-1host", 1, 4) as state:
-        run(job_spec(root / "ray", "bench", 1, 4, args.steps), driver_env(state))
-    direct = steady_rates(steps_of(root / "direct", "bench"))
-    on_ray = steady_rates(steps_of(root / "ray", "bench"))
-    for label, (loop, step, n) in (("direct", direct), ("palm run", on_ray)):
-        print(f"  {label:9s} loop {loop:6.2f} steps/s   step alone {step:6.2f} steps/s   ({n} steps)")
-    print(f"  ratio palm run / direct: loop {on_ray[0] / direct[0]:.3f}   "
-          f"step alone {on_ray[1] / direct[1]:.3f}")
+        for k in range(args.rounds):
+            direct = measured(root / f"direct-{k}", None, "--direct")
+            on_ray = measured(root / f"ray-{k}", driver_env(state))
+            show(f"round {k + 1}: direct", direct)
+            show(f"round {k + 1}: palm run", on_ray)
+            loop_ratios.append(on_ray[0] / direct[0])
+            step_ratios.append(on_ray[1] / direct[1])
+            direct_loops.append(direct[0])
+    print(f"  ratio palm run / direct (median of {args.rounds} rounds, cluster up for both): "
+          f"loop {statistics.median(loop_ratios):.3f} (rounds "
+          f"{', '.join(f'{r:.3f}' for r in loop_ratios)})   step alone {statistics.median(step_ratios):.3f}")
+    print(f"  ratio direct with the idle cluster up / without: "
+          f"{statistics.median(direct_loops) / alone[0]:.3f}")
 
     print(f"(b) 1 pod x 2 hosts x 2 chips: kill one RayTrainWorker after step {args.kill_after}")
     cold_s, recover_s = kill_and_recover(root, max(args.steps // 2, args.kill_after + 6), args.kill_after)

@@ -41,6 +41,8 @@ from palm_platform.ray.local_cluster import (  # noqa: E402
     BIN,
     driver_env,
     final_params,
+    first_step_after_restart,
+    kill_times,
     running_cluster,
 )
 
@@ -87,13 +89,12 @@ def write_job(folder: Path, steps: int, faults: list[dict]) -> tuple[Path, dict]
 
 
 def seconds_per_restart(run_dir: Path, records: list[dict]) -> list[float]:
-    """For each kill_host fault: its SIGKILL (the marker written just before) to the next step."""
+    """For each kill_host fault: its SIGKILL to the first step the restarted group completed."""
     out = []
-    for marker in sorted((run_dir / "faults").glob("*-kill_host-*.fired")):
-        killed = marker.stat().st_mtime
-        after = next((r for r in records if r["kind"] == "step" and r["time"] > killed), None)
-        if after is not None:
-            out.append(after["time"] - killed)
+    for killed in kill_times(run_dir):
+        found = first_step_after_restart(records, killed)
+        if found is not None:
+            out.append(found[1]["time"] - killed)
     return out
 
 

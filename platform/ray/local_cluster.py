@@ -94,6 +94,23 @@ def kill_a_train_worker_after_step(state: ClusterState, run: subprocess.Popen, r
     return victims[-1]
 
 
+def kill_times(run_dir: Path) -> list[float]:
+    """When each kill_host fault of a run killed its process (Unix times, oldest first): the
+    fault writes its marker durably just before its SIGKILL (supervise/faults.py)."""
+    return sorted(m.stat().st_mtime for m in (Path(run_dir) / "faults").glob("*-kill_host-*.fired"))
+
+
+def first_step_after_restart(records: list[dict], killed_at: float) -> tuple[dict, dict] | None:
+    """(the `restart` record after a kill at `killed_at`, the first step the restarted group
+    completed), or None. Not simply the first step record after the kill: the loop logs step
+    k after dispatching k+1, so the old group's last step can be logged after the kill."""
+    restart = next((r for r in records if r["kind"] == "restart" and r["time"] > killed_at), None)
+    if restart is None:
+        return None
+    after = next((r for r in records if r["kind"] == "step" and r["time"] >= restart["time"]), None)
+    return None if after is None else (restart, after)
+
+
 def final_params(job_path: Path, expected_step: int):
     """The parameters of a run's newest checkpoint, restored in this process on the job's mesh
     (numpy arrays), for bitwise comparisons between runs. Needs the job's chip count of local
