@@ -115,8 +115,10 @@ def tpu_pod_type(topology: str, accelerator_type: str) -> str:
     """Ray's own pod type for a topology ("2x2x2", "TPU-V4" -> "v4-16").
 
     Works around: the function Ray's slice placement uses is private
-    (ray._private.accelerators.tpu.infer_tpu_pod_type_from_topology); asking it keeps our
-    feasibility check naming exactly the head resource Ray will claim.
+    (ray._private.accelerators.tpu.infer_tpu_pod_type_from_topology). The platform computes
+    pod types itself (topology.v4_pod_type, no Ray import); tests/test_ray_topology.py checks
+    that ours agrees with this one, so the feasibility check names exactly the head resource
+    Ray will claim.
     """
     from ray._private.accelerators.tpu import infer_tpu_pod_type_from_topology
 

@@ -145,15 +145,12 @@ def launch(
     `resize_check_s`.
     """
     import ray
-    from ray.train import CheckpointConfig
-    from ray.train.v2.api.config import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import FailureConfig
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
     if ensure_ray_accepts_v4_topology(shape.topology):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
-    from palm_platform.ray.elastic import worker_counts
-
     if shape.elastic:
         # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
         # (~15 s here), so Train's elastic policy may first try to restart at full size and
@@ -179,41 +176,51 @@ def launch(
         train_loop_config=train_loop_config,
         jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,
                                     heartbeat_timeout_s=jax_heartbeat_timeout_s),
-        scaling_config=ScalingConfig(
-            use_tpu=True,
-            num_workers=worker_counts(shape),
-            elastic_resize_monitor_interval_s=resize_check_s,
-            topology=shape.topology,
-            accelerator_type=shape.accelerator_type,
-            resources_per_worker={"TPU": shape.chips_per_host},
-            placement_strategy="SPREAD",
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(
-                max_failures=max_failures,
-                controller_failure_limit=controller_failure_limit,
-                max_preemption_failures=max_preemption_failures,
-            ),
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-            # Ray Train's own INFO lines (placement, "Started training worker group", and on a
-            # host loss about 130 lines of worker dumps per restart) stay in the session's
-            # logs/train/ray-train-sys-*.log; the terminal gets the run's events instead
-            # ("worker group restarted", "lost a peer", the watchdog's line).
-            logging_config=LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={
-                "env_vars": worker_env(
-                    chips_per_host=shape.chips_per_host,
-                    fake_tpu=fake_tpu,
-                    env=env,
-                ),
-            },
-        ),
+        scaling_config=_scaling_config(shape, resize_check_s),
+        run_config=_run_config(
+            run_name, storage_path,
+            FailureConfig(max_failures=max_failures,
+                          controller_failure_limit=controller_failure_limit,
+                          max_preemption_failures=max_preemption_failures),
+            worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env)),
     )
     return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s,
                 controller_failure_limit=controller_failure_limit,
                 jax_init_timeout_s=jax_init_timeout_s)
+
+
+def _scaling_config(shape: SliceShape, resize_check_s: float):
+    """One worker per TPU host of `shape` (a range of whole slices when elastic)."""
+    from palm_platform.ray.elastic import worker_counts
+    from ray.train.v2.api.config import ScalingConfig
+
+    return ScalingConfig(
+        use_tpu=True,
+        num_workers=worker_counts(shape),
+        elastic_resize_monitor_interval_s=resize_check_s,
+        topology=shape.topology,
+        accelerator_type=shape.accelerator_type,
+        resources_per_worker={"TPU": shape.chips_per_host},
+        placement_strategy="SPREAD",
+    )
+
+
+def _run_config(run_name: str, storage_path: str, failure_config, env_vars: dict[str, str]):
+    from ray.train import CheckpointConfig
+    from ray.train.v2.api.config import LoggingConfig, RunConfig
+
+    return RunConfig(
+        name=run_name,
+        storage_path=storage_path,
+        failure_config=failure_config,
+        checkpoint_config=CheckpointConfig(num_to_keep=None),
+        # Ray Train's own INFO lines (placement, "Started training worker group", and on a
+        # host loss about 130 lines of worker dumps per restart) stay in the session's
+        # logs/train/ray-train-sys-*.log; the terminal gets the run's events instead
+        # ("worker group restarted", "lost a peer", the watchdog's line).
+        logging_config=LoggingConfig(log_level="WARNING"),
+        worker_runtime_env={"env_vars": env_vars},
+    )
 
 
 def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float,
