@@ -131,6 +131,7 @@ def launch(
     address: str | None = None,
     run_state_dir: str | None = None,
     resize_check_s: float = 60.0,
+    preimport: tuple[str, ...] = (),
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
 
@@ -142,7 +143,8 @@ def launch(
     on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
     An elastic `shape` (min_pods < pods; ray/elastic.py): Ray Train runs on as many whole
     pods as the cluster has, at least min_pods, and checks for returned pods every
-    `resize_check_s`.
+    `resize_check_s`. `preimport`: modules `train_fn` imports, loaded on each worker while
+    jax.distributed starts (compat._prepare_worker).
     """
     import ray
     from ray.train.v2.api.config import FailureConfig
@@ -175,7 +177,8 @@ def launch(
         train_fn,
         train_loop_config=train_loop_config,
         jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,
-                                    heartbeat_timeout_s=jax_heartbeat_timeout_s),
+                                    heartbeat_timeout_s=jax_heartbeat_timeout_s,
+                                    preimport=preimport),
         scaling_config=_scaling_config(shape, resize_check_s),
         run_config=_run_config(
             run_name, storage_path,

@@ -144,6 +144,7 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
                 # the watchdog, which names the stuck host and restarts cleanly.
                 jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
                 resize_check_s=topo.resize_check_s,  # elastic pods
+                preimport=("palm_platform.train.loop",),  # train_worker's imports
             )
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line
