@@ -10,7 +10,8 @@ batches) at `--poison-step` (late enough that the spike detector has its min_his
 good losses). It brings up `palm cluster up --pods 2 --hosts-per-pod 2 --chips-per-host 4`
 in the work folder and tears it down in a finally. Prints the goodput event (wall,
 productive, goodput, badput by cause), the restart/spike/rollback counts, the recovery time
-(SIGKILL of host 1 -> the next completed step), and the ledger's trace of the handled spike; fails loudly if the spike was not detected. Takes ~6-8 minutes
+(SIGKILL of host 1 -> the next completed step, and its ratio to the cold start: launch -> first
+step of the same run), and the ledger's trace of the handled spike; fails loudly if the spike was not detected. Takes ~6-8 minutes
 on 2 shared cores.
 
 `--runs 2` runs the same job again on the same cluster, with fresh run and checkpoint
@@ -70,7 +71,7 @@ def kill_to_next_step(run_dir: Path, records: list[dict]) -> tuple[float, int, i
     return after["time"] - kills[0], after["step"], restart["step"]
 
 
-def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
+def report(run_dir: Path, poison_step: int, kill_step: int, launched: float) -> int:
     records = read_records(run_dir)
     count = {k: sum(r["kind"] == k for r in records) for k in ("restart", "spike", "rollback", "skip")}
     goodput = [r for r in records if r["kind"] == "goodput"][-1]
@@ -86,8 +87,10 @@ def report(run_dir: Path, poison_step: int, kill_step: int) -> int:
     recovery = kill_to_next_step(run_dir, records)
     if recovery is not None:
         seconds, resumed_step, restored = recovery
+        cold = next(r["time"] for r in records if r["kind"] == "step") - launched
         print(f"recovery: host 1 SIGKILLed -> next completed step {resumed_step} in {seconds:.1f} s "
-              f"(restored checkpoint step {restored})")
+              f"(restored checkpoint step {restored}); cold start (launch -> first step) "
+              f"{cold:.1f} s; ratio {seconds / cold:.2f}")
     for r in records:  # the run's trace, as `palm status` and the log render it
         if r["kind"] in ("restart", "spike", "rollback", "skip", "stop", "startup", "compiled"):
             print(f"  {describe_event(r)}")
@@ -129,7 +132,7 @@ def main() -> int:
         for i, (job, _) in enumerate(jobs):
             label = ("cold" if i == 0 else "warm") + " compilation cache" if cache else "run"
             print(f"--- {label}")
-            start = time.monotonic()
+            start, launched = time.monotonic(), time.time()
             done = subprocess.run([BIN / "palm", "run", str(job)], env=env, capture_output=True,
                                   text=True, timeout=1500)
             print(f"palm run: exit {done.returncode} after {time.monotonic() - start:.1f} s")
@@ -137,7 +140,8 @@ def main() -> int:
             if done.returncode != 0:
                 print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
                 return 1
-            status |= report(job.parent / "run" / spec["name"], args.poison_step, args.kill_step)
+            status |= report(job.parent / "run" / spec["name"], args.poison_step, args.kill_step,
+                             launched)
     return status
 
 
