@@ -32,6 +32,7 @@ Facts about Ray 2.60 this relies on (read from its source, checked on the local 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_ENV_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEALTH_CHECK_INTERVAL_ENV_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+ELASTIC_ATTEMPT_S = 20.0  # one placement attempt of an elastic job's worker group (see launch)
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,17 @@ def launch(
     connect(address, run_state_dir=run_state_dir)
     if ensure_ray_accepts_v4_topology(shape.topology):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
+    attempt_s = feasibility_timeout_s
     if shape.elastic:
         # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
-        # (~15 s here), so Train's elastic policy may first try to restart at full size and
-        # time out once (a controller failure) before it restarts on the pods left: give each
-        # allowed restart that one extra start-up attempt.
-        controller_failure_limit = max(controller_failure_limit, max_failures)
+        # (15-25 s here; Ray's defaults are the same on real clusters), so Train's elastic
+        # policy first tries to restart at full size, and that placement times out (a
+        # controller failure) before the restart on the pods left. Shorter attempts, as many
+        # more as fill the same start-up window, and each allowed restart gets that window:
+        # a pod loss cost a whole 60 s attempt (tests/test_elastic_ray.py).
+        attempt_s = min(feasibility_timeout_s, ELASTIC_ATTEMPT_S)
+        controller_failure_limit = (max(controller_failure_limit, max_failures)
+                                    * math.ceil(feasibility_timeout_s / attempt_s))
     least = shape.smallest()  # an elastic run starts on what is there, if at least min_pods
     matching = check_feasible(ray.nodes(), least)
     if fake_tpu is None:
@@ -167,7 +174,7 @@ def launch(
     env = {**forwarded_env(local_cluster=fake_tpu), **(env or {})}
     # Ray reads this in the driver and hands it to the controller: how long one placement
     # attempt may wait before it counts against controller_failure_limit.
-    os.environ[START_TIMEOUT_ENV_VAR] = str(feasibility_timeout_s)
+    os.environ[START_TIMEOUT_ENV_VAR] = str(attempt_s)
     # How often the controller polls the workers (Ray's default 2 s): a dead worker is seen
     # up to that late, on every restart (benchmarks/bench_run.py). A poll is one cheap actor
     # call per host. Ray hands this variable from the driver to the controller.
@@ -187,7 +194,7 @@ def launch(
                           max_preemption_failures=max_preemption_failures),
             worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env)),
     )
-    return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s,
+    return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s, attempt_s=attempt_s,
                 controller_failure_limit=controller_failure_limit,
                 jax_init_timeout_s=jax_init_timeout_s)
 
@@ -226,7 +233,7 @@ def _run_config(run_name: str, storage_path: str, failure_config, env_vars: dict
     )
 
 
-def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float,
+def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float, attempt_s: float,
          controller_failure_limit: int, jax_init_timeout_s: int) -> LaunchResult:
     """`trainer.fit()`, watched below min_pods when elastic; a start-up that kept failing
     becomes an InfeasibleTopologyError saying what the cluster lacks now."""
@@ -263,7 +270,7 @@ def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float,
         raise InfeasibleTopologyError(
             f"the worker group for {shape.describe()} did not start in "
             f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
-            f"{feasibility_timeout_s:g} s, jax.distributed.initialize up to "
+            f"{attempt_s:g} s, jax.distributed.initialize up to "
             f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "
             "them, wait for it or stop it."
         ) from err
