@@ -38,12 +38,24 @@ def describe_event(r: dict) -> str:
                  if "cache_hits" in r else "")
         return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
                      f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
+    if kind == "checkpoint_restored":
+        return at + f"restored the checkpoint (attempt {r.get('attempt')})"
+    if kind == "startup":
+        spans = [f"{_STARTUP_SPANS.get(k[:-2], k[:-2].replace('_', ' '))} {v:.1f} s"
+                 for k, v in r.items() if k.endswith("_s") and isinstance(v, int | float)]
+        return at + f"started (attempt {r.get('attempt')}): " + ", ".join(spans)
     if kind == "checkpoint_saved":
         blocked = f" (the loop waited {r['blocked_s']:.2f} s)" if "blocked_s" in r else ""
         return at + f"checkpoint saved{blocked}"
     fields = ", ".join(f"{k} {_num(v)}" for k, v in r.items()
                        if k not in ("kind", "time", "step", "alert") and v not in ("", None))
     return at + kind.replace("_", " ") + (f": {fields}" if fields else "")
+
+
+# The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.
+_STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "imports",
+                  "trainer_init": "set-up", "trainer_ready": "trainer built",
+                  "restored": "restore"}
 
 
 def _num(value) -> str:
