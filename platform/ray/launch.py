@@ -155,17 +155,8 @@ def launch(
     connect(address, run_state_dir=run_state_dir)
     if ensure_ray_accepts_v4_topology(shape.topology):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
-    attempt_s = feasibility_timeout_s
-    if shape.elastic:
-        # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
-        # (15-25 s here; Ray's defaults are the same on real clusters), so Train's elastic
-        # policy first tries to restart at full size, and that placement times out (a
-        # controller failure) before the restart on the pods left. Shorter attempts, as many
-        # more as fill the same start-up window, and each allowed restart gets that window:
-        # a pod loss cost a whole 60 s attempt (tests/test_elastic_ray.py).
-        attempt_s = min(feasibility_timeout_s, ELASTIC_ATTEMPT_S)
-        controller_failure_limit = (max(controller_failure_limit, max_failures)
-                                    * math.ceil(feasibility_timeout_s / attempt_s))
+    attempt_s, controller_failure_limit = _start_attempts(
+        shape, feasibility_timeout_s, controller_failure_limit, max_failures)
     least = shape.smallest()  # an elastic run starts on what is there, if at least min_pods
     matching = check_feasible(ray.nodes(), least)
     if fake_tpu is None:
@@ -197,6 +188,23 @@ def launch(
     return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s, attempt_s=attempt_s,
                 controller_failure_limit=controller_failure_limit,
                 jax_init_timeout_s=jax_init_timeout_s)
+
+
+
+def _start_attempts(shape: SliceShape, feasibility_timeout_s: float, controller_failure_limit: int,
+                    max_failures: int) -> tuple[float, int]:
+    """(seconds one placement attempt may wait, start-up attempts allowed after the first)."""
+    if not shape.elastic:
+        return feasibility_timeout_s, controller_failure_limit
+    # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
+    # (15-25 s here; Ray's defaults are the same on real clusters), so Train's elastic
+    # policy first tries to restart at full size, and that placement times out (a
+    # controller failure) before the restart on the pods left. Shorter attempts, as many
+    # more as fill the same start-up window, and each allowed restart gets that window:
+    # a pod loss cost a whole 60 s attempt (tests/test_elastic_ray.py).
+    attempt_s = min(feasibility_timeout_s, ELASTIC_ATTEMPT_S)
+    return attempt_s, (max(controller_failure_limit, max_failures)
+                       * math.ceil(feasibility_timeout_s / attempt_s))
 
 
 def _scaling_config(shape: SliceShape, resize_check_s: float):
