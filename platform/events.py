@@ -55,7 +55,7 @@ def describe_event(r: dict) -> str:
 # The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.
 _STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "imports",
                   "trainer_init": "set-up", "trainer_ready": "trainer built",
-                  "restored": "restore"}
+                  "restored": "restore or init"}
 
 
 def _num(value) -> str:

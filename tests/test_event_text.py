@@ -50,6 +50,6 @@ def test_startup_and_restore_events_are_sentences_with_seconds_to_one_decimal():
                            "train_fn_entered_s": 7.54, "imported_s": 1.321, "trainer_init_s": 0.05,
                            "trainer_ready_s": 0.75, "restored_s": 0.61})
     assert line == ("step 30: started (attempt 1): process to train function 7.5 s, imports 1.3 s, "
-                    "set-up 0.1 s, trainer built 0.8 s, restore 0.6 s")
+                    "set-up 0.1 s, trainer built 0.8 s, restore or init 0.6 s")
     restored = describe_event({"kind": "checkpoint_restored", "step": 30, "time": 1.0, "attempt": 1})
     assert restored == "step 30: restored the checkpoint (attempt 1)"
