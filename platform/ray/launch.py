@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_ENV_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEALTH_CHECK_INTERVAL_ENV_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-ELASTIC_ATTEMPT_S = 20.0  # one placement attempt of an elastic job's worker group (see launch)
+ELASTIC_ATTEMPT_S = 20.0  # one placement attempt of an elastic job's worker group (_start_attempts)
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,6 @@ def launch(
     return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s, attempt_s=attempt_s,
                 controller_failure_limit=controller_failure_limit,
                 jax_init_timeout_s=jax_init_timeout_s)
-
 
 
 def _start_attempts(shape: SliceShape, feasibility_timeout_s: float, controller_failure_limit: int,
