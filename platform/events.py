@@ -38,6 +38,15 @@ def describe_event(r: dict) -> str:
                  if "cache_hits" in r else "")
         return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
                      f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
+    if kind == "data_quality":
+        from palm_platform.data.quality import describe
+
+        return at + describe(r)
+    if kind == "start":
+        where = f"{r.get('hosts')} host(s), {r.get('pods')} pod(s), {r.get('devices')} devices"
+        exchange = (f"; the cross-pod gradient exchange moves {_bytes(r['cross_pod_bytes_per_step'])} "
+                    "per step" if r.get("cross_pod_bytes_per_step") else "")
+        return at + f"launched (attempt {r.get('attempt')}) on {where}{exchange}"
     if kind == "checkpoint_restored":
         return at + f"restored the checkpoint (attempt {r.get('attempt')})"
     if kind == "startup":
@@ -56,6 +65,15 @@ def describe_event(r: dict) -> str:
 _STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "imports",
                   "trainer_init": "set-up", "trainer_ready": "trainer built",
                   "restored": "restore or init"}
+
+
+def _bytes(n: float) -> str:
+    """2426368 -> '2.3 MiB' (binary units up to GiB)."""
+    units = ("bytes", "KiB", "MiB", "GiB")
+    power = 0
+    while n >= 1024 and power < len(units) - 1:
+        n, power = n / 1024, power + 1
+    return f"{n:.0f} bytes" if power == 0 else f"{n:.1f} {units[power]}"
 
 
 def _num(value) -> str:

@@ -53,3 +53,20 @@ def test_startup_and_restore_events_are_sentences_with_seconds_to_one_decimal():
                     "set-up 0.1 s, trainer built 0.8 s, restore or init 0.6 s")
     restored = describe_event({"kind": "checkpoint_restored", "step": 30, "time": 1.0, "attempt": 1})
     assert restored == "step 30: restored the checkpoint (attempt 1)"
+
+
+def test_launch_and_data_quality_events_are_sentences_without_empty_fields():
+    start = describe_event({"kind": "start", "step": 0, "time": 1.0, "attempt": 0, "hosts": 4,
+                            "pods": 2, "devices": 16, "cross_pod_bytes_per_step": 2426368})
+    assert start == ("step 0: launched (attempt 0) on 4 host(s), 2 pod(s), 16 devices; the "
+                     "cross-pod gradient exchange moves 2.3 MiB per step")
+    one_pod = describe_event({"kind": "start", "step": 0, "time": 1.0, "attempt": 1, "hosts": 1,
+                              "pods": 1, "devices": 4, "cross_pod_bytes_per_step": 0})
+    assert one_pod == "step 0: launched (attempt 1) on 1 host(s), 1 pod(s), 4 devices"
+    clean = describe_event({"kind": "data_quality", "step": 0, "time": 1.0, "bad_records": 0,
+                            "documents": 1204, "bad_by_source": {}, "first_bad": []})
+    assert clean == "step 0: data: 1,204 documents, no bad records"
+    bad = describe_event({"kind": "data_quality", "step": 0, "time": 1.0, "bad_records": 2,
+                          "documents": 10, "bad_by_source": {"docs": {"bad_json": 2}},
+                          "first_bad": ["a.jsonl:7 bad_json"]})
+    assert bad == "step 0: data: 2 bad records of 10 documents (docs: bad_json 2); first: a.jsonl:7 bad_json"

@@ -99,9 +99,15 @@ class HeldOutEvaluator:
         due = step % self.config.every_steps == 0 or final
         if due and step != self.last_step and self.sets:
             self._run(step, state, sink, goodput)
-        if final and self.sets:  # one line per host per run: the eval step compiled once?
-            log.info("host %d/%d: held-out eval step compiled %d time(s) in this process",
-                     self.process_index, self.process_count, self.step_fn._cache_size())
+        if final and self.sets:  # every source and every eval share one compiled step
+            compiles = self.step_fn._cache_size()
+            if compiles > 1:  # any host: a shape or sharding differs between evals
+                log.warning("host %d/%d: held-out eval step compiled %d times in this process "
+                            "(expected once: every eval set has the same shape)",
+                            self.process_index, self.process_count, compiles)
+            elif self.process_index == 0:  # the same line from every host says nothing more
+                log.info("host %d/%d: held-out eval step compiled %d time(s) in this process",
+                         self.process_index, self.process_count, compiles)
 
     def _run(self, step: int, state, sink, goodput) -> None:
         with goodput.phase("eval"):
