@@ -44,7 +44,7 @@ def describe_event(r: dict) -> str:
         return at + describe(r)
     if kind == "start":
         where = f"{r.get('hosts')} host(s), {r.get('pods')} pod(s), {r.get('devices')} devices"
-        exchange = (f"; the cross-pod gradient exchange moves {_bytes(r['cross_pod_bytes_per_step'])} "
+        exchange = (f"; the cross-pod gradient exchange moves {format_bytes(r['cross_pod_bytes_per_step'])} "
                     "per step" if r.get("cross_pod_bytes_per_step") else "")
         return at + f"launched (attempt {r.get('attempt')}) on {where}{exchange}"
     if kind == "checkpoint_restored":
@@ -67,13 +67,12 @@ _STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "
                   "restored": "restore or init"}
 
 
-def _bytes(n: float) -> str:
-    """2426368 -> '2.3 MiB' (binary units up to GiB)."""
-    units = ("bytes", "KiB", "MiB", "GiB")
-    power = 0
-    while n >= 1024 and power < len(units) - 1:
-        n, power = n / 1024, power + 1
-    return f"{n:.0f} bytes" if power == 0 else f"{n:.1f} {units[power]}"
+def format_bytes(n: float) -> str:
+    """2426368 -> '2.43 MB' (decimal units; `palm plan` and the events say bytes alike)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def _num(value) -> str:

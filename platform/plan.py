@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from palm_platform.events import format_bytes
 from palm_platform.plan_time import (
     HARDWARE,
     V4_DCN_PER_CHIP,
@@ -91,9 +92,9 @@ class PlanReport:
             f"{self.compiled_flops_per_step / self.formula_flops_per_step:.3f} (the remat policy and "
             f"embedding lookup explain {self.program_flops_per_step / self.formula_flops_per_step:.3f}; "
             f"XLA's cost analysis, loop bodies once, says {self.cost_analysis_flops_per_step:.4g})",
-            f"  per chip per step: HBM traffic {_bytes(self.hbm_bytes_per_chip)}",
+            f"  per chip per step: HBM traffic {format_bytes(self.hbm_bytes_per_chip)}",
             *[f"  {network.upper()} per chip per step: " + ", ".join(
-                f"{kind} {_bytes(v['bytes'])} ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
+                f"{kind} {format_bytes(v['bytes'])} ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
                 for kind, v in rows) for network, rows in self._collective_rows()],
             f"  step time parts: matmuls at peak {_seconds(t['compute_at_peak_s'])}, HBM "
             f"{_seconds(t['hbm_s'])}, roofline of both {_seconds(t['compute_s'])}, ICI "
@@ -125,7 +126,7 @@ class PlanReport:
             f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
             "(sources in platform/plan_time.py)",
             *[f"  WARNING: {w}" for w in self.warnings],
-            f"  cross-pod gradient exchange: {_bytes(self.cross_pod_bytes_per_step)} per pod per step",
+            f"  cross-pod gradient exchange: {format_bytes(self.cross_pod_bytes_per_step)} per pod per step",
             f"  compiled in {self.compile_s:.1f} s",
         ]
         return "\n".join(lines)
@@ -152,13 +153,6 @@ def _seconds(s: float) -> str:
     if s == 0:
         return "0 s"
     return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 def hbm_oom_bytes(message: str) -> int | None:

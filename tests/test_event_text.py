@@ -59,7 +59,7 @@ def test_launch_and_data_quality_events_are_sentences_without_empty_fields():
     start = describe_event({"kind": "start", "step": 0, "time": 1.0, "attempt": 0, "hosts": 4,
                             "pods": 2, "devices": 16, "cross_pod_bytes_per_step": 2426368})
     assert start == ("step 0: launched (attempt 0) on 4 host(s), 2 pod(s), 16 devices; the "
-                     "cross-pod gradient exchange moves 2.3 MiB per step")
+                     "cross-pod gradient exchange moves 2.43 MB per step")
     one_pod = describe_event({"kind": "start", "step": 0, "time": 1.0, "attempt": 1, "hosts": 1,
                               "pods": 1, "devices": 4, "cross_pod_bytes_per_step": 0})
     assert one_pod == "step 0: launched (attempt 1) on 1 host(s), 1 pod(s), 4 devices"

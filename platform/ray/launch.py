@@ -145,8 +145,9 @@ def launch(
     on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
     An elastic `shape` (min_pods < pods; ray/elastic.py): Ray Train runs on as many whole
     pods as the cluster has, at least min_pods, and checks for returned pods every
-    `resize_check_s`; its start-up waits in shorter attempts (`_start_attempts`). `preimport`: modules `train_fn` imports, loaded on each worker while
-    jax.distributed starts (compat._prepare_worker).
+    `resize_check_s`; its start-up waits in shorter attempts (`_start_attempts`).
+    `preimport`: modules `train_fn` imports, loaded on each worker while jax.distributed
+    starts (compat._prepare_worker).
     """
     import ray
     from ray.train.v2.api.config import FailureConfig
