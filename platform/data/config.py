@@ -53,6 +53,21 @@ class SourceConfig(BaseModel):
         return name
 
 
+class PrepareConfig(BaseModel):
+    """How `palm data prepare` cuts the input into units (one shard of the store each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unit_mb: float = Field(
+        default=128,
+        gt=0,
+        le=4096,
+        description="Size of an input unit (MB of input): small files are grouped up to it, "
+        "big JSONL files cut into newline-aligned byte ranges of it, Parquet files into runs "
+        "of row groups of it. Each unit becomes one shard of the token store.",
+    )
+
+
 def _default_sources() -> list[SourceConfig]:
     return [
         SourceConfig(name="code", paths=["builtin:code"], weight=0.4),
@@ -103,6 +118,16 @@ class DataConfig(BaseModel):
         default=None,
         description="Folder for the tokenised source caches (relative to the job file); "
         "default $PALM_DATA_CACHE or ~/.cache/palm/data.",
+    )
+    store: str | None = Field(
+        default=None,
+        description="Where the prepared token store lives: a folder (relative to the job file) "
+        "or a gs:// prefix, read in place by every host. Default: a folder under cache_dir "
+        "named by the sources and the tokenizer. Made by `palm data prepare` (or by "
+        "`palm run`, when the store is missing or stale).",
+    )
+    prepare: PrepareConfig = Field(
+        default_factory=PrepareConfig, description="How the token store is prepared."
     )
 
     @model_validator(mode="after")

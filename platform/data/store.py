@@ -1,0 +1,360 @@
+"""The token store: a source's tokens prepared once, in shards, read in place by every host.
+
+Shared by the prepare job (prepare.py, which writes shards) and the training read path
+(which reads windows of them); neither copies a store to local disk. Layout under a root
+that is a local folder or a gs:// prefix:
+
+    ROOT/manifest.json                 every source's shards in input order; `complete` is
+                                       set, with each shard's token and document counts, only
+                                       once every shard is committed
+    ROOT/SOURCE/SHARD/tokens/          zarr3 int32 [tokens]: each document's tokens followed
+                                       by the end-of-document token, in input order
+    ROOT/SOURCE/SHARD/ends/            zarr3 int64 [documents]: the position of each
+                                       document's end-of-document token in the shard
+    ROOT/SOURCE/SHARD.json             the sidecar: counts, the input unit and its
+                                       fingerprint, the tokenizer's sha256, the tokens' sha256
+                                       and the unit's read stats. Written last: a shard exists
+                                       (is committed) exactly when its sidecar does
+
+A source's token stream, its shards' tokens concatenated in manifest order, is the flat
+array today's single-process cache holds (token_cache.py), so packing windows, the mixture
+and every batch are unchanged.
+
+Why TensorStore zarr3 (as Levanter's cache): it reads and writes gs:// in place through its
+gcs driver, and its sharding codec keeps a shard's array in one object while a reader
+fetches only the inner chunks (64 KiB of tokens) that a window touches. Why a manifest
+written once at the end (and not a ledger read shard by shard): a training host opens a
+complete store with one small read, whatever the shard count (Marin's issues report minutes
+to load a 1,113-shard ledger); the sidecars are what a resumed prepare job and
+`palm data info` read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+STORE_VERSION = 1
+TOKEN_DTYPE = np.dtype("<i4")
+_INNER_CHUNK = 1 << 14  # tokens per inner chunk: the unit a window read fetches
+_OUTER_CHUNK = 1 << 26  # tokens per zarr object (shards are smaller, so one object each)
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as it is; the message names the store, the shard and the fix."""
+
+
+# -- paths and kvstores ------------------------------------------------------------------
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def kvstore_spec(path: str) -> dict:
+    """TensorStore's kvstore for a local path or a gs://bucket/prefix URL."""
+    if path.startswith("gs://"):
+        bucket, _, prefix = path[len("gs://"):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": prefix.rstrip("/") + "/"}
+    if "://" in path:
+        raise StoreError(f"{path}: a token store lives in a local folder or under gs://")
+    import os
+
+    return {"driver": "file", "path": os.path.abspath(path).rstrip("/") + "/"}
+
+
+def read_text(path: str) -> str | None:
+    """A small file's text (local or gs://), or None when it does not exist."""
+    import tensorstore as ts
+
+    parent, _, name = path.rpartition("/")
+    kv = ts.KvStore.open(kvstore_spec(parent)).result()
+    result = kv.read(name).result()
+    return None if result.state == "missing" else bytes(result.value).decode()
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small file in one piece (on GCS an object write is atomic; locally a rename)."""
+    import tensorstore as ts
+
+    parent, _, name = path.rpartition("/")
+    if not path.startswith("gs://"):
+        from pathlib import Path
+
+        from palm_platform.atomic_write import write_atomic
+
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), text)
+        return
+    ts.KvStore.open(kvstore_spec(parent)).result().write(name, text.encode()).result()
+
+
+def list_names(prefix: str) -> list[str]:
+    """Keys under a folder or gs:// prefix, relative to it (one list request)."""
+    import tensorstore as ts
+
+    kv = ts.KvStore.open(kvstore_spec(prefix)).result()
+    return sorted(key.decode() for key in kv.list().result())
+
+
+# -- shards --------------------------------------------------------------------------------
+
+
+def _array_spec(path: str, dtype: str, length: int) -> dict:
+    # The outer chunk (one object) must be a multiple of the inner one.
+    outer = min(_OUTER_CHUNK, max(1, -(-length // _INNER_CHUNK)) * _INNER_CHUNK)
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore_spec(path),
+        "metadata": {
+            "shape": [length],
+            "data_type": dtype,
+            "chunk_grid": {"name": "regular",
+                           "configuration": {"chunk_shape": [outer]}},
+            "codecs": [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": [_INNER_CHUNK],
+                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                 {"name": "crc32c"}],
+            }}],
+        },
+    }
+
+
+def tokens_sha256(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, TOKEN_DTYPE).tobytes()).hexdigest()
+
+
+def write_shard(root: str, source: str, shard: str, tokens: np.ndarray, ends: np.ndarray,
+                sidecar: dict[str, Any]) -> dict:
+    """Write one shard's arrays, then its sidecar (the commit). Returns the sidecar.
+
+    A committed shard is never rewritten: StoreError if its sidecar exists. Arrays left by
+    a writer that died before its sidecar are not committed and are replaced here.
+    """
+    import tensorstore as ts
+
+    base = join(root, source, shard)
+    sidecar_path = base + ".json"
+    if read_text(sidecar_path) is not None:
+        raise StoreError(f"{sidecar_path}: shard already committed; a committed shard is never "
+                         "rewritten (delete the store to rebuild it)")
+    tokens = np.ascontiguousarray(tokens, TOKEN_DTYPE)
+    ends = np.ascontiguousarray(ends, np.int64)
+    for name, array, dtype in (("tokens", tokens, "int32"), ("ends", ends, "int64")):
+        spec = _array_spec(join(base, name), dtype, len(array))
+        handle = ts.open(spec, create=True, delete_existing=True).result()
+        if len(array):
+            handle.write(array).result()
+    sidecar = {**sidecar, "version": STORE_VERSION, "source": source, "shard": shard,
+               "tokens": int(len(tokens)), "documents": int(len(ends)),
+               "tokens_sha256": tokens_sha256(tokens)}
+    write_text(sidecar_path, json.dumps(sidecar, sort_keys=True))
+    return sidecar
+
+
+def read_sidecar(root: str, source: str, shard: str) -> dict | None:
+    """A shard's sidecar, or None when it is not committed (absent)."""
+    text = read_text(join(root, source, shard) + ".json")
+    if text is None:
+        return None
+    try:
+        sidecar = json.loads(text)
+    except ValueError as e:
+        raise StoreError(f"{join(root, source, shard)}.json: torn sidecar ({e}). Fix: delete "
+                         "it and run `palm data prepare` again") from e
+    return sidecar
+
+
+def open_array(path: str):
+    """A shard's zarr3 array, opened for reading (metadata read once)."""
+    import tensorstore as ts
+
+    try:
+        return ts.open({"driver": "zarr3", "kvstore": kvstore_spec(path)}, read=True).result()
+    except ValueError as e:  # TensorStore's NOT_FOUND / corrupt metadata
+        raise StoreError(f"{path}: missing or torn shard array ({str(e).splitlines()[0]}). "
+                         "Fix: delete the shard's sidecar and run `palm data prepare` again"
+                         ) from e
+
+
+# -- the manifest and the store ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard in a source's input order; counts are None until the store is complete."""
+
+    name: str
+    unit: dict
+    fingerprint: str
+    tokens: int | None = None
+    documents: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tokenizer_sha256: str
+    # name -> {"fingerprint": str, "config": dict, "shards": [ShardEntry as dict],
+    #          "stats": merged read stats (documents, bad, first_bad) once complete}
+    sources: dict[str, dict]
+    complete: bool = False
+
+    def shards(self, source: str) -> list[ShardEntry]:
+        return [ShardEntry(**entry) for entry in self.sources[source]["shards"]]
+
+    def to_json(self) -> str:
+        return json.dumps({"version": STORE_VERSION, "tokenizer_sha256": self.tokenizer_sha256,
+                           "complete": self.complete, "sources": self.sources}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        try:
+            data = json.loads(text)
+            if data.get("version") != STORE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {STORE_VERSION}")
+            return cls(data["tokenizer_sha256"], data["sources"], bool(data["complete"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StoreError(f"{where}: not a token store manifest ({e}). Fix: delete the store "
+                             "and run `palm data prepare` again") from e
+
+
+def read_manifest(root: str) -> Manifest | None:
+    text = read_text(join(root, MANIFEST))
+    return None if text is None else Manifest.from_json(text, join(root, MANIFEST))
+
+
+def write_manifest(root: str, manifest: Manifest) -> None:
+    write_text(join(root, MANIFEST), manifest.to_json())
+
+
+def digest(manifest: Manifest, sidecars: dict[tuple[str, str], dict]) -> str:
+    """The store's digest: sha256 over every shard's tokens_sha256, sources and shards in
+    order. A hash of the shards' hashes rather than one pass over the token stream, which
+    would read the whole store (3 TB for palm540b) in one process; equal token streams cut
+    into the same shards (the shards depend on the input, never on the worker count) give
+    equal digests."""
+    h = hashlib.sha256()
+    for source in manifest.sources:
+        for entry in manifest.shards(source):
+            h.update(sidecars[(source, entry.name)]["tokens_sha256"].encode())
+    return h.hexdigest()
+
+
+class SourceTokens:
+    """One source of a complete store as a flat token array: `len`, slices, documents.
+
+    Reads only what a slice touches (TensorStore fetches the inner chunks), from local disk
+    or gs://; shard arrays are opened on first use. This is what packing windows slide over.
+    """
+
+    def __init__(self, root: str, source: str, shards: list[ShardEntry]):
+        if any(s.tokens is None for s in shards):
+            raise StoreError(f"{root}: source {source!r} is not complete")
+        self.root, self.source, self._shards = root, source, shards
+        self._offsets = np.cumsum([0] + [s.tokens for s in shards]).astype(np.int64)
+        self._doc_offsets = np.cumsum([0] + [s.documents for s in shards]).astype(np.int64)
+        self._arrays: dict[tuple[int, str], Any] = {}
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self._doc_offsets[-1])
+
+    def _array(self, shard: int, name: str):
+        key = (shard, name)
+        if key not in self._arrays:
+            self._arrays[key] = open_array(join(self.root, self.source,
+                                                self._shards[shard].name, name))
+        return self._arrays[key]
+
+    def read_async(self, start: int, stop: int) -> list:
+        """Futures of the pieces of tokens[start:stop] (one per shard touched)."""
+        futures, i = [], int(np.searchsorted(self._offsets, start, side="right")) - 1
+        while start < stop:
+            n = min(stop, int(self._offsets[i + 1])) - start
+            local = start - int(self._offsets[i])
+            futures.append(self._array(i, "tokens")[local:local + n].read())
+            start, i = start + n, i + 1
+        return futures
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("a token store is read by slices")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise TypeError("a token store is read by contiguous slices")
+        pieces = [f.result() for f in self.read_async(start, max(start, stop))]
+        return np.concatenate(pieces).astype(TOKEN_DTYPE, copy=False) if pieces else \
+            np.zeros(0, TOKEN_DTYPE)
+
+    def document_end(self, document: int) -> int:
+        """Position (in the flat stream) of document `document`'s end-of-document token."""
+        if not 0 <= document < self.num_documents:
+            raise IndexError(f"document {document} not in [0, {self.num_documents})")
+        i = int(np.searchsorted(self._doc_offsets, document, side="right")) - 1
+        local = document - int(self._doc_offsets[i])
+        return int(self._offsets[i]) + int(self._array(i, "ends")[local].read().result())
+
+
+class TokenStore:
+    """A prepared token store (local folder or gs:// prefix), opened by its manifest."""
+
+    def __init__(self, root: str, manifest: Manifest):
+        self.root, self.manifest = root.rstrip("/"), manifest
+
+    @classmethod
+    def open(cls, root: str) -> TokenStore:
+        manifest = read_manifest(root)
+        if manifest is None:
+            raise StoreError(f"{root}: no token store here ({MANIFEST} missing). Fix: "
+                             "`palm data prepare JOB.yaml`")
+        return cls(root, manifest)
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.complete
+
+    def source(self, name: str) -> SourceTokens:
+        if not self.complete:
+            raise StoreError(f"{self.root}: the store is still being prepared (its manifest "
+                             "is not complete). Fix: let `palm data prepare` finish, or run it "
+                             "again to resume")
+        if name not in self.manifest.sources:
+            raise StoreError(f"{self.root}: no source {name!r} in the store (it has "
+                             f"{sorted(self.manifest.sources)}). Fix: prepare it again")
+        return SourceTokens(self.root, name, self.manifest.shards(name))
+
+    @cached_property
+    def sidecars(self) -> dict[tuple[str, str], dict | None]:
+        """Every shard's sidecar (None: not committed), read concurrently."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = [(s, e.name) for s in self.manifest.sources for e in self.manifest.shards(s)]
+        with ThreadPoolExecutor(16) as pool:
+            found = list(pool.map(lambda k: read_sidecar(self.root, *k), keys))
+        return dict(zip(keys, found, strict=True))
+
+    def check(self) -> None:
+        """Every shard against its sidecar: StoreError naming the first missing or torn one."""
+        for (source, shard), sidecar in self.sidecars.items():
+            where = join(self.root, source, shard)
+            if sidecar is None:
+                if self.complete:
+                    raise StoreError(f"{where}: shard missing (no sidecar). Fix: run "
+                                     "`palm data prepare` again to rebuild it")
+                continue
+            for name, count in (("tokens", sidecar["tokens"]), ("ends", sidecar["documents"])):
+                shape = open_array(join(where, name)).shape
+                if tuple(shape) != (count,):
+                    raise StoreError(f"{where}/{name}: torn shard: {shape[0]:,} entries, "
+                                     f"sidecar says {count:,}. Fix: delete {where}.json and run "
+                                     "`palm data prepare` again")
