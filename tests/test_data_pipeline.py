@@ -57,7 +57,7 @@ def test_packing_joins_documents_with_eos_into_exact_windows(data_dir):
     tokenizer = pipeline.tokenizer
     texts = [json.loads(line)["text"] for line in (data_dir / "docs.jsonl").read_text().split("\n")]
     expected = np.concatenate([np.array([*tokenizer.encode(t), EOS]) for t in texts])
-    tokens = pipeline._sources[0].tokens
+    tokens = pipeline._sources[0].tokens[:]  # the store view, read whole (a small source)
     np.testing.assert_array_equal(tokens, expected)
     packed = PackedSequences(tokens, SEQ_LEN)
     assert len(packed) == (len(tokens) - 1) // SEQ_LEN
@@ -149,19 +149,44 @@ def test_a_source_shorter_than_one_sequence_is_a_clear_error(data_dir):
         _pipeline(data_dir, config, seq_len=100_000)
 
 
-def test_the_token_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
+def test_an_edited_input_file_is_read_again_by_the_next_pipeline(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"first version {i}"}) for i in range(30)))
     config = _config(("a.jsonl", 1.0))
     first = _pipeline(tmp_path, config)
-    assert len(list((tmp_path / "cache").glob("*.tokens"))) == 1
-    assert _pipeline(tmp_path, config)._sources[0].cache_path == first._sources[0].cache_path
+    assert first.tokenizer.decode(first._sources[0].tokens[:6]).startswith("first")
     path.write_text(
         "\n".join(json.dumps({"text": f"second, longer version {i}"}) for i in range(30))
     )
-    second = _pipeline(tmp_path, config)
-    assert second._sources[0].cache_path != first._sources[0].cache_path
+    second = _pipeline(tmp_path, config)  # the store is stale: prepared again
     assert second.tokenizer.decode(second._sources[0].tokens[:6]).startswith("second")
+
+
+# token_cache.py is today's single-process cache, kept as the reference the token store's
+# streams are compared with (test_data_store_batches.py); these two keep it honest.
+
+
+def _cached(tmp_path, config):
+    from palm_platform.data.pipeline import check_data
+    from palm_platform.data.token_cache import load_or_build
+
+    tokenizer, (source,) = check_data(config, tmp_path)
+    return load_or_build(source, tokenizer, tmp_path / "cache"), tokenizer
+
+
+def test_the_token_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"first version {i}"}) for i in range(30)))
+    config = _config(("a.jsonl", 1.0))
+    first, _ = _cached(tmp_path, config)
+    assert len(list((tmp_path / "cache").glob("*.tokens"))) == 1
+    assert _cached(tmp_path, config)[0].cache_path == first.cache_path
+    path.write_text(
+        "\n".join(json.dumps({"text": f"second, longer version {i}"}) for i in range(30))
+    )
+    second, tokenizer = _cached(tmp_path, config)
+    assert second.cache_path != first.cache_path
+    assert tokenizer.decode(second.tokens[:6]).startswith("second")
 
 
 @pytest.mark.parametrize("sidecar", ["[1]", '{"num_tokens": "12", "stats": {}}', "[" * 100_000,
@@ -170,10 +195,10 @@ def test_a_torn_or_edited_cache_sidecar_is_rebuilt_not_a_crash(tmp_path, sidecar
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"document {i}"}) for i in range(30)))
     config = _config(("a.jsonl", 1.0))
-    reference = _pipeline(tmp_path, config).local_batch(4)
+    reference = np.array(_cached(tmp_path, config)[0].tokens)
     (meta,) = (tmp_path / "cache").glob("*.json")
     meta.write_text(sidecar)
-    np.testing.assert_array_equal(_pipeline(tmp_path, config).local_batch(4), reference)
+    np.testing.assert_array_equal(_cached(tmp_path, config)[0].tokens, reference)
     assert json.loads(meta.read_text())["num_tokens"] > 0  # written again, whole
 
 

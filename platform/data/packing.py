@@ -39,3 +39,25 @@ class PackedSequences:
             raise IndexError(f"sequence {index} out of range [0, {self._length})")
         start = index * self._seq_len
         return self._tokens[start : start + self._seq_len + 1]
+
+
+class PackedWindows:
+    """The same windows as PackedSequences, as (tokens, start, stop) descriptors to read.
+
+    The pipeline's index arithmetic (Grain's shuffle, mixture and window shuffle) runs on
+    these; the pipeline then reads a whole batch's windows at once (store_sources.py's
+    read_windows: concurrent reads from the token store) instead of one row at a time.
+    """
+
+    def __init__(self, tokens, seq_len: int):
+        self._packed = PackedSequences(tokens, seq_len)
+        self._tokens, self._seq_len = tokens, seq_len
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, index: int) -> tuple:
+        if not 0 <= index < len(self._packed):
+            raise IndexError(f"sequence {index} out of range [0, {len(self._packed)})")
+        start = index * self._seq_len
+        return self._tokens, start, start + self._seq_len + 1

@@ -24,7 +24,9 @@ element at a time; here each process must read only its share of a global batch 
 changes during training, and skipped ranges must survive restarts and rollbacks. With a
 MapDataset both are a few lines of index arithmetic: the global batch is the next
 `global_batch_size` indices not in a skip range; process p reads the p-th contiguous slice.
-Tokenising and packing are hand-written too (token_cache.py, packing.py).
+Packing is hand-written too (packing.py). The tokens come from the job's token store
+(store.py, prepared once by `palm data prepare` or `palm run`): each source is a view over
+its shards, and a batch's windows are read from it concurrently, nothing else.
 """
 
 from __future__ import annotations
@@ -38,14 +40,9 @@ import grain
 import numpy as np
 
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
-from palm_platform.data.packing import PackedSequences
+from palm_platform.data.packing import PackedSequences, PackedWindows
 from palm_platform.data.skips import SkipRanges
-from palm_platform.data.token_cache import (
-    LengthLimit,
-    SourceTokens,
-    default_cache_dir,
-    load_or_build,
-)
+from palm_platform.data.store_sources import Source, open_sources, read_windows
 from palm_platform.data.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,7 +71,7 @@ class Pipeline:
     def __init__(
         self,
         config: DataConfig,
-        sources: Sequence[SourceTokens],
+        sources: Sequence[Source],
         tokenizer: Tokenizer,
         *,
         seq_len: int,
@@ -101,7 +98,8 @@ class Pipeline:
                     f"seq_len + 1 = {seq_len + 1} (read stats: {source.stats}). Fix: add text "
                     f"to the source or remove it.",
                 )
-            dataset = grain.MapDataset.source(packed)
+            # Grain's index arithmetic runs on window descriptors; `sequences` reads them.
+            dataset = grain.MapDataset.source(PackedWindows(source.tokens, seq_len))
             if len(packed) < _MIN_SHUFFLE_DOMAIN:
                 # Grain's index_shuffle takes ~250 us per index on domains of ~100 and ~4 us
                 # on 2^16 and up (measured here); a small source is repeated up to 2^16 first,
@@ -160,10 +158,7 @@ class Pipeline:
 
     def sequences(self, indices: Sequence[int]) -> np.ndarray:
         """int32 [len(indices), seq_len + 1]: the sequences at these global indices."""
-        out = np.empty((len(indices), self.seq_len + 1), np.int32)
-        for row, index in enumerate(indices):
-            out[row] = self._dataset[int(index)]
-        return out
+        return read_windows([self._dataset[int(index)] for index in indices], self.seq_len + 1)
 
     def local_batch(self, global_batch_size: int) -> np.ndarray:
         """This process's rows of the next global batch: int32 [B / processes, seq_len + 1].
@@ -236,22 +231,21 @@ def build_pipeline(
     num_threads: int = 1,
     source_filter=None,
 ) -> Pipeline:
-    """Resolve paths against `base_dir` (the job file's folder), tokenise or load the caches.
+    """Resolve paths against `base_dir` (the job file's folder) and open the job's token store.
 
-    A path that does not exist fails here, before any tokenising, with the config field
-    that names it. `num_threads` is SentencePiece's encoding threads for a first pass.
-    `source_filter(sources, tokenizer) -> sources` may take documents out before packing
-    (the held-out eval split, platform/eval/split.py).
+    A path that does not exist fails here, before anything is read, with the config field
+    that names it. The store (data.store, else a folder under `cache_dir` or
+    data.cache_dir) is read in place; a library caller whose store is not current prepares
+    it in this process first (store_sources.py). `num_threads` is kept for callers; the
+    tokenising now happens in the prepare job. `source_filter(sources, tokenizer) ->
+    sources` may take documents out before packing (the held-out split, eval/split.py).
     """
+    del num_threads  # tokenising moved to the prepare job
     tokenizer, resolved = check_data(data_config, base_dir)
-    if cache_dir is None:
-        cache_dir = (
-            Path(resolve_path(data_config.cache_dir, base_dir))
-            if data_config.cache_dir
-            else default_cache_dir()
-        )
-    limit = LengthLimit(data_config.max_document_chars, data_config.long_documents)
-    sources = [load_or_build(s, tokenizer, Path(cache_dir), num_threads, limit) for s in resolved]
+    if cache_dir is not None and data_config.store is None:
+        data_config = data_config.model_copy(update={"cache_dir": str(cache_dir)})
+    sources = open_sources(data_config, Path(base_dir), tokenizer, resolved,
+                           process_count=process_count)
     if source_filter is not None:
         sources = source_filter(sources, tokenizer)
     return Pipeline(

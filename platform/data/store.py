@@ -296,6 +296,26 @@ class SourceTokens:
         return np.concatenate(pieces).astype(TOKEN_DTYPE, copy=False) if pieces else \
             np.zeros(0, TOKEN_DTYPE)
 
+    def document_ends(self, documents) -> np.ndarray:
+        """int64 positions (in the flat stream) of these documents' end-of-document tokens.
+
+        Reads only the `ends` entries asked for, one concurrent read per shard touched: the
+        held-out split needs a few documents' bounds, never a scan of the tokens.
+        """
+        documents = np.asarray(documents, np.int64).reshape(-1)
+        if len(documents) and not (0 <= documents.min() and documents.max() < self.num_documents):
+            raise IndexError(f"documents outside [0, {self.num_documents})")
+        shard_of = np.searchsorted(self._doc_offsets, documents, side="right") - 1
+        out = np.empty(len(documents), np.int64)
+        pending = []
+        for shard in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard)
+            local = documents[rows] - self._doc_offsets[shard]
+            pending.append((rows, int(shard), self._array(int(shard), "ends")[local].read()))
+        for rows, shard, future in pending:
+            out[rows] = np.asarray(future.result(), np.int64) + self._offsets[shard]
+        return out
+
     def document_end(self, document: int) -> int:
         """Position (in the flat stream) of document `document`'s end-of-document token."""
         if not 0 <= document < self.num_documents:

@@ -1,7 +1,8 @@
 """The held-out split: whole documents of each source, chosen by seed, never trained on.
 
-A source's token cache is every document followed by EOS (data/token_cache.py), so document
-d is the d-th EOS-terminated run. Held out: a seeded permutation's first k documents
+A source's token stream is every document followed by EOS (data/store.py), so document d is
+the d-th EOS-terminated run. The token store records each document's end (its `ends`
+arrays), so the split reads the bounds of the held-out documents only, never the tokens. Held out: a seeded permutation's first k documents
 (k = fraction x documents, at least 1 when a source has two or more). The choice depends on
 the seed and the document count only, never on hosts or shards; it is recorded in the run
 folder (`eval_split.json`) at the first start and read back at every restart, so a restart
@@ -20,7 +21,7 @@ import numpy as np
 
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.pipeline import derive_seed
-from palm_platform.data.token_cache import SourceTokens
+from palm_platform.data.store_sources import Source
 
 log = logging.getLogger("palm")
 
@@ -56,14 +57,25 @@ class SpanTokens:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    def __getitem__(self, key: slice) -> np.ndarray:
-        a, b, _ = key.indices(len(self))
-        pieces, i = [], int(np.searchsorted(self._offsets, a, side="right")) - 1
+    def _ranges(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The [start, stop) ranges of the underlying tokens that [a, b) here covers."""
+        ranges, i = [], int(np.searchsorted(self._offsets, a, side="right")) - 1
         while a < b:
             n = min(b, int(self._offsets[i + 1])) - a
             source = int(self._starts[i]) + a - int(self._offsets[i])
-            pieces.append(np.asarray(self._tokens[source : source + n]))
+            ranges.append((source, source + n))
             a, i = a + n, i + 1
+        return ranges
+
+    def read_async(self, a: int, b: int) -> list:
+        """Futures of the pieces of [a, b) (the pipeline reads a batch's windows at once)."""
+        from palm_platform.data.store_sources import read_async
+
+        return [f for start, stop in self._ranges(a, b) for f in read_async(self._tokens, start, stop)]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(len(self))
+        pieces = [np.asarray(self._tokens[start:stop]) for start, stop in self._ranges(a, b)]
         return np.concatenate(pieces) if pieces else np.zeros(0, np.asarray(self._tokens[:0]).dtype)
 
 
@@ -76,11 +88,26 @@ def choose_heldout(num_documents: int, fraction: float, seed: int, source: str) 
     return sorted(int(i) for i in order[:count])
 
 
-def _spans(ends: np.ndarray, total: int, held: list[int]) -> tuple[list, list]:
-    """(kept spans, held-out spans) of token positions for the held-out document indices."""
+def _document_bounds(tokens, eos_id: int):
+    """(document count, ends(documents) -> their EOS positions) of a source's tokens.
+
+    A token store's source (store.SourceTokens) knows both without reading its tokens; any
+    other array (tests, eval sets) is scanned once for its EOS tokens.
+    """
+    if hasattr(tokens, "document_ends"):
+        return tokens.num_documents, tokens.document_ends
+    ends = document_ends(tokens, eos_id)
+    return len(ends), lambda documents: ends[np.asarray(documents, np.int64)]
+
+
+def _spans(end_of, total: int, held: list[int]) -> tuple[list, list]:
+    """(kept spans, held-out spans) of token positions for the held-out document indices;
+    `end_of(documents)` gives documents' EOS positions."""
+    wanted = sorted({d - 1 for d in held if d} | set(held))
+    ends = dict(zip(wanted, (int(e) for e in end_of(wanted)), strict=True))
     kept, heldout, position = [], [], 0
     for d in held:
-        start, end = (int(ends[d - 1]) + 1 if d else 0), int(ends[d]) + 1
+        start, end = (ends[d - 1] + 1 if d else 0), ends[d] + 1
         kept.append((position, start))
         heldout.append((start, end))
         position = end
@@ -90,23 +117,22 @@ def _spans(ends: np.ndarray, total: int, held: list[int]) -> tuple[list, list]:
 
 @dataclass(frozen=True)
 class SplitSources:
-    train: list[SourceTokens]  # tokens: SpanTokens views without the held-out documents
+    train: list[Source]  # tokens: SpanTokens views without the held-out documents
     heldout: dict[str, SpanTokens]  # source name -> its held-out documents' tokens
     record: dict
 
 
-def split_sources(sources: list[SourceTokens], eos_id: int, fraction: float, seed: int,
+def split_sources(sources: list[Source], eos_id: int, fraction: float, seed: int,
                   recorded: dict | None) -> SplitSources:
     """Training sources without their held-out documents, and those documents' tokens.
 
     `recorded` (a run folder's earlier split) wins over a fresh choice; a source whose
     document count differs from the record raises ValueError naming it. Tokens after the
-    last EOS (none in a token cache) stay in training.
+    last EOS (none in a token store) stay in training.
     """
     train, heldout, record = [], {}, {"seed": seed, "fraction": fraction, "sources": {}}
     for source in sources:
-        ends = document_ends(source.tokens, eos_id)
-        n = len(ends)
+        n, end_of = _document_bounds(source.tokens, eos_id)
         previous = (recorded or {}).get("sources", {}).get(source.name)
         if previous is not None:
             if previous["documents"] != n:
@@ -117,7 +143,7 @@ def split_sources(sources: list[SourceTokens], eos_id: int, fraction: float, see
             chosen = previous["heldout"]
         else:
             chosen = choose_heldout(n, fraction, seed, source.name)
-        kept, held = _spans(ends, len(source.tokens), chosen)
+        kept, held = _spans(end_of, len(source.tokens), chosen)
         train.append(replace(source, tokens=SpanTokens(source.tokens, kept)))
         heldout[source.name] = SpanTokens(source.tokens, held)
         record["sources"][source.name] = {"documents": n, "heldout": chosen,
