@@ -26,6 +26,7 @@ def _job(tmp_path: Path, name: str, microbatch_sequences: int | None, hosts: int
         "mesh": {"model": 2}, "train": train, "optimizer": {"constant_steps": 10},
         "checkpoint": {"directory": f"ckpt-{name}", "every_steps": 5},
         "metrics": {"wandb_mode": "disabled"}, "run_dir": "runs",
+        "data": {"store": "store"},  # the embedded corpus's token store, under tmp_path
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -54,6 +55,8 @@ def test_direct_refuses_a_multi_host_job_with_exit_2(tmp_path):
 def test_direct_run_ramps_the_batch_and_accumulates_microbatches(tmp_path):
     out = _palm_run_direct(tmp_path, _job(tmp_path, "micro", microbatch_sequences=4))
     assert out.returncode == 0, out.stderr[-3000:]
+    # No store yet: prepared first, in this process (one line each way), then trained.
+    assert "token store missing" in out.stderr and "token store ready" in out.stderr
     assert "runs/micro" in out.stdout  # the summary printed at the end
     steps = _steps(tmp_path, "micro")
     assert [r["batch_size"] for r in steps] == [4, 4, 4, 8, 8, 8]
@@ -63,6 +66,7 @@ def test_direct_run_ramps_the_batch_and_accumulates_microbatches(tmp_path):
     # same loss and the same gradient norm (a sum instead of a mean would double it).
     out = _palm_run_direct(tmp_path, _job(tmp_path, "whole", microbatch_sequences=None))
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "token store" not in out.stderr  # current: read as it is
     for micro, whole in zip(steps, _steps(tmp_path, "whole"), strict=True):
         assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-4)
         assert micro["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-3)

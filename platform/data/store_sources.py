@@ -49,11 +49,21 @@ def _prepare_lock(root: str):
         yield
 
 
-def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: int = 1) -> str:
-    """The job's store root, prepared in this process first when it is not current.
+def still_being_prepared(root: str, job_file: str = "JOB.yaml") -> StoreError:
+    """The error for a store whose prepare job has not finished (running, or stopped)."""
+    return StoreError(f"{root}: the token store is still being prepared (its manifest is not "
+                      "complete); training reads only a complete store. Fix: let `palm data "
+                      f"prepare` finish, or run `palm data prepare {job_file}` to resume it")
 
-    Hosts of a multi-host job never prepare a gs:// store themselves (each would tokenise
-    the whole corpus): `palm run` has prepared it on the cluster before they start."""
+
+def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: int = 1) -> str:
+    """The job's store root, prepared in this process first when it is missing or stale.
+
+    A store still being prepared (its manifest not complete) is an error, never a second
+    writer: nothing here can tell a running prepare job from a stopped one. Hosts of a
+    multi-host job never prepare a gs:// store themselves (each would tokenise the whole
+    corpus): `palm run` has prepared it on the cluster before they start.
+    """
     from palm_platform.data.prepare import prepare_store, store_root, store_status
 
     root = store_root(data_config, base_dir)
@@ -61,14 +71,19 @@ def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: in
     if status.state == "current":
         return root
     if root.startswith("gs://"):
+        if status.state == "incomplete":
+            raise still_being_prepared(root)
         if process_count == 1:  # one process: no other preparer to race with
             prepare_store(data_config, base_dir, in_process=True, progress=False)
             return root
         raise StoreError(f"{root}: the job's token store is {status.state} ({status.reason}). "
                          "Fix: `palm data prepare JOB.yaml` (or `palm run JOB.yaml`, which "
                          "prepares it on the cluster)")
-    with _prepare_lock(root):
-        if store_status(data_config, base_dir).state != "current":  # not done meanwhile
+    with _prepare_lock(root):  # the processes of this machine: one prepares, the rest wait
+        status = store_status(data_config, base_dir)
+        if status.state == "incomplete":
+            raise still_being_prepared(root)
+        if status.state != "current":
             prepare_store(data_config, base_dir, in_process=True, progress=False)
     return root
 
@@ -79,9 +94,7 @@ def open_sources(data_config: DataConfig, base_dir: Path, tokenizer,
     root = ensure_current(data_config, base_dir, process_count=process_count)
     store = TokenStore.open(root)
     if not store.complete:
-        raise StoreError(f"{root}: the token store is still being prepared (its manifest is "
-                         "not complete); training reads only a complete store. Fix: let "
-                         "`palm data prepare` finish, or run it again to resume")
+        raise still_being_prepared(root)
     if store.manifest.tokenizer_sha256 != tokenizer.sha256:
         raise StoreError(f"{root}: prepared with tokenizer sha256 "
                          f"{store.manifest.tokenizer_sha256[:16]}..., the job's "

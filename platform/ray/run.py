@@ -69,11 +69,11 @@ def main(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:
-        return run_direct(job, run_dir)
-    return run_on_ray(job, run_dir, args.address)
+        return run_direct(job, run_dir, args.job)
+    return run_on_ray(job, run_dir, args.address, args.job)
 
 
-def run_direct(job, run_dir: Path) -> int:
+def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     """The same train loop, in this process; for one-host jobs, tests and benchmarks."""
     import os
 
@@ -81,6 +81,11 @@ def run_direct(job, run_dir: Path) -> int:
     if topo.num_hosts != 1:
         print(f"{job.name}: --direct runs one host; this job has {topo.num_hosts}", file=sys.stderr)
         return 2
+    from palm_platform.ray.prepare_first import prepare_if_needed
+
+    code = prepare_if_needed(job, job_file or job.name, Path.cwd(), address=None, on_cluster=False)
+    if code:
+        return code
     if topo.local:
         os.environ["JAX_PLATFORMS"] = "cpu"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -103,7 +108,7 @@ def run_direct(job, run_dir: Path) -> int:
     return 0
 
 
-def run_on_ray(job, run_dir: Path, address: str | None) -> int:
+def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> int:
     from palm_platform.ray.feasibility import InfeasibleTopologyError
 
     try:
@@ -120,10 +125,17 @@ def run_on_ray(job, run_dir: Path, address: str | None) -> int:
     from palm_platform.ray.cluster import ClusterStateError
 
     try:
-        connect(address, start_local=shape if topo.local else None)
+        cluster_address = connect(address, start_local=shape if topo.local else None)
     except (ConnectionError, ClusterStateError) as error:
         print(f"{job.name}: {error}", file=sys.stderr)
         return 2
+    from palm_platform.ray.prepare_first import prepare_if_needed
+
+    # The token store first, on the cluster's CPUs, when it is missing or stale.
+    code = prepare_if_needed(job, job_file or job.name, Path.cwd(), address=cluster_address,
+                             on_cluster=True)
+    if code:
+        return code
     progress = Progress(run_dir, total_steps=job.train.steps)
     stop = threading.Event()
     watcher = threading.Thread(target=progress.follow, args=(stop,), daemon=True)

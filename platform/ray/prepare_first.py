@@ -1,0 +1,80 @@
+"""`palm run`'s data step: prepare the job's token store on the cluster when it is not current.
+
+    store_status(job.data)        cheap: an input listing and one manifest read
+      current                     -> train
+      missing | stale             -> prepare_store(address=<the cluster>) on its CPUs
+                                     (committed shards are never redone), then train
+      incomplete                  -> exit 2: a prepare job is running or stopped; resuming it
+                                     is `palm data prepare JOB.yaml` (two writers would collide)
+      the cluster has no CPU, or the prepare job fails -> exit 2 with the command to run
+
+Training hosts never tokenise: on a pod each would read the whole corpus (3 TB for
+palm540b) and tokenise it again. The workers then open the prepared store by its manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _command(job_file: str, address: str | None) -> str:
+    return f"palm data prepare {job_file}" + (f" --address {address}" if address else "")
+
+
+def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None,
+                      on_cluster: bool) -> int:
+    """0 when the store is current (prepared here if it was not); else 2, said in one line.
+
+    `on_cluster`: run the prepare job on the Ray cluster this process is attached to (`palm
+    run`); otherwise in this process (`palm run --direct`, one host).
+    """
+    from palm_platform.data.pipeline import DataConfigError
+    from palm_platform.data.prepare import prepare_store, store_status
+    from palm_platform.data.store import StoreError
+    from palm_platform.yaml_safe import one_line
+
+    try:
+        status = store_status(job.data, base_dir)
+    except (StoreError, OSError) as error:
+        print(one_line(f"{job_file}: data.store: {error}", 400), file=sys.stderr)
+        return EXIT_USAGE
+    if status.state == "current":
+        return 0
+    fix = _command(job_file, address)
+    if status.state == "incomplete":  # a prepare job running now, or stopped: never two writers
+        from palm_platform.data.store_sources import still_being_prepared
+
+        print(f"{job.name}: {still_being_prepared(status.root, job_file)}", file=sys.stderr)
+        return EXIT_USAGE
+    if on_cluster:
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < 1:
+            print(f"{job.name}: the token store {status.root} is {status.state} and the Ray "
+                  f"cluster has no CPU to prepare it on. Fix: add a CPU worker type "
+                  f"(infra/README.md) or run `{fix}` where Ray has CPUs", file=sys.stderr)
+            return EXIT_USAGE
+    where = "on the cluster's CPUs" if on_cluster else "in this process"
+    print(f"{job.name}: token store {status.state} ({status.reason}); preparing it {where}: "
+          f"{status.root}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        result = prepare_store(job.data, base_dir, address=address if on_cluster else None,
+                               in_process=not on_cluster, progress=sys.stderr.isatty())
+    except (StoreError, DataConfigError) as error:  # bad input, a torn shard, another tokenizer: said in a line
+        print(one_line(f"{job_file}: {error}", 500), file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # the cluster could not run it: say what to run instead
+        print(one_line(f"{job.name}: preparing the token store failed ({type(error).__name__}: "
+                       f"{error})", 400) + f". Fix: run `{fix}` and then this command again",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{job.name}: token store ready: {result.shards} shards ({result.written} written, "
+          f"{result.skipped} already there), {result.tokens:,} tokens in "
+          f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return 0
