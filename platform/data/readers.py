@@ -204,7 +204,7 @@ def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
 def iter_parquet_row_groups(path: str, text_field: str, stats: ReadStats,
                             row_groups: range | None = None) -> Iterator[str]:
     """Texts of a Parquet file, or of a run of its row groups (a `palm data prepare` unit);
-    rows are numbered in the whole file either way. Counts documents like iter_documents."""
+    rows are numbered in the whole file either way."""
     import pyarrow.parquet as pq
 
     with fsspec.open(path, "rb", compression="infer") as f:
@@ -270,9 +270,7 @@ def iter_jsonl_range(path: str, start: int, end: int, text_field: str, stats: Re
             yield lines[0], raw
 
     with fsspec.open(path, "rb") as f:
-        for text in jsonl_records(numbered(f), label, text_field, stats):
-            stats.documents += 1
-            yield text
+        yield from jsonl_records(numbered(f), label, text_field, stats)
     stats.lines = lines[0]
 
 
