@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("palm_platform.plan", "compile a job for its real TPU topology: memory, FLOPs, MFU"),
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
+    "data": ("palm_platform.data.data_cli", "prepare a job's token store on Ray, or look inside one"),
     "cluster": ("palm_platform.ray.cluster", "bring a local fake-TPU Ray cluster up, down, or show it"),
     "wandb": ("palm_platform.dashboard.cli", "create the project's W&B workspace (dashboards)"),
     "gcs-emulator": ("palm_platform.storage.emulator", "a local GCS server for gs:// paths (tests, demo)"),

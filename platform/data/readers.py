@@ -46,6 +46,7 @@ class ReadStats:
     bad: collections.Counter = field(default_factory=collections.Counter)
     first_bad: list[str] = field(default_factory=list)  # "file:line kind", the first few
     position: int = 0  # line, row or record of the document last yielded (0: whole file)
+    lines: int = 0  # lines started in a byte range of a big JSONL file (iter_jsonl_range)
     _logged: collections.Counter = field(default_factory=collections.Counter, repr=False)
 
     def record_bad(self, kind: str, path: str, line: int, detail: str) -> None:
@@ -129,38 +130,49 @@ def iter_documents(
 
 
 def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
-    empty = True
+    seen = [0]  # lines read, to tell an empty file from one of blank or bad lines
+
+    def numbered(f) -> Iterator[tuple[int, bytes]]:
+        for seen[0], raw in enumerate(f, start=1):
+            yield seen[0], raw
+
     with fsspec.open(path, "rb", compression="infer") as f:
-        for line_number, raw in enumerate(f, start=1):
-            empty = False
-            if not raw.strip():
-                continue  # blank lines (often a trailing one) are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                stats.record_bad("bad_utf8", path, line_number, str(e))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.record_bad("bad_json", path, line_number, str(e))
-                continue
-            except RecursionError:  # `[[[[...` deeper than Python's stack: a bad record too
-                stats.record_bad("bad_json", path, line_number, "nested too deeply")
-                continue
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                stats.record_bad(
-                    "missing_field", path, line_number, f"no string field {text_field!r}"
-                )
-                continue
-            if not text:
-                stats.record_bad("empty_document", path, line_number, f"{text_field!r} is empty")
-                continue
-            stats.position = line_number
-            yield text
-    if empty:
+        yield from jsonl_records(numbered(f), path, text_field, stats)
+    if not seen[0]:
         stats.record_bad("empty_file", path, 0, "the file is empty")
+
+
+def jsonl_records(lines: Iterable[tuple[int, bytes]], path: str, text_field: str,
+                  stats: ReadStats) -> Iterator[str]:
+    """Texts of numbered JSONL lines, bad ones counted: shared by whole files and by the
+    byte ranges of big files that `palm data prepare` cuts (iter_jsonl_range)."""
+    for line_number, raw in lines:
+        if not raw.strip():
+            continue  # blank lines (often a trailing one) are not records
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            stats.record_bad("bad_utf8", path, line_number, str(e))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            stats.record_bad("bad_json", path, line_number, str(e))
+            continue
+        except RecursionError:  # `[[[[...` deeper than Python's stack: a bad record too
+            stats.record_bad("bad_json", path, line_number, "nested too deeply")
+            continue
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            stats.record_bad(
+                "missing_field", path, line_number, f"no string field {text_field!r}"
+            )
+            continue
+        if not text:
+            stats.record_bad("empty_document", path, line_number, f"{text_field!r} is empty")
+            continue
+        stats.position = line_number
+        yield text
 
 
 def _text(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
@@ -186,6 +198,13 @@ def _text(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
 
 
 def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+    yield from iter_parquet_row_groups(path, text_field, stats)
+
+
+def iter_parquet_row_groups(path: str, text_field: str, stats: ReadStats,
+                            row_groups: range | None = None) -> Iterator[str]:
+    """Texts of a Parquet file, or of a run of its row groups (a `palm data prepare` unit);
+    rows are numbered in the whole file either way."""
     import pyarrow.parquet as pq
 
     with fsspec.open(path, "rb", compression="infer") as f:
@@ -202,8 +221,10 @@ def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
                 f"set text_field in the source config",
             )
             return
-        row = 0
-        for batch in parquet_file.iter_batches(columns=[text_field], batch_size=4096):
+        groups = range(parquet_file.num_row_groups) if row_groups is None else row_groups
+        row = sum(parquet_file.metadata.row_group(g).num_rows for g in range(groups.start))
+        for batch in parquet_file.iter_batches(columns=[text_field], batch_size=4096,
+                                               row_groups=list(groups)):
             for text in batch.column(0).to_pylist():
                 row += 1
                 if isinstance(text, bytes):
@@ -220,6 +241,37 @@ def _parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
                     continue
                 stats.position = row
                 yield text
+
+
+def iter_jsonl_range(path: str, start: int, end: int, text_field: str, stats: ReadStats,
+                     label: str) -> Iterator[str]:
+    """Texts of the JSONL lines that start in bytes [start, end) of an uncompressed file.
+
+    A line belongs to the range it starts in, so a range skips a partial first line (its
+    start belongs to the range before) and reads its last line past `end`; no one reads the
+    file to find line boundaries in advance. Lines are numbered from 1 within the range
+    (absolute numbers need the earlier ranges' line counts: `stats.lines` counts the lines
+    started here, for the caller to keep), and bad records are logged under `label`, which
+    names the range."""
+    lines = [0]
+
+    def numbered(f) -> Iterator[tuple[int, bytes]]:
+        position = start
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":  # inside a line that began in the previous range
+                position += len(f.readline())
+        while position < end:
+            raw = f.readline()
+            if not raw:
+                break
+            position += len(raw)
+            lines[0] += 1
+            yield lines[0], raw
+
+    with fsspec.open(path, "rb") as f:
+        yield from jsonl_records(numbered(f), label, text_field, stats)
+    stats.lines = lines[0]
 
 
 def _arrayrecord(path: str, text_field: str, stats: ReadStats) -> Iterator[np.ndarray]:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,42 +156,16 @@ def _build(
     start = time.perf_counter()
     stats = readers.ReadStats()
     num_tokens = 0
-    eos = np.array([tokenizer.eos_id], TOKEN_DTYPE)
+    eos = np.array([tokenizer.eos_id], TOKEN_DTYPE).tobytes()
     # Tokens first, then the meta file that marks the cache valid: each replaced atomically.
     with atomic_open(tokens_path, "wb") as out:
-
-        def write(arrays: list[np.ndarray]) -> None:
-            nonlocal num_tokens
-            for array in arrays:
-                out.write(array.tobytes())
-                out.write(eos.tobytes())
-                num_tokens += len(array) + 1
-
         for path in files:
-            pending: list[str] = []
-            pending_chars = 0
             documents = readers.iter_documents(path, source.format, source.text_field, stats)
-            for index, document in enumerate(documents, start=1):
-                if isinstance(document, np.ndarray):  # pre-tokenised
-                    if document.size and (
-                        document.min() < 0 or document.max() >= tokenizer.vocab_size
-                    ):
-                        stats.record_bad(
-                            "bad_tokens",
-                            path,
-                            index,
-                            f"ids outside [0, {tokenizer.vocab_size}) of {tokenizer.path}",
-                        )
-                        continue
-                    write([document.astype(TOKEN_DTYPE)])
-                    continue
-                for piece in limit.apply(document, path, stats.position, stats):
-                    pending.append(piece)
-                    pending_chars += len(piece)
-                if pending_chars >= _ENCODE_CHUNK_CHARS:
-                    write(_encode(tokenizer, pending, num_threads))
-                    pending, pending_chars = [], 0
-            write(_encode(tokenizer, pending, num_threads))
+            for array in tokenize_documents(documents, path, tokenizer, stats, limit,
+                                            num_threads):
+                out.write(array.tobytes())
+                out.write(eos)
+                num_tokens += len(array) + 1
     meta = {"num_tokens": num_tokens, "stats": stats.as_dict(), "files": len(files)}
     write_atomic(meta_path, json.dumps(meta))
     log.info(
@@ -204,6 +179,44 @@ def _build(
         {k: v for k, v in stats.bad.items() if v},
     )
     return meta
+
+
+def tokenize_documents(
+    documents: Iterable[str | np.ndarray],
+    path: str,
+    tokenizer: Tokenizer,
+    stats: readers.ReadStats,
+    limit: LengthLimit = LengthLimit(),
+    num_threads: int = 1,
+) -> Iterator[np.ndarray]:
+    """Token ids of each kept document of one file, in order, without the EOS token.
+
+    The one document loop of both the local cache (above) and `palm data prepare`'s shards
+    (prepare_shard.py): the same length limit, the same pre-tokenised id check, so a source's
+    tokens are bitwise the same whichever builds them. `path` names the file (or a unit of
+    it) in bad-record locations.
+    """
+    pending: list[str] = []
+    pending_chars = 0
+    for index, document in enumerate(documents, start=1):
+        if isinstance(document, np.ndarray):  # pre-tokenised
+            if document.size and (document.min() < 0 or document.max() >= tokenizer.vocab_size):
+                stats.record_bad(
+                    "bad_tokens",
+                    path,
+                    index,
+                    f"ids outside [0, {tokenizer.vocab_size}) of {tokenizer.path}",
+                )
+                continue
+            yield document.astype(TOKEN_DTYPE)
+            continue
+        for piece in limit.apply(document, path, stats.position, stats):
+            pending.append(piece)
+            pending_chars += len(piece)
+        if pending_chars >= _ENCODE_CHUNK_CHARS:
+            yield from _encode(tokenizer, pending, num_threads)
+            pending, pending_chars = [], 0
+    yield from _encode(tokenizer, pending, num_threads)
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str], num_threads: int) -> list[np.ndarray]:

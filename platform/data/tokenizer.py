@@ -106,17 +106,23 @@ class Tokenizer:
         return self._sp.id_to_piece(int(token_id))
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """Load a .model file (local path or fsspec URL), or the bundled `builtin:default`."""
+def read_model(spec: str) -> tuple[bytes, str]:
+    """The model's bytes and its path: what a worker on another machine is sent (prepare.py
+    ships bytes through Ray rather than a path that machine may not have)."""
     if spec == BUILTIN_TOKENIZER:
         spec = str(corpus.TOKENIZER_PATH)
     elif spec.startswith("builtin:"):
         raise FileNotFoundError(f"unknown builtin tokenizer {spec!r}; use {BUILTIN_TOKENIZER!r}")
     try:
         with fsspec.open(spec, "rb") as f:
-            proto = f.read()
+            return f.read(), spec
     except FileNotFoundError as e:
         raise FileNotFoundError(f"tokenizer model {spec} does not exist") from e
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """Load a .model file (local path or fsspec URL), or the bundled `builtin:default`."""
+    proto, spec = read_model(spec)
     try:
         return Tokenizer(proto, spec)
     except RuntimeError as e:
