@@ -32,15 +32,13 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     `on_cluster`: run the prepare job on the Ray cluster this process is attached to (`palm
     run`); otherwise in this process (`palm run --direct`, one host).
     """
-    from palm_platform.data.pipeline import DataConfigError
     from palm_platform.data.prepare import prepare_store, store_status
-    from palm_platform.data.store import StoreError
     from palm_platform.yaml_safe import one_line
 
     try:
         status = store_status(job.data, base_dir)
-    except (StoreError, OSError) as error:
-        print(one_line(f"{job_file}: data.store: {error}", 400), file=sys.stderr)
+    except (ValueError, OSError) as error:  # a missing input file, an unreadable store
+        print(one_line(f"{job_file}: {error}", 400), file=sys.stderr)
         return EXIT_USAGE
     if status.state == "current":
         return 0
@@ -66,7 +64,7 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     try:
         result = prepare_store(job.data, base_dir, address=address if on_cluster else None,
                                in_process=not on_cluster, progress=sys.stderr.isatty())
-    except (StoreError, DataConfigError) as error:  # bad input, a torn shard, another tokenizer: said in a line
+    except ValueError as error:  # bad input, a torn shard, another tokenizer: said in a line
         print(one_line(f"{job_file}: {error}", 500), file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:  # the cluster could not run it: say what to run instead
