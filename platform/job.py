@@ -254,6 +254,7 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         "sources": [s.model_copy(update={"paths": [resolve_path(p, base_dir) for p in s.paths]})
                     for s in job.data.sources],
         "cache_dir": None if job.data.cache_dir is None else resolve_path(job.data.cache_dir, base_dir),
+        "store": None if job.data.store is None else resolve_path(job.data.store, base_dir),
     })
     checkpoint = job.checkpoint.model_copy(
         update={"directory": resolve_path(job.checkpoint.directory, base_dir)}

@@ -2,6 +2,7 @@
 
     palm data prepare jobs/local-cpu.yaml [--address A] [--workers N] [--json]
     palm data info STORE [--json]
+    palm data sample JOB.yaml --step S [--process P] [--rows K]     (sample.py)
 
 `prepare` tokenises the job's sources into `data.store` (prepare.py): committed shards are
 skipped, so running it again resumes. `info` reads a store's manifest and every sidecar,
@@ -32,10 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="shards, counts, tokenizer and digest of a token store")
     info.add_argument("store", help="the store's folder or gs:// prefix")
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    from palm_platform.data import sample
+
+    sample.add_arguments(sub.add_parser("sample", help="decoded rows of a step's batch, as a "
+                                        "process of the job reads them from the store"))
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"prepare": _prepare, "info": _info}[args.action](args)
+    from palm_platform.data import sample
+
+    return {"prepare": _prepare, "info": _info, "sample": sample.main}[args.action](args)
 
 
 def _first_line(error: BaseException) -> str:
