@@ -8,6 +8,11 @@ another writer got there first. gcp-storage-emulator 2026.7 sends no generation 
 ignores preconditions, and saves then fail at random with "Malformed StorageGeneration".
 Both are added here by wrapping its two handlers (before its router table is built);
 everything else is the emulator unchanged. Real GCS does both.
+
+A third: TensorStore lists a prefix with `startOffset`/`endOffset` (not `prefix`), which the
+emulator ignores, so a listing returned the whole bucket: TensorStore then aborted the
+process (a key shorter than the prefix), and its prefix delete (`delete_existing`) deleted
+every object of the bucket. The listing handler honours both offsets here.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from http import HTTPStatus
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
-_download, _insert = objects.download, objects.insert
+_download, _insert, _ls = objects.download, objects.insert, objects.ls
 
 
 def _generation(storage, bucket: str, name: str | None) -> str:
@@ -51,7 +56,27 @@ def insert_with_preconditions(request, response, storage, *args, **kwargs):
     return _insert(request, response, storage, *args, **kwargs)
 
 
+def ls_with_offsets(request, response, storage, *args, **kwargs):
+    start = (request.query.get("startOffset") or [None])[0]
+    end = (request.query.get("endOffset") or [None])[0]
+    if not (start or end):
+        return _ls(request, response, storage, *args, **kwargs)
+    listing = storage.get_file_list
+
+    def in_range(*list_args, **list_kwargs):
+        files, prefixes = listing(*list_args, **list_kwargs)
+        return [f for f in files if (not start or f["name"] >= start)
+                and (not end or f["name"] < end)], prefixes
+
+    storage.get_file_list = in_range  # the server is single-threaded: one request at a time
+    try:
+        return _ls(request, response, storage, *args, **kwargs)
+    finally:
+        del storage.get_file_list
+
+
 objects.download = download_with_generation
+objects.ls = ls_with_offsets
 objects.insert = insert_with_preconditions
 
 if __name__ == "__main__":
