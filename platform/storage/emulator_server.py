@@ -12,11 +12,15 @@ everything else is the emulator unchanged. Real GCS does both.
 A third: TensorStore lists a prefix with `startOffset`/`endOffset` (not `prefix`), which the
 emulator ignores, so a listing returned the whole bucket: TensorStore then aborted the
 process (a key shorter than the prefix), and its prefix delete (`delete_existing`) deleted
-every object of the bucket. The listing handler honours both offsets here.
+every object of the bucket. The listing handler honours both offsets here. A fourth: suffix
+byte ranges (`Range: bytes=-N`, how TensorStore finds a zarr3 shard's index at the end of
+its object, so every partial read of a token store) are ignored by the emulator; they are
+turned into the absolute range it serves.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from http import HTTPStatus
 
@@ -34,7 +38,23 @@ def _generation(storage, bucket: str, name: str | None) -> str:
         return "0"
 
 
+def _suffix_range_to_absolute(request, storage) -> None:
+    """`Range: bytes=-N` (the last N bytes; TensorStore reads a zarr3 shard's index so) as
+    the absolute range the emulator understands; it ignores suffix ranges."""
+    headers = request._request_handler.headers
+    suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", headers.get("range", "") or "")
+    if suffix is None:
+        return
+    try:
+        size = len(storage.get_file(request.params["bucket_name"], request.params["object_id"]))
+    except NotFound:
+        return  # the emulator answers 404 itself
+    del headers["range"]
+    headers["range"] = f"bytes={max(0, size - int(suffix[1]))}-"
+
+
 def download_with_generation(request, response, storage, *args, **kwargs):
+    _suffix_range_to_absolute(request, storage)
     _download(request, response, storage, *args, **kwargs)
     if response.status == HTTPStatus.OK or response.status == HTTPStatus.PARTIAL_CONTENT:
         generation = _generation(storage, request.params["bucket_name"],
