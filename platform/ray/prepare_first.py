@@ -58,8 +58,8 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
                   f"(infra/README.md) or run `{fix}` where Ray has CPUs", file=sys.stderr)
             return EXIT_USAGE
     where = "on the cluster's CPUs" if on_cluster else "in this process"
-    print(f"{job.name}: token store {status.state} ({status.reason}); preparing it {where}: "
-          f"{status.root}", file=sys.stderr, flush=True)
+    print(f"{job.name}: token store {status.state} ({status.reason}); preparing it {where}",
+          file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
         result = prepare_store(job.data, base_dir, address=address if on_cluster else None,
