@@ -31,6 +31,7 @@ to load a 1,113-shard ledger); the sidecars are what a resumed prepare job and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -172,12 +173,28 @@ def read_sidecar(root: str, source: str, shard: str) -> dict | None:
     return sidecar
 
 
+_READ_CACHE_BYTES = 64 << 20  # per process: shard indexes and recent inner chunks
+
+
+@functools.cache
+def _read_context():
+    """One TensorStore context for every array a process reads: its cache keeps each
+    shard's index (16 bytes per inner chunk, read from the end of the shard's object) once
+    read, so a window costs one ranged read instead of two (index, then chunk); a store is
+    immutable once complete, so cached data never needs rechecking."""
+    import tensorstore as ts
+
+    return ts.Context({"cache_pool": {"total_bytes_limit": _READ_CACHE_BYTES}})
+
+
 def open_array(path: str):
     """A shard's zarr3 array, opened for reading (metadata read once)."""
     import tensorstore as ts
 
     try:
-        return ts.open({"driver": "zarr3", "kvstore": kvstore_spec(path)}, read=True).result()
+        return ts.open({"driver": "zarr3", "kvstore": kvstore_spec(path),
+                        "recheck_cached_data": False}, read=True,
+                       context=_read_context()).result()
     except ValueError as e:  # TensorStore's NOT_FOUND / corrupt metadata
         raise StoreError(f"{path}: missing or torn shard array ({str(e).splitlines()[0]}). "
                          "Fix: delete the shard's sidecar and run `palm data prepare` again"
