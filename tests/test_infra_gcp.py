@@ -180,3 +180,21 @@ def test_wandb_key_comes_from_secret_manager_not_the_file(path: Path):
 def test_dashboard_listens_on_the_head_only(path: Path):
     head_start = " ".join(_load(path)["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start  # reached through `ray dashboard`
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_cpu_workers_for_the_data_prepare_job_scale_from_zero(path: Path, gcp_provider_config_module):
+    gcp = gcp_provider_config_module
+    config = prepare_config(copy.deepcopy(_load(path)))
+    node_type = config["available_node_types"]["cpu_prepare"]
+    assert gcp.get_node_type(node_type["node_config"]) == gcp.GCPNodeType.COMPUTE
+    # On demand: none while nothing is prepared, added when the prepare job waits for CPUs.
+    assert node_type["min_workers"] == 0 < node_type["max_workers"]
+    topo = load_job(ROOT / "jobs" / path.name).topology
+    assert config["max_workers"] >= topo.pods + node_type["max_workers"]
+    assert node_type["resources"]["CPU"] >= 1 and "TPU" not in node_type["resources"]
+    # The bucket identity (input Parquet, the store), and the project without libtpu.
+    (account,) = node_type["node_config"]["serviceAccounts"]
+    assert account["email"].startswith("palm-tpu@")
+    setup = " ".join(node_type["worker_setup_commands"])
+    assert "-c ~/palm-platform/constraints.txt" in setup and "[tpu]" not in setup

@@ -47,6 +47,11 @@ def _containers(spec: dict) -> list[dict]:
     return [c for g in groups for c in g["template"]["spec"]["containers"]]
 
 
+def _tpu_groups(spec: dict) -> list[dict]:
+    return [g for g in spec["workerGroupSpecs"]
+            if "cloud.google.com/gke-tpu-accelerator" in g["template"]["spec"].get("nodeSelector", {})]
+
+
 def _strings(node) -> list[str]:
     """Every string value anywhere in a manifest."""
     if isinstance(node, dict):
@@ -111,7 +116,7 @@ def test_kuberay_crd_schema_rejects_a_broken_manifest(name: str):
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_tpu_worker_group_matches_the_job_topology(path: Path):
     topo = load_job(ROOT / "jobs" / f"{_job_name(path)}.yaml").topology
-    groups = _cluster_spec(_load(path))["workerGroupSpecs"]
+    groups = _tpu_groups(_cluster_spec(_load(path)))
     assert len(groups) == 1, "one TPU worker group: every pod of the job is one replica of it"
     group = groups[0]
     # A replica is one slice of numOfHosts pods; slices are all-or-nothing, so pinned.
@@ -170,3 +175,20 @@ def test_image_and_manifests_run_the_pinned_ray():
     assert "-c constraints.txt '.[tpu]'" in dockerfile
     for path in MANIFESTS:
         assert _cluster_spec(_load(path))["rayVersion"] == pin, path.name
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_cpu_worker_group_for_the_data_prepare_job_holds_no_tpu(path: Path):
+    spec = _cluster_spec(_load(path))
+    (group,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "cpu-prepare"]
+    # Off until a store is prepared ahead of a run; the patch path in its comment is its index.
+    assert group["replicas"] == group["minReplicas"] == 0 < group["maxReplicas"]
+    assert spec["workerGroupSpecs"].index(group) == 1
+    assert "/spec/workerGroupSpecs/1/replicas" in path.read_text()
+    pod = group["template"]["spec"]
+    assert pod["serviceAccountName"] == "palm-tpu"  # the bucket: inputs in, shards out
+    assert "cloud.google.com/gke-tpu-accelerator" not in pod["nodeSelector"]
+    (container,) = pod["containers"]
+    for kind in ("requests", "limits"):
+        assert "google.com/tpu" not in container["resources"][kind]
+        assert int(container["resources"][kind]["cpu"]) >= 1
