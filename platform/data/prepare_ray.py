@@ -68,6 +68,11 @@ def _worker_env() -> dict[str, str]:
 def connect(address: str | None, workers: int | None) -> bool:
     """Attach to a cluster: `address`, RAY_ADDRESS, `palm cluster`'s, else start a local Ray
     instance (as `ray.init()` does) sized for `workers`. True when this call started Ray."""
+    from palm_platform.ray import auth
+
+    # A token at hand: the cluster demands it (ray/auth.py). Before Ray is imported: Ray
+    # reads the mode into its config once, and an explicit address never turns it on.
+    auth.enable_from_environment()
     import ray
 
     if ray.is_initialized():
@@ -87,9 +92,9 @@ def connect(address: str | None, workers: int | None) -> bool:
 def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
                address: str | None = None, workers: int | None = None) -> Iterator[dict]:
     """Yield each unit's sidecar as it is committed (in completion order)."""
+    started_here = connect(address, workers)
     import ray
 
-    started_here = connect(address, workers)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         count = min(len(units), workers or cpus)
