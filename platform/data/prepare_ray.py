@@ -95,12 +95,15 @@ def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
     started_here = connect(address, workers)
     import ray
 
+    actors: list = []
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        count = min(len(units), workers or cpus)
+        # More actors than the cluster's CPUs would never start, and the units handed to
+        # them would wait forever: the count is capped.
+        count = min(len(units), workers or cpus, cpus)
         if count < 1:
-            raise PrepareWorkerError("the Ray cluster has no CPUs for the prepare job's workers. "
-                                     "Fix: add CPU nodes, or pass --workers N")
+            raise PrepareWorkerError("the Ray cluster has no CPUs for the prepare job's workers "
+                                     "(each takes 1). Fix: add CPU nodes to the cluster")
         actor = ray.remote(num_cpus=1, max_restarts=RESTARTS,
                            max_task_retries=RESTARTS)(ShardWorker)
         model_ref = ray.put(model)
@@ -122,14 +125,13 @@ def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
                 sidecar = ray.get(done)
             except ray.exceptions.RayError as e:  # the worker died more than RESTARTS times
                 raise PrepareWorkerError(f"{unit.files[0]}: a prepare worker failed on it "
-                                         f"{RESTARTS + 1} times ({str(e).splitlines()[0]})"
-                                         ) from None
+                                         f"{RESTARTS + 1} times ({_first_line(e)})") from None
             if "error" in sidecar:
                 raise PrepareWorkerError(sidecar["error"])
             yield sidecar
             submit(worker)
-        for worker in actors:
-            ray.kill(worker)
     finally:
+        for worker in actors:  # their CPUs go back to the cluster now, not when we exit
+            ray.kill(worker)
         if started_here:
             ray.shutdown()
