@@ -115,7 +115,7 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
     for i in range(3):
         (data / f"{i}.txt").write_text(_documents(1, i)[0] * 30)
     fifo = data / "9-last.txt"
-    os.mkfifo(fifo)  # its unit's read blocks until the test writes it: mid-shard
+    os.mkfifo(fifo)  # its unit's read blocks in open() (no writer ever comes): mid-shard
     sources = [SourceConfig(name="t", paths=["data"], weight=1)]
     driver = _palm_prepare(local_cluster, _job(tmp_path, _config(
         tmp_path, sources, "store", unit_mb=0.0001), "job"), workers=1)
@@ -126,13 +126,12 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
         time.sleep(0.3)
     assert len(list((tmp_path / "store" / "t").glob("*.json"))) == 3  # committed before it
     os.kill(pid, signal.SIGKILL)
-    with open(fifo, "w") as writer:  # opens once the restarted worker reads it again
-        writer.write("the last document, read by the retried task")
+    # The restarted worker's retry (seconds later: a new process) finds a plain file there.
+    (data / "last.tmp").write_text("the last document, read by the retried task")
+    os.replace(data / "last.tmp", fifo)
     result, _ = _result(driver)
     assert (result["shards"], result["written"], result["skipped"]) == (4, 4, 0)
     assert _shard_worker_pid(local_cluster) is None  # the job's workers are gone
-    fifo.unlink()
-    fifo.write_text("the last document, read by the retried task")
     reference = prepare.prepare_store(_config(tmp_path, sources, "reference", unit_mb=0.0001),
                                       tmp_path, in_process=True, progress=False)
     assert reference.digest == result["digest"]
