@@ -7,7 +7,8 @@ The corpus is the embedded one's documents repeated into JSONL files of about --
 a temporary folder (files of two units each: byte ranges of --unit-mb). Each run writes a
 fresh store. "in process" is `prepare_store(in_process=True)`: the per-core rate that a
 paper estimate multiplies (no Ray). The Ray runs share one local Ray instance started
-first (ray.init(num_cpus=2)), so its start-up is not counted; each run's time includes
+first (ray.init(num_cpus=2)), so its start-up is not counted, and rounds alternate the
+three kinds; each run's time includes
 planning, starting its actors (one tokenizer each) and writing the manifest. The machine
 is shared: the load average is printed before and after, and the ratio of one run's
 figures is what to compare.
@@ -75,11 +76,10 @@ def main() -> None:
             if name not in best or run[0] < best[name][0]:
                 best[name] = run
 
-        for _ in range(args.rounds):
-            keep("in process", _run(config(), base, in_process=True))
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
+        try:  # rounds interleave the three kinds, so a change in the load hits all of them
             for _ in range(args.rounds):
+                keep("in process", _run(config(), base, in_process=True))
                 for workers in (1, 2):
                     keep(f"ray, {workers} worker{'s' * (workers > 1)}",
                          _run(config(), base, workers=workers))
