@@ -68,6 +68,11 @@ def _worker_env() -> dict[str, str]:
 def connect(address: str | None, workers: int | None) -> bool:
     """Attach to a cluster: `address`, RAY_ADDRESS, `palm cluster`'s, else start a local Ray
     instance (as `ray.init()` does) sized for `workers`. True when this call started Ray."""
+    from palm_platform.ray import auth
+
+    # A token at hand: the cluster demands it (ray/auth.py). Before Ray is imported: Ray
+    # reads the mode into its config once, and an explicit address never turns it on.
+    auth.enable_from_environment()
     import ray
 
     if ray.is_initialized():
@@ -87,15 +92,18 @@ def connect(address: str | None, workers: int | None) -> bool:
 def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
                address: str | None = None, workers: int | None = None) -> Iterator[dict]:
     """Yield each unit's sidecar as it is committed (in completion order)."""
+    started_here = connect(address, workers)
     import ray
 
-    started_here = connect(address, workers)
+    actors: list = []
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        count = min(len(units), workers or cpus)
+        # More actors than the cluster's CPUs would never start, and the units handed to
+        # them would wait forever: the count is capped.
+        count = min(len(units), workers or cpus, cpus)
         if count < 1:
-            raise PrepareWorkerError("the Ray cluster has no CPUs for the prepare job's workers. "
-                                     "Fix: add CPU nodes, or pass --workers N")
+            raise PrepareWorkerError("the Ray cluster has no CPUs for the prepare job's workers "
+                                     "(each takes 1). Fix: add CPU nodes to the cluster")
         actor = ray.remote(num_cpus=1, max_restarts=RESTARTS,
                            max_task_retries=RESTARTS)(ShardWorker)
         model_ref = ray.put(model)
@@ -117,14 +125,13 @@ def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
                 sidecar = ray.get(done)
             except ray.exceptions.RayError as e:  # the worker died more than RESTARTS times
                 raise PrepareWorkerError(f"{unit.files[0]}: a prepare worker failed on it "
-                                         f"{RESTARTS + 1} times ({str(e).splitlines()[0]})"
-                                         ) from None
+                                         f"{RESTARTS + 1} times ({_first_line(e)})") from None
             if "error" in sidecar:
                 raise PrepareWorkerError(sidecar["error"])
             yield sidecar
             submit(worker)
-        for worker in actors:
-            ray.kill(worker)
     finally:
+        for worker in actors:  # their CPUs go back to the cluster now, not when we exit
+            ray.kill(worker)
         if started_here:
             ray.shutdown()

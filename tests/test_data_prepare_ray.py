@@ -1,0 +1,139 @@
+"""`palm data prepare` on a real Ray cluster (the module's `palm cluster up`: 2 fake hosts of
+1 CPU each): the store is the same for 1 and 2 workers as in one process, and a worker
+killed mid-shard is retried with an identical result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from test_data_prepare import REPO, _documents, _jsonl_lines, _write_parquet
+
+from palm_platform.data import prepare, store
+from palm_platform.data.config import DataConfig, SourceConfig
+from palm_platform.ray.local_cluster import BIN, driver_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _corpus(tmp_path: Path) -> list[SourceConfig]:
+    """Small files grouped, a big JSONL cut into ranges, Parquet row groups: many units."""
+    (tmp_path / "small").mkdir()
+    for i in range(10):
+        (tmp_path / "small" / f"{i}.jsonl").write_bytes(_jsonl_lines(_documents(8, i)))
+    (tmp_path / "big.jsonl").write_bytes(_jsonl_lines(_documents(200, 50), bad_every=17))
+    _write_parquet(tmp_path / "rows.parquet", _documents(200, 60), row_group_size=25)
+    return [SourceConfig(name="small", paths=["small"], weight=1),
+            SourceConfig(name="big", paths=["big.jsonl"], weight=1),
+            SourceConfig(name="rows", paths=["rows.parquet"], weight=1)]
+
+
+def _config(tmp_path: Path, sources: list[SourceConfig], store_dir: str,
+            unit_mb: float = 0.004) -> DataConfig:
+    return DataConfig(sources=sources, store=str(tmp_path / store_dir),
+                      cache_dir=str(tmp_path / "cache"), prepare={"unit_mb": unit_mb})
+
+
+def _job(tmp_path: Path, config: DataConfig, name: str) -> Path:
+    job = yaml.safe_load((REPO / "jobs" / "local-cpu.yaml").read_text())
+    job["data"] = json.loads(config.model_dump_json(exclude_defaults=True))
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(job))
+    return tmp_path / f"{name}.yaml"
+
+
+def _palm_prepare(cluster, job: Path, workers: int) -> subprocess.Popen:
+    """`palm data prepare JOB --workers N --json` aimed at the module's cluster."""
+    return subprocess.Popen([BIN / "palm", "data", "prepare", str(job), "--workers",
+                             str(workers), "--json"], env=driver_env(cluster),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(driver: subprocess.Popen) -> tuple[dict, str]:
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _tokens(root: str, names: list[str]) -> list[np.ndarray]:
+    token_store = store.TokenStore.open(root)
+    return [token_store.source(name)[:] for name in names]
+
+
+def test_one_and_two_workers_make_the_in_process_store(local_cluster, tmp_path):
+    sources = _corpus(tmp_path)
+    names = [s.name for s in sources]
+    here = prepare.prepare_store(_config(tmp_path, sources, "here"), tmp_path, in_process=True,
+                                 progress=False)
+    assert here.shards > 8
+    runs = {}
+    for workers in (1, 2):
+        job = _job(tmp_path, _config(tmp_path, sources, f"w{workers}"), f"w{workers}")
+        runs[workers], err = _result(_palm_prepare(local_cluster, job, workers))
+        assert (runs[workers]["written"], runs[workers]["shards"]) == (here.shards, here.shards)
+        assert runs[workers]["digest"] == here.digest
+        assert "bad records" in err and "big.jsonl:" in err
+    for a, b, c in zip(_tokens(here.root, names), _tokens(str(tmp_path / "w1"), names),
+                       _tokens(str(tmp_path / "w2"), names), strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def _blocked_on_fifo(pid: int) -> bool:
+    """Some thread of `pid` waits in open() for a FIFO's writer (the kernel's wait)."""
+    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
+        try:
+            if "partner" in wchan.read_text() or "fifo" in wchan.read_text():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _shard_worker_pid(cluster) -> int | None:
+    import psutil
+
+    ours = {n.pid for n in cluster.nodes}
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "ShardWorker" in " ".join(process.info["cmdline"] or []) and \
+                    ours & {p.pid for p in process.parents()}:
+                return process.pid
+        except psutil.Error:
+            pass
+    return None
+
+
+def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text(_documents(1, i)[0] * 30)
+    fifo = data / "9-last.txt"
+    os.mkfifo(fifo)  # its unit's read blocks in open() (no writer ever comes): mid-shard
+    sources = [SourceConfig(name="t", paths=["data"], weight=1)]
+    driver = _palm_prepare(local_cluster, _job(tmp_path, _config(
+        tmp_path, sources, "store", unit_mb=0.0001), "job"), workers=1)
+    deadline, pid = time.monotonic() + 180, None
+    while pid is None or not _blocked_on_fifo(pid):
+        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
+        pid = _shard_worker_pid(local_cluster)
+        time.sleep(0.3)
+    assert len(list((tmp_path / "store" / "t").glob("*.json"))) == 3  # committed before it
+    os.kill(pid, signal.SIGKILL)
+    # The restarted worker's retry (seconds later: a new process) finds a plain file there.
+    (data / "last.tmp").write_text("the last document, read by the retried task")
+    os.replace(data / "last.tmp", fifo)
+    result, _ = _result(driver)
+    assert (result["shards"], result["written"], result["skipped"]) == (4, 4, 0)
+    assert _shard_worker_pid(local_cluster) is None  # the job's workers are gone
+    reference = prepare.prepare_store(_config(tmp_path, sources, "reference", unit_mb=0.0001),
+                                      tmp_path, in_process=True, progress=False)
+    assert reference.digest == result["digest"]
+    assert np.array_equal(_tokens(reference.root, ["t"])[0],
+                          _tokens(str(tmp_path / "store"), ["t"])[0])
