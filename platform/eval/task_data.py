@@ -1,7 +1,8 @@
 """The offline harness tasks' data, made here with fixed seeds (the machines running the
 tests cannot download datasets). `python -m palm_platform.eval.task_data` rewrites the
 JSONL files in platform/eval/tasks/ (the corpus tasks depend on this Python's standard
-library text, so regenerate only on purpose).
+library text, so regenerate only on purpose). The corpus tasks' passages come from the
+embedded corpus's token store, decoded: the documents training reads.
 
     palm_arithmetic  "47 + 385 =" -> "432": two- and three-digit sums and differences
     palm_cloze       a passage of the embedded corpus and four continuations, one real
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -51,10 +53,26 @@ def corpus_ppl(rng: random.Random, documents: list[str], count: int) -> list[dic
     return [{"text": doc[start : start + 400]} for doc, start in _passages(rng, documents, count, 400)]
 
 
-def write_all(directory: Path = TASKS_DIR) -> None:
-    from palm_platform.data.corpus import iter_builtin_documents
+def store_documents(data_config=None, base_dir: Path | None = None) -> Iterator[str]:
+    """Every document of a job's token store, decoded, sources and documents in input order
+    (default: the embedded corpus's store, prepared first if missing). The same text as the
+    input files: the tokenizer is lossless. Read by document bounds, never by a scan."""
+    from palm_platform.data.config import DataConfig
+    from palm_platform.data.pipeline import check_data
+    from palm_platform.data.store_sources import open_sources
 
-    documents = list(iter_builtin_documents("builtin:default-corpus"))
+    config = data_config or DataConfig()
+    base_dir = Path.cwd() if base_dir is None else base_dir
+    tokenizer, resolved = check_data(config, base_dir)
+    for source in open_sources(config, base_dir, tokenizer, resolved):
+        tokens, start = source.tokens, 0
+        for end in tokens.document_ends(range(tokens.num_documents)):
+            yield tokenizer.decode(tokens[start:int(end)])  # the EOS left out
+            start = int(end) + 1
+
+
+def write_all(directory: Path = TASKS_DIR) -> None:
+    documents = list(store_documents())  # the corpus tasks read the store training reads
     made = {
         "palm_arithmetic": {"train": arithmetic(random.Random(1), 50),
                             "test": arithmetic(random.Random(2), 200)},
