@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 
 from palm_platform.data.config import DataConfig, SourceConfig
 from palm_platform.data.store import StoreError, TokenStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,15 @@ def still_being_prepared(root: str, job_file: str = "JOB.yaml") -> StoreError:
                       f"prepare` finish, or run `palm data prepare {job_file}` to resume it")
 
 
+def _prepare_here(data_config: DataConfig, base_dir: Path, reason: str) -> None:
+    from palm_platform.data.prepare import prepare_store
+
+    result = prepare_store(data_config, base_dir, in_process=True, progress=False)
+    log.info("prepared token store %s in this process (%s): %d shards (%d written), %d "
+             "documents, %d tokens", result.root, reason, result.shards, result.written,
+             result.documents, result.tokens)
+
+
 def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: int = 1) -> str:
     """The job's store root, prepared in this process first when it is missing or stale.
 
@@ -64,7 +76,7 @@ def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: in
     multi-host job never prepare a gs:// store themselves (each would tokenise the whole
     corpus): `palm run` has prepared it on the cluster before they start.
     """
-    from palm_platform.data.prepare import prepare_store, store_root, store_status
+    from palm_platform.data.prepare import store_root, store_status
 
     root = store_root(data_config, base_dir)
     status = store_status(data_config, base_dir)
@@ -74,7 +86,7 @@ def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: in
         if status.state == "incomplete":
             raise still_being_prepared(root)
         if process_count == 1:  # one process: no other preparer to race with
-            prepare_store(data_config, base_dir, in_process=True, progress=False)
+            _prepare_here(data_config, base_dir, status.reason)
             return root
         raise StoreError(f"{root}: the job's token store is {status.state} ({status.reason}). "
                          "Fix: `palm data prepare JOB.yaml` (or `palm run JOB.yaml`, which "
@@ -84,7 +96,7 @@ def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: in
         if status.state == "incomplete":
             raise still_being_prepared(root)
         if status.state != "current":
-            prepare_store(data_config, base_dir, in_process=True, progress=False)
+            _prepare_here(data_config, base_dir, status.reason)
     return root
 
 
