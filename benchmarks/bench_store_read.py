@@ -118,6 +118,9 @@ def measure(kind: str, job_file: Path, cache_dir: str = "") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+KINDS = ("store", "cache", "sample")
+
+
 def best(results) -> dict:
     """The fastest round, with the lowest peak RSS of all rounds."""
     results = list(results)
@@ -204,19 +207,23 @@ def main() -> None:
         return child(args)
     job = _job(args.job)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {}
+        job_files = {}
         for scale in (1, args.scale):
-            job_file = write_corpus(job, Path(tmp) / f"x{scale}", scale, "store")
-            prepare_s, tokens = prepare(job_file)
+            job_files[scale] = write_corpus(job, Path(tmp) / f"x{scale}", scale, "store")
+            prepare_s, tokens = prepare(job_files[scale])
             print(f"{scale:>3}x corpus: {tokens:,} tokens; store prepared in {prepare_s:.1f} s "
                   f"({tokens / prepare_s:,.0f} tokens/s, 1 process)", flush=True)
-            rows[scale] = {  # the best of --rounds fresh processes (a shared, noisy machine)
-                "store": best(measure("store", job_file) for _ in range(args.rounds)),
-                "cache": best(measure("cache", job_file, tempfile.mkdtemp(dir=tmp))
-                              for _ in range(args.rounds)),
-                "sample": best(measure("sample", job_file) for _ in range(args.rounds)),
-            }
-        one, big = rows[1], rows[args.scale]
+        # Rounds interleave the two corpora: on a shared machine the peak RSS of the same
+        # process moves with the host's memory state (transparent huge pages), so 1x and
+        # 20x are measured side by side, each case's best round kept.
+        runs: dict = {(scale, kind): [] for scale in job_files for kind in KINDS}
+        for _ in range(args.rounds):
+            for scale, job_file in job_files.items():
+                for kind in KINDS:
+                    cache = tempfile.mkdtemp(dir=tmp) if kind == "cache" else ""
+                    runs[scale, kind].append(measure(kind, job_file, cache))
+        one = {kind: best(runs[1, kind]) for kind in KINDS}
+        big = {kind: best(runs[args.scale, kind]) for kind in KINDS}
         print(f"\nprocess 0 of {job.topology.num_hosts}, seq_len {job.seq_len}, first global "
               f"batch {job.train.batch_size_at(0)}, held-out split applied; fresh process each")
         print(f"{'read path':<34}{'1x first batch':>15}{f'{args.scale}x':>9}{'ratio':>7}"
