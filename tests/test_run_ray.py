@@ -52,7 +52,7 @@ def write_job(folder: Path, **changes) -> Path:
 def reference(local_cluster, tmp_path_factory):
     """`ray job submit --working-dir DIR -- ./job.yaml`: the job file is the entrypoint."""
     folder = tmp_path_factory.mktemp("reference")
-    write_job(folder)
+    write_job(folder, data={"store": str(folder / "store")})  # no store yet: palm run makes it
     submit = subprocess.run(
         [BIN / "ray", "job", "submit", "--address", local_cluster.dashboard_url,
          "--working-dir", str(folder), "--", "./job.yaml"],
@@ -97,6 +97,10 @@ def test_each_worker_log_line_is_printed_once(reference):
 
 @pytest.mark.timeout(700)
 def test_submitted_job_file_trains_to_its_last_step(reference):
+    # The driver prepared the job's token store on the cluster's CPUs first, then trained.
+    log = (reference / "submit.log").read_text()
+    assert "preparing it on the cluster's CPUs" in log and "token store ready" in log, log[-3000:]
+    assert (reference / "store" / "manifest.json").is_file()
     records = read_records(reference / "run" / "ray-2host")
     steps = [r for r in records if r["kind"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 13))
