@@ -120,6 +120,9 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
     from palm_platform.status import Progress, print_summary
 
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
+    # Before connecting: a `ray job submit` driver's working directory (Ray's per-session
+    # copy) can be gone once ray.init has run, and Path.cwd() then raises.
+    base_dir = Path.cwd()
     topo = job.topology
     shape = topo.shape()
     from palm_platform.ray.cluster import ClusterStateError
@@ -132,7 +135,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
     from palm_platform.ray.prepare_first import prepare_if_needed
 
     # The token store first, on the cluster's CPUs, when it is missing or stale.
-    code = prepare_if_needed(job, job_file or job.name, Path.cwd(), address=cluster_address,
+    code = prepare_if_needed(job, job_file or job.name, base_dir, address=cluster_address,
                              on_cluster=True)
     if code:
         return code
