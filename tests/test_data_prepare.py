@@ -367,3 +367,12 @@ def test_gs_store_on_the_emulator_round_trips(gcs_bucket, tmp_path):
     again = _prepare(config, tmp_path)
     assert (again.written, again.digest) == (0, result.digest)
     assert prepare.store_status(config, tmp_path).state == "current"
+
+
+def test_one_file_in_two_sources_makes_a_shard_in_each(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(_jsonl_lines(_documents(20)))
+    config = _config(tmp_path, [SourceConfig(name="x", paths=["a.jsonl"], weight=1),
+                                SourceConfig(name="y", paths=["a.jsonl"], weight=1)])
+    result = _prepare(config, tmp_path)
+    assert (result.shards, result.written) == (2, 2)
+    _assert_store_is_the_token_cache(config, tmp_path)
