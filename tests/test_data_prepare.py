@@ -376,3 +376,19 @@ def test_one_file_in_two_sources_makes_a_shard_in_each(tmp_path):
     result = _prepare(config, tmp_path)
     assert (result.shards, result.written) == (2, 2)
     _assert_store_is_the_token_cache(config, tmp_path)
+
+
+def test_one_file_growing_moves_only_the_groups_next_to_it():
+    """Run boundaries follow path hashes (the size cap aside): a grown file changes its own
+    group's name and at most its neighbours', never every later group."""
+    rng = random.Random(0)
+    listing = [(f"/data/part-{i:04d}.jsonl", rng.randint(1000, 3000), "t0") for i in range(400)]
+    source = SourceConfig(name="s", paths=["/data"], weight=1)
+    before = plan_source(source, 40_000, token_cache.LengthLimit(), listing)
+    grown = list(listing)
+    grown[150] = (grown[150][0], grown[150][1] * 3, "t1")
+    after = plan_source(source, 40_000, token_cache.LengthLimit(), grown)
+    assert len(before) > 20
+    changed = {u.name for u in after} - {u.name for u in before}
+    assert 1 <= len(changed) <= 3
+    assert [f for u in after for f in u.files] == [p for p, _, _ in listing]  # input order
