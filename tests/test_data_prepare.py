@@ -191,7 +191,7 @@ def test_an_edited_file_retokenises_only_its_own_shard(tmp_path):
     _assert_store_is_the_token_cache(config, tmp_path)
 
 
-def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path):
+def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path, capsys):
     """The driver is SIGKILLed while its last unit blocks reading a FIFO; the rerun counts."""
     data = tmp_path / "data"
     data.mkdir()
@@ -214,7 +214,9 @@ def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path):
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    assert not store.TokenStore.open(str(root)).complete
+    assert palm(["data", "info", str(root), "--json"]) == 0  # shards committed so far
+    info = json.loads(capsys.readouterr().out)
+    assert (info["shards"], info["planned"], info["complete"]) == (4, 5, False)
     assert prepare.store_status(config, tmp_path).state == "incomplete"
     fifo.unlink()
     fifo.write_text("the last document")
