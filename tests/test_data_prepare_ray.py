@@ -137,3 +137,31 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
     assert reference.digest == result["digest"]
     assert np.array_equal(_tokens(reference.root, ["t"])[0],
                           _tokens(str(tmp_path / "store"), ["t"])[0])
+
+
+def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text(_documents(1, 10 + i)[0] * 30)
+    fifo = data / "9-last.txt"
+    os.mkfifo(fifo)
+    sources = [SourceConfig(name="t", paths=["data"], weight=1)]
+    job = _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job")
+    driver = _palm_prepare(local_cluster, job, workers=2)
+    deadline, pid = time.monotonic() + 180, None
+    while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 or pid is None \
+            or not _blocked_on_fifo(pid):
+        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
+        pid = _shard_worker_pid(local_cluster)
+        time.sleep(0.3)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    deadline = time.monotonic() + 60
+    while _shard_worker_pid(local_cluster) is not None:  # Ray ends a dead driver's actors
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    fifo.unlink()
+    fifo.write_text("the last document")
+    result, _ = _result(_palm_prepare(local_cluster, job, workers=2))
+    assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)
