@@ -47,6 +47,14 @@ def _run(config: DataConfig, base: Path, **kwargs) -> tuple[float, prepare.Prepa
     return time.perf_counter() - start, result
 
 
+def _cpu_rate(config: DataConfig, base: Path) -> float:
+    """Tokens per CPU-second of this process, in process: the per-core rate that a busy
+    shared machine slows in wall time but barely in CPU time."""
+    start = time.process_time()
+    result = prepare.prepare_store(config, base, progress=False, in_process=True)
+    return result.tokens / (time.process_time() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=40, help="corpus size (MB of JSONL)")
@@ -76,7 +84,8 @@ def main() -> None:
             if name not in best or run[0] < best[name][0]:
                 best[name] = run
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 _temp_dir=str(base / "ray"))  # not the shared /tmp/ray (see prepare_ray)
         try:  # rounds interleave the three kinds, so a change in the load hits all of them
             for _ in range(args.rounds):
                 keep("in process", _run(config(), base, in_process=True))
@@ -85,6 +94,7 @@ def main() -> None:
                          _run(config(), base, workers=workers))
         finally:
             ray.shutdown()
+        cpu_rate = max(_cpu_rate(config(), base) for _ in range(args.rounds))
         digests = {result.digest for _, result in best.values()}
         tokens = next(iter(best.values()))[1].tokens
         print(f"{tokens:,} tokens, {next(iter(best.values()))[1].shards} shards; "
@@ -93,6 +103,8 @@ def main() -> None:
             workers = 2 if "2 workers" in name else 1
             print(f"  {name:<16} {seconds:6.2f} s  {tokens / seconds / 1e6:6.2f}M tokens/s  "
                   f"{tokens / seconds / workers / 1e6:6.2f}M tokens/s per core")
+        print(f"  in process, per CPU-second: {cpu_rate / 1e6:.2f}M tokens/s per core "
+              "(process time, not wall: the load of other users barely moves it)")
         one, two = best["ray, 1 worker"][0], best["ray, 2 workers"][0]
         print(f"2 workers / 1 worker: {one / two:.2f}x (goal >= 1.7x on 2 cores); "
               f"Ray 1 worker / in process: {best['in process'][0] / one:.2f}x")

@@ -191,7 +191,7 @@ def test_an_edited_file_retokenises_only_its_own_shard(tmp_path):
     _assert_store_is_the_token_cache(config, tmp_path)
 
 
-def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path):
+def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path, capsys):
     """The driver is SIGKILLed while its last unit blocks reading a FIFO; the rerun counts."""
     data = tmp_path / "data"
     data.mkdir()
@@ -214,7 +214,9 @@ def test_a_killed_driver_reruns_with_no_committed_shard_redone(tmp_path):
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    assert not store.TokenStore.open(str(root)).complete
+    assert palm(["data", "info", str(root), "--json"]) == 0  # shards committed so far
+    info = json.loads(capsys.readouterr().out)
+    assert (info["shards"], info["planned"], info["complete"]) == (4, 5, False)
     assert prepare.store_status(config, tmp_path).state == "incomplete"
     fifo.unlink()
     fifo.write_text("the last document")
@@ -367,3 +369,28 @@ def test_gs_store_on_the_emulator_round_trips(gcs_bucket, tmp_path):
     again = _prepare(config, tmp_path)
     assert (again.written, again.digest) == (0, result.digest)
     assert prepare.store_status(config, tmp_path).state == "current"
+
+
+def test_one_file_in_two_sources_makes_a_shard_in_each(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(_jsonl_lines(_documents(20)))
+    config = _config(tmp_path, [SourceConfig(name="x", paths=["a.jsonl"], weight=1),
+                                SourceConfig(name="y", paths=["a.jsonl"], weight=1)])
+    result = _prepare(config, tmp_path)
+    assert (result.shards, result.written) == (2, 2)
+    _assert_store_is_the_token_cache(config, tmp_path)
+
+
+def test_one_file_growing_moves_only_the_groups_next_to_it():
+    """Run boundaries follow path hashes (the size cap aside): a grown file changes its own
+    group's name and at most its neighbours', never every later group."""
+    rng = random.Random(0)
+    listing = [(f"/data/part-{i:04d}.jsonl", rng.randint(1000, 3000), "t0") for i in range(400)]
+    source = SourceConfig(name="s", paths=["/data"], weight=1)
+    before = plan_source(source, 40_000, token_cache.LengthLimit(), listing)
+    grown = list(listing)
+    grown[150] = (grown[150][0], grown[150][1] * 3, "t1")
+    after = plan_source(source, 40_000, token_cache.LengthLimit(), grown)
+    assert len(before) > 20
+    changed = {u.name for u in after} - {u.name for u in before}
+    assert 1 <= len(changed) <= 3
+    assert [f for u in after for f in u.files] == [p for p, _, _ in listing]  # input order

@@ -95,18 +95,23 @@ def _blocked_on_fifo(pid: int) -> bool:
     return False
 
 
-def _shard_worker_pid(cluster) -> int | None:
+def _shard_worker_pids(cluster) -> list[int]:
+    """The prepare job's worker processes (ShardWorker actors) under the cluster's nodes."""
     import psutil
 
-    ours = {n.pid for n in cluster.nodes}
+    ours, found = {n.pid for n in cluster.nodes}, []
     for process in psutil.process_iter(["cmdline"]):
         try:
             if "ShardWorker" in " ".join(process.info["cmdline"] or []) and \
                     ours & {p.pid for p in process.parents()}:
-                return process.pid
+                found.append(process.pid)
         except psutil.Error:
             pass
-    return None
+    return found
+
+
+def _blocked_worker(cluster) -> int | None:
+    return next((pid for pid in _shard_worker_pids(cluster) if _blocked_on_fifo(pid)), None)
 
 
 def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster, tmp_path):
@@ -120,9 +125,9 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
     driver = _palm_prepare(local_cluster, _job(tmp_path, _config(
         tmp_path, sources, "store", unit_mb=0.0001), "job"), workers=1)
     deadline, pid = time.monotonic() + 180, None
-    while pid is None or not _blocked_on_fifo(pid):
+    while pid is None:
         assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
-        pid = _shard_worker_pid(local_cluster)
+        pid = _blocked_worker(local_cluster)
         time.sleep(0.3)
     assert len(list((tmp_path / "store" / "t").glob("*.json"))) == 3  # committed before it
     os.kill(pid, signal.SIGKILL)
@@ -131,9 +136,36 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
     os.replace(data / "last.tmp", fifo)
     result, _ = _result(driver)
     assert (result["shards"], result["written"], result["skipped"]) == (4, 4, 0)
-    assert _shard_worker_pid(local_cluster) is None  # the job's workers are gone
+    assert not _shard_worker_pids(local_cluster)  # the job's workers are gone
     reference = prepare.prepare_store(_config(tmp_path, sources, "reference", unit_mb=0.0001),
                                       tmp_path, in_process=True, progress=False)
     assert reference.digest == result["digest"]
     assert np.array_equal(_tokens(reference.root, ["t"])[0],
                           _tokens(str(tmp_path / "store"), ["t"])[0])
+
+
+def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text(_documents(1, 10 + i)[0] * 30)
+    fifo = data / "9-last.txt"
+    os.mkfifo(fifo)
+    sources = [SourceConfig(name="t", paths=["data"], weight=1)]
+    job = _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job")
+    driver = _palm_prepare(local_cluster, job, workers=2)
+    deadline = time.monotonic() + 180
+    while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 \
+            or _blocked_worker(local_cluster) is None:
+        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
+        time.sleep(0.3)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    deadline = time.monotonic() + 60
+    while _shard_worker_pids(local_cluster):  # Ray ends a dead driver's actors
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    fifo.unlink()
+    fifo.write_text("the last document")
+    result, _ = _result(_palm_prepare(local_cluster, job, workers=2))
+    assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)

@@ -180,7 +180,7 @@ def _check_storage(root: str, sources: list[SourceConfig], tokenizer: str) -> No
         preflight.check_bucket(first, gcs[first])
 
 
-def _committed(root: str, units: list[Unit], sha: str) -> dict[str, dict]:
+def _committed(root: str, units: list[Unit], sha: str) -> dict[tuple[str, str], dict]:
     """Sidecars of the planned units already committed (one listing, then their reads)."""
     names = set(store.list_names(root))
     found = [u for u in units if f"{u.source}/{u.name}.json" in names]
@@ -190,25 +190,26 @@ def _committed(root: str, units: list[Unit], sha: str) -> dict[str, dict]:
 
     for unit, sidecar in zip(found, sidecars, strict=True):
         check_committed(root, unit, sidecar, sha)
-    return {u.name: s for u, s in zip(found, sidecars, strict=True)}
+    return {(u.source, u.name): s for u, s in zip(found, sidecars, strict=True)}
 
 
 def _manifest(sha: str, plan: dict[str, list[Unit]], configs: dict, listings: dict,
-              sidecars: dict[str, dict] | None) -> store.Manifest:
+              sidecars: dict[tuple[str, str], dict] | None) -> store.Manifest:
     sources = {}
     for name, units in plan.items():
         shards = []
         for unit in units:
             entry = {"name": unit.name, "unit": unit.describe(), "fingerprint": unit.fingerprint}
             if sidecars is not None:
-                entry.update(tokens=sidecars[unit.name]["tokens"],
-                             documents=sidecars[unit.name]["documents"])
+                entry.update(tokens=sidecars[(name, unit.name)]["tokens"],
+                             documents=sidecars[(name, unit.name)]["documents"])
             shards.append(entry)
         sources[name] = {"config": configs[name], "files": listings[name],
                          "fingerprint": _hash([configs[name], listings[name]]),
                          "shards": shards}
         if sidecars is not None:
-            sources[name]["stats"] = merge_stats(units, [sidecars[u.name] for u in units])
+            sources[name]["stats"] = merge_stats(units, [sidecars[(name, u.name)]
+                                                         for u in units])
     return store.Manifest(sha, sources, complete=sidecars is not None)
 
 
@@ -245,32 +246,32 @@ def prepare_store(data_config: DataConfig, base_dir: Path, *, address: str | Non
     sidecars = _committed(root, units, sha)
     skipped = len(sidecars)
     store.write_manifest(root, _manifest(sha, plan, configs, listings, None))
-    missing = [u for u in units if u.name not in sidecars]
+    missing = [u for u in units if (u.source, u.name) not in sidecars]
     with _progress_bar(len(units), skipped, progress and bool(missing)) as advance:
         if in_process:
             tokenizer = Tokenizer(model, model_path)
             from palm_platform.data.prepare_shard import run_unit
 
             for unit in missing:
-                sidecars[unit.name] = run_unit(root, unit, tokenizer)
-                advance(sidecars[unit.name])
+                sidecars[(unit.source, unit.name)] = run_unit(root, unit, tokenizer)
+                advance(sidecars[(unit.source, unit.name)])
         elif missing:
             from palm_platform.data.prepare_ray import run_on_ray
 
             for sidecar in run_on_ray(root, missing, model, model_path, address=address,
                                       workers=workers):
-                sidecars[sidecar["shard"]] = sidecar
+                sidecars[(sidecar["source"], sidecar["shard"])] = sidecar
                 advance(sidecar)
     manifest = _manifest(sha, plan, configs, listings, sidecars)
     store.write_manifest(root, manifest)
-    written_tokens = sum(sidecars[u.name]["tokens"] for u in missing)
+    written_tokens = sum(sidecars[(u.source, u.name)]["tokens"] for u in missing)
     elapsed = max(time.perf_counter() - started, 1e-9)
     return PrepareResult(
         root=root, shards=len(units), written=len(missing), skipped=skipped,
         documents=sum(s["documents"] for s in sidecars.values()),
         tokens=sum(s["tokens"] for s in sidecars.values()),
         tokens_per_s=written_tokens / elapsed,
-        digest=store.digest(manifest, {(u.source, u.name): sidecars[u.name] for u in units}),
+        digest=store.digest(manifest, sidecars),
         stats={name: manifest.sources[name]["stats"] for name in plan})
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 from palm_platform.data.prepare_units import Unit
@@ -65,9 +67,10 @@ def _worker_env() -> dict[str, str]:
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
-def connect(address: str | None, workers: int | None) -> bool:
+def connect(address: str | None, workers: int | None) -> str | None:
     """Attach to a cluster: `address`, RAY_ADDRESS, `palm cluster`'s, else start a local Ray
-    instance (as `ray.init()` does) sized for `workers`. True when this call started Ray."""
+    instance (as `ray.init()` does) sized for `workers`. When this call started Ray: the
+    instance's own temp folder (for the caller to remove after ray.shutdown())."""
     from palm_platform.ray import auth
 
     # A token at hand: the cluster demands it (ray/auth.py). Before Ray is imported: Ray
@@ -76,17 +79,20 @@ def connect(address: str | None, workers: int | None) -> bool:
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     from palm_platform.ray.cluster_nodes import ray_address_from_state
 
     address = address or os.environ.get("RAY_ADDRESS") or ray_address_from_state()
     runtime_env = {"env_vars": _worker_env()}
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
-        return False
+        return None
+    # Its own temp folder, not the shared /tmp/ray: another user's local Ray on this machine
+    # then neither finds this instance nor mixes its session logs into ours.
+    temp_dir = tempfile.mkdtemp(prefix="palm-prepare-ray-")
     ray.init(num_cpus=max(workers or 0, os.cpu_count() or 1), include_dashboard=False,
-             logging_level=logging.WARNING, runtime_env=runtime_env)
-    return True
+             logging_level=logging.WARNING, runtime_env=runtime_env, _temp_dir=temp_dir)
+    return temp_dir
 
 
 def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
@@ -135,3 +141,4 @@ def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
             ray.kill(worker)
         if started_here:
             ray.shutdown()
+            shutil.rmtree(started_here, ignore_errors=True)

@@ -168,11 +168,14 @@ def plan_source(source: SourceConfig, unit_bytes: int, limit: LengthLimit,
                               fingerprints=tuple(group), **common))
             group.clear()
 
+    parquet = [path for path, _, _ in listing
+               if not path.startswith(BUILTIN_PREFIX) and _format(source, path) == "parquet"]
+    with ThreadPoolExecutor(_LISTING_THREADS) as pool:  # every footer: the column must exist
+        footers = dict(zip(parquet, pool.map(lambda p: _parquet_groups(source, p), parquet),
+                           strict=True))
     for fingerprint in listing:
         path, size, _ = fingerprint
         fmt = _format(source, path)
-        if fmt == "parquet" and not path.startswith(BUILTIN_PREFIX):
-            row_groups = _parquet_groups(source, path)
         if path.startswith(BUILTIN_PREFIX) or size > unit_bytes:
             flush()
             whole = Unit(kind="files", files=(path,), fingerprints=(fingerprint,), **common)
@@ -181,7 +184,7 @@ def plan_source(source: SourceConfig, unit_bytes: int, limit: LengthLimit,
             elif fmt == "parquet":
                 units.extend(Unit(kind="rows", files=(path,), fingerprints=(fingerprint,),
                                   start=a, stop=b, **common)
-                             for a, b in _runs(row_groups, unit_bytes))
+                             for a, b in _runs(footers[path], unit_bytes))
             elif fmt == "jsonl":
                 units.extend(Unit(kind="bytes", files=(path,), fingerprints=(fingerprint,),
                                   start=a, stop=min(size, a + unit_bytes), **common)
