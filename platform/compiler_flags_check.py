@@ -36,6 +36,15 @@ def libtpu_rejection(flags: dict[str, FlagValue], accelerator: str = "tpu-v4") -
     """libtpu's error for a tiny step compiled with `flags`, in one line; None if accepted."""
     if importlib.util.find_spec("libtpu") is None:
         raise LibtpuMissing("libtpu is not installed here (pip install -e '.[tpu]')")
+    try:
+        tiny_step(accelerator).compile(compiler_options=compiler_options(flags))
+    except Exception as error:  # JaxRuntimeError: libtpu's status and sentence
+        return " ".join(str(error).split())
+    return None
+
+
+def tiny_step(accelerator: str = "tpu-v4"):
+    """The check's program, lowered for 4 abstract chips (2 data x 2 model) of the generation."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -53,14 +62,9 @@ def libtpu_rejection(flags: dict[str, FlagValue], accelerator: str = "tpu-v4") -
     def loss(w_in_DxF, w_out_FxD, x_BxD):  # an FSDP x tensor-parallel MLP
         return (jnp.tanh(x_BxD @ w_in_DxF) @ w_out_FxD).astype(jnp.float32).sum()
 
-    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
         arg((256, 512), P("data", "model")), arg((512, 256), P("model", "data")),
         arg((64, 256), P("data")))
-    try:
-        lowered.compile(compiler_options=compiler_options(flags))
-    except Exception as error:  # JaxRuntimeError: libtpu's status and sentence
-        return " ".join(str(error).split())
-    return None
 
 
 def rejection_in_subprocess(flags: dict[str, FlagValue], accelerator: str = "tpu-v4",

@@ -88,3 +88,28 @@ def test_palm_plan_stops_on_a_flag_libtpu_does_not_support_on_v4(tmp_path):
                        cwd=tmp_path)
     assert bad_compare.returncode == 2 and "--compare" in bad_compare.stderr
     assert "No such compile option: 'xla_no_such_flag'" in bad_compare.stderr
+
+
+HLO_OF_THE_CHECK_PROGRAM = """
+import sys
+from palm_platform.compiler_flags_check import tiny_step
+options = {"xla_enable_async_all_gather": "true"} if sys.argv[1] == "options" else None
+print(tiny_step().compile(compiler_options=options).as_text())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("libtpu")
+def test_libtpu_init_args_and_per_compile_options_give_the_same_program():
+    # The hosts get LIBTPU_INIT_ARGS; --compare and the flag check use compile options.
+    def hlo(how: str, init: str = "") -> str:
+        env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "LIBTPU_INIT_ARGS": init}
+        result = subprocess.run([sys.executable, "-c", HLO_OF_THE_CHECK_PROGRAM, how], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    by_env = hlo("env", init_args({"xla_enable_async_all_gather": True}))
+    by_options, without = hlo("options"), hlo("env")
+    assert "all-gather-start" in by_env and "all-gather-start" not in without
+    assert by_env == by_options
