@@ -8,7 +8,9 @@ network and kind, so a flag can be tried before a pod-hour is spent on it.
 
 from __future__ import annotations
 
-from palm_platform.events import format_bytes
+
+def _gib(n: float) -> str:  # as the plan's own memory line
+    return f"{n / 2**30:.2f} GiB"
 
 
 def _seconds(s: float) -> str:
@@ -24,8 +26,7 @@ def _exposed(report) -> dict[str, float]:
 def comparison(base, other, flags_text: str) -> str:
     """A table of `base` (the job's flags) against `other` (with `flags_text` over them)."""
     if not base.step_time or not other.step_time:  # a side refused or unreadable: memory only
-        rows = [("memory per chip", format_bytes(base.per_chip_bytes),
-                 format_bytes(other.per_chip_bytes))]
+        rows = [("memory per chip", _gib(base.per_chip_bytes), _gib(other.per_chip_bytes))]
     else:
         t, u = base.step_time, other.step_time
         rows = [
@@ -33,7 +34,7 @@ def comparison(base, other, flags_text: str) -> str:
             ("MFU as scheduled", f"{base.mfu_range['scheduled']:.1%}",
              f"{other.mfu_range['scheduled']:.1%}"),
             ("step time best case", _seconds(t["best_s"]), _seconds(u["best_s"])),
-            ("memory per chip", format_bytes(base.per_chip_bytes), format_bytes(other.per_chip_bytes)),
+            ("memory per chip", _gib(base.per_chip_bytes), _gib(other.per_chip_bytes)),
             ("exposed collectives", _seconds(t["exposed_s"]), _seconds(u["exposed_s"])),
         ]
         exposed_base, exposed_other = _exposed(base), _exposed(other)
