@@ -113,3 +113,24 @@ def test_libtpu_init_args_and_per_compile_options_give_the_same_program():
     by_options, without = hlo("options"), hlo("env")
     assert "all-gather-start" in by_env and "all-gather-start" not in without
     assert by_env == by_options
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("libtpu")
+def test_plan_compare_compiles_the_step_again_with_the_flags_over_the_jobs(tmp_path):
+    import json
+
+    result = palm("plan", str(JOBS / "plan-tiny.yaml"), "--json",
+                  "--compare=--xla_enable_async_all_gather=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_line, compare_line = result.stdout.strip().splitlines()[-2:]
+    job, compare = json.loads(job_line), json.loads(compare_line)["compare"]
+    assert compare["flags"] == {"xla_enable_async_all_gather": False}
+    other = compare["plan"]
+    assert job["compiler_flags"] == {"xla_enable_async_all_gather": True}
+    assert other["compiler_flags"] == {"xla_enable_async_all_gather": False}
+    # The job's all-gathers are overlapped; with the default turned off none is.
+    gathered, without = job["collectives"]["ici/all-gather"], other["collectives"]["ici/all-gather"]
+    assert gathered["overlapped_bytes"] > 0.9 * gathered["bytes"]
+    assert without["overlapped_bytes"] == 0 and without["bytes"] == gathered["bytes"]
+    assert other["step_time"]["exposed_s"] > job["step_time"]["exposed_s"]
