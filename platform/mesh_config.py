@@ -5,6 +5,8 @@ They live beside the mesh (mesh.py builds the `(pod, data, model)` Mesh from the
 module of their own because mesh.py imports JAX, and loading a job must not
 (`import palm_platform.job` stays light). `TopologySection.shape()` gives the one topology
 type the cluster, feasibility and launch take (ray/topology.py's SliceShape).
+`compiler_flags` are the libtpu/XLA flags of the job's TPU programs (compiler_flags.py):
+`palm plan` compiles with them and `palm run` hands them to the TPU hosts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from palm_platform import compiler_flags
 from palm_platform.ray.topology import SliceShape, chips_in_topology
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +41,15 @@ class TopologySection(BaseModel):
         "when slices are lost, and grow back when they return (default: pods, not elastic)")
     resize_check_s: float = Field(
         default=60, gt=0, description="elastic: seconds between checks for returned pods")
+    compiler_flags: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="libtpu/XLA flags by name (no leading --), over the "
+        "generation's defaults (platform/compiler_flags.py); `palm plan` compiles with them, "
+        "`palm run` sets them as LIBTPU_INIT_ARGS on TPU hosts (not on the local CPU cluster)")
+
+    @property
+    def effective_compiler_flags(self) -> dict[str, bool | int | float | str]:
+        """This generation's default flags with the job's own over them."""
+        return compiler_flags.effective(self.accelerator, self.compiler_flags)
 
     @property
     def chips_per_pod(self) -> int:
@@ -63,6 +75,11 @@ class TopologySection(BaseModel):
 
     @model_validator(mode="after")
     def _topology_matches_chips(self) -> TopologySection:
+        for name, value in self.compiler_flags.items():
+            try:
+                compiler_flags.check_name_and_value(name, value)
+            except compiler_flags.FlagSyntaxError as error:
+                raise ValueError(str(error)) from None
         if self.min_pods is not None and self.min_pods > self.pods:
             raise ValueError(f"min_pods={self.min_pods} exceeds pods={self.pods}; set "
                              f"topology.min_pods between 1 and {self.pods}")

@@ -6,6 +6,13 @@ TPU v4 slices on a CPU machine; the train step is lowered against abstract, shar
 FLOPs, HBM traffic and collectives are read from the compiled program by `plan_hlo` (every
 loop counted), checked against the program's own matmuls (`plan_flops`), and turned into a
 step-time range by `plan_time`. Exit 1 when the step does not fit in a chip's HBM.
+
+Compiler flags: the job's (`topology.compiler_flags` over the generation's defaults,
+compiler_flags.py) are checked by a tiny compile in a child process, then set as
+`LIBTPU_INIT_ARGS` before libtpu loads here: the TPU hosts get exactly that variable, so the
+program (and the compilation cache key of `--warm-cache`) is theirs. `--compare FLAGS`
+compiles the step once more with FLAGS as per-compile options on top, and prints both.
+A flag libtpu rejects exits 2 with libtpu's sentence.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from palm_platform.compiler_flags import compiler_options, init_args
 from palm_platform.events import format_bytes
 from palm_platform.plan_time import (
     HARDWARE,
@@ -68,6 +76,7 @@ class PlanReport:
     dominant: str = ""
     warnings: list = dataclasses.field(default_factory=list)
     hardware: dict = dataclasses.field(default_factory=lambda: dict(HARDWARE))
+    compiler_flags: dict = dataclasses.field(default_factory=dict)  # what the step compiled with
 
     def text(self) -> str:
         gib = 2**30
@@ -125,6 +134,7 @@ class PlanReport:
             f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM {V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, "
             f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
             "(sources in platform/plan_time.py)",
+            f"  compiler flags: {init_args(self.compiler_flags) or 'none'}",
             *[f"  WARNING: {w}" for w in self.warnings],
             f"  cross-pod gradient exchange: {format_bytes(self.cross_pod_bytes_per_step)} per pod per step",
             f"  compiled in {self.compile_s:.1f} s",
@@ -190,10 +200,15 @@ def tpu_devices(ici_topology: str, pods: int):
     return topology.devices
 
 
+class FlagsRejected(RuntimeError):
+    """The TPU compiler refused the step's compiler flags (the message is libtpu's)."""
+
+
 def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
-         pods: int | None = None) -> PlanReport:
+         pods: int | None = None, extra_flags: dict | None = None) -> PlanReport:
     """Compile the job's step; `pods` below the job's: an elastic job's degraded shape (same
-    global batch on fewer pods, more microbatches: platform/elastic.py)."""
+    global batch on fewer pods, more microbatches: platform/elastic.py). `extra_flags`: compiler
+    flags over the job's (`--compare`)."""
     import jax
 
     from palm.flops import train_flops_per_token
@@ -221,13 +236,20 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
     step = make_train_step(spec, tx, mesh, shardings, lr_schedule)
     tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
 
+    flags = {**topo.effective_compiler_flags, **(extra_flags or {})}
+    # The job's flags are in LIBTPU_INIT_ARGS when main() set them before libtpu loaded (the
+    # hosts' exact set-up); otherwise, and for --compare's, they go with this compile.
+    in_env = os.environ.get("LIBTPU_INIT_ARGS", "") == init_args(topo.effective_compiler_flags)
+    options = compiler_options((extra_flags or {}) if in_env else flags) or None
     start = time.perf_counter()
     n = len(devices)
     formula = float(train_flops_per_token(cfg, job.seq_len)) * batch * job.seq_len
     try:
-        compiled = step.lower(abstract_state, tokens).compile()
+        compiled = step.lower(abstract_state, tokens).compile(compiler_options=options)
     except Exception as error:  # the TPU compiler refuses a program that cannot fit in HBM
         needed = hbm_oom_bytes(str(error))
+        if needed is None and _status(str(error)) in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"):
+            raise FlagsRejected(" ".join(str(error).split())) from None
         if needed is None:
             raise
         args = sum(_sharded_bytes(x) for x in jax.tree.leaves(abstract_state))
@@ -241,7 +263,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
             predicted_mfu=float("nan"),
             cross_pod_bytes_per_step=cross_pod_bytes_per_step(
                 abstract_state.params, pods, job.mesh.cross_pod_dtype),
-            compile_s=time.perf_counter() - start,
+            compile_s=time.perf_counter() - start, compiler_flags=flags,
         )
     memory = compiled.memory_analysis()
     compile_s = time.perf_counter() - start
@@ -258,7 +280,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
         predicted_step_s=float("nan"), predicted_mfu=float("nan"),
         cross_pod_bytes_per_step=cross_pod_bytes_per_step(
             abstract_state.params, pods, job.mesh.cross_pod_dtype),
-        compile_s=compile_s,
+        compile_s=compile_s, compiler_flags=flags,
     )
     program = jaxpr_matmul_flops(jax.make_jaxpr(step)(abstract_state, tokens))
     cost = cost_analysis(compiled)
@@ -273,6 +295,11 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
         report.warnings.append(f"no FLOPs or step time: the compiled program could not be read "
                                f"({error}); rerun with --save-hlo FILE and report it")
     return report
+
+
+def _status(message: str) -> str:
+    """The status code a JaxRuntimeError's message starts with (e.g. INVALID_ARGUMENT)."""
+    return message.split(":", 1)[0].strip()
 
 
 def cost_analysis(compiled) -> dict:
@@ -331,12 +358,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the TPU executables to the job's train.compile_cache, so TPU "
                         "hosts with the same jax/jaxlib/libtpu versions and XLA flags can load "
                         "them instead of compiling (unverified on real hosts; see README)")
+    parser.add_argument("--compare", metavar="FLAGS", default=None,
+                        help='compile once more with these libtpu/XLA flags over the job\'s '
+                        '(e.g. "--xla_enable_async_all_gather=false") and print both plans side '
+                        "by side: step time, MFU, memory, exposed collectives")
+
+
+def parse_compare_flags(text: str | None) -> dict | None:
+    """`--compare`'s flags, parsed; FlagsRejected names a malformed one."""
+    from palm_platform.compiler_flags import FlagSyntaxError, parse
+
+    if text is None:
+        return None
+    try:
+        flags = parse(text)
+    except (FlagSyntaxError, ValueError) as error:
+        raise FlagsRejected(f"--compare: {error}") from None
+    if not flags:
+        raise FlagsRejected('--compare: no flags given; write e.g. --compare "--xla_name=true"')
+    return flags
+
+
+def check_flags_or_raise(job, extra: dict | None = None) -> None:
+    """The job's compiler flags (and `extra` over them) accepted by libtpu, or FlagsRejected
+    with libtpu's sentence (a tiny compile in a child process: compiler_flags_check.py)."""
+    from palm_platform.compiler_flags_check import LibtpuMissing, rejection_in_subprocess
+
+    topo = job.topology
+    for flags, field in ((topo.effective_compiler_flags, "topology.compiler_flags"),
+                         ({**topo.effective_compiler_flags, **(extra or {})}, "--compare")):
+        if field == "--compare" and not extra:
+            continue
+        try:
+            rejection = rejection_in_subprocess(flags, topo.accelerator)
+        except LibtpuMissing as error:
+            raise SystemExit(f"{error}: palm plan compiles with the TPU compiler. Fix: install "
+                             "the TPU extra, pip install -e '.[tpu]'") from None
+        if rejection is not None:
+            raise FlagsRejected(
+                f"{field}: libtpu rejects {init_args(flags)} for {topo.accelerator}: {rejection}. "
+                "Fix: remove or correct that flag (defaults and their sources: "
+                "platform/compiler_flags.py)")
 
 
 def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
 
     job = load_job_or_exit(args.job)
+    try:
+        extra = parse_compare_flags(args.compare)
+        check_flags_or_raise(job, extra)
+    except FlagsRejected as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
+    # What the TPU hosts get (ray/launch.py), set before libtpu loads in this process.
+    os.environ["LIBTPU_INIT_ARGS"] = init_args(job.topology.effective_compiler_flags)
     cache = None
     if getattr(args, "warm_cache", False):
         if job.train.compile_cache in (None, "off"):
@@ -346,8 +422,20 @@ def main(args: argparse.Namespace) -> int:
         from palm_platform.train.compile_cache import CompileCache
 
         cache = CompileCache.enable(job.train.compile_cache)
-    report = plan(job, args.microbatches, args.save_hlo)
+    try:
+        report = plan(job, args.microbatches, args.save_hlo)
+        compared = None if extra is None else plan(job, args.microbatches, extra_flags=extra)
+    except FlagsRejected as error:  # a flag the tiny check's program did not exercise
+        print(f"{args.job}: the TPU compiler refused the train step with compiler flags "
+              f"{init_args({**job.topology.effective_compiler_flags, **(extra or {})})}: {error}. "
+              "Fix: remove or correct the flag", file=sys.stderr)
+        return 2
     print(json.dumps(asdict(report)) if args.json else report.text())
+    if compared is not None:
+        from palm_platform.plan_compare import comparison
+
+        print(json.dumps({"compare": {"flags": extra, "plan": asdict(compared)}}) if args.json
+              else comparison(report, compared, args.compare))
     if job.topology.elastic and args.microbatches is None:  # the shape it shrinks to must fit too
         degraded = plan(job, pods=job.topology.fewest_pods)
         if args.json:

@@ -103,10 +103,14 @@ def connect(
 
 
 def worker_env(
-    *, chips_per_host: int, fake_tpu: bool, env: dict[str, str] | None
+    *, chips_per_host: int, fake_tpu: bool, env: dict[str, str] | None,
+    libtpu_init_args: str = "",
 ) -> dict[str, str]:
-    """Environment variables of every train worker."""
+    """Environment variables of every train worker. `libtpu_init_args` (the job's compiler
+    flags, compiler_flags.init_args) reach TPU hosts only: fake-TPU hosts run JAX on CPU."""
     env_vars = dict(env or {})
+    if not fake_tpu and libtpu_init_args:
+        env_vars["LIBTPU_INIT_ARGS"] = libtpu_init_args
     if fake_tpu:
         env_vars["JAX_PLATFORMS"] = "cpu"
         env_vars["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
@@ -134,6 +138,7 @@ def launch(
     run_state_dir: str | None = None,
     resize_check_s: float = 60.0,
     preimport: tuple[str, ...] = (),
+    libtpu_init_args: str = "",
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
 
@@ -147,7 +152,8 @@ def launch(
     pods as the cluster has, at least min_pods, and checks for returned pods every
     `resize_check_s`; its start-up waits in shorter attempts (`_start_attempts`).
     `preimport`: modules `train_fn` imports, loaded on each worker while jax.distributed
-    starts (compat._prepare_worker).
+    starts (compat._prepare_worker). `libtpu_init_args`: the job's compiler flags, set as
+    LIBTPU_INIT_ARGS on TPU hosts (checked by the caller: an unknown flag ends libtpu).
     """
     import ray
     from ray.train.v2.api.config import FailureConfig
@@ -184,7 +190,8 @@ def launch(
             FailureConfig(max_failures=max_failures,
                           controller_failure_limit=controller_failure_limit,
                           max_preemption_failures=max_preemption_failures),
-            worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env)),
+            worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env,
+                       libtpu_init_args=libtpu_init_args)),
     )
     return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s, attempt_s=attempt_s,
                 controller_failure_limit=controller_failure_limit,

@@ -66,6 +66,13 @@ def main(args: argparse.Namespace) -> int:
     except InitFromError as error:
         print(f"{args.job}: {error}", file=sys.stderr)
         return 2
+    from palm_platform.ray.compiler_flags_preflight import CompilerFlagsError, check_compiler_flags
+
+    try:  # an unknown flag would end libtpu on every host (compiler_flags_check.py)
+        check_compiler_flags(job)
+    except CompilerFlagsError as error:
+        print(f"{args.job}: {error}", file=sys.stderr)
+        return 2
     run_dir = run_dir_of(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:
@@ -90,6 +97,10 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={topo.chips_per_host}")
+    else:  # a TPU host: the job's compiler flags, as the Ray workers get them
+        from palm_platform.compiler_flags import init_args
+
+        os.environ["LIBTPU_INIT_ARGS"] = init_args(topo.effective_compiler_flags)
     from palm_platform.ray.worker import configure_logging
     from palm_platform.train.loop import Trainer
 
@@ -116,6 +127,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
     except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
+    from palm_platform.compiler_flags import init_args
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
 
@@ -160,6 +172,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
                 jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
                 resize_check_s=topo.resize_check_s,  # elastic pods
                 preimport=("palm_platform.train.loop",),  # train_worker's imports
+                libtpu_init_args=init_args(topo.effective_compiler_flags),  # TPU hosts only
             )
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line
