@@ -66,7 +66,7 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
         raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
                              "process is gone). Fix: `palm cluster down` then `palm cluster up`")
     # The same environment and options `cluster_nodes.up` gives its hosts.
-    base_env = nodes._node_env(state.temp_dir)
+    base_env = nodes._node_env(state.temp_dir, state.auth_mode)
     common = [f"--temp-dir={state.temp_dir}",
               f"--object-store-memory={state.object_store_mb * 1024 * 1024}",
               "--disable-usage-stats"]
