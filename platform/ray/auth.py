@@ -63,6 +63,11 @@ def _token() -> str | None:
     return None
 
 
+def token_at_hand() -> bool:
+    """Whether a token is where Ray looks (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray)."""
+    return _token() is not None
+
+
 def _write_new_token(path: Path) -> None:
     """A fresh token in a new file created 0600 (never readable by others, not even briefly).
 
@@ -140,6 +145,12 @@ def enable_from_environment() -> bool:
     return (mode or "").lower() == "token"
 
 
+# Ray 2.60's job CLI (`ray job submit`, dashboard_sdk.py) sends the token it finds only when
+# RAY_AUTH_MODE=token is in its environment: unlike `ray start` and `ray.init`, it does not
+# turn token mode on when a token file exists. Hence this prefix on the command palm prints.
+SUBMIT_PREFIX = f"{MODE_VAR}=token "
+
+
 def headers() -> dict[str, str]:
     """The dashboard HTTP header that proves the token (unless RAY_AUTH_MODE=disabled). Sent
     whenever a token is at hand: a cluster without token mode ignores it, and one with it
@@ -161,7 +172,8 @@ def cluster_mode(dashboard_url: str, timeout_s: float = 2.0) -> str:
 def describe(mode: str) -> str:
     """One line for `palm cluster up|status`."""
     if mode == "token":
-        return "auth: token (RAY_AUTH_MODE=token): callers without the cluster's token are refused"
+        return ("auth: token: callers without the cluster's token are refused (the browser asks "
+                "for it once: paste the output of `ray get-auth-token`)")
     if mode == "unknown":
         return "auth: unknown (the dashboard does not answer)"
     return ("auth: " + mode + ": Ray's GCS and raylet ports listen on every interface and "
