@@ -38,9 +38,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 def result_from_cluster(command: str, args: argparse.Namespace):
     """`palm generate|eval --cluster`: the job of `args.target`, its run folder and host 0's
     result; a worker's input error comes back as EvalInputError, as it would in one process."""
-    from palm_platform.eval.restore import EvalInputError, find_job
+    from palm_platform.eval.restore import EvalInputError, check_run_storage, find_job
 
+    check_run_storage(args.target, args.job)
     job, run_dir = find_job(args.target, args.job)
+    check_run_storage(args.target, args.job, job)  # here, before any worker starts
     outcome = run_on_cluster(command, args, job, run_dir)
     if "error" in outcome:
         raise EvalInputError(outcome["error"])
