@@ -151,6 +151,22 @@ def enable_from_environment() -> bool:
 SUBMIT_PREFIX = f"{MODE_VAR}=token "
 
 
+def enable_for_client(recorded_mode: str | None = None) -> bool:
+    """Before this process connects to a cluster by address (`palm run`'s ray.init): Ray
+    2.60's ray.init turns token mode on from a token file only for a cluster it finds itself,
+    never for an explicit address (worker.py), so a new shell's `palm run` would be refused.
+    With RAY_AUTH_MODE unset, use the mode `palm cluster up` recorded for that cluster, else
+    Ray's rule for `ray start` (token mode when a token is at hand). Returns whether token
+    mode is on."""
+    if os.environ.get(MODE_VAR) is None and recorded_mode in ("token", "disabled"):
+        os.environ[MODE_VAR] = recorded_mode
+    on = enable_from_environment()
+    from palm_platform.ray.compat import reread_auth_mode
+
+    reread_auth_mode()
+    return on
+
+
 def headers() -> dict[str, str]:
     """The dashboard HTTP header that proves the token (unless RAY_AUTH_MODE=disabled). Sent
     whenever a token is at hand: a cluster without token mode ignores it, and one with it
