@@ -147,7 +147,9 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
         "resize_events": [{k: r[k] for k in ("step", "from_pods", "to_pods", "cause")}
                           for r in records if r["kind"] == "resize"],
         "ledger": ledger.get("events", []),
-        "last_step": max((r["step"] for r in records if r["kind"] == "step"), default=0),
+        # the step the run ended on: not the highest step logged, which a restart from an
+        # older checkpoint (a pod lost again) may have logged before replaying it
+        "last_step": next((r["step"] for r in reversed(records) if r["kind"] == "step"), 0),
         "goodput": next((r for r in reversed(records) if r["kind"] == "goodput"), {}),
         "run_dir": str(run_dir),
         "log": str(work / "palm-run.log"),
