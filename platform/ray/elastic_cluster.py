@@ -84,13 +84,28 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
     known = _node_ids(state)
     try:
         for worker_id in range(shape.hosts_per_pod):
-            record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
-            started.append(record)
-            state.nodes.append(record)
-            save_state(path, state)  # recorded at once: `down` stops it even if we fail
-            nodes._wait_for(
-                lambda worker_id=worker_id: _new_host_alive(state, name, worker_id, known),
-                nodes.START_TIMEOUT_S, f"host {record.name} to join the cluster", started)
+            for attempt in (1, 2):
+                record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
+                started.append(record)
+                state.nodes.append(record)
+                save_state(path, state)  # recorded at once: `down` stops it even if we fail
+                try:
+                    nodes._wait_for(
+                        lambda worker_id=worker_id: _new_host_alive(state, name, worker_id, known),
+                        nodes.START_TIMEOUT_S, f"host {record.name} to join the cluster", [record])
+                    break
+                except RuntimeError as error:
+                    # It exited while starting: `ray start` gives its raylet a fixed 30 s to
+                    # register (ray/_private/node.py), which a busy machine can exceed. Once
+                    # more, as a new incarnation (new socket names), then give up.
+                    nodes.stop_nodes([record])
+                    started.remove(record)
+                    state.nodes.remove(record)
+                    save_state(path, state)
+                    if attempt == 2:
+                        raise
+                    print(f"host {record.name} did not start ({error}); starting it again",
+                          file=sys.stderr)
     except (RuntimeError, TimeoutError) as error:
         raise PodChangeError(f"pod {pod} did not come back: {error}") from None
     return len(started)
