@@ -1,12 +1,15 @@
 """Elastic pods on the local Ray cluster: lose pod 1 mid-run, give it back, measure.
 
     python benchmarks/bench_elastic.py [--job tests/jobs/ray-elastic.yaml] [--steps 300]
-        [--degraded-steps 25] [--stop-after-grow N] [--json OUT]
+        [--degraded-steps 25] [--quick-cycles N] [--add-after-s 2] [--stop-after-grow N]
+        [--json OUT]
 
 One run, one machine: `palm cluster up` with the job's shape (in a temporary state dir),
 `palm run` of the job (its steps set by --steps), `palm cluster remove-pod 1` once the run
 has trained `--warm-steps` steps on both pods, `palm cluster add-pod 1` after
-`--degraded-steps` steps on one pod, then the run to its end. Prints tokens/s at full size,
+`--degraded-steps` steps on one pod, then `--quick-cycles` more times `remove-pod 1` and
+`add-pod 1` `--add-after-s` seconds after the removal returned (each waits for the run to
+train on 2 pods again), then the run to its end. Prints tokens/s at full size,
 degraded and after growing back (medians of steps that did not compile), their ratios, the
 seconds from pod loss to the next trained step and from pod return to the first 2-pod step,
 and the ledger's resize trace. Exit 1 if a phase never happens (with what was seen).
@@ -65,6 +68,7 @@ def _palm(*args: str) -> str:
 
 def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
                     degraded_steps: int, stop_after_grow: int | None = None,
+                    quick_cycles: int = 0, add_after_s: float = 2.0,
                     timeout_s: float = 600) -> dict:
     """Run the job on a fresh local cluster, remove pod 1, add it back; return the figures.
 
@@ -72,6 +76,10 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
     user would) instead of waiting for its last step. How many steps a regrowth takes depends
     on how fast the machine trains one pod's steps (on a fast one, a short job could end first),
     so the test stops the run itself and the job's `steps` only needs to be out of reach.
+
+    `quick_cycles=N`: after the first regrowth, N times: remove pod 1, add it back
+    `add_after_s` seconds after the removal returned, and wait for a 2-pod step after the
+    add returned (a pod must be able to come back at any time after its removal).
     """
     spec = yaml.safe_load(job_file.read_text())
     topo = spec["topology"]
@@ -105,10 +113,13 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
             regrown = _wait(run_dir, proc, "a step on 2 pods after the pod returned",
                             lambda r: r["kind"] == "step" and r.get("pods") == 2
                             and r["time"] > returned_at, timeout_s)
+            cycles = [_quick_cycle(state_dir, run_dir, proc, add_after_s, timeout_s)
+                      for _ in range(quick_cycles)]
+            last_grown = cycles[-1]["regrown_step"] if cycles else regrown["step"]
             if stop_after_grow is not None:
                 _wait(run_dir, proc, f"{stop_after_grow} steps on 2 pods after the regrowth",
                       lambda r: r["kind"] == "step" and r.get("pods") == 2
-                      and r["step"] >= regrown["step"] + stop_after_grow, timeout_s)
+                      and r["step"] >= last_grown + stop_after_grow, timeout_s)
                 proc.send_signal(signal.SIGINT)
             proc.wait(timeout=timeout_s)
         finally:
@@ -128,6 +139,7 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
     ledger = json.loads((run_dir / "ledger.json").read_text()) if (run_dir / "ledger.json").exists() else {}
     return {
         "exit_code": proc.returncode,
+        "quick_cycles": cycles,
         "tokens_per_s": {"full": median_tokens(full), "degraded": median_tokens(degraded),
                          "after_grow": median_tokens(after)},
         "loss_to_next_step_s": first_degraded["time"] - lost_at,
@@ -135,11 +147,29 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
         "resize_events": [{k: r[k] for k in ("step", "from_pods", "to_pods", "cause")}
                           for r in records if r["kind"] == "resize"],
         "ledger": ledger.get("events", []),
-        "last_step": max((r["step"] for r in records if r["kind"] == "step"), default=0),
+        # the step the run ended on: not the highest step logged, which a restart from an
+        # older checkpoint (a pod lost again) may have logged before replaying it
+        "last_step": next((r["step"] for r in reversed(records) if r["kind"] == "step"), 0),
         "goodput": next((r for r in reversed(records) if r["kind"] == "goodput"), {}),
         "run_dir": str(run_dir),
         "log": str(work / "palm-run.log"),
     }
+
+
+def _quick_cycle(state_dir: Path, run_dir: Path, proc: subprocess.Popen, add_after_s: float,
+                 timeout_s: float) -> dict:
+    """remove-pod 1, add-pod 1 `add_after_s` s after the removal returned, a 2-pod step."""
+    _palm("cluster", "remove-pod", "1", "--dir", str(state_dir))
+    removed = time.time()
+    time.sleep(add_after_s)
+    started = time.time()
+    _palm("cluster", "add-pod", "1", "--dir", str(state_dir))  # raises if the pod failed
+    added = time.time()
+    regrown = _wait(run_dir, proc, "a step on 2 pods after a quick remove/add",
+                    lambda r: r["kind"] == "step" and r.get("pods") == 2 and r["time"] > added,
+                    timeout_s)
+    return {"add_started_after_remove_s": started - removed, "add_s": added - started,
+            "regrown_step": regrown["step"], "add_to_two_pod_step_s": regrown["time"] - added}
 
 
 def main() -> int:
@@ -150,6 +180,10 @@ def main() -> int:
     parser.add_argument("--degraded-steps", type=int, default=25)
     parser.add_argument("--stop-after-grow", type=int, default=None, metavar="N",
                         help="Ctrl-C the run N steps after it grew back (exit 130 expected)")
+    parser.add_argument("--quick-cycles", type=int, default=0, metavar="N",
+                        help="after the first regrowth, N more remove/add cycles, each add "
+                             "--add-after-s seconds after the removal returned")
+    parser.add_argument("--add-after-s", type=float, default=2.0)
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -157,7 +191,8 @@ def main() -> int:
     try:
         figures = shrink_and_grow(Path(args.job), work, steps=args.steps,
                                   warm_steps=args.warm_steps, degraded_steps=args.degraded_steps,
-                                  stop_after_grow=args.stop_after_grow)
+                                  stop_after_grow=args.stop_after_grow,
+                                  quick_cycles=args.quick_cycles, add_after_s=args.add_after_s)
     except (RuntimeError, TimeoutError) as error:
         print(f"bench_elastic: {error}; run log in {work / 'palm-run.log'}", file=sys.stderr)
         return 1
@@ -171,6 +206,10 @@ def main() -> int:
           f"{tps['after_grow'] / tps['full']:.2f}")
     print(f"pod loss -> next trained step: {figures['loss_to_next_step_s']:.1f} s")
     print(f"pod return -> first 2-pod step: {figures['return_to_two_pod_step_s']:.1f} s")
+    for i, cycle in enumerate(figures["quick_cycles"], 1):
+        print(f"quick cycle {i}: add-pod started {cycle['add_started_after_remove_s']:.1f} s "
+              f"after remove-pod returned, took {cycle['add_s']:.1f} s; first 2-pod step "
+              f"{cycle['regrown_step']} {cycle['add_to_two_pod_step_s']:.1f} s after it")
     print(f"run: exit {figures['exit_code']}, last step {figures['last_step']}")
     for event in figures["ledger"]:
         print("ledger: " + json.dumps(event))

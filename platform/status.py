@@ -183,6 +183,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import sys
 
+    if str(args.run_dir).startswith("gs://"):
+        from palm_platform.storage.preflight import StorageConfigError, check_gcs_paths
+
+        try:  # credentials and network first: those are what a user needs to hear about
+            check_gcs_paths({"run_dir": args.run_dir})
+        except StorageConfigError as error:
+            print(f"palm status: {error}", file=sys.stderr)
+            return 2
+        print(f"palm status: {args.run_dir}: a run folder is local (metrics.jsonl is appended "
+              "line by line; only checkpoints and data go to gs://). Fix: pass the run folder "
+              "on the machine that ran the job, or `palm ckpt list` for a gs:// checkpoint "
+              "directory", file=sys.stderr)
+        return 2
     try:
         print_summary(Path(args.run_dir))
     except FileNotFoundError as error:

@@ -16,6 +16,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import importlib.util  # noqa: E402 - after the environment set-up above, on purpose
 import re  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -81,6 +83,39 @@ def require_libtpu() -> None:
 def libtpu():
     """Use as `pytestmark = pytest.mark.usefixtures("libtpu")`: see require_libtpu."""
     require_libtpu()
+
+
+# -- Ray's token (platform/ray/auth.py): one of the test session's own, never ~/.ray/auth_token --
+# `palm cluster up` starts its nodes in token mode and makes a token where Ray reads it when
+# none is at hand. A token appearing at the real ~/.ray/auth_token would turn token mode on for
+# every later Ray process of this user on the machine (other sessions' clusters and tests), so
+# the tests' clusters, drivers and `ray job submit`s all read this session's file instead
+# (RAY_AUTH_TOKEN_PATH, set at import so every subprocess inherits it; restored at exit).
+# Made here, not by the first `palm cluster up`: a RAY_AUTH_TOKEN_PATH naming a missing file is
+# an error for every Ray process that starts before it exists.
+_SAVED_TOKEN_PATH = os.environ.get("RAY_AUTH_TOKEN_PATH")
+_SESSION_TOKEN_DIR = tempfile.mkdtemp(prefix="palm-test-ray-token-")
+
+
+def _session_token_path() -> str:
+    import secrets
+
+    path = os.path.join(_SESSION_TOKEN_DIR, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return path
+
+
+os.environ["RAY_AUTH_TOKEN_PATH"] = _session_token_path()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_TOKEN_DIR, ignore_errors=True)
+    if _SAVED_TOKEN_PATH is None:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    else:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = _SAVED_TOKEN_PATH
 
 
 @pytest.fixture(autouse=True)

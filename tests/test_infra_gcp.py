@@ -198,3 +198,19 @@ def test_cpu_workers_for_the_data_prepare_job_scale_from_zero(path: Path, gcp_pr
     assert account["email"].startswith("palm-tpu@")
     setup = " ".join(node_type["worker_setup_commands"])
     assert "-c ~/palm-platform/constraints.txt" in setup and "[tpu]" not in setup
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_node_starts_in_token_mode_with_the_token_from_secret_manager(path: Path):
+    config = _load(path)
+    for role in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[role])
+        before_ray = start.split("ray start", 1)[0]
+        assert "export RAY_AUTH_MODE=token" in before_ray, role
+        assert ('RAY_AUTH_TOKEN="$(gcloud secrets versions access latest '
+                '--secret=palm-ray-auth-token)"') in before_ray, role
+        # no secret, no node: a node that started anyway would run without the token
+        assert '[ -n "$RAY_AUTH_TOKEN" ] || {' in before_ray and "exit 1" in before_ray, role
+    text = path.read_text()
+    assert not re.search(r"RAY_AUTH_TOKEN=[\"']?[0-9a-f]{16}", text), "a token in the file"
+    assert not re.search(r"\b[0-9a-f]{64}\b", text), "looks like a Ray token in the file"

@@ -192,3 +192,18 @@ def test_cpu_worker_group_for_the_data_prepare_job_holds_no_tpu(path: Path):
     for kind in ("requests", "limits"):
         assert "google.com/tpu" not in container["resources"][kind]
         assert int(container["resources"][kind]["cpu"]) >= 1
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_ray_container_is_in_token_mode_with_the_token_from_a_secret(path: Path):
+    manifest = _load(path)
+    containers = _containers(_cluster_spec(manifest))
+    if manifest["kind"] == "RayJob":  # its submitter runs `ray job submit` against the head
+        containers += manifest["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    for container in containers:
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", container["name"]
+        token = env.get("RAY_AUTH_TOKEN")
+        assert token is not None and "value" not in token, container["name"]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "palm-ray-auth", "key": "token"}
+    assert not re.search(r"\b[0-9a-f]{64}\b", path.read_text()), "looks like a token in the file"

@@ -23,8 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
 STEPS = 60  # ~0.4 s each; `palm cluster down` takes ~10 s to stop a job (about 20 steps)
-# The README's line, unchanged; the shell expands $PWD on the submitting side.
-SUBMIT = 'ray job submit --working-dir . -- palm run --submit-dir "$PWD" jobs/tiny.yaml'
+# The README's line, unchanged; the shell expands $PWD on the submitting side. RAY_AUTH_MODE=
+# token: Ray 2.60's job CLI sends the cluster's token (here the session's file, conftest) only
+# in token mode, and `palm cluster up` starts clusters in token mode (platform/ray/auth.py).
+SUBMIT = ('RAY_AUTH_MODE=token ray job submit --working-dir . -- palm run --submit-dir "$PWD" '
+          'jobs/tiny.yaml')
 
 
 def cluster_cli(action: str, state_dir: Path) -> cluster.ClusterState | None:
@@ -38,7 +41,7 @@ def cluster_cli(action: str, state_dir: Path) -> cluster.ClusterState | None:
 def submit(project: Path, state: cluster.ClusterState, **popen) -> subprocess.Popen:
     # `ray job submit` finds the dashboard through RAY_API_SERVER_ADDRESS (the port may not
     # be 8265 when another cluster runs here); RAY_ADDRESS would point it at the GCS.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env.update(RAY_API_SERVER_ADDRESS=state.dashboard_url, PATH=f"{BIN}:{env['PATH']}")
     return subprocess.Popen(["bash", "-c", SUBMIT], cwd=project, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)

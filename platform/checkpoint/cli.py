@@ -69,6 +69,13 @@ def _verify(directory: str, step: int | None, *, checksums: bool) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from palm_platform.storage.preflight import StorageConfigError, check_gcs_paths
+
+    try:
+        check_gcs_paths({"directory": args.directory})  # gs://: credentials, network, bucket
+    except StorageConfigError as error:
+        print(f"palm ckpt {args.ckpt_action}: {error}", file=sys.stderr)
+        return 2
     try:
         if args.ckpt_action == "list":
             return _list(args.directory)

@@ -20,8 +20,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from palm_platform.ray.compat import kv_delete, kv_get, kv_put
-
 KV_NAMESPACE = "palm"
 
 RESULT_PREFIX = "eval-result"
@@ -38,9 +36,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 def result_from_cluster(command: str, args: argparse.Namespace):
     """`palm generate|eval --cluster`: the job of `args.target`, its run folder and host 0's
     result; a worker's input error comes back as EvalInputError, as it would in one process."""
-    from palm_platform.eval.restore import EvalInputError, find_job
+    from palm_platform.eval.restore import EvalInputError, check_run_storage, find_job
 
+    check_run_storage(args.target, args.job)
     job, run_dir = find_job(args.target, args.job)
+    check_run_storage(args.target, args.job, job)  # here, before any worker starts
     outcome = run_on_cluster(command, args, job, run_dir)
     if "error" in outcome:
         raise EvalInputError(outcome["error"])
@@ -53,6 +53,9 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
     Returns {"ok": result} or {"error": one-line message}; raises ConnectionError when no
     cluster can be reached and InfeasibleTopologyError when it cannot hold the job.
     """
+    # Ray (through compat) is imported only here: `palm generate|eval` registers this
+    # module's arguments, and a local run or an input error must not pay Ray's import first.
+    from palm_platform.ray.compat import kv_delete, kv_get
     from palm_platform.ray.launch import connect, launch
     topo = job.topology
     connect(args.address, start_local=topo.shape() if topo.local else None)
@@ -97,4 +100,6 @@ def eval_worker(config: dict) -> None:
     except EvalInputError as error:  # every host raises it alike (same inputs, same data)
         payload = {"error": str(error)}
     if jax.process_index() == 0:
+        from palm_platform.ray.compat import kv_put
+
         kv_put(config["result_key"], json.dumps(payload, default=str).encode(), KV_NAMESPACE)

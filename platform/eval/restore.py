@@ -107,8 +107,32 @@ def restore_run(target: str | Path, *, step: int | None = None,
                 job_file: str | Path | None = None, sharded: bool = False) -> Restored:
     """The newest good (or the given) checkpoint of a run: on this process's first device,
     or (`sharded`, every host of a Ray eval job) sharded over the job's mesh as in training."""
+    check_run_storage(target, job_file)
     job, run_dir = find_job(target, job_file)
+    check_run_storage(target, job_file, job)
     return restore_job(job, run_dir, step=step, sharded=sharded)
+
+
+def check_run_storage(target: str | Path, job_file: str | Path | None, job: Job | None = None
+                      ) -> None:
+    """The gs:// pre-flight (storage/preflight.py) for `palm generate` / `palm eval`: on the
+    target and --job given, then on the job's checkpoint, tokenizer and data paths."""
+    from palm_platform.storage.preflight import StorageConfigError, check_gcs_paths, gcs_paths
+
+    paths = {"target": str(target)}
+    if job_file is not None:
+        paths["--job"] = str(job_file)
+    if job is not None:
+        paths = {k: v for k, v in gcs_paths(job).items() if k != "run_dir"}
+    try:
+        check_gcs_paths(paths)
+    except StorageConfigError as error:
+        raise EvalInputError(str(error)) from None
+    if job is None and job_file is None and str(target).startswith("gs://"):
+        raise EvalInputError(
+            f"{target}: a run folder is local (it holds job.json and metrics.jsonl; only "
+            "checkpoints and data go to gs://). Fix: pass the run folder, or the gs:// "
+            "checkpoint directory with --job FILE")
 
 
 def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bool = False) -> Restored:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from palm_platform.ray.auth import AuthSetupError
 from palm_platform.ray.cluster_nodes import (  # noqa: F401 - the public API, re-exported
     cluster_alive,
     down,
@@ -51,12 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", default=None, help=f"where the state file goes (default {DEFAULT_STATE_DIR})"
     )
+    parser.add_argument(
+        "--no-auth", action="store_true",
+        help="up: start the nodes without Ray's token authentication (anyone who reaches "
+             "their ports can run code here); default: token mode, a token made if none")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         return _main(args)
-    except ClusterStateError as error:
+    except (ClusterStateError, AuthSetupError) as error:
         print(f"palm cluster: {error}", file=sys.stderr)
         return 2
 
@@ -102,7 +107,8 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         print(f"cleaning stale cluster state in {path}")
         down(args.dir)
-    state = up(shape, object_store_mb=args.object_store_mb, run_state_dir=args.dir)
+    state = up(shape, object_store_mb=args.object_store_mb, run_state_dir=args.dir,
+               no_auth=args.no_auth)
     print(describe(state))
     print(f"state recorded in {path}; stop it with `palm cluster down`")
     return 0

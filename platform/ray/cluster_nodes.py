@@ -122,7 +122,10 @@ def _start_node(args: list[str], env: dict[str, str], log_path: Path, name: str)
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: `down` signals exactly it
         )
-    return NodeRecord(name, proc.pid, psutil.Process(proc.pid).create_time(), str(log_path))
+    port = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--node-manager-port=")),
+                None)
+    return NodeRecord(name, proc.pid, psutil.Process(proc.pid).create_time(), str(log_path),
+                      node_manager_port=port)
 
 
 def _wait_for(predicate, timeout_s: float, what: str, nodes: list[NodeRecord]) -> None:
@@ -139,12 +142,14 @@ def _wait_for(predicate, timeout_s: float, what: str, nodes: list[NodeRecord]) -
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def _node_env(temp_dir: str) -> dict[str, str]:
-    """The environment every node of the cluster starts with."""
+def _node_env(temp_dir: str, auth_mode: str | None) -> dict[str, str]:
+    """The environment every node of the cluster starts with, in the cluster's auth mode."""
     from palm_platform.ray import auth
 
-    auth.enable_from_environment()  # a token in the environment: the nodes demand it (auth.py)
+    if auth_mode is None:  # a cluster recorded before token mode was the default (auth.py)
+        auth_mode = "token" if auth.enable_from_environment() else "disabled"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TPU_"))}
+    env.update(auth.node_env(auth_mode))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray's log monitor also streams libtpu's log folder (TPU_LOG_DIR, else /tmp/tpu_logs) to
     # every driver. On a laptop that folder holds the logs of every libtpu user on the machine
@@ -160,9 +165,19 @@ def _node_env(temp_dir: str) -> dict[str, str]:
 
 
 def up(
-    shape: SliceShape, *, object_store_mb: int = 150, run_state_dir: str | os.PathLike | None = None
+    shape: SliceShape, *, object_store_mb: int = 150, run_state_dir: str | os.PathLike | None = None,
+    no_auth: bool = False,
 ) -> ClusterState:
-    """Start the head and one node per fake TPU host; return the recorded state."""
+    """Start the head and one node per fake TPU host; return the recorded state.
+
+    Token mode unless `no_auth` (auth.py): a token is made first if none is at hand, and a
+    line naming its file (never the token) is printed.
+    """
+    from palm_platform.ray import auth
+
+    auth_mode, note = auth.prepare_cluster_auth(no_auth)
+    if note:
+        print(note)
     path = state_path(run_state_dir)
     # A short temp dir: Ray's unix sockets live under it and paths are capped at 107 bytes.
     temp_dir = f"/tmp/palm-ray-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
@@ -178,8 +193,9 @@ def up(
         dashboard_url=f"http://{LOCALHOST}:{dashboard_port}",
         temp_dir=temp_dir,
         object_store_mb=object_store_mb,
+        auth_mode=auth_mode,
     )
-    base_env = _node_env(temp_dir)
+    base_env = _node_env(temp_dir, auth_mode)
     common = [
         f"--temp-dir={temp_dir}",
         f"--object-store-memory={object_store_mb * 1024 * 1024}",

@@ -34,6 +34,7 @@ class NodeRecord:
     log_path: str
     slice_name: str | None = None
     worker_id: int | None = None
+    node_manager_port: int | None = None  # the raylet's gRPC port (auth checks reach it)
 
 
 @dataclass
@@ -48,6 +49,9 @@ class ClusterState:
     temp_dir: str
     object_store_mb: int
     nodes: list[NodeRecord] = field(default_factory=list)
+    # "token" or "disabled": the mode its nodes started in, so add-pod starts hosts alike
+    # (None: a state file from before token mode was the default).
+    auth_mode: str | None = None
 
     @property
     def shape(self) -> SliceShape:

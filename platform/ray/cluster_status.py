@@ -20,11 +20,13 @@ def describe(state: ClusterState) -> str:
         f"cluster: {state.pods} pods x {state.hosts_per_pod} hosts x {state.chips_per_host} chips "
         f"(TPU v4 {state.pod_type}, topology {state.topology}, fake: JAX on CPU)",
         f"address: {state.gcs_address}   dashboard: {state.dashboard_url}",
-        f"  ray job submit --address {state.dashboard_url} --working-dir . -- python ...",
     ]
     from palm_platform.ray import auth
 
-    lines.append(auth.describe(auth.cluster_mode(state.dashboard_url)))
+    mode = auth.cluster_mode(state.dashboard_url)
+    lines.append(f"  {auth.SUBMIT_PREFIX if mode == 'token' else ''}ray job submit --address "
+                 f"{state.dashboard_url} --working-dir . -- python ...")
+    lines.append(auth.describe(mode))
     procs = {n.name: node_process(n) is not None for n in state.nodes}
     try:
         nodes = list_cluster_nodes(state.dashboard_url)

@@ -365,3 +365,20 @@ def keep_libtpu_logs_out_of_the_terminal() -> None:
     folder = Path(tempfile.gettempdir()) / f"palm-driver-tpu-logs-{os.getuid()}"
     folder.mkdir(exist_ok=True)
     os.environ["TPU_LOG_DIR"] = str(folder)
+
+
+# --- Ray's auth mode, read once per process ------------------------------------------------
+def reread_auth_mode() -> None:
+    """Make this process's Ray see a RAY_AUTH_MODE set after `ray._raylet` was imported.
+
+    Ray 2.60 reads RAY_AUTH_MODE into its C++ config once (`ray._raylet.Config`), so a process
+    that already touched Ray keeps sending no token after palm turns token mode on. Ray's own
+    `_enable_token_auth` (authentication_token_setup.py) re-initialises that config the same
+    way; nothing is read again if Ray is not loaded yet.
+    """
+    import sys
+
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")

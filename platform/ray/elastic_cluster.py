@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from palm_platform.ray import cluster_nodes as nodes
 from palm_platform.ray.cluster_state import ClusterState, load_state, save_state, state_path
+from palm_platform.ray.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
 
 
 class PodChangeError(RuntimeError):
@@ -66,33 +68,75 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
         raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
                              "process is gone). Fix: `palm cluster down` then `palm cluster up`")
     # The same environment and options `cluster_nodes.up` gives its hosts.
-    base_env = nodes._node_env(state.temp_dir)
+    base_env = nodes._node_env(state.temp_dir, state.auth_mode)
     common = [f"--temp-dir={state.temp_dir}",
               f"--object-store-memory={state.object_store_mb * 1024 * 1024}",
               "--disable-usage-stats"]
     logs = path.parent / "cluster-logs"
     started = []
+    # Each host is waited for by its own new node id, not by a count of alive hosts: right
+    # after `remove-pod`, the GCS may still list the removed hosts as ALIVE (it marks a node
+    # dead once its raylet is gone for good), so a count is met at once and the next host
+    # starts while the previous one's raylet has not created its sockets yet. `ray start`
+    # names a node's plasma and raylet sockets by the first index whose file does not exist
+    # (ray/_private/node.py, `_make_inc_temp`), so both hosts picked the same names and the
+    # second raylet aborted with "bind: Address already in use" (issue 30).
+    known = _node_ids(state)
     try:
         for worker_id in range(shape.hosts_per_pod):
-            record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
-            started.append(record)
-            state.nodes.append(record)
-            save_state(path, state)  # recorded at once: `down` stops it even if we fail
-            expected = sum(1 for n in state.nodes if n.name != "head")
-            nodes._wait_for(
-                lambda expected=expected: _alive_hosts(state) >= expected,
-                nodes.START_TIMEOUT_S, f"{expected} alive TPU hosts", started)
+            for attempt in (1, 2):
+                record = nodes._start_host(shape, pod, worker_id, state, base_env, common, logs)
+                started.append(record)
+                state.nodes.append(record)
+                save_state(path, state)  # recorded at once: `down` stops it even if we fail
+                try:
+                    nodes._wait_for(
+                        lambda worker_id=worker_id: _new_host_alive(state, name, worker_id, known),
+                        nodes.START_TIMEOUT_S, f"host {record.name} to join the cluster", [record])
+                    break
+                except RuntimeError as error:
+                    # It exited while starting: `ray start` gives its raylet a fixed 30 s to
+                    # register (ray/_private/node.py), which a busy machine can exceed. Once
+                    # more, as a new incarnation (new socket names), then give up.
+                    nodes.stop_nodes([record])
+                    started.remove(record)
+                    state.nodes.remove(record)
+                    save_state(path, state)
+                    if attempt == 2:
+                        raise
+                    print(f"host {record.name} did not start ({error}); starting it again",
+                          file=sys.stderr)
     except (RuntimeError, TimeoutError) as error:
         raise PodChangeError(f"pod {pod} did not come back: {error}") from None
     return len(started)
 
 
-def _alive_hosts(state: ClusterState) -> int:
+def _node_ids(state: ClusterState) -> set[str]:
+    """Every node id the GCS lists now, alive or dead (the state API retried while busy)."""
+    for _ in range(20):
+        try:
+            return {n["node_id"] for n in nodes.list_cluster_nodes(state.dashboard_url)}
+        except Exception:  # noqa: BLE001 - the state API may be busy; try again
+            time.sleep(0.5)
+    raise PodChangeError(f"the cluster's state API at {state.dashboard_url} does not answer. "
+                         "Fix: `palm cluster status`, then `palm cluster down` and `up`")
+
+
+def _new_host_alive(state: ClusterState, slice_name: str, worker_id: int, known: set[str]) -> bool:
+    """Whether a node that was not there before is ALIVE as host `worker_id` of `slice_name`;
+    it is then added to `known`, so the next host waits for a node of its own."""
     try:
         listed = nodes.list_cluster_nodes(state.dashboard_url)
     except Exception:  # noqa: BLE001 - the state API may be busy; the wait retries
-        return 0
-    return sum(1 for n in listed if n["state"] == "ALIVE" and not n["is_head"])
+        return False
+    for node in listed:
+        labels = node["labels"]
+        if (node["state"] == "ALIVE" and node["node_id"] not in known
+                and labels.get(SLICE_NAME_LABEL) == slice_name
+                and labels.get(WORKER_ID_LABEL) == str(worker_id)):
+            known.add(node["node_id"])
+            return True
+    return False
 
 
 def main(args: argparse.Namespace) -> int:

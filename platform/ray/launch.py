@@ -98,6 +98,14 @@ def connect(
         )
     if start_local is not None:  # a fake-TPU cluster: no libtpu logs worth streaming
         keep_libtpu_logs_out_of_the_terminal()
+    from palm_platform.ray import auth
+
+    try:
+        recorded = cluster.load_state(cluster.state_path(run_state_dir))
+    except cluster.ClusterStateError:
+        recorded = None  # not ours to judge here: `palm cluster status` names the file
+    auth.enable_for_client(recorded.auth_mode if recorded is not None
+                           and recorded.gcs_address == address else None)
     ray.init(address=address, logging_level=logging.WARNING)
     return ray.get_runtime_context().gcs_address
 

@@ -13,9 +13,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from palm_platform.ray import cluster
@@ -26,8 +27,42 @@ BIN = Path(sys.executable).parent  # this environment's `palm`, `ray` and `pytho
 
 @contextmanager
 def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per_host: int,
-                    timeout_s: float = 300) -> Iterator[ClusterState]:
-    """`palm cluster up` in `state_dir`; on exit `down` and its Ray temp folder removed."""
+                    timeout_s: float = 300, own_token: bool = True) -> Iterator[ClusterState]:
+    """`palm cluster up` in `state_dir`; on exit `down` and its Ray temp folder removed.
+
+    The cluster is in token mode (auth.py). With `own_token` and no token at hand, it gets a
+    throwaway one (RAY_AUTH_TOKEN_PATH in a temporary folder for the duration, inherited by
+    `palm cluster up` and the drivers): `palm cluster up` would otherwise make the user's
+    ~/.ray/auth_token, which turns token mode on for every later Ray process of the user.
+    """
+    with _throwaway_token() if own_token else nullcontext():
+        yield from _running_cluster(state_dir, pods=pods, hosts_per_pod=hosts_per_pod,
+                                    chips_per_host=chips_per_host, timeout_s=timeout_s)
+
+
+@contextmanager
+def _throwaway_token() -> Iterator[None]:
+    from palm_platform.ray import auth
+
+    if auth.token_at_hand():
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="palm-ray-token-"))
+    saved = os.environ.get(auth.TOKEN_PATH_VAR)
+    os.environ[auth.TOKEN_PATH_VAR] = str(folder / "auth_token")
+    try:
+        auth.prepare_cluster_auth()  # makes the file, 0600, before any Ray process looks
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for var, value in ((auth.TOKEN_PATH_VAR, saved), (auth.MODE_VAR, None)):
+            os.environ.pop(var, None)
+            if value is not None:
+                os.environ[var] = value
+
+
+def _running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per_host: int,
+                     timeout_s: float) -> Iterator[ClusterState]:
     up = subprocess.run([BIN / "palm", "cluster", "up", "--pods", str(pods), "--hosts-per-pod",
                          str(hosts_per_pod), "--chips-per-host", str(chips_per_host), "--dir",
                          str(state_dir)], capture_output=True, text=True, timeout=timeout_s)
@@ -48,9 +83,11 @@ def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per
 
 
 def driver_env(state: ClusterState) -> dict[str, str]:
-    """Environment for a `palm run` / `ray job submit` subprocess aimed at the cluster."""
+    """Environment for a `palm run` / `ray job submit` subprocess aimed at the cluster (in
+    token mode: Ray's job CLI sends the token only then, auth.SUBMIT_PREFIX)."""
+    mode = {"RAY_AUTH_MODE": "token"} if state.auth_mode == "token" else {}
     return {**os.environ, "RAY_ADDRESS": state.gcs_address,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **mode}
 
 
 def train_workers(state: ClusterState) -> list:
