@@ -17,7 +17,8 @@ fi
 if command -v uv >/dev/null 2>&1; then
   uv=uv
 else
-  [ -x .venv/bin/uv ] || .venv/bin/python -m pip install --quiet "uv==$UV_VERSION"
+  # -qq: the machine's own pip configuration may warn about its extra indexes
+  [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -qq "uv==$UV_VERSION"
   uv=.venv/bin/uv
 fi
 # --inexact keeps what uv.lock does not list but the venv needs (pip, and uv itself);
