@@ -45,7 +45,7 @@ def check_versions(installed: dict[str, str] | None = None) -> None:
         pinned = ", ".join(f"{name} {version}" for name, version in WRITTEN_FOR.items())
         raise IncompatibleVersionError(
             f"palm_platform/ray/compat.py was written for {pinned} but found {', '.join(wrong)}; "
-            "install the versions in constraints.txt (bash scripts/setup.sh), or re-check compat.py "
+            "install the versions uv.lock pins (bash scripts/setup.sh), or re-check compat.py "
             "against the new release and update its WRITTEN_FOR.")
 
 
