@@ -185,7 +185,7 @@ class Progress:
         if record["kind"] == "restart" and self.restart_cause is not None:
             cause = self.restart_cause()
             if cause:
-                sentence += f" ({cause})"
+                sentence += f"; {cause}"
         return sentence
 
 

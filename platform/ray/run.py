@@ -189,6 +189,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, verbose: bool = False) -
     finally:
         stop.set()
         watcher.join(timeout=5)
+        output.close()
     if interrupt.signum is not None:
         print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
         return exit_code(interrupt.signum)
