@@ -103,3 +103,18 @@ def test_ray_hands_both_of_its_streams_to_the_handler():
         ray_worker.print_to_stdstream = before
     assert len(seen) == 1 and seen[0][0]["pid"] == "raylet"
     assert seen[0][1] is before  # Ray's printer, for --verbose
+
+
+def test_the_restart_sentence_says_what_died(tmp_path):
+    from palm_platform.status import Progress
+
+    output = WorkerOutput(tmp_path, stream=io.StringIO())
+    output.handle(batch(10427, worker_line("WARNING", "palm_platform.supervise.faults",
+                                           "FAULT step 25 host 1: kill_host")))
+    output.handle({"pid": "raylet", "is_err": False, "lines": [DIED]})
+    progress = Progress(tmp_path, total_steps=60, restart_cause=output.restart_cause)
+    restart = {"kind": "restart", "step": 20, "time": 0.0, "attempt": 1}
+    assert progress._sentence(restart) == (
+        "step 20: worker group restarted (attempt 1), resumed from this step; host 1 (worker pid "
+        "10427) died: Worker unexpectedly exits with a connection error code 2. End of file")
+    assert progress._sentence(restart).endswith("resumed from this step")  # said once
