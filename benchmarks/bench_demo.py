@@ -9,7 +9,8 @@ folder (so the local cluster and the data cache are this run's own) and, unless
 with its injected kill and spike, cluster down), the JAX compilation cache cold as in a new
 clone. Prints the seconds of each, their sum, the demo's terminal lines (stdout and stderr,
 not a terminal) and how many of them are Ray's (a `(RayTrainWorker pid=...)` or `(raylet)`
-prefix), and the summary's steps line.
+prefix), and the summary's steps line. With --keep, the demo's terminal is in
+DIR/demo-terminal.txt and the clone (with its run folder) in DIR/clone.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> int:
     try:
         setup_s, _ = _run(["bash", "scripts/setup.sh"], clone, env)
         demo_s, output = _run(["bash", "scripts/demo.sh"], clone, env)
+        (work / "demo-terminal.txt").write_text(output)  # kept with --keep
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
