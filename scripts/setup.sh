@@ -23,6 +23,10 @@ else
 fi
 # --inexact keeps what uv.lock does not list but the venv needs (pip, and uv itself);
 # only PyPI is reachable on CI, so uv must use this Python, never download one.
+# --compile-bytecode, as pip does: without .pyc files the first `palm cluster up` imports Ray
+# from source in every node process at once, and on a loaded machine the head's dashboard
+# then started too late for Ray's start-up timeout.
 UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
-  "$uv" sync --frozen --inexact --quiet --python .venv/bin/python --extra test --extra tpu --extra eval
+  "$uv" sync --frozen --inexact --compile-bytecode --quiet --python .venv/bin/python \
+  --extra test --extra tpu --extra eval
 echo "$want" > "$stamp"
