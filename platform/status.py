@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +137,11 @@ ON_THE_BAR = frozenset({"step", "checkpoint_saved"})
 class Progress:
     """A rich progress bar fed by the metrics file while a job runs."""
 
-    def __init__(self, run_dir: Path, total_steps: int):
+    def __init__(self, run_dir: Path, total_steps: int,
+                 restart_cause: Callable[[], str | None] | None = None):
         self.path, self.total = Path(run_dir) / METRICS_FILE, total_steps
+        # What died before a restart, in one line (ray/worker_output.py), for its sentence.
+        self.restart_cause = restart_cause
 
     def follow(self, stop: threading.Event) -> None:
         import json
@@ -171,9 +175,18 @@ class Progress:
                     elif record["kind"] == "checkpoint_saved":  # routine: on the bar, not a line each
                         bar.update(task, ckpt=str(record["step"]))
                     elif record["kind"] == "eval":
-                        bar.console.print(f"step {record['step']}: held-out {eval_text(record)}")
+                        bar.console.print(f"step {record['step']}: held-out {eval_text(record)}",
+                                          soft_wrap=True)
                     else:
-                        bar.console.print(describe_event(record), highlight=False)
+                        bar.console.print(self._sentence(record), highlight=False, soft_wrap=True)
+
+    def _sentence(self, record: dict) -> str:
+        sentence = describe_event(record)
+        if record["kind"] == "restart" and self.restart_cause is not None:
+            cause = self.restart_cause()
+            if cause:
+                sentence += f"; {cause}"
+        return sentence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -162,7 +162,8 @@ def test_every_host_installs_this_project(path: Path):
         "worker": " ".join(config["worker_setup_commands"]),
     }
     for role, commands in installs.items():
-        assert "-c ~/palm-platform/constraints.txt" in commands, role
+        assert "uv export --project ~/palm-platform --frozen" in commands, role  # uv.lock's pins
+        assert "-c ~/palm-constraints.txt" in commands, role
         assert "~/palm-venv" in commands, role
     assert f"'{repo}[tpu]'" in installs["worker"], "TPU hosts need the tpu extra (libtpu)"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -168,11 +169,12 @@ def test_wandb_key_comes_from_a_kubernetes_secret(path: Path):
 
 
 def test_image_and_manifests_run_the_pinned_ray():
-    """Head, workers and the laptop must run one Ray version; constraints.txt pins it."""
-    (pin,) = re.findall(r"^ray==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    """Head, workers and the laptop must run one Ray version; uv.lock pins it."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (pin,) = [p["version"] for p in lock["package"] if p["name"] == "ray"]
     dockerfile = (K8S / "Dockerfile").read_text()
     assert re.search(rf"^FROM rayproject/ray:{re.escape(pin)}-py311$", dockerfile, re.M)
-    assert "-c constraints.txt '.[tpu]'" in dockerfile
+    assert "uv export --frozen" in dockerfile and "-c /tmp/constraints.txt '.[tpu]'" in dockerfile
     for path in MANIFESTS:
         assert _cluster_spec(_load(path))["rayVersion"] == pin, path.name
 

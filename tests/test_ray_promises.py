@@ -15,6 +15,7 @@ of the same 30-step job, which poisons the data at step 25:
 """
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -59,6 +60,22 @@ def palm_run(job: Path, home: Path, timeout: float = 420) -> subprocess.Complete
     env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}")
     return subprocess.run([BIN / "palm", "run", str(job)], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# What palm itself prints while a job runs (ray/run.py, status.py, ray/worker_output.py).
+PALM_LINES = re.compile("|".join((
+    r"step \d+: \S",  # an event's sentence (events.py), a held-out eval
+    r"step \d+/\d+ ",  # the progress bar (outside a terminal: its last frame)
+    r"run \S+$", r"  \S",  # the summary: its header, then indented lines
+    r"host \d+/\d+: \S",  # a worker's warning about its own host
+    r"FAULT step \d+",  # an injected fault, said once by the worker it hit
+    r"checkpoint step \d+ (is damaged|was not committed)",  # a worker's checkpoint warnings
+    r"discarded checkpoints \[[\d, ]+\] newer than rollback step \d+",
+)))
+
+
+def is_palm_line(line: str) -> bool:
+    return bool(PALM_LINES.match(line))
 
 
 def assert_bitwise_equal(a, b) -> None:
@@ -157,4 +174,13 @@ def test_2pod_run_with_damaged_checkpoint_and_killed_host_ends_bitwise_equal(
     damaged = [ln for ln in output.splitlines() if "checkpoint step 10 is damaged" in ln]
     assert len(damaged) == 1, output[-3000:]
     assert [r["step"] for r in records if r["kind"] == "spike"] == [POISON_STEP]
+    # The terminal of a run with a kill, a damaged checkpoint and a spike: palm's lines only
+    # (Ray's and JAX's are in the run's log file), no colour codes outside a terminal, and the
+    # restart sentence says what died.
+    foreign = [ln for ln in output.splitlines() if not is_palm_line(ln)]
+    assert not foreign, foreign[:10]
+    assert "\x1b[" not in output
+    restart = [ln for ln in output.splitlines()  # the live sentence, not the summary's recap
+               if ln.startswith("step") and "worker group restarted" in ln]
+    assert len(restart) == 1 and "died" in restart[0], restart
     assert_bitwise_equal(final_params(folder / "job.yaml", STEPS), final_params(job, STEPS))

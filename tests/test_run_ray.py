@@ -26,6 +26,7 @@ from palm_platform.ray.local_cluster import (
     final_params,
     kill_a_train_worker_after_step,
 )
+from palm_platform.ray.worker_output import LOG_FILE
 from palm_platform.status import ON_THE_BAR
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -63,25 +64,34 @@ def reference(local_cluster, tmp_path_factory):
     return folder
 
 
-def worker_lines(output: str) -> list[str]:
-    """Lines our loggers wrote in a Ray Train worker, as the driver printed them."""
-    return [ln for ln in output.splitlines() if "RayTrainWorker" in ln and " palm" in ln]
+def worker_log(run_dir: Path) -> str:
+    """Every line the driver received from the workers (ray/worker_output.py's log file)."""
+    return (run_dir / "logs" / LOG_FILE).read_text()
+
+
+def worker_lines(run_dir: Path) -> list[str]:
+    """Lines our loggers wrote in a Ray Train worker, as the driver logged them."""
+    return [ln for ln in worker_log(run_dir).splitlines()
+            if "RayTrainWorker" in ln and " palm" in ln]
 
 
 def test_each_worker_log_line_is_printed_once(reference):
     # Every fake host's node shares one session log folder: with a log monitor per node,
     # each line would reach the driver once per node.
     output = (reference / "submit.log").read_text()
-    lines = worker_lines(output)
+    lines = worker_lines(reference / "run" / "ray-2host")
     assert any("step 12/12" in ln for ln in lines), lines[-20:]
     repeated = [ln for ln, n in Counter(lines).items() if n > 1]
     assert not repeated, repeated[:5]
+    # The terminal shows none of them with Ray's prefix (palm's warnings only, as messages).
+    assert "RayTrainWorker" not in output, output[-2000:]
     # Nor lines of other processes: libtpu's logs of whoever ran `palm plan` on this machine
     # (Ray's log monitor streams /tmp/tpu_logs unless the node has a TPU_LOG_DIR of its own).
-    foreign = [ln for ln in output.splitlines() if "(pid=)" in ln]
+    logged = worker_log(reference / "run" / "ray-2host")
+    foreign = [ln for ln in (output + logged).splitlines() if "(pid=)" in ln]
     assert not foreign, foreign[:5]
     # Nor gloo's line per communicator ("[Gloo] Rank 1 is connected to 3 peer ranks ...").
-    gloo = [ln for ln in output.splitlines() if "peer ranks" in ln or "[Gloo]" in ln]
+    gloo = [ln for ln in (output + logged).splitlines() if "peer ranks" in ln or "[Gloo]" in ln]
     assert not gloo, gloo[:5]
     # Each event once: the driver's sentence, not also the worker's log line of it. The end
     # summary (after the "run DIR" header) recaps some on purpose, so only the live part counts.
@@ -134,13 +144,14 @@ def test_killed_and_hung_hosts_restart_from_gs_and_end_bitwise_equal(
         output, _ = run.communicate(timeout=600)
     finally:
         old_log.unlink()
-    assert "OLD-LIBTPU-LINE" not in output
+    assert "OLD-LIBTPU-LINE" not in output + worker_log(tmp_path / "run" / "ray-2host")
     assert run.returncode == 0, output[-4000:]
     records = read_records(tmp_path / "run" / "ray-2host")
     assert sum(r["kind"] == "restart" for r in records) == 2, output[-3000:]
     assert "restarts 2" in output
     # One line per restore, from host 0 (not one per host, nor one per log monitor).
-    restored = [ln for ln in worker_lines(output) if "restored checkpoint step" in ln]
+    restored = [ln for ln in worker_lines(tmp_path / "run" / "ray-2host")
+                if "restored checkpoint step" in ln]
     assert len(restored) == 2, restored
     # The killed host's peers fail in a gloo collective: one line each, not Ray's traceback
     # (worker.py's peer-loss exit); the hang's thread dump is not a "Traceback" either.

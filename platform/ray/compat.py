@@ -3,7 +3,7 @@
 Ray 2.60 and JAX 0.10 offer no public way to do what these functions do; each says what it
 works around and which private name it touches. A Ray or JAX upgrade breaks here and only
 here: importing this module checks the installed versions against the ones it was written
-for (the pins in constraints.txt) and fails with one line naming both, so an upgrade is a
+for (the versions uv.lock pins) and fails with one line naming both, so an upgrade is a
 deliberate step (re-check each function below against the new source, then update
 `WRITTEN_FOR`) instead of a silent change of behaviour somewhere in a run.
 
@@ -22,7 +22,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 
-# The releases this module was checked against (constraints.txt pins ray==2.60.0, jax==0.10.2).
+# The releases this module was checked against (uv.lock pins ray 2.60.0, jax 0.10.2).
 # A different patch release is accepted: the internals below changed only across minor ones.
 WRITTEN_FOR = {"ray": "2.60.0", "jax": "0.10.2"}
 
@@ -45,7 +45,7 @@ def check_versions(installed: dict[str, str] | None = None) -> None:
         pinned = ", ".join(f"{name} {version}" for name, version in WRITTEN_FOR.items())
         raise IncompatibleVersionError(
             f"palm_platform/ray/compat.py was written for {pinned} but found {', '.join(wrong)}; "
-            "install the versions in constraints.txt (bash scripts/setup.sh), or re-check compat.py "
+            "install the versions uv.lock pins (bash scripts/setup.sh), or re-check compat.py "
             "against the new release and update its WRITTEN_FOR.")
 
 
@@ -87,6 +87,35 @@ def drop_never_printed_lines() -> None:
 drop_never_printed_lines()  # before `ray` reads the variable, below
 
 from ray.train.v2.jax.config import JaxConfig, _JaxBackend  # noqa: E402 - after the check
+
+
+# --- Where the workers' output lines go --------------------------------------------------
+# A driver prints every worker line it receives with ray._private.worker.print_to_stdstream:
+# the log stream (through global_worker_stdstream_dispatcher, whose "ray_print_logs" handler
+# ray.init binds to that function) and the raylet's error reports (listen_error_messages calls
+# the module's function by name). Ray's only public switch is all or nothing
+# (`log_to_driver`), which would also lose the lines for the run's log file.
+def route_worker_output(handler) -> None:
+    """Send both streams to `handler(data, ignore_prefix, ray_print=Ray's printer)` instead.
+
+    Call before `ray.init` (it binds the function then); called after, it also rebinds the
+    live dispatcher's handler."""
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker.print_to_stdstream, "ray_original", ray_worker.print_to_stdstream)
+
+    def print_to_stdstream(data, ignore_prefix: bool) -> None:
+        handler(data, ignore_prefix, ray_print=original)
+
+    print_to_stdstream.ray_original = original
+    ray_worker.print_to_stdstream = print_to_stdstream
+    dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs",
+                               functools.partial(print_to_stdstream, ignore_prefix=ignore_prefix))
+
 
 # --- Ray's TPU topology table ------------------------------------------------------------
 # ray._private.accelerators.tpu.VALID_TPU_TOPOLOGY is what ScalingConfig and

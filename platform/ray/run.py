@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="under `ray job submit --working-dir .`: the directory submitted "
                         "from (pass \"$PWD\"); relative output paths resolve there instead of "
                         "in Ray's per-session copy (see ray/submit_paths.py)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's and JAX's lines from the workers (always kept in "
+                        "RUN_DIR/NAME/logs/workers.log)")
 
 
 def run_dir_of(job) -> Path:
@@ -77,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.direct:
         return run_direct(job, run_dir, args.job)
-    return run_on_ray(job, run_dir, args.address, args.job)
+    return run_on_ray(job, run_dir, args.address, args.job, verbose=args.verbose)
 
 
 def run_direct(job, run_dir: Path, job_file: str = "") -> int:
@@ -119,15 +122,22 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     return 0
 
 
-def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> int:
+def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
+               verbose: bool = False) -> int:
     from palm_platform.ray.feasibility import InfeasibleTopologyError
 
     try:
+        from palm_platform.ray.compat import route_worker_output
         from palm_platform.ray.launch import connect, launch
     except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
     from palm_platform.compiler_flags import init_args
+    from palm_platform.ray.worker_output import WorkerOutput
+
+    # The workers' lines: all to the run's log file, palm's warnings to the terminal.
+    output = WorkerOutput(run_dir / "logs", verbose=verbose)
+    route_worker_output(output.handle)
     from palm_platform.ray.worker import train_worker
     from palm_platform.status import Progress, print_summary
 
@@ -151,7 +161,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
                              on_cluster=True)
     if code:
         return code
-    progress = Progress(run_dir, total_steps=job.train.steps)
+    progress = Progress(run_dir, total_steps=job.train.steps, restart_cause=output.restart_cause)
     stop = threading.Event()
     watcher = threading.Thread(target=progress.follow, args=(stop,), daemon=True)
     watcher.start()
@@ -208,6 +218,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "") -> i
     finally:
         stop.set()
         watcher.join(timeout=5)
+        output.close()
     if interrupt.signum is not None:
         print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
         return exit_code(interrupt.signum)

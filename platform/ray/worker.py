@@ -21,9 +21,12 @@ logger = logging.getLogger("palm")
 
 
 def configure_logging() -> None:
-    """One line per event on stderr for our loggers; libraries only warn. Idempotent."""
+    """One line per event on stderr for our loggers; libraries only warn. Idempotent.
+
+    The level is in the line: a Ray driver prints a worker's warnings and errors and keeps the
+    rest in the run's log file (ray/worker_output.py)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.addFilter(_not_printed_by_the_driver)
     for name in ("palm", "palm_platform"):
         ours = logging.getLogger(name)
