@@ -198,7 +198,7 @@ def test_cpu_workers_for_the_data_prepare_job_scale_from_zero(path: Path, gcp_pr
     (account,) = node_type["node_config"]["serviceAccounts"]
     assert account["email"].startswith("palm-tpu@")
     setup = " ".join(node_type["worker_setup_commands"])
-    assert "-c ~/palm-platform/constraints.txt" in setup and "[tpu]" not in setup
+    assert "-c ~/palm-constraints.txt" in setup and "[tpu]" not in setup
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -15,6 +15,7 @@ import pytest
 
 from palm_platform.ray import cluster, launch
 from palm_platform.ray.feasibility import InfeasibleTopologyError
+from palm_platform.ray.local_cluster import driver_env
 from palm_platform.ray.probe import distributed_probe
 from palm_platform.ray.topology import SliceShape
 
@@ -207,6 +208,7 @@ def test_ray_job_submit_runs_a_jax_trainer_job_on_the_cluster(state, tmp_path):
         capture_output=True,
         text=True,
         timeout=230,
+        env=driver_env(state),  # token mode: Ray's job CLI sends the token only then
     )
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-4000:]
