@@ -47,6 +47,10 @@ import numpy as np
 
 from palm_platform.atomic_write import write_atomic
 from palm_platform.checkpoint import peer_transfer
+
+# The persistent save's jitted copy: the same function object, so the step-0 save has
+# compiled it for the train state and the first RAM save does not compile.
+from palm_platform.checkpoint.checkpointer import _device_copy
 from palm_platform.checkpoint.config import LocalTierConfig
 
 log = logging.getLogger(__name__)
@@ -149,12 +153,6 @@ class BlockReader:
 
     def extras_text(self) -> str:
         return (self.step_dir / EXTRAS).read_text()
-
-
-@jax.jit
-def _device_copy(tree: Any) -> Any:
-    """A copy on the same devices: the step after a save donates the originals."""
-    return jax.tree.map(jnp.copy, tree)
 
 
 def _barrier(name: str) -> None:
