@@ -256,8 +256,11 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         "cache_dir": None if job.data.cache_dir is None else resolve_path(job.data.cache_dir, base_dir),
         "store": None if job.data.store is None else resolve_path(job.data.store, base_dir),
     })
+    local = job.checkpoint.local
+    if local is not None and local.directory is not None:  # (None: /dev/shm/palm/<name>)
+        local = local.model_copy(update={"directory": resolve_path(local.directory, base_dir)})
     checkpoint = job.checkpoint.model_copy(
-        update={"directory": resolve_path(job.checkpoint.directory, base_dir)}
+        update={"directory": resolve_path(job.checkpoint.directory, base_dir), "local": local}
     )
     run_dir = resolve_path(job.run_dir, base_dir)
     cache = job.train.compile_cache
