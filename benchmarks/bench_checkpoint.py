@@ -108,7 +108,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
     job = load_job(work / "job.yaml")
     trainer = Trainer(job, Path(job.run_dir) / job.name)
     blocked: list[float] = []
-    save = trainer.checkpointer.save
+    save = trainer.setup.checkpointer.save
 
     def timed_save(step, *args, **kwargs):  # the whole call the loop waits for
         begin = time.perf_counter()
@@ -117,7 +117,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
             blocked.append(time.perf_counter() - begin)
         return saved
 
-    trainer.checkpointer.save = timed_save
+    trainer.setup.checkpointer.save = timed_save
     try:
         trainer.run()
     finally:

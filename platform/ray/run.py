@@ -111,7 +111,7 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     trainer = Trainer(job, run_dir)
     from palm_platform.data.quality import report_data_quality
 
-    report_data_quality(trainer)
+    report_data_quality(trainer.setup)
     try:
         trainer.run()
     finally:
