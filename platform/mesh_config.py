@@ -4,7 +4,7 @@
 They live beside the mesh (mesh.py builds the `(pod, data, model)` Mesh from them) but in a
 module of their own because mesh.py imports JAX, and loading a job must not
 (`import palm_platform.job` stays light). `TopologySection.shape()` gives the one topology
-type the cluster, feasibility and launch take (ray/topology.py's SliceShape).
+type the cluster, feasibility and launch take (platform/topology.py's SliceShape).
 `compiler_flags` are the libtpu/XLA flags of the job's TPU programs (compiler_flags.py):
 `palm plan` compiles with them and `palm run` hands them to the TPU hosts.
 """
@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from palm_platform import compiler_flags
-from palm_platform.ray.topology import SliceShape, chips_in_topology
+from palm_platform.topology import SliceShape, chips_in_topology
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 

@@ -115,7 +115,7 @@ class MetricsHook(Hook):
 
 class ElasticHook(Hook):
     """`topology.min_pods`: each step says its pod count, and on fewer pods than the job's
-    the missing pods' share of the step's time is badput "degraded" (platform/elastic.py)."""
+    the missing pods' share of the step's time is badput "degraded" (platform/pod_count.py)."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer

@@ -35,12 +35,12 @@ import numpy as np
 from palm.flops import train_flops_per_token
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
-from palm_platform.elastic import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding, make_mesh
-from palm_platform.metrics import MetricsSink
+from palm_platform.metrics.sink import MetricsSink
+from palm_platform.pod_count import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import SpikeDetector

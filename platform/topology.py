@@ -1,7 +1,7 @@
 """TPU v4 slice shapes as Ray 2.60's TPU utilities spell them.
 
 One place that turns "H hosts x C chips per host" into the strings Ray matches on, so the
-fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
+fake cluster (cluster/) and the launcher (ray/launch.py) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
   `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup` reject it.
