@@ -93,7 +93,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
     import yaml
 
     from palm_platform.job import load_job
-    from palm_platform.metrics import read_records
+    from palm_platform.metrics.sink import read_records
     from palm_platform.train.loop import Trainer
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())

@@ -47,7 +47,7 @@ def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
     """False for an event line `palm run`'s live view also prints (status.Progress), so the
     terminal shows each event once: the driver's sentence. Events the live view only puts on its
     bar (a checkpoint saved, with how long the loop waited) keep the worker's line."""
-    from palm_platform.status import ON_THE_BAR
+    from palm_platform.metrics.status import ON_THE_BAR
 
     kind = getattr(record, "event_kind", None)
     return kind is None or kind in ON_THE_BAR

@@ -87,7 +87,7 @@ class MetricsHook(Hook):
 
 class ElasticHook(Hook):
     """`topology.min_pods`: on fewer pods than the job's, the missing pods' share of each
-    step's time is badput "degraded" (platform/elastic.py)."""
+    step's time is badput "degraded" (platform/pod_count.py)."""
 
     def __init__(self, setup: TrainSetup):
         self.setup = setup

@@ -29,9 +29,9 @@ from typing import Any
 import jax
 
 from palm_platform.data.global_array import to_global_array
-from palm_platform.elastic import microbatches_at
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding
+from palm_platform.pod_count import microbatches_at
 from palm_platform.supervise.recovery import (
     Supervision,
     TrainingStopped,

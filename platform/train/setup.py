@@ -18,12 +18,12 @@ from typing import Any
 import jax
 
 from palm.flops import train_flops_per_token
-from palm_platform.elastic import ElasticShapeError, pods_in_group
 from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
 from palm_platform.mesh import make_mesh
-from palm_platform.metrics import MetricsSink
+from palm_platform.metrics.sink import MetricsSink
+from palm_platform.pod_count import ElasticShapeError, pods_in_group
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.mfu import device_peak_flops
