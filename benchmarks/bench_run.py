@@ -15,7 +15,7 @@ daemons (GCS, raylet, dashboard, log monitor) take from a 2-core machine, which 
 (b) On a 1 pod x 2 hosts x 2 chips cluster, a fresh `palm run`; once step `--kill-after` is
 in the metrics file, one RayTrainWorker is SIGKILLed by PID. Printed: cold start (launch ->
 first step record) and recovery (kill -> first step record after it), and their ratio.
-Every cluster is torn down (`cluster.down`, local_cluster.running_cluster) on exit. Takes ~3-4 minutes
+Every cluster is torn down (`cluster.down`, tests/support/local_cluster.running_cluster) on exit. Takes ~3-4 minutes
 on 2 shared cores (two cluster start-ups of ~15 s each).
 """
 
@@ -33,9 +33,11 @@ from pathlib import Path
 
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray.cluster_state import ClusterState
-from palm_platform.ray.local_cluster import (
+from palm_platform.cluster.state import ClusterState
+from palm_platform.metrics.sink import read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.local_cluster import (  # noqa: E402
     BIN,
     driver_env,
     first_step_after_restart,

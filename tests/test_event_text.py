@@ -2,7 +2,7 @@
 
 import re
 
-from palm_platform.events import describe_event
+from palm_platform.metrics.events import describe_event
 
 
 def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():
@@ -25,7 +25,7 @@ def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
     import threading
     import time
 
-    from palm_platform.status import Progress
+    from palm_platform.metrics.status import Progress
 
     records = [{"kind": "step", "step": 10, "time": 1.0, "loss": 5.4321, "tokens_per_s": 1889.4},
                {"kind": "checkpoint_saved", "step": 10, "time": 1.0, "blocked_s": 0.02},

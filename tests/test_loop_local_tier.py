@@ -12,7 +12,8 @@ import pytest
 
 from palm_platform.checkpoint.config import LocalTierConfig
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
+from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"
@@ -33,12 +34,19 @@ def _job(tmp_path: Path, *, ram: bool):
     })
 
 
-def _run(job, run_dir: Path, attempt: int = 0, crash_after: int | None = None):
-    def on_step(step: int) -> None:
-        if step == crash_after:
-            raise Crash(f"step {step}")
+class CrashAfter(Hook):
+    """A process dying after `step` (before the next save could start)."""
 
-    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step)
+    def __init__(self, step: int | None):
+        self.step = step
+
+    def on_step(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            raise Crash(f"step {info.step}")
+
+
+def _run(job, run_dir: Path, attempt: int = 0, crash_after: int | None = None):
+    trainer = Trainer(job, run_dir, attempt=attempt, hooks=(CrashAfter(crash_after),))
     try:
         summary = trainer.run()
         return summary, jax.tree.map(np.asarray, trainer.final_state.params)

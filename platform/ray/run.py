@@ -111,12 +111,12 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     trainer = Trainer(job, run_dir)
     from palm_platform.data.quality import report_data_quality
 
-    report_data_quality(trainer)
+    report_data_quality(trainer.setup)
     try:
         trainer.run()
     finally:
         trainer.close()
-    from palm_platform.status import print_summary
+    from palm_platform.metrics.status import print_summary
 
     print_summary(run_dir)
     return 0
@@ -138,8 +138,8 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     # The workers' lines: all to the run's log file, palm's warnings to the terminal.
     output = WorkerOutput(run_dir / "logs", verbose=verbose)
     route_worker_output(output.handle)
+    from palm_platform.metrics.status import Progress, print_summary
     from palm_platform.ray.worker import train_worker
-    from palm_platform.status import Progress, print_summary
 
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     # Before connecting: a `ray job submit` driver's working directory (Ray's per-session
@@ -147,7 +147,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     base_dir = Path.cwd()
     topo = job.topology
     shape = topo.shape()
-    from palm_platform.ray.cluster import ClusterStateError
+    from palm_platform.cluster.local import ClusterStateError
 
     try:
         cluster_address = connect(address, start_local=shape if topo.local else None)

@@ -1,5 +1,5 @@
-"""One sentence per run event: the one renderer for the log line (metrics.py), the W&B
-alert (dashboard/sink.py), `palm status` and the live view (status.py).
+"""One sentence per run event: the one renderer for the log line (sink.py), the W&B
+alert (wandb/sink.py), `palm status` and the live view (status.py).
 
 Events are the records of metrics.jsonl: {"kind", "step", "time", **fields}. A new event kind
 needs nothing here (its fields are listed, numbers rounded) unless it deserves a sentence.
