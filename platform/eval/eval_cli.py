@@ -124,6 +124,12 @@ def evaluate(run, args: argparse.Namespace) -> dict:
     return report
 
 
+def evaluate_quietly(run, args: argparse.Namespace) -> dict:
+    """`evaluate` on a cluster host, where the harness's own logging is not yet quieted."""
+    quiet_harness()
+    return evaluate(run, args)
+
+
 def main(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
@@ -135,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
         if args.cluster:
             from palm_platform.eval.cluster import result_from_cluster
 
-            job, run_dir, report = result_from_cluster("eval", args)
+            job, run_dir, report = result_from_cluster("eval", args, evaluate_quietly)
             run = SimpleNamespace(job=job, run_dir=run_dir, step=report["run"]["step"])
         else:
             run = restore_run(args.target, step=args.step, job_file=args.job)

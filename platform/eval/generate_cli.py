@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
         if args.cluster:
             from palm_platform.eval.cluster import result_from_cluster
 
-            result = result_from_cluster("generate", args)[2]
+            result = result_from_cluster("generate", args, complete)[2]
         else:
             result = complete(restore_run(args.target, step=args.step, job_file=args.job), args)
     except EvalInputError as error:

@@ -132,7 +132,8 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
-    from palm_platform.compiler_flags import init_args
+    from palm_platform.ray.launch_spec import LaunchSpec
+    from palm_platform.ray.worker_config import WorkerConfig
     from palm_platform.ray.worker_output import WorkerOutput
 
     # The workers' lines: all to the run's log file, palm's warnings to the terminal.
@@ -172,18 +173,11 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     interrupt = InterruptHandler(key, run_dir)
     try:
         with interrupt:
-            launch(
-                train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                               "launched_at": launched_at, "stop_key": key},
-                shape=shape, run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
-                max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
-                # JAX declares a silent peer dead (and aborts everyone) after this; later than
-                # the watchdog, which names the stuck host and restarts cleanly.
-                jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
-                resize_check_s=topo.resize_check_s,  # elastic pods
-                preimport=("palm_platform.train.loop",),  # train_worker's imports
-                libtpu_init_args=init_args(topo.effective_compiler_flags),  # TPU hosts only
-            )
+            config = WorkerConfig(job=job.model_dump(mode="json"),
+                                  run_dir=str(run_dir.resolve()), launched_at=launched_at,
+                                  stop_key=key)
+            launch(train_worker, config.model_dump(mode="json"), LaunchSpec.for_job(
+                job, run_dir, preimport=("palm_platform.train.loop",)))  # train_worker's imports
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line
         watcher.join(timeout=5)

@@ -53,27 +53,28 @@ def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
     return kind is None or kind in ON_THE_BAR
 
 
-def train_worker(config: dict) -> None:
-    """Ray Train entry: `config` = {"job": Job as JSON, "run_dir", "launched_at", "stop_key"}."""
+def train_worker(raw_config: dict) -> None:
+    """Ray Train entry: `raw_config` is a WorkerConfig as JSON (worker_config.py)."""
     entered = time.time()
     configure_logging()
     import jax
     import psutil
 
     from palm_platform.job import Job
+    from palm_platform.ray.worker_config import WorkerConfig
     from palm_platform.train.hook_protocol import StopTraining
     from palm_platform.train.loop import Trainer
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these.
     marks = {"process_started": psutil.Process().create_time(), "train_fn_entered": entered,
              "imported": time.time()}
-    job = Job.model_validate(config["job"])
-    run_dir = Path(config["run_dir"])
+    config = WorkerConfig.model_validate(raw_config)
+    job, run_dir = Job.model_validate(config.job), Path(config.run_dir)
     host = f"host {jax.process_index()}/{jax.process_count()}"
-    attempt = _agreed_attempt(run_dir, config.get("launched_at"))
-    supervision = _supervision_hook(job, config.get("stop_key"), host)
+    attempt = _agreed_attempt(run_dir, config.launched_at)
+    supervision = _supervision_hook(job, config.stop_key, host)
     trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
-                      launched_at=config.get("launched_at"), startup_marks=marks)
+                      launched_at=config.launched_at, startup_marks=marks)
     if attempt == 0:  # once per launch, not again after every restart
         from palm_platform.data.quality import report_data_quality
 
