@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from palm_platform.run_dir import RunDir
 from palm_platform.topology import SliceShape
 
 # JAX declares a silent peer dead (and aborts everyone) after its heartbeat limit; it is
@@ -63,7 +64,7 @@ class LaunchSpec:
         name = "-".join(part for part in (job.name, purpose, str(int(time.time()))) if part)
         return cls(
             shape=topo.shape(), run_name=name,
-            storage_path=str((Path(run_dir) / "ray").resolve()),
+            storage_path=str(RunDir(Path(run_dir)).ray.resolve()),
             max_failures=faults.max_restarts, jax_init_timeout_s=int(faults.init_timeout_s),
             jax_heartbeat_timeout_s=int(faults.hang_timeout_s) + HEARTBEAT_MARGIN_S,
             resize_check_s=topo.resize_check_s, preimport=preimport,

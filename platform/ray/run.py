@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_dir_of(job) -> Path:
-    return Path(job.run_dir) / job.name
+    from palm_platform.run_dir import RunDir
+
+    return RunDir.of(job).path
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,9 +137,10 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     from palm_platform.ray.launch_spec import LaunchSpec
     from palm_platform.ray.worker_config import WorkerConfig
     from palm_platform.ray.worker_output import WorkerOutput
+    from palm_platform.run_dir import RunDir
 
     # The workers' lines: all to the run's log file, palm's warnings to the terminal.
-    output = WorkerOutput(run_dir / "logs", verbose=verbose)
+    output = WorkerOutput(RunDir(run_dir).logs, verbose=verbose)
     route_worker_output(output.handle)
     from palm_platform.metrics.status import Progress, print_summary
     from palm_platform.ray.worker import train_worker

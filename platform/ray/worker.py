@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from palm_platform.atomic_write import write_atomic
+from palm_platform.run_dir import RunDir
 from palm_platform.supervise.watchdog import Watchdog
 
 logger = logging.getLogger("palm")
@@ -91,7 +92,8 @@ def train_worker(raw_config: dict) -> None:
     finally:
         trainer.close()  # stops the watchdog; waits for an in-flight checkpoint
     if jax.process_index() == 0:
-        write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
+        write_atomic(RunDir(run_dir).summary,
+                     json.dumps(summary.__dict__, default=float, indent=1))
 
 
 def _supervision_hook(job, stop_key: str | None, host: str):
@@ -171,7 +173,7 @@ def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
     Counted per launch of `palm run` (`launch` = its start time): re-running the command
     after an interrupt is a resume (attempt 0 with a checkpoint), not a restart.
     """
-    path = run_dir / "attempts"
+    path = RunDir(run_dir).attempts
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         previous = json.loads(path.read_text())
