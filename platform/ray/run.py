@@ -20,7 +20,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="job file (YAML)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, "
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, "
                         "else the local cluster of `palm cluster up`)")
     parser.add_argument("--direct", action="store_true",
                         help="run the train loop in this process, without Ray (one-host jobs)")

@@ -1,9 +1,9 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (palm_platform.ray.compat.BoundedJaxConfig).
-A watchdog (supervise/watchdog.py) turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
-a worker failure: it restarts the whole group, and the loop resumes from the newest good
-checkpoint.
+jax.distributed is already initialised by the worker group (ray/compat.py, BoundedJaxConfig).
+The supervision hook (supervise/heartbeat.py) beats a watchdog (supervise/watchdog.py), which
+turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as a worker
+failure: it restarts the whole group, and the loop resumes from the newest good checkpoint.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ OptimizerSection = Any
 
 
 def palm_schedule(cfg: OptimizerSection) -> optax.Schedule:
-    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's 1/sqrt(max(k, 10^4))."""
+    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's
+    1/sqrt(max(k, 10^4))."""
 
     def schedule(count):
         k = jnp.maximum(count + 1, cfg.constant_steps).astype(jnp.float32)  # k counts from 1
@@ -38,7 +39,8 @@ def learning_rate_schedule(cfg: OptimizerSection) -> optax.Schedule:
     elif cfg.schedule == "constant":
         main = optax.constant_schedule(cfg.peak_learning_rate)
     else:
-        main = optax.linear_schedule(cfg.peak_learning_rate, cfg.final_learning_rate, cfg.decay_steps)
+        main = optax.linear_schedule(cfg.peak_learning_rate, cfg.final_learning_rate,
+                                     cfg.decay_steps)
     if cfg.warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, cfg.peak_learning_rate, cfg.warmup_steps)
