@@ -255,10 +255,9 @@ def _fit(trainer, spec: LaunchSpec, *, attempt_s: float,
     becomes an InfeasibleTopologyError saying what the cluster lacks now."""
     import ray
     from palm_platform.pod_count import MinPodsMonitor
-    from ray.train.v2.api.exceptions import ControllerError
+    from ray.train.v2.api.exceptions import ControllerError  # start-up kept failing
 
     shape, feasibility_timeout_s = spec.shape, spec.feasibility_timeout_s
-    jax_init_timeout_s = spec.jax_init_timeout_s
     least = shape.smallest()
     start = time.monotonic()
 
@@ -278,20 +277,7 @@ def _fit(trainer, spec: LaunchSpec, *, attempt_s: float,
             raise InfeasibleTopologyError(monitor.error) from err
         if not isinstance(err, ControllerError):
             raise
-
-        # Start-up kept failing: say what the cluster lacks now (a host may have died since
-        # the check above); otherwise re-raise Ray's error unchanged.
-        try:
-            check_feasible(ray.nodes(), least)
-        except InfeasibleTopologyError as infeasible:
-            raise infeasible from err
-        raise InfeasibleTopologyError(
-            f"the worker group for {shape.describe()} did not start in "
-            f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
-            f"{attempt_s:g} s, jax.distributed.initialize up to "
-            f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "
-            "them, wait for it or stop it."
-        ) from err
+        raise _start_up_failure(spec, attempt_s, controller_failure_limit, err) from err
     if monitor.error is not None:
         raise InfeasibleTopologyError(monitor.error)
     return LaunchResult(
@@ -299,4 +285,23 @@ def _fit(trainer, spec: LaunchSpec, *, attempt_s: float,
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         run_path=result.path,
         wall_s=time.monotonic() - start,
+    )
+
+
+def _start_up_failure(spec: LaunchSpec, attempt_s: float, controller_failure_limit: int,
+                      err: Exception) -> InfeasibleTopologyError:
+    """Start-up kept failing: what the cluster lacks now (a host may have died since the
+    first check), else how long each attempt waited."""
+    import ray
+
+    try:
+        check_feasible(ray.nodes(), spec.shape.smallest())
+    except InfeasibleTopologyError as infeasible:
+        return infeasible
+    return InfeasibleTopologyError(
+        f"the worker group for {spec.shape.describe()} did not start in "
+        f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
+        f"{attempt_s:g} s, jax.distributed.initialize up to "
+        f"{spec.jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run "
+        "holds them, wait for it or stop it."
     )
