@@ -23,6 +23,8 @@ def describe_event(r: dict) -> str:
         return at + f"stopped: {r.get('reason')}"
     if kind == "resize":
         return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
+    if kind == "preempt":
+        return at + "preemption notice (SIGTERM): every host saved this step; restarting"
     if kind == "restart":
         return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
     if kind == "compiled":

@@ -112,8 +112,14 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     from palm_platform.data.quality import report_data_quality
 
     report_data_quality(trainer)
+    from palm_platform.supervise.preemption import Preempted
+
     try:
         trainer.run()
+    except Preempted as preempted:  # SIGTERM: the step is saved; a rerun resumes from it
+        print(f"{job.name}: preempted at step {preempted.step}; re-run the same command to "
+              "resume", file=sys.stderr)
+        return 143
     finally:
         trainer.close()
     from palm_platform.status import print_summary
@@ -170,20 +176,32 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
     # The live view goes on after a Ctrl-C: the last steps and the run's goodput are shown.
     interrupt = InterruptHandler(key, run_dir)
+    from palm_platform.supervise.preemption import preempted_since
+
     try:
         with interrupt:
-            launch(
-                train_worker, {"job": job.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                               "launched_at": launched_at, "stop_key": key},
-                shape=shape, run_name=f"{job.name}-{int(time.time())}", storage_path=str((run_dir / "ray").resolve()),
-                max_failures=job.faults.max_restarts, jax_init_timeout_s=int(job.faults.init_timeout_s),
-                # JAX declares a silent peer dead (and aborts everyone) after this; later than
-                # the watchdog, which names the stuck host and restarts cleanly.
-                jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
-                resize_check_s=topo.resize_check_s,  # elastic pods
-                preimport=("palm_platform.train.loop",),  # train_worker's imports
-                libtpu_init_args=init_args(topo.effective_compiler_flags),  # TPU hosts only
-            )
+            preempted_at = None
+            while True:  # again after each preemption, which saved its step (preemption.py)
+                started = time.time()
+                launch(
+                    train_worker, {"job": job.model_dump(mode="json"),
+                                   "run_dir": str(run_dir.resolve()),
+                                   "launched_at": launched_at, "stop_key": key},
+                    shape=shape, run_name=f"{job.name}-{int(time.time())}",
+                    storage_path=str((run_dir / "ray").resolve()),
+                    max_failures=job.faults.max_restarts,
+                    jax_init_timeout_s=int(job.faults.init_timeout_s),
+                    # JAX declares a silent peer dead (and aborts everyone) after this; later
+                    # than the watchdog, which names the stuck host and restarts cleanly.
+                    jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
+                    resize_check_s=topo.resize_check_s,  # elastic pods
+                    preimport=("palm_platform.train.loop",),  # train_worker's imports
+                    libtpu_init_args=init_args(topo.effective_compiler_flags),  # TPU hosts
+                )
+                step = preempted_since(run_dir, started)
+                if interrupt.signum is not None or step is None or step == preempted_at:
+                    break  # done, interrupted, or preempted twice at one step: no progress
+                preempted_at = step
     except InfeasibleTopologyError as error:
         stop.set()  # and let the bar finish its line, so the message gets its own line
         watcher.join(timeout=5)

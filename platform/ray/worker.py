@@ -62,6 +62,7 @@ def train_worker(config: dict) -> None:
 
     from palm_platform.job import Job
     from palm_platform.ray.interrupt import StopListener, StopRequested
+    from palm_platform.supervise.preemption import Preempted
     from palm_platform.train.loop import Trainer
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these.
@@ -119,6 +120,9 @@ def train_worker(config: dict) -> None:
     except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         trainer.stopped(stopped.step)
+        return
+    except Preempted as preempted:  # saved at the agreed step; `palm run` launches again
+        logger.info("%s: preempted, step %d saved", host, preempted.step)
         return
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
         _exit_if_peer_lost(error, host, watchdog.last_step)

@@ -174,10 +174,13 @@ class GoodputHook(Hook):
         summary.extra["goodput"] = self.on_stop(step)
 
     def on_stop(self, step: int) -> dict:
+        from palm_platform.supervise.recovery import by_goodput_name
+
         t = self.trainer
         goodput = t.goodput.summary()
         t.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
                      **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
+                     **{f"by_type_{k}_s": v for k, v in by_goodput_name(goodput["badput_s"]).items()},
                      **t.cache_counts())
         if t.process_index == 0:
             write_atomic(t.goodput_path, json.dumps(t.goodput.state_dict()))
@@ -225,12 +228,18 @@ class PrecompileHook(Hook):
 def build_hooks(trainer: Trainer) -> list[Hook]:
     """The job's hooks, in the order they run: faults act before the step; a step's state is
     saved before it is evaluated; at the end, eval, then the last save, then goodput."""
-    hooks: list[Hook] = []
+    from palm_platform.supervise.preemption import PreemptionHook
+
+    hooks: list[Hook] = [PreemptionHook(trainer)]  # first: asked at every step (its docstring)
     if trainer.job.faults.inject:
         hooks.append(FaultInjectionHook(trainer))
     if trainer.job.topology.elastic:  # before the metrics record, which carries `pods`
         hooks.append(ElasticHook(trainer))
     hooks.append(MetricsHook(trainer))
+    if trainer.attempt > 0:  # a restarted group: its `restart` record, by cause
+        from palm_platform.supervise.recovery import RecoveryHook
+
+        hooks.append(RecoveryHook(trainer))
     if len(trainer.job.train.batch_schedule) > 1:
         hooks.append(PrecompileHook(trainer))
     hooks.append(CheckpointHook(trainer))

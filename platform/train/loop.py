@@ -228,8 +228,9 @@ class Trainer:
             self.sink.event("resume", restored.step)
         if self.attempt > 0:
             self.ledger.record_restart(restored.step, cause=f"worker group restart {self.attempt}")
-            self.goodput.rollback(to_step=restored.step)
-            self.sink.event("restart", restored.step, attempt=self.attempt, alert=True)
+            # The lost steps' seconds; the `restart` record follows at the first finished
+            # step, with every second of the restart by cause (supervise/recovery.py).
+            self.wasted_progress_s = self.goodput.rollback(to_step=restored.step)
         return restored.train_state
 
     # -- supervision state: saved with every checkpoint, and in the run folder -------------

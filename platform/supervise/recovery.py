@@ -1,0 +1,111 @@
+"""Every second of a restart, by cause: the `restart` record and the goodput file's list.
+
+A restarted worker group (attempt > 0) writes one `restart` record when its first step
+finishes, with the names of ml-goodput-measurement's badput types:
+
+    recovery_s                 failure -> first step finished after the restart, the sum of:
+      infrastructure_recovery_s  failure -> this process started (Ray Train sees the dead
+                                 worker, tears the group down, places and spawns a new one)
+      initialization_s           process start -> Trainer ready (imports, jax.distributed,
+                                 mesh, pipeline and checkpointer opened)
+      checkpoint_restore_s       the restore (or the init when no checkpoint exists)
+      program_startup_s          the first step's compile (or cache load) and run
+      data_loading_s             waiting for the first batch
+      other_s                    the rest (hooks, metrics)
+    wasted_progress_s          the steps lost with the failure (run before it, after the
+                               restored checkpoint: they are computed again), not inside
+                               recovery_s; `recomputed_steps` counts them
+
+The failure's time is the previous attempt's last sign of life: its newest record in
+metrics.jsonl, or a fault marker (supervise/faults.py writes one just before a kill),
+whichever is newer. A host dies at most one step after its last record, so recovery_s
+overstates by at most a step. Only process 0 writes metrics, so only it keeps this account.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from palm_platform.train.hooks import Hook
+
+# Ours -> ml-goodput-measurement's BadputType (goodput_utils.py), for the goodput event.
+GOODPUT_NAMES = {
+    "startup": "initialization",  # the launch, imports, jax.distributed, restore-or-init
+    "compile": "program_startup",
+    "data": "data_loading",
+    "checkpoint": "checkpoint_save",
+    "recomputation": "wasted_progress",
+    "restart": "infrastructure_recovery",
+}
+
+
+def by_goodput_name(badput_s: dict[str, float]) -> dict[str, float]:
+    """A goodput summary's badput seconds under ml-goodput-measurement's names (others as
+    they are: degraded, eval, other)."""
+    out: dict[str, float] = {}
+    for cause, seconds in badput_s.items():
+        name = GOODPUT_NAMES.get(cause, cause)
+        out[name] = out.get(name, 0.0) + seconds
+    return dict(sorted(out.items()))
+
+
+def last_sign_of_life(run_dir: Path, before_unix: float) -> tuple[float | None, int | None]:
+    """(time of the previous attempt's newest record or fault marker, its newest step)."""
+    from palm_platform.metrics import read_records
+
+    try:
+        records = [r for r in read_records(run_dir) if r["time"] < before_unix]
+    except FileNotFoundError:
+        records = []
+    times = [r["time"] for r in records]
+    times += [m.stat().st_mtime for m in (run_dir / "faults").glob("*.fired")
+              if m.stat().st_mtime < before_unix]
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    return (max(times) if times else None), (max(steps) if steps else None)
+
+
+class RecoveryHook(Hook):
+    """Writes the `restart` record of a restarted group at its first finished step."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.pending = trainer.attempt > 0 and trainer.process_index == 0
+        self.failed_at: float | None = None
+
+    def on_start(self, step: int) -> None:
+        if not self.pending:
+            return
+        t = self.trainer
+        marks = t.startup_marks  # one-process restarts (tests) have no worker marks
+        marks.setdefault("process_started", marks["trainer_init"])
+        self.failed_at, last_step = last_sign_of_life(t.run_dir, marks["process_started"])
+        self.restored_step = step
+        self.recomputed = max((last_step or step) - step, 0)
+        self.badput_at_start = dict(t.goodput.summary()["badput_s"])
+
+    def after_step(self, step: int, metrics: dict, done: Any) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        t, now = self.trainer, time.time()
+        marks = t.startup_marks
+        failed_at = self.failed_at if self.failed_at is not None else marks["process_started"]
+        badput = t.goodput.summary()["badput_s"]
+        data_s = badput.get("data", 0.0) - self.badput_at_start.get("data", 0.0)
+        parts = {
+            "infrastructure_recovery_s": marks["process_started"] - failed_at,
+            "initialization_s": marks["trainer_ready"] - marks["process_started"],
+            "checkpoint_restore_s": marks["restored"] - marks["trainer_ready"],
+            "program_startup_s": metrics["step_s"],
+            "data_loading_s": data_s,
+        }
+        recovery_s = now - failed_at
+        parts["other_s"] = max(recovery_s - sum(parts.values()), 0.0)
+        record = {"recovery_s": round(recovery_s, 3),
+                  **{k: round(max(v, 0.0), 3) for k, v in parts.items()},
+                  "wasted_progress_s": round(getattr(t, "wasted_progress_s", 0.0), 3),
+                  "recomputed_steps": self.recomputed}
+        t.goodput.record_restart(self.restored_step, record)
+        t.sink.event("restart", self.restored_step, attempt=t.attempt, alert=True, **record)
