@@ -64,7 +64,10 @@ def describe_event(r: dict) -> str:
 
 
 # The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.
-_STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "imports",
+_STARTUP_SPANS = {"worker_setup": "Ray worker start", "jax_imported": "JAX import",
+                  "jax_init_started": "Ray Train set-up",
+                  "jax_initialized": "jax.distributed init",
+                  "train_fn_entered": "process to train function", "imported": "imports",
                   "trainer_init": "set-up", "trainer_ready": "trainer built",
                   "restored": "restore or init"}
 

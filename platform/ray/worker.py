@@ -61,13 +61,14 @@ def train_worker(config: dict) -> None:
     import psutil
 
     from palm_platform.job import Job
+    from palm_platform.ray.compat import WORKER_MARKS
     from palm_platform.ray.interrupt import StopListener, StopRequested
     from palm_platform.supervise.preemption import Preempted
     from palm_platform.train.loop import Trainer
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these.
-    marks = {"process_started": psutil.Process().create_time(), "train_fn_entered": entered,
-             "imported": time.time()}
+    marks = {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
+             "train_fn_entered": entered, "imported": time.time()}
 
     job = Job.model_validate(config["job"])
     run_dir = Path(config["run_dir"])

@@ -54,9 +54,16 @@ class PreemptionNotice:
         self.use_jax = use_jax
         self.noticed = False  # one-process runs: set by the SIGTERM handler
         self.mechanism = "jax" if use_jax else "none"
+        self._previous = None
         if not use_jax and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
             self.mechanism = "signal"
+
+    def close(self) -> None:
+        """Give SIGTERM back to whoever had it (the CLI's default: exit)."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
     @classmethod
     def for_this_process(cls) -> PreemptionNotice:
@@ -103,6 +110,9 @@ class PreemptionHook(Hook):
         t.sink.event("preempt", step, alert=True, mechanism=self.notice.mechanism)
         t.stopped(step)  # the goodput file and ledger, as on Ctrl-C
         raise Preempted(step)
+
+    def close(self) -> None:
+        self.notice.close()
 
 
 def preempted_since(run_dir, since_unix: float) -> int | None:
