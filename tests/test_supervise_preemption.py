@@ -57,12 +57,13 @@ def test_the_failure_time_is_the_newest_record_or_fault_marker_before_the_restar
     _records(tmp_path, {"kind": "step", "step": 5, "time": 100.0},
              {"kind": "step", "step": 6, "time": 101.0},
              {"kind": "step", "step": 3, "time": 200.0})  # the restarted group's
-    assert last_sign_of_life(tmp_path, 150.0) == (101.0, 6)
+    assert last_sign_of_life(tmp_path, 150.0) == (101.0, 6, 0.0)
+    assert last_sign_of_life(tmp_path, 150.0, restored_step=5) == (101.0, 6, 1.0)  # step 6
     marker = tmp_path / "faults" / "00-kill_host-step6-host1.fired"
     marker.parent.mkdir()
     marker.write_text("{}")
     os.utime(marker, (101.5, 101.5))
-    assert last_sign_of_life(tmp_path, 150.0) == (101.5, 6)
+    assert last_sign_of_life(tmp_path, 150.0) == (101.5, 6, 0.0)
 
 
 def test_badput_under_ml_goodput_measurement_names():
@@ -85,3 +86,13 @@ def test_each_restart_account_is_kept_in_the_goodput_file_across_attempts():
     third = GoodputTracker()
     third.load_state_dict(old)
     assert third.restarts == []
+
+
+def test_a_restart_gap_is_split_between_its_causes():
+    tracker = GoodputTracker()
+    tracker.add("restart", 30.0)
+    assert tracker.move(4.0, from_cause="restart", to_cause="recomputation") == 4.0
+    assert tracker.move(50.0, from_cause="restart", to_cause="startup") == 26.0  # at most all
+    assert tracker.move(-1.0, from_cause="startup", to_cause="restart") == 0.0
+    badput = tracker.summary()["badput_s"]
+    assert badput["restart"] == 0 and badput["recomputation"] == 4 and badput["startup"] == 26

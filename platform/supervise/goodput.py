@@ -116,6 +116,15 @@ class GoodputTracker:
             self._badput[cause] = self._badput.get(cause, 0.0) + moved
         return moved
 
+    def move(self, seconds: float, *, from_cause: str, to_cause: str) -> float:
+        """Re-charge up to `seconds` of badput `from_cause` to `to_cause` (e.g. the part of a
+        restart gap that was lost steps); returns the seconds moved."""
+        moved = min(max(seconds, 0.0), self._badput.get(from_cause, 0.0))
+        if moved:
+            self._badput[from_cause] -= moved
+            self._badput[to_cause] = self._badput.get(to_cause, 0.0) + moved
+        return moved
+
     def record_restart(self, step: int, seconds_by_cause: dict) -> None:
         """Keep one restart's account (supervise/recovery.py) with the totals."""
         self._restarts.append({"step": int(step), **seconds_by_cause})

@@ -12,9 +12,13 @@ finishes, with the names of ml-goodput-measurement's badput types:
       program_startup_s          the first step's compile (or cache load) and run
       data_loading_s             waiting for the first batch
       other_s                    the rest (hooks, metrics)
-    wasted_progress_s          the steps lost with the failure (run before it, after the
-                               restored checkpoint: they are computed again), not inside
-                               recovery_s; `recomputed_steps` counts them
+    wasted_progress_s          the seconds of the steps lost with the failure (run before it,
+                               after the restored checkpoint: they are computed again), not
+                               inside recovery_s; `recomputed_steps` counts them
+
+The goodput file's totals get the same split: its reload charges the whole gap since its
+last save to "restart"; the lost steps move to "recomputation" and this process's start-up
+to "startup", so "restart" keeps the infrastructure's share.
 
 The failure's time is the previous attempt's last sign of life: its newest record in
 metrics.jsonl, or a fault marker (supervise/faults.py writes one just before a kill),
@@ -51,8 +55,10 @@ def by_goodput_name(badput_s: dict[str, float]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def last_sign_of_life(run_dir: Path, before_unix: float) -> tuple[float | None, int | None]:
-    """(time of the previous attempt's newest record or fault marker, its newest step)."""
+def last_sign_of_life(run_dir: Path, before_unix: float,
+                      restored_step: int | None = None) -> tuple[float | None, int | None, float]:
+    """(time of the previous attempt's newest record or fault marker, its newest step, the
+    seconds it spent on steps after `restored_step`: the progress the failure wasted)."""
     from palm_platform.metrics import read_records
 
     try:
@@ -62,8 +68,14 @@ def last_sign_of_life(run_dir: Path, before_unix: float) -> tuple[float | None, 
     times = [r["time"] for r in records]
     times += [m.stat().st_mtime for m in (run_dir / "faults").glob("*.fired")
               if m.stat().st_mtime < before_unix]
-    steps = [r["step"] for r in records if r["kind"] == "step"]
-    return (max(times) if times else None), (max(steps) if steps else None)
+    steps = [r for r in records if r["kind"] == "step"]
+    wasted = 0.0
+    if steps and restored_step is not None:
+        at_restore = [r["time"] for r in steps if r["step"] == restored_step]
+        if at_restore and steps[-1]["step"] > restored_step:
+            wasted = steps[-1]["time"] - at_restore[-1]
+    newest = max(r["step"] for r in steps) if steps else None
+    return (max(times) if times else None), newest, wasted
 
 
 class RecoveryHook(Hook):
@@ -80,9 +92,16 @@ class RecoveryHook(Hook):
         t = self.trainer
         marks = t.startup_marks  # one-process restarts (tests) have no worker marks
         marks.setdefault("process_started", marks["trainer_init"])
-        self.failed_at, last_step = last_sign_of_life(t.run_dir, marks["process_started"])
+        self.failed_at, last_step, self.wasted_s = last_sign_of_life(
+            t.run_dir, marks["process_started"], step)
         self.restored_step = step
         self.recomputed = max((last_step or step) - step, 0)
+        # The goodput file charged the whole gap since its last save to "restart": the lost
+        # steps and this process's start-up are in it; give them their own causes.
+        already = getattr(t, "rolled_back_s", 0.0)  # lost steps the goodput file had seen
+        t.goodput.move(self.wasted_s - already, from_cause="restart", to_cause="recomputation")
+        t.goodput.move(marks["trainer_ready"] - marks["process_started"], from_cause="restart",
+                       to_cause="startup")
         self.badput_at_start = dict(t.goodput.summary()["badput_s"])
 
     def after_step(self, step: int, metrics: dict, done: Any) -> None:
@@ -105,7 +124,7 @@ class RecoveryHook(Hook):
         parts["other_s"] = max(recovery_s - sum(parts.values()), 0.0)
         record = {"recovery_s": round(recovery_s, 3),
                   **{k: round(max(v, 0.0), 3) for k, v in parts.items()},
-                  "wasted_progress_s": round(getattr(t, "wasted_progress_s", 0.0), 3),
+                  "wasted_progress_s": round(self.wasted_s, 3),
                   "recomputed_steps": self.recomputed}
         t.goodput.record_restart(self.restored_step, record)
         t.sink.event("restart", self.restored_step, attempt=t.attempt, alert=True, **record)

@@ -207,7 +207,8 @@ class Trainer:
             self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count, pods=self.pods,
                             devices=self.mesh.size, cross_pod_bytes_per_step=self.cross_pod_bytes)
             if self.job.init_from is None:
-                state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed)
+                state = init_train_state(self.model_cfg, self.tx, self.mesh, self.job.train.seed,
+                                         self.shardings)
             else:  # fine-tuning: parameters from another run; a restart resumes from our own
                 from palm_platform.train.init_from import load_initial_state
 
@@ -228,9 +229,9 @@ class Trainer:
             self.sink.event("resume", restored.step)
         if self.attempt > 0:
             self.ledger.record_restart(restored.step, cause=f"worker group restart {self.attempt}")
-            # The lost steps' seconds; the `restart` record follows at the first finished
-            # step, with every second of the restart by cause (supervise/recovery.py).
-            self.wasted_progress_s = self.goodput.rollback(to_step=restored.step)
+            # The `restart` record follows at the first finished step, with every second of
+            # the restart by cause (supervise/recovery.py).
+            self.rolled_back_s = self.goodput.rollback(to_step=restored.step)
         return restored.train_state
 
     # -- supervision state: saved with every checkpoint, and in the run folder -------------
