@@ -12,7 +12,9 @@ after fsync), so reads come from the disk for both.
 
 Then the local job itself (jobs/local-cpu.yaml's model, sequence length, batch and checkpoint
 cadence, its two pods on the same 8 devices in this process, `--job-steps` steps): how long
-each checkpoint save blocks the loop, as a fraction of the mean step time.
+each checkpoint save blocks the loop, as a fraction of the mean step time; and the same
+job with the RAM tier (`checkpoint.local`, every `--local-tier-every` steps), how long each
+RAM save blocks it (`--only-local-tier` measures that alone).
 """
 
 from __future__ import annotations
@@ -132,6 +134,48 @@ def local_job_blocking(work: Path, steps: int) -> None:
           f"{statistics.median(blocked) / step_s:.3f} (median save)")
 
 
+def local_tier_blocking(work: Path, steps: int, every: int) -> None:
+    """The RAM tier in the local job: how long each save blocks the loop (the on-device copy;
+    the host copy and the write run on a thread), against the mean step time. The persistent
+    tier saves only at step 0 and the last step here, so it does not crowd the steps."""
+    import yaml
+
+    from palm_platform.job import load_job
+    from palm_platform.metrics import read_records
+    from palm_platform.train.loop import Trainer
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml"
+                           ).read_text())
+    spec["name"] = "ram-tier-bench"
+    spec["topology"].update(pods=2, hosts_per_pod=1, chips_per_host=4, ici_topology="2x2x1")
+    spec["train"].update(steps=steps, batch_schedule=[{"sequences": 16}])
+    spec["checkpoint"].update(directory=str(work / "ram-ckpt"), every_steps=10_000,
+                              local={"directory": str(work / "ram"), "every_steps": every})
+    spec["faults"]["inject"] = []
+    spec["metrics"]["wandb_mode"] = "disabled"
+    spec["run_dir"] = str(work / "ram-run")
+    (work / "ram-job.yaml").write_text(yaml.safe_dump(spec))
+    job = load_job(work / "ram-job.yaml")
+    trainer = Trainer(job, Path(job.run_dir) / job.name)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    records = read_records(Path(job.run_dir) / job.name)
+    step_s = statistics.mean(r["step_s"] for r in records
+                             if r["kind"] == "step" and not r["compiled"])
+    blocked = [r["blocked_s"] for r in records
+               if r["kind"] == "checkpoint_saved" and r.get("tier") == "local"]
+    state = sum(p.stat().st_size for p in (work / "ram").rglob("own.bin")) / max(
+        1, len(list((work / "ram").rglob("own.bin"))))
+    print(f"RAM tier ({steps} steps, palm-tiny, batch 16, 2 pods on 8 devices, every {every}): "
+          f"mean step {step_s * 1e3:.0f} ms; {len(blocked)} saves of {state / 1e6:.1f} MB "
+          f"blocked the loop for {', '.join(f'{b * 1e3:.1f}' for b in blocked)} ms")
+    print(f"RAM tier: save blocking as a fraction of one step: "
+          f"{statistics.median(blocked) / step_s:.4f} median, {max(blocked) / step_s:.4f} max "
+          f"(goal: at most 0.02)")
+
+
 def build_train_step(mesh, d_model: int, seq: int):
     """(jitted step, train state, tokens [8, seq + 1]) of a PaLM-shaped model on `mesh`."""
     from palm.config import ModelConfig
@@ -158,7 +202,16 @@ def main() -> int:
     parser.add_argument("--d-model", type=int, default=512, help="the train step's model width")
     parser.add_argument("--seq", type=int, default=256, help="the train step's sequence length")
     parser.add_argument("--job-steps", type=int, default=50, help="local job steps (0: skip)")
+    parser.add_argument("--local-tier-steps", type=int, default=40,
+                        help="steps of the local job with the RAM tier (0: skip)")
+    parser.add_argument("--local-tier-every", type=int, default=4, help="RAM-tier cadence")
+    parser.add_argument("--only-local-tier", action="store_true",
+                        help="measure the RAM tier's blocking only")
     args = parser.parse_args()
+    if args.only_local_tier:
+        with tempfile.TemporaryDirectory(dir=args.dir) as work:
+            local_tier_blocking(Path(work), args.local_tier_steps, args.local_tier_every)
+        return 0
 
     mesh = make_mesh(2, 2, 2)  # the platform's mesh (Auto axes, as the train step needs)
     state = make_state(mesh, int(args.gb * 1e9))
@@ -255,6 +308,8 @@ def main() -> int:
         print(f"async save blocking as a fraction of one step: {blocked / baseline:.3f}")
         if args.job_steps:
             local_job_blocking(work, args.job_steps)
+        if args.local_tier_steps:
+            local_tier_blocking(work, args.local_tier_steps, args.local_tier_every)
     return 0
 
 

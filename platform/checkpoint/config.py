@@ -5,6 +5,28 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class LocalTierConfig(BaseModel):
+    """`checkpoint.local`: the RAM tier, saved every few steps into host memory (/dev/shm).
+
+    Off unless the job has this section, as in MaxText (`enable_emergency_checkpoint`
+    defaults to False) and Orbax (the emergency manager is a separate, opt-in class): each
+    host then keeps two steps of its shards, plus its ring neighbour's on 1-pod jobs, in
+    RAM that the data pipeline and XLA would otherwise use; a job says it can spare it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: str | None = Field(
+        default=None,
+        description="a folder in host RAM; each host writes its own sub-folder (None: "
+        "/dev/shm/palm/<job name>)",
+    )
+    every_steps: int = Field(
+        default=10, ge=1, description="RAM-tier save cadence in train steps (a step that is "
+        "a multiple of it is saved)",
+    )
+
+
 class CheckpointConfig(BaseModel):
     """Where, how often and how many checkpoints a run keeps.
 
@@ -37,6 +59,11 @@ class CheckpointConfig(BaseModel):
         default=None,
         ge=1,
         description="steps that are multiples of this are kept forever (None: none are)",
+    )
+    local: LocalTierConfig | None = Field(
+        default=None,
+        description="the RAM checkpoint tier (off without this section); `every_steps` "
+        "above stays the persistent tier's cadence",
     )
     async_save: bool = Field(
         default=True,

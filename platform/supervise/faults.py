@@ -30,9 +30,11 @@ spikes hard.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +68,11 @@ def _notice_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _lose_ram_then(ram_folder: Path, kill: Callable[[], None]) -> None:
+    shutil.rmtree(ram_folder, ignore_errors=True)
+    kill()
+
+
 def _hang_forever() -> None:
     while True:  # the watchdog (or Ray's health check) must end this process
         time.sleep(60)
@@ -82,14 +89,19 @@ class FaultInjector:
         kill: Callable[[], None] = _kill_self,
         hang: Callable[[], None] = _hang_forever,
         preempt: Callable[[], None] = _notice_self,
+        ram_folder: str | Path | None = None,
     ):
         """batch_size_at: global batch size by step (job.train.batch_size_at), to size the
-        poisoned range when the batch size ramps inside it; default: the size at step S."""
+        poisoned range when the batch size ramps inside it; default: the size at step S.
+        ram_folder: this host's RAM checkpoint folder; kill_host deletes it first, as the
+        loss of a real host loses its RAM (the fake hosts of the local cluster share one)."""
         self.faults = list(faults)
         self.host_index = host_index
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._batch_size_at = batch_size_at
+        if ram_folder is not None:
+            kill = functools.partial(_lose_ram_then, Path(ram_folder), kill)
         self._actions = {"kill_host": kill, "hang_host": hang, "preempt": preempt}
 
     # -- identity and markers -----------------------------------------------------------

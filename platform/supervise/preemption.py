@@ -104,9 +104,13 @@ class PreemptionHook(Hook):
         if self._asked != (step, True):
             return
         t = self.trainer
+        # Both tiers: the RAM copy restores fastest when the host comes back (a maintenance
+        # event keeps its RAM only if the VM survives); the persistent one survives anything.
+        if t.tiers.local is not None:
+            t.save_local(step, state, batch.data_state_after)
         t.save_checkpoint(step, state, batch.data_state_after, force=True)
         with t.goodput.phase("checkpoint"):
-            t.checkpointer.wait_until_finished()  # both hosts' shards committed before exit
+            t.tiers.wait_until_finished()  # every host's shards committed before the exit
         t.sink.event("preempt", step, alert=True, mechanism=self.notice.mechanism)
         t.stopped(step)  # the goodput file and ledger, as on Ctrl-C
         raise Preempted(step)

@@ -69,9 +69,11 @@ class FaultInjectionHook(Hook):
 
         self.trainer = trainer
         job = trainer.job
+        local = trainer.tiers.local
         self.injector = FaultInjector(job.faults.inject, host_index=trainer.process_index,
                                       state_dir=trainer.run_dir / "faults",
-                                      batch_size_at=job.train.batch_size_at)
+                                      batch_size_at=job.train.batch_size_at,
+                                      ram_folder=local.folder if local is not None else None)
 
     def before_step(self, batch: Batch, array: Any) -> Any:
         t, step = self.trainer, batch.step
@@ -134,15 +136,20 @@ class CheckpointHook(Hook):
         self.trainer = trainer
 
     def needs_state(self, step: int) -> bool:
-        return step == self.trainer.job.train.steps or self.trainer.checkpointer.is_due(step)
+        return step == self.trainer.job.train.steps or bool(self.trainer.tiers.due(step))
 
     def with_state(self, step: int, state: Any, batch: Batch) -> None:
-        if self.needs_state(step):
+        from palm_platform.checkpoint.tiers import LOCAL, PERSISTENT
+
+        due = self.trainer.tiers.due(step)
+        if LOCAL in due:  # first: its copy is dispatched before the persistent save's
+            self.trainer.save_local(step, state, batch.data_state_after)
+        if PERSISTENT in due or step == self.trainer.job.train.steps:
             self.trainer.save_checkpoint(step, state, batch.data_state_after, force=True)
 
     def on_end(self, step: int, state: Any, summary: RunSummary) -> None:
         with self.trainer.goodput.phase("checkpoint"):
-            self.trainer.checkpointer.wait_until_finished()
+            self.trainer.tiers.wait_until_finished()
 
 
 class EvalHook(Hook):

@@ -85,6 +85,13 @@ def broadcast_text(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))[:length]).decode()
 
 
+def _build_tiers(job: Job, checkpointer, abstract_state, mesh, pods: int):
+    """The persistent checkpointer and, with `checkpoint.local`, the RAM tier beside it."""
+    from palm_platform.checkpoint.tiered import TieredCheckpoints
+
+    return TieredCheckpoints.build(job, checkpointer, abstract_state, mesh, pods)
+
+
 class TrainingStopped(RuntimeError):
     """The fault policy stopped the run (e.g. spikes kept recurring); the ledger says why."""
 
@@ -153,6 +160,7 @@ class Trainer:
                 f"{self.model_cfg.vocab_size}; set model.overrides.vocab_size"
             )
         self.checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
+        self.tiers = _build_tiers(job, self.checkpointer, self.abstract_state, self.mesh, self.pods)
         # W&B's import and init (seconds, on every start and restart) run on the sink's own
         # thread: nothing here waits for them.
         self.sink = MetricsSink(
@@ -202,7 +210,7 @@ class Trainer:
         from palm_platform.checkpoint import CheckpointNotFound
 
         try:
-            restored = self.checkpointer.restore(self.abstract_state)
+            restored = self.tiers.restore(self.abstract_state)
         except CheckpointNotFound:
             self.sink.event("start", 0, attempt=self.attempt, hosts=self.process_count, pods=self.pods,
                             devices=self.mesh.size, cross_pod_bytes_per_step=self.cross_pod_bytes)
@@ -224,7 +232,8 @@ class Trainer:
         self.pipeline.set_state(restored.data_state)
         for start, end in self.ledger.skip_ranges():
             self.pipeline.add_skip_range(start, end)
-        self.sink.event("checkpoint_restored", restored.step, attempt=self.attempt)
+        self.sink.event("checkpoint_restored", restored.step, attempt=self.attempt,
+                        **restored.record())
         if self.attempt == 0:  # a new launch of the same job (e.g. after Ctrl-C): a resume
             self.sink.event("resume", restored.step)
         if self.attempt > 0:
@@ -285,6 +294,14 @@ class Trainer:
             if self.process_index == 0:
                 write_atomic(self.goodput_path, json.dumps(self.goodput.state_dict()))
 
+    def save_local(self, step: int, state, data_state: dict) -> None:
+        """The RAM tier's save; `blocked_s` is what the step waited (on-device copies)."""
+        start = time.monotonic()
+        with self.goodput.phase("checkpoint"):
+            self.tiers.save_local(step, state, data_state, self._ledger_item())
+        self.sink.event("checkpoint_saved", step, tier="local",
+                        blocked_s=round(time.monotonic() - start, 4))
+
     def _roll_back(self, spike, data_state: dict, batch_size: int):
         """Every host, in lock-step: restore an older checkpoint and skip the spike's data."""
         from palm_platform.supervise.rollback import plan_rollback
@@ -301,7 +318,7 @@ class Trainer:
             self.sink.event("stop", spike.step, alert=True, reason=plan.reason)
             raise TrainingStopped(f"step {spike.step}: {plan.reason}")
         restored = self.checkpointer.restore(self.abstract_state, step=plan.restore_step)
-        self.checkpointer.discard_after(plan.restore_step)
+        self.tiers.discard_after(plan.restore_step)
         self.pipeline.set_state(restored.data_state)
         for start, end in self.ledger.skip_ranges():
             self.pipeline.add_skip_range(start, end)
@@ -422,5 +439,5 @@ class Trainer:
     def close(self) -> None:
         for hook in getattr(self, "hooks", []):  # set by run()
             hook.close()
-        self.checkpointer.close()
+        self.tiers.close()
         self.sink.close()

@@ -1,0 +1,113 @@
+"""The RAM tier's decisions on their own: the cadence, the restore plan, the job field, and
+one host's save and restore in this process (the multi-host paths:
+test_local_tier_multiprocess.py)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from jax.sharding import NamedSharding, PartitionSpec
+from test_job import LOCAL
+
+from palm_platform.checkpoint.config import CheckpointConfig
+from palm_platform.checkpoint.local_tier import COMPLETE, LocalTier, clear_host_folder
+from palm_platform.checkpoint.peer_restore import (
+    gather_holdings,
+    plan_ram_restore,
+    pods_of_processes,
+    restore_from_ram,
+)
+from palm_platform.checkpoint.tiers import LOCAL as RAM
+from palm_platform.checkpoint.tiers import PERSISTENT, TierSchedule
+from palm_platform.job import JobError, load_job
+from palm_platform.mesh import make_mesh
+
+
+def test_the_schedule_says_which_tiers_are_due_at_each_step():
+    config = CheckpointConfig(directory="c", every_steps=10, local={"every_steps": 4})
+    schedule = TierSchedule.from_config(config, last_step=22)
+    due = {step: schedule.due(step) for step in range(1, 23) if schedule.due(step)}
+    assert due == {4: {RAM}, 8: {RAM}, 10: {PERSISTENT}, 12: {RAM}, 16: {RAM},
+                   20: {RAM, PERSISTENT}, 22: {PERSISTENT}}
+    assert not TierSchedule.from_config(CheckpointConfig(directory="c")).due(8)  # tier off
+
+
+def test_the_ram_tier_is_off_unless_the_job_asks_for_it():
+    assert CheckpointConfig(directory="c").local is None
+
+
+def test_a_bad_local_cadence_names_the_file_the_field_and_the_fix(tmp_path):
+    spec = yaml.safe_load(LOCAL.read_text())
+    spec["checkpoint"]["local"] = {"every_steps": 0}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(JobError) as error:
+        load_job(path)
+    message = str(error.value)
+    assert str(path) in message and "checkpoint.local.every_steps" in message
+    assert "greater than or equal to 1" in message and "Fix:" in message
+
+
+TWO_PODS = {0: 0, 1: 0, 2: 1, 3: 1}  # process -> pod: 2 pods x 2 hosts
+
+
+def test_a_host_that_lost_its_ram_is_served_by_the_other_pod_first():
+    holdings = {0: {8: {0, 2}}, 1: {8: {1, 3}}, 3: {8: {1, 3}}}  # process 2 lost its RAM
+    plan = plan_ram_restore(holdings, TWO_PODS)
+    assert plan.step == 8 and plan.tier == "peer"
+    assert plan.sources == {0: 0, 1: 1, 2: 0, 3: 3}  # pod 0's host 0, not a pod-1 neighbour
+
+
+def test_the_newest_step_wins_only_when_every_process_can_be_served():
+    # step 12 exists only on pod 0's hosts: pod 1 can be served from them, one each
+    holdings = {q: {8: {q}, 12: {0, 2} if q == 0 else {1, 3}} for q in (0, 1)}
+    holdings.update({q: {8: {q}} for q in (2, 3)})
+    plan = plan_ram_restore(holdings, TWO_PODS)
+    assert (plan.step, plan.sources) == (12, {0: 0, 1: 1, 2: 0, 3: 1})
+    # one supplier cannot feed two lost hosts: step 12 is then out, step 8 is local
+    holdings[1][12] = {1}
+    assert plan_ram_restore(holdings, TWO_PODS).sources == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_no_complete_step_anywhere_means_no_ram_plan():
+    assert plan_ram_restore({0: {}, 1: {}}, {0: 0, 1: 0}) is None
+    assert plan_ram_restore({0: {4: {0}}}, {0: 0, 1: 0}) is None  # process 1 unserved
+
+
+def _state(mesh, value: float):
+    sharding = NamedSharding(mesh, PartitionSpec("data", "model"))
+    x = np.full((8, 4), value, np.float32)
+    x[0, 0] = -0.0
+    return {"w": jax.device_put(x, sharding),
+            "step": jax.device_put(np.int32(value), NamedSharding(mesh, PartitionSpec()))}
+
+
+def test_one_host_saves_and_restores_its_newest_complete_step_bitwise(tmp_path):
+    mesh = make_mesh(1, 2, 2, jax.devices()[:4])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=a.sharding),
+                            _state(mesh, 0))
+    tier = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0")
+    for step in (3, 6, 9):
+        tier.save(step, _state(mesh, step), {"next_sequence": step}, {"ledger": step})
+    tier.wait_until_finished()
+    assert tier.complete_steps() == [6, 9]  # the two newest are kept
+    (tmp_path / "pod-0-w0" / ".tmp-12-1").mkdir()  # what a killed save leaves
+    (tmp_path / "pod-0-w0" / "12").mkdir()
+    tier = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0")
+    assert sorted(p.name for p in (tmp_path / "pod-0-w0").iterdir()) == ["6", "9"]
+    assert (tmp_path / "pod-0-w0" / "9" / COMPLETE).exists()
+    plan = plan_ram_restore(gather_holdings(tier), pods_of_processes(mesh))
+    restored = restore_from_ram(tier, plan)
+    assert (restored.step, restored.tier, restored.bytes_peer) == (9, "local", 0)
+    assert restored.bytes_local == 8 * 4 * 4 + 4  # each block read once
+    assert restored.data_state == {"next_sequence": 9} and restored.ledger == {"ledger": 9}
+    want = _state(mesh, 9)
+    assert np.asarray(restored.train_state["w"]).tobytes() == np.asarray(want["w"]).tobytes()
+    assert int(restored.train_state["step"]) == 9
+    tier.discard_after(6)
+    assert tier.complete_steps() == [6]
+    clear_host_folder(tmp_path, "pod-0-w0")
+    assert not (tmp_path / "pod-0-w0").exists()
