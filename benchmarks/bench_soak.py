@@ -19,7 +19,7 @@ down in a finally. Measured: 5.5 minutes on 2 shared cores at --steps 130 (2.6 m
 
 `--kill-every K`: instead, a kill_host (host 1) every K steps and nothing else, one run, no
 replay (the Ray tests check bitwise equality). The persistent tier saves every
-`--persistent-every` steps (default 10, sparse as on pods) and the RAM tier
+`--persistent-every` steps (default 25, sparse as on pods) and the RAM tier
 (`checkpoint.local`, every 2 steps, in /dev/shm) is on unless `--no-local-tier`. Prints
 goodput with the first compile excluded (goal >= 85% at K=30), recomputed steps per failure,
 and each restart's seconds by cause from its `restart` record (supervise/recovery.py).
@@ -172,7 +172,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--kill-every", type=int, default=0, metavar="K",
                         help="only host kills, one every K steps; one run, no replay")
-    parser.add_argument("--persistent-every", type=int, default=10,
+    parser.add_argument("--persistent-every", type=int, default=25,
                         help="with --kill-every: persistent checkpoint cadence in steps")
     parser.add_argument("--no-local-tier", action="store_true",
                         help="with --kill-every: without the RAM tier (checkpoint.local)")
