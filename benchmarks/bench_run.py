@@ -141,7 +141,7 @@ def kill_and_recover(root: Path, steps: int, kill_after: int,
     first = next(r for r in records if r["kind"] == "step")
     _, after = first_step_after_restart(records, killed)
     restarts = sum(r["kind"] == "restart" for r in records)
-    for r in records:  # the restart's own account, by cause (supervise/recovery.py)
+    for r in records:  # the restart's own account, by cause (supervise/restart_account.py)
         if r["kind"] == "restart" and "recovery_s" in r:
             print("  restart record: " + ", ".join(f"{k} {v}" for k, v in r.items()
                                                    if k not in ("kind", "time", "alert")))

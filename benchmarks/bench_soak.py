@@ -22,7 +22,7 @@ replay (the Ray tests check bitwise equality). The persistent tier saves every
 `--persistent-every` steps (default 25, sparse as on pods) and the RAM tier
 (`checkpoint.local`, every 2 steps, in /dev/shm) is on unless `--no-local-tier`. Prints
 goodput with the first compile excluded (goal >= 85% at K=30), recomputed steps per failure,
-and each restart's seconds by cause from its `restart` record (supervise/recovery.py).
+and each restart's seconds by cause from its `restart` record (supervise/restart_account.py).
 """
 
 from __future__ import annotations

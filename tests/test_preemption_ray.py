@@ -72,7 +72,7 @@ def test_sigterm_to_one_worker_saves_the_agreed_step_and_resumes_there_bitwise(
     assert sorted(steps) == list(range(1, STEPS + 1)), steps
     assert min(r["step"] for r in records
                if r["kind"] == "step" and r["time"] > restored[0]["time"]) == agreed + 1
-    # The restart's account (supervise/recovery.py): nothing wasted, every second by cause.
+    # The restart's account (supervise/restart_account.py): nothing wasted, every second by cause.
     (restart,) = [r for r in records if r["kind"] == "restart"]
     assert restart["step"] == agreed and restart["recomputed_steps"] == 0
     assert restart["wasted_progress_s"] == 0

@@ -9,7 +9,7 @@ from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.faults import FaultInjector
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.preemption import PreemptionNotice, preempted_since
-from palm_platform.supervise.recovery import by_goodput_name, last_sign_of_life
+from palm_platform.supervise.restart_account import by_goodput_name, last_sign_of_life
 
 
 def test_the_preempt_fault_notices_its_host_once_and_training_goes_on(tmp_path):

@@ -126,7 +126,7 @@ class GoodputTracker:
         return moved
 
     def record_restart(self, step: int, seconds_by_cause: dict) -> None:
-        """Keep one restart's account (supervise/recovery.py) with the totals."""
+        """Keep one restart's account (supervise/restart_account.py) with the totals."""
         self._restarts.append({"step": int(step), **seconds_by_cause})
 
     @property

@@ -181,7 +181,7 @@ class GoodputHook(Hook):
         summary.extra["goodput"] = self.on_stop(step)
 
     def on_stop(self, step: int) -> dict:
-        from palm_platform.supervise.recovery import by_goodput_name
+        from palm_platform.supervise.restart_account import by_goodput_name
 
         t = self.trainer
         goodput = t.goodput.summary()
@@ -244,7 +244,7 @@ def build_hooks(trainer: Trainer) -> list[Hook]:
         hooks.append(ElasticHook(trainer))
     hooks.append(MetricsHook(trainer))
     if trainer.attempt > 0:  # a restarted group: its `restart` record, by cause
-        from palm_platform.supervise.recovery import RecoveryHook
+        from palm_platform.supervise.restart_account import RecoveryHook
 
         hooks.append(RecoveryHook(trainer))
     if len(trainer.job.train.batch_schedule) > 1:

@@ -239,7 +239,7 @@ class Trainer:
         if self.attempt > 0:
             self.ledger.record_restart(restored.step, cause=f"worker group restart {self.attempt}")
             # The `restart` record follows at the first finished step, with every second of
-            # the restart by cause (supervise/recovery.py).
+            # the restart by cause (supervise/restart_account.py).
             self.rolled_back_s = self.goodput.rollback(to_step=restored.step)
         return restored.train_state
 
