@@ -95,7 +95,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
     import yaml
 
     from palm_platform.job import load_job
-    from palm_platform.metrics import read_records
+    from palm_platform.metrics.sink import read_records
     from palm_platform.train.loop import Trainer
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())
@@ -110,7 +110,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
     job = load_job(work / "job.yaml")
     trainer = Trainer(job, Path(job.run_dir) / job.name)
     blocked: list[float] = []
-    save = trainer.checkpointer.save
+    save = trainer.setup.checkpointer.save
 
     def timed_save(step, *args, **kwargs):  # the whole call the loop waits for
         begin = time.perf_counter()
@@ -119,7 +119,7 @@ def local_job_blocking(work: Path, steps: int) -> None:
             blocked.append(time.perf_counter() - begin)
         return saved
 
-    trainer.checkpointer.save = timed_save
+    trainer.setup.checkpointer.save = timed_save
     try:
         trainer.run()
     finally:
@@ -141,7 +141,7 @@ def local_tier_blocking(work: Path, steps: int, every: int) -> None:
     import yaml
 
     from palm_platform.job import load_job
-    from palm_platform.metrics import read_records
+    from palm_platform.metrics.sink import read_records
     from palm_platform.train.loop import Trainer
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml"

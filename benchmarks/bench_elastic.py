@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repo root: tests.support
 BIN = Path(sys.executable).parent
 
 
@@ -90,7 +91,7 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
     job = work / "job.yaml"
     job.write_text(yaml.safe_dump(spec))
     run_dir = work / "run" / spec["name"]
-    from palm_platform.ray.local_cluster import driver_env, running_cluster
+    from tests.support.local_cluster import driver_env, running_cluster
 
     state_dir = work / "cluster"
     with running_cluster(state_dir, pods=topo["pods"], hosts_per_pod=topo["hosts_per_pod"],

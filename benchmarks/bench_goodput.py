@@ -30,9 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from palm_platform.events import describe_event
-from palm_platform.metrics import read_records
-from palm_platform.ray.local_cluster import (
+from palm_platform.metrics.events import describe_event
+from palm_platform.metrics.sink import read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.local_cluster import (  # noqa: E402
     BIN,
     driver_env,
     first_step_after_restart,

@@ -18,8 +18,8 @@ in the metrics file, one RayTrainWorker is SIGKILLed by PID. Printed: cold start
 first step record) and recovery (kill -> first step record after it), and their ratio.
 (c) Before (b), on the same cluster: `palm run` of a 2-step job to step 1's record, first with
 an empty compilation cache (the first-ever start), then in a new run folder with it warm.
-Every cluster is torn down (`cluster.down`, local_cluster.running_cluster) on exit. Takes ~3-4 minutes
-on 2 shared cores (two cluster start-ups of ~15 s each).
+Every cluster is torn down (`cluster.down`, tests/support/local_cluster.running_cluster) on
+exit. Takes ~4-5 minutes on 2 shared cores (two cluster start-ups of ~15 s each).
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from pathlib import Path
 
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray.cluster_state import ClusterState
-from palm_platform.ray.local_cluster import (
+from palm_platform.cluster.state import ClusterState
+from palm_platform.metrics.sink import read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.local_cluster import (  # noqa: E402
     BIN,
     driver_env,
     first_step_after_restart,

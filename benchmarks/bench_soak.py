@@ -44,8 +44,10 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from palm_platform.metrics import read_records  # noqa: E402
-from palm_platform.ray.local_cluster import (  # noqa: E402
+from palm_platform.metrics.sink import read_records  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.local_cluster import (  # noqa: E402
     BIN,
     driver_env,
     final_params,

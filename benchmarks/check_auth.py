@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from palm_platform.ray import cluster
-from palm_platform.ray.listening import cluster_pids, listeners
-from palm_platform.ray.local_cluster import BIN
+from palm_platform.cluster import local as cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
+from tests.support.listening import cluster_pids, listeners  # noqa: E402
+from tests.support.local_cluster import BIN  # noqa: E402
 
 
 def _grpc_verdict(address: str, stub_name: str, method: str, request, token: str | None) -> str:

@@ -2,7 +2,7 @@
 
 Each section's config lives with the component that uses it (`train/config.py`,
 `supervise/config.py`, `data/config.py`, `checkpoint/config.py`, `eval/config.py`,
-`metrics.py`); this module composes them into `Job`, checks what spans several sections
+`metrics/sink.py`); this module composes them into `Job`, checks what spans several sections
 (`CrossFieldError`) and turns every problem into one message that names the file, the field
 and the fix. Decisions are made when the job is built, not with `if config.x` inside the step.
 """
@@ -19,7 +19,7 @@ from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
 from palm_platform.eval.config import EvalConfig
 from palm_platform.mesh_config import MeshSection, TopologySection
-from palm_platform.metrics import MetricsConfig
+from palm_platform.metrics.sink import MetricsConfig
 from palm_platform.supervise.config import FaultsConfig, SpikeConfig
 from palm_platform.train.config import InitFromConfig, OptimizerConfig, TrainConfig
 
@@ -143,7 +143,7 @@ class Job(BaseModel):
                     f"({phase.sequences}) and be a multiple of {replicas} replicas",
                     f"use a multiple of {replicas} that divides {phase.sequences}")
         if t.elastic:
-            from palm_platform.elastic import check_pod_counts
+            from palm_platform.pod_count import check_pod_counts
 
             problem = check_pod_counts([p.sequences for p in self.train.batch_schedule],
                                        self.train.microbatch_sequences, t.pods, t.fewest_pods, data)
@@ -256,8 +256,11 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         "cache_dir": None if job.data.cache_dir is None else resolve_path(job.data.cache_dir, base_dir),
         "store": None if job.data.store is None else resolve_path(job.data.store, base_dir),
     })
+    local = job.checkpoint.local
+    if local is not None and local.directory is not None:  # (None: /dev/shm/palm/<name>)
+        local = local.model_copy(update={"directory": resolve_path(local.directory, base_dir)})
     checkpoint = job.checkpoint.model_copy(
-        update={"directory": resolve_path(job.checkpoint.directory, base_dir)}
+        update={"directory": resolve_path(job.checkpoint.directory, base_dir), "local": local}
     )
     run_dir = resolve_path(job.run_dir, base_dir)
     cache = job.train.compile_cache

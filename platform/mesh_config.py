@@ -4,7 +4,7 @@
 They live beside the mesh (mesh.py builds the `(pod, data, model)` Mesh from them) but in a
 module of their own because mesh.py imports JAX, and loading a job must not
 (`import palm_platform.job` stays light). `TopologySection.shape()` gives the one topology
-type the cluster, feasibility and launch take (ray/topology.py's SliceShape).
+type the cluster, feasibility and launch take (platform/topology.py's SliceShape).
 `compiler_flags` are the libtpu/XLA flags of the job's TPU programs (compiler_flags.py):
 `palm plan` compiles with them and `palm run` hands them to the TPU hosts.
 """
@@ -16,13 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from palm_platform import compiler_flags
-from palm_platform.ray.topology import SliceShape, chips_in_topology
+from palm_platform.topology import PodCounts, SliceShape, chips_in_topology
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
-class TopologySection(BaseModel):
-    """pods x hosts_per_pod x chips_per_host TPU v4 hosts (one pod = one TPU slice)."""
+class TopologySection(BaseModel, PodCounts):
+    """pods x hosts_per_pod x chips_per_host TPU v4 hosts (one pod = one TPU slice); its
+    derived counts (chips_per_pod, num_hosts, fewest_pods, elastic) are PodCounts'."""
 
     model_config = STRICT
     accelerator: Literal["tpu-v4"] = Field(default="tpu-v4", description="TPU generation")
@@ -50,23 +51,6 @@ class TopologySection(BaseModel):
     def effective_compiler_flags(self) -> dict[str, bool | int | float | str]:
         """This generation's default flags with the job's own over them."""
         return compiler_flags.effective(self.accelerator, self.compiler_flags)
-
-    @property
-    def chips_per_pod(self) -> int:
-        return self.hosts_per_pod * self.chips_per_host
-
-    @property
-    def num_hosts(self) -> int:
-        return self.pods * self.hosts_per_pod
-
-    @property
-    def fewest_pods(self) -> int:
-        """The fewest pods the job trains on (`min_pods`, default all of them)."""
-        return self.pods if self.min_pods is None else self.min_pods
-
-    @property
-    def elastic(self) -> bool:
-        return self.fewest_pods < self.pods
 
     def shape(self) -> SliceShape:
         """This section as the one topology type the cluster, feasibility and launch take."""

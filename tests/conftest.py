@@ -49,13 +49,13 @@ def gcs_bucket(gcs_emulator, request):
     clear_client_caches()
 
 
-# -- a local fake-TPU Ray cluster (platform/ray/local_cluster.py) for the Ray tests ----------
+# -- a local fake-TPU Ray cluster (tests/support/local_cluster.py) for the Ray tests ----------
 
 
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
     """1 pod x 2 fake hosts x 2 chips for the module, through `palm cluster up` / `down`."""
-    from palm_platform.ray.local_cluster import running_cluster
+    from tests.support.local_cluster import running_cluster
 
     with running_cluster(tmp_path_factory.mktemp("cluster"), pods=1, hosts_per_pod=2,
                          chips_per_host=2, timeout_s=240) as state:
@@ -85,7 +85,7 @@ def libtpu():
     require_libtpu()
 
 
-# -- Ray's token (platform/ray/auth.py): one of the test session's own, never ~/.ray/auth_token --
+# -- Ray's token (platform/cluster/auth.py): one of the test session's own, never ~/.ray/auth_token --
 # `palm cluster up` starts its nodes in token mode and makes a token where Ray reads it when
 # none is at hand. A token appearing at the real ~/.ray/auth_token would turn token mode on for
 # every later Ray process of this user on the machine (other sessions' clusters and tests), so
@@ -120,7 +120,7 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(autouse=True)
 def _ray_auth_environment_is_per_test():
-    """Code under test may turn Ray's token mode on in os.environ (ray/auth.py does, for the
+    """Code under test may turn Ray's token mode on in os.environ (cluster/auth.py does, for the
     nodes it starts); restored after each test, so one test's RAY_AUTH_MODE=token never makes
     every later `ray start` of the session demand a token it does not have."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}

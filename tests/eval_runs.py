@@ -38,7 +38,7 @@ def train_run(folder: Path, facts: dict | None = None, **sections) -> Path:
     trainer = Trainer(job, Path(job.run_dir))
     try:
         trainer.run()
-        step_fn = getattr(trainer.evaluator, "step_fn", None)
+        step_fn = getattr(trainer.setup.evaluator, "step_fn", None)
         if facts is not None and step_fn is not None:
             facts["eval_compiles"] = step_fn._cache_size()
     finally:

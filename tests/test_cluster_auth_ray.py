@@ -1,4 +1,4 @@
-"""Token authentication is the default of `palm cluster up` (platform/ray/auth.py), on a real
+"""Token authentication is the default of `palm cluster up` (platform/cluster/auth.py), on a real
 cluster brought up as a new user would: from a shell with no Ray variables and no token.
 
 Ray 2.60's GCS and raylets listen on every interface (test_hardening_ray.py's xfail); what
@@ -21,8 +21,8 @@ import grpc
 import pytest
 import yaml
 
-from palm_platform.ray.listening import public_listeners
-from palm_platform.ray.local_cluster import BIN, running_cluster
+from tests.support.listening import public_listeners
+from tests.support.local_cluster import BIN, running_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

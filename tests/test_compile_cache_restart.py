@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 from palm_platform.train.config import BatchPhase
+from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 from palm_platform.train.precompile import later_batch_sizes
 
@@ -39,17 +40,18 @@ def test_a_restart_after_a_kill_misses_no_train_step(tmp_path):
     checkpoint = job.checkpoint.model_copy(update={"every_steps": 2})
     job = job.model_copy(update={"train": train, "checkpoint": checkpoint})
 
-    def kill_at_3(step):
-        if step == 3:  # before the schedule reaches 16 sequences
-            raise HostLost
+    class KillAt3(Hook):
+        def on_step(self, info: StepInfo) -> None:
+            if info.step == 3:  # before the schedule reaches 16 sequences
+                raise HostLost
 
-    first = Trainer(job, Path(job.run_dir), attempt=0, on_step=kill_at_3)
+    first = Trainer(job, Path(job.run_dir), attempt=0, hooks=(KillAt3(),))
     try:
         with pytest.raises(HostLost):
             first.run()
     finally:
         first.close()
-    assert first.compile_cache.counts()["misses"] >= 2  # both train steps were compiled
+    assert first.setup.compile_cache.counts()["misses"] >= 2  # both train steps were compiled
 
     second = Trainer(job, Path(job.run_dir), attempt=1)
     try:
@@ -57,7 +59,7 @@ def test_a_restart_after_a_kill_misses_no_train_step(tmp_path):
     finally:
         second.close()
     assert summary.steps == 6
-    counts = second.compile_cache.counts()
+    counts = second.setup.compile_cache.counts()
     assert counts["misses"] == 0 and counts["hits"] >= 2, counts
     records = read_records(Path(job.run_dir))
     # From the restart's restore on (its `restart` record follows its first step)

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from test_dashboard_sink import WAIT_S, wandb_env
 
-from palm_platform.dashboard import keys
-from palm_platform.dashboard.offline import read_job_runs
-from palm_platform.dashboard.workspace import build_workspace, panel_metrics
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
+from palm_platform.metrics.wandb import keys
+from palm_platform.metrics.wandb.offline import read_job_runs
+from palm_platform.metrics.wandb.workspace import build_workspace, panel_metrics
 from palm_platform.supervise.config import FaultInjection
+from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"
@@ -25,11 +26,15 @@ class Crash(RuntimeError):
     pass
 
 
-def crash_at(step: int):
-    def on_step(current: int) -> None:
-        if current == step:
-            raise Crash(f"simulated host failure at step {step}")
-    return on_step
+class CrashAt(Hook):
+    """Fails the run after `step` is read, as a lost host would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            raise Crash(f"simulated host failure at step {self.step}")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +48,8 @@ def trained(tmp_path_factory):
     })
     with pytest.MonkeyPatch.context() as env:
         wandb_env(env)
-        for attempt, on_step in ((0, crash_at(CRASH_AT)), (1, None)):
-            trainer = Trainer(job, Path(job.run_dir), attempt=attempt, on_step=on_step)
+        for attempt, hooks in ((0, (CrashAt(CRASH_AT),)), (1, ())):
+            trainer = Trainer(job, Path(job.run_dir), attempt=attempt, hooks=hooks)
             try:
                 trainer.run()
             except Crash:

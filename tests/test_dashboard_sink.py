@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from palm_platform.dashboard import keys
-from palm_platform.dashboard.offline import read_job_runs
-from palm_platform.dashboard.sink import WandbWriter, scan_metrics_file
-from palm_platform.metrics import MetricsSink, read_records
+from palm_platform.metrics.sink import MetricsSink, read_records
+from palm_platform.metrics.wandb import keys
+from palm_platform.metrics.wandb.offline import read_job_runs
+from palm_platform.metrics.wandb.sink import WandbWriter, scan_metrics_file
 
 FAKE_KEY = "palmtest" + "0123456789abcdef" * 2 + "abcdefgh"  # 40 characters, like a real key
 SPIKE_STEP, ROLLBACK_TO, REPLAY_END, RESTORED, LAST = 45, 30, 40, 35, 50
@@ -196,7 +196,7 @@ def test_unknown_replay_policy_is_refused(tmp_path):
 @pytest.fixture(params=["rewind", "fork"])
 def server_replay(request, tmp_path, monkeypatch):
     """The online policies, recorded offline: the run files hold what a server is asked to do."""
-    import palm_platform.dashboard.sink as sink_module
+    import palm_platform.metrics.wandb.sink as sink_module
 
     monkeypatch.setattr(sink_module, "NEEDS_SERVER", set())
     wandb_env(monkeypatch)
@@ -273,7 +273,7 @@ def test_the_loop_never_waits_for_wandb_and_wandb_still_gets_every_row_in_order(
     # loop's calls return at once (the JSONL has them), and W&B gets them all afterwards.
     import threading
 
-    import palm_platform.dashboard.sink as sink_module
+    import palm_platform.metrics.wandb.sink as sink_module
 
     init_may_finish = threading.Event()
     real_init = sink_module.WandbWriter.__init__

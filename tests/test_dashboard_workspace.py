@@ -8,9 +8,9 @@ import pytest
 from test_dashboard_sink import WAIT_S, drive, wandb_env
 
 from palm_platform.cli import main as palm
-from palm_platform.dashboard import keys
-from palm_platform.dashboard.offline import read_job_runs
-from palm_platform.dashboard.workspace import build_workspace, panel_metrics, workspace_json
+from palm_platform.metrics.wandb import keys
+from palm_platform.metrics.wandb.offline import read_job_runs
+from palm_platform.metrics.wandb.workspace import build_workspace, panel_metrics, workspace_json
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from test_data_prepare import REPO, _documents, _jsonl_lines, _write_parquet
 
 from palm_platform.data import prepare, store
 from palm_platform.data.config import DataConfig, SourceConfig
-from palm_platform.ray.local_cluster import BIN, driver_env
+from tests.support.local_cluster import BIN, driver_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -10,8 +10,8 @@ import pytest
 
 from palm_platform.data import DataConfig, SourceConfig, build_pipeline
 from palm_platform.data.quality import describe, quality_event
-from palm_platform.metrics import MetricsSink
-from palm_platform.status import print_summary
+from palm_platform.metrics.sink import MetricsSink
+from palm_platform.metrics.status import print_summary
 
 
 def pipeline_for(tmp_path, **data) -> dict:

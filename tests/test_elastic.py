@@ -1,5 +1,5 @@
 """Elastic pods: the pod count a worker group holds, the microbatches that keep the global
-batch, the job field, and training that changes pod count mid-way (platform/elastic.py)."""
+batch, the job field, and training that changes pod count mid-way (platform/pod_count.py)."""
 
 import shutil
 from pathlib import Path
@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from palm_platform.data import DataConfig, build_pipeline
-from palm_platform.elastic import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.job import JobError, load_job
-from palm_platform.metrics import read_records
-from palm_platform.ray.topology import SliceShape
+from palm_platform.metrics.sink import read_records
+from palm_platform.pod_count import ElasticShapeError, microbatches_at, pods_in_group
 from palm_platform.supervise.goodput import GoodputTracker
+from palm_platform.topology import SliceShape
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"
@@ -185,7 +185,7 @@ def test_resizes_are_events_and_steps_say_their_pod_count(runs):
 # -- on Ray: the worker counts asked for, and a run below min_pods gives up ----------------
 
 def _tpu_node(pod: int) -> dict:
-    from palm_platform.ray.topology import POD_TYPE_LABEL, SLICE_NAME_LABEL, WORKER_ID_LABEL
+    from palm_platform.topology import POD_TYPE_LABEL, SLICE_NAME_LABEL, WORKER_ID_LABEL
 
     return {"Alive": True, "NodeID": f"node{pod}",
             "Resources": {"TPU": 4.0, "accelerator_type:TPU-V4": 1.0, "TPU-v4-8-head": 1.0},
@@ -193,7 +193,7 @@ def _tpu_node(pod: int) -> dict:
 
 
 def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():
-    from palm_platform.ray.elastic import worker_counts
+    from palm_platform.pod_count import worker_counts
 
     assert worker_counts(SliceShape(2, 768, 4, "12x16x16", min_pods=1)) == (768, 1536)
     # not elastic: Ray's fixed policy
@@ -202,7 +202,7 @@ def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():
 
 
 def test_fewer_than_min_pods_for_the_grace_period_gives_up_once_with_the_reason():
-    from palm_platform.ray.elastic import MinPodsMonitor
+    from palm_platform.pod_count import MinPodsMonitor
 
     nodes, now, reasons = [_tpu_node(0), _tpu_node(1)], [0.0], []
     monitor = MinPodsMonitor(SliceShape(2, 1, 4, "2x2x1"), reasons.append, grace_s=30,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 

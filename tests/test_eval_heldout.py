@@ -20,8 +20,8 @@ from palm_platform.eval.split import (
     document_ends,
     split_sources,
 )
-from palm_platform.metrics import read_records
-from palm_platform.status import summarize
+from palm_platform.metrics.sink import read_records
+from palm_platform.metrics.status import summarize
 
 EOS = 1
 

@@ -2,7 +2,7 @@
 
 import re
 
-from palm_platform.events import describe_event
+from palm_platform.metrics.events import describe_event
 
 
 def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():
@@ -25,7 +25,7 @@ def test_the_progress_view_folds_checkpoints_into_the_bar(tmp_path, capsys):
     import threading
     import time
 
-    from palm_platform.status import Progress
+    from palm_platform.metrics.status import Progress
 
     records = [{"kind": "step", "step": 10, "time": 1.0, "loss": 5.4321, "tokens_per_s": 1889.4},
                {"kind": "checkpoint_saved", "step": 10, "time": 1.0, "blocked_s": 0.02},
@@ -70,3 +70,14 @@ def test_launch_and_data_quality_events_are_sentences_without_empty_fields():
                           "documents": 10, "bad_by_source": {"docs": {"bad_json": 2}},
                           "first_bad": ["a.jsonl:7 bad_json"]})
     assert bad == "step 0: data: 2 bad records of 10 documents (docs: bad_json 2); first: a.jsonl:7 bad_json"
+
+
+def test_a_restore_says_which_tier_it_read_and_how_much():
+    line = describe_event({"kind": "checkpoint_restored", "step": 8, "attempt": 1,
+                           "tier": "peer", "bytes_local": 2_000_000, "bytes_peer": 1_500_000,
+                           "bytes_persistent": 0})
+    assert line == ("step 8: restored the checkpoint (attempt 1) from the RAM of other hosts "
+                    "(local 2.0 MB, peer 1.5 MB, persistent 0.0 MB)")
+    assert describe_event({"kind": "checkpoint_saved", "step": 4, "tier": "local",
+                           "blocked_s": 0.004}) == \
+        "step 4: checkpoint saved in RAM (the loop waited 0.00 s)"

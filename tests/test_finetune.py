@@ -20,7 +20,7 @@ from palm_platform.data import build_pipeline
 from palm_platform.data.tokenizer import load_tokenizer
 from palm_platform.job import load_job
 from palm_platform.mesh import make_mesh
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 from palm_platform.train.init_from import InitFromError, load_initial_state, preflight
 from palm_platform.train.loop import Trainer
 from palm_platform.train.state import state_shardings

@@ -1,5 +1,5 @@
 """Hardening on a real local Ray cluster (1 pod x 2 fake hosts x 2 chips): which sockets
-the cluster listens on (not loopback only with Ray 2.60: xfail; platform/ray/auth.py), Ctrl-C on `palm run` stops at a step, keeps the checkpoints,
+the cluster listens on (not loopback only with Ray 2.60: xfail; platform/cluster/auth.py), Ctrl-C on `palm run` stops at a step, keeps the checkpoints,
 and the re-run is counted as a resume, not a restart; a SIGSTOPped host in that re-run is
 named with its step by the watchdog and the group restarts.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray.listening import cluster_pids, listeners
-from palm_platform.ray.local_cluster import BIN, driver_env, train_workers, wait_for_step
+from palm_platform.metrics.sink import read_records
+from tests.support.listening import cluster_pids, listeners
+from tests.support.local_cluster import BIN, driver_env, train_workers, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -2,7 +2,7 @@
 
 import time
 
-from palm_platform.metrics import MetricsSink
+from palm_platform.metrics.sink import MetricsSink
 from palm_platform.ray.host_loss import host_loss_message, lost_tpu_hosts, trained_steps_since
 
 

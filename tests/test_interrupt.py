@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from palm_platform.metrics import MetricsSink
+from palm_platform.metrics.sink import MetricsSink
 from palm_platform.ray.interrupt import exit_code, last_logged_step, resume_message
 
 DRIVER = """

@@ -11,7 +11,7 @@ SCRIPT = """
 import json, os, socket, sys
 import jax
 from palm_platform.ray.compat import bound_jax_initialize
-from palm_platform.ray.listening import listeners
+from tests.support.listening import listeners
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
 bound_jax_initialize(30, heartbeat_timeout_s=50)

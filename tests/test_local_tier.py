@@ -111,3 +111,12 @@ def test_one_host_saves_and_restores_its_newest_complete_step_bitwise(tmp_path):
     assert tier.complete_steps() == [6]
     clear_host_folder(tmp_path, "pod-0-w0")
     assert not (tmp_path / "pod-0-w0").exists()
+
+
+def test_a_relative_ram_folder_resolves_against_the_job_file(tmp_path):
+    spec = yaml.safe_load(LOCAL.read_text())
+    spec["checkpoint"]["local"] = {"directory": "ram", "every_steps": 2}
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_job(path).checkpoint.local.directory == str(tmp_path / "jobs" / "ram")

@@ -11,7 +11,7 @@ import pytest
 
 from palm_platform.checkpoint.verification import verify
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.train.loop import Trainer
 

@@ -1,6 +1,7 @@
 """The loop with the RAM tier (one process, two pods of fake CPU devices): a crash after a
-RAM save newer than the persistent checkpoint resumes from the RAM step, reads no byte of
-persistent storage, and ends with the parameters of the uninterrupted run, bit for bit."""
+RAM save newer than the persistent checkpoint resumes from the RAM step and reads no byte of
+persistent storage; with the RAM folder lost too, the next resume takes the persistent step;
+the run ends with the parameters of the uninterrupted run, bit for bit."""
 
 import shutil
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 
 from palm_platform.checkpoint.config import LocalTierConfig
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
-from palm_platform.supervise.faults import damage_checkpoint
+from palm_platform.metrics.sink import read_records
+from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"
@@ -33,12 +34,19 @@ def _job(tmp_path: Path, *, ram: bool):
     })
 
 
-def _run(job, run_dir: Path, attempt: int = 0, crash_after: int | None = None):
-    def on_step(step: int) -> None:
-        if step == crash_after:
-            raise Crash(f"step {step}")
+class CrashAfter(Hook):
+    """A process dying after `step` (before the next save could start)."""
 
-    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step)
+    def __init__(self, step: int | None):
+        self.step = step
+
+    def on_step(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            raise Crash(f"step {info.step}")
+
+
+def _run(job, run_dir: Path, attempt: int = 0, crash_after: int | None = None):
+    trainer = Trainer(job, run_dir, attempt=attempt, hooks=(CrashAfter(crash_after),))
     try:
         summary = trainer.run()
         return summary, jax.tree.map(np.asarray, trainer.final_state.params)
@@ -46,8 +54,12 @@ def _run(job, run_dir: Path, attempt: int = 0, crash_after: int | None = None):
         trainer.close()
 
 
+def _restored(run_dir: Path) -> list[dict]:
+    return [r for r in read_records(run_dir) if r["kind"] == "checkpoint_restored"]
+
+
 @pytest.mark.slow
-def test_a_crash_after_a_ram_save_resumes_from_ram_without_reading_persistent_storage(
+def test_a_crash_after_a_ram_save_resumes_from_ram_and_without_ram_from_persistent_storage(
         tmp_path):
     (tmp_path / "clean").mkdir()
     _, uninterrupted = _run(_job(tmp_path / "clean", ram=False), tmp_path / "clean" / "run")
@@ -57,15 +69,23 @@ def test_a_crash_after_a_ram_save_resumes_from_ram_without_reading_persistent_st
         _run(job, tmp_path / "run", crash_after=9)
     ram_host = tmp_path / "ram" / "process-0"
     assert sorted(p.name for p in ram_host.iterdir()) == ["4", "8"]
-    # Persistent step 6, damaged: a restore that read it would fail or fall back to 0.
-    damage_checkpoint(Path(job.checkpoint.directory) / "6")
-    summary, resumed = _run(job, tmp_path / "run", attempt=1)
+    # Persistent step 6's arrays moved away: a restore that read them would fail.
+    ckpt = Path(job.checkpoint.directory)
+    (ckpt / "6" / "state").rename(tmp_path / "step-6-state")
+    with pytest.raises(Crash):
+        _run(job, tmp_path / "run", attempt=1, crash_after=11)
+    first = _restored(tmp_path / "run")[-1]
+    assert first["step"] == 8 and first["tier"] == "local"
+    assert first["bytes_persistent"] == 0 and first["bytes_local"] > 0 and first["bytes_peer"] == 0
 
-    assert summary.extra["start_step"] == 8 and summary.steps == STEPS
-    restored = [r for r in read_records(tmp_path / "run") if r["kind"] == "checkpoint_restored"]
-    assert len(restored) == 1 and restored[0]["step"] == 8
-    assert restored[0]["tier"] == "local" and restored[0]["bytes_persistent"] == 0
-    assert restored[0]["bytes_local"] > 0 and restored[0]["bytes_peer"] == 0
+    # Both copies of step 8 lost (this host's RAM folder cleared): persistent step 6.
+    (tmp_path / "step-6-state").rename(ckpt / "6" / "state")
+    shutil.rmtree(ram_host)
+    summary, resumed = _run(job, tmp_path / "run", attempt=2)
+    second = _restored(tmp_path / "run")[-1]
+    assert second["step"] == 6 and second["tier"] == "persistent"
+    assert second["bytes_persistent"] > 0 and second["bytes_local"] == 0
+    assert summary.extra["start_step"] == 6 and summary.steps == STEPS
     saved = [r for r in read_records(tmp_path / "run") if r["kind"] == "checkpoint_saved"]
     assert {r["step"] for r in saved if r.get("tier") == "local"} == {4, 8, 12}
     for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):

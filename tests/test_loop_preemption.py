@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.preemption import Preempted
 from palm_platform.train.loop import Trainer

@@ -2,7 +2,7 @@
 
 tests/test_loop.py shows a poisoned run recovers (the loss comes back down); this test shows
 *what* was restored, by recording the state the loop checkpointed at each step (a spy on
-`checkpointer.save`) and the state right after `_roll_back` returned: the parameters equal
+`checkpointer.save`) and the state right after `Trainer._recover` returned: the parameters equal
 the restored step's bit for bit, the data position is that step's, and the spike's data is
 in the skip ranges. Without the restore, a loop that only skipped data (or only restored
 parameters) would also bring the loss down, and test_loop.py would pass.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from palm_platform.job import load_job
-from palm_platform.metrics import read_records
+from palm_platform.metrics.sink import read_records
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.train.loop import Trainer
 
@@ -38,7 +38,8 @@ def rolled_back(tmp_path_factory):
     trainer = Trainer(job, Path(job.run_dir))
     saved: dict[int, tuple] = {}
     after_rollback: list[dict] = []
-    save, roll_back = trainer.checkpointer.save, trainer._roll_back
+    checkpointer = trainer.setup.checkpointer
+    save, recover = checkpointer.save, trainer._recover
 
     def spy_save(step, state, data_state, ledger, **kwargs):
         done = save(step, state, data_state, ledger, **kwargs)
@@ -46,17 +47,17 @@ def rolled_back(tmp_path_factory):
             saved[step] = (jax.tree.map(np.asarray, state.params), json.loads(json.dumps(data_state)))
         return done
 
-    def spy_roll_back(spike, data_state, batch_size):
-        state = roll_back(spike, data_state, batch_size)
+    def spy_recover(spike, bad):
+        state, step = recover(spike, bad)
         after_rollback.append({
             "spike_step": spike.step, "step": int(jax.device_get(state.step)),
             "params": jax.tree.map(np.asarray, state.params),
-            "data": trainer.pipeline.get_state(), "spike_data": data_state,
-            "detector_last": trainer.detector.state_dict()["last_step"],
+            "data": trainer.setup.pipeline.get_state(), "spike_data": bad.batch.data_state,
+            "detector_last": trainer.supervision.detector.state_dict()["last_step"],
         })
-        return state
+        return state, step
 
-    trainer.checkpointer.save, trainer._roll_back = spy_save, spy_roll_back
+    checkpointer.save, trainer._recover = spy_save, spy_recover
     try:
         summary = trainer.run()
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from palm_platform.plan_hlo import _COMPUTE, arrays, parse_module
+from palm_platform.plan.hlo import _COMPUTE, arrays, parse_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
 JOBS = Path(__file__).parent / "jobs"

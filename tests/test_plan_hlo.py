@@ -1,4 +1,4 @@
-"""plan_hlo: FLOPs and collectives read from compiled HLO, every loop body counted as it runs.
+"""plan/hlo.py: FLOPs and collectives read from compiled HLO, every loop body counted as it runs.
 
 CPU only (no libtpu): small jitted functions whose FLOPs and bytes are known by hand.
 """
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from palm_platform.plan_flops import jaxpr_matmul_flops
-from palm_platform.plan_hlo import HloParseError, analyze, summary
+from palm_platform.plan.flops import jaxpr_matmul_flops
+from palm_platform.plan.hlo import HloParseError, analyze, summary
 
 PEAK, HBM = 1e12, 1e11
 
@@ -116,7 +116,7 @@ def test_jaxpr_matmul_flops_multiply_scans_by_their_length():
 
 
 def test_a_plan_never_reports_mfu_above_100_percent_and_warns_with_the_numbers():
-    from palm_platform.plan import PlanReport, add_step_analysis
+    from palm_platform.plan.report import PlanReport, add_step_analysis
 
     x, w = jnp.ones((64, 32)), jnp.ones((32, 32))
     c = compiled(lambda x, w: jax.lax.fori_loop(0, 7, lambda i, acc: jnp.tanh(acc @ w), x), x, w)

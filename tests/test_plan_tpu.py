@@ -1,4 +1,4 @@
-"""plan_hlo on programs compiled by the real TPU compiler for small TPU v4 topologies.
+"""plan/hlo.py on programs compiled by the real TPU compiler for small TPU v4 topologies.
 
 Small functions whose FLOPs and collective bytes are known by hand, compiled here (libtpu,
 no TPU needed, a few seconds each): a 12-way model axis that makes the compiler write a
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from palm_platform.plan_hlo import analyze, summary
-from palm_platform.plan_time import V4_HBM_BANDWIDTH, V4_PEAK_BF16_FLOPS
+from palm_platform.plan.hlo import analyze, summary
+from palm_platform.plan.step_time import V4_HBM_BANDWIDTH, V4_PEAK_BF16_FLOPS
 
 if importlib.util.find_spec("libtpu") is None:
     if os.environ.get("CI"):  # CI must run these: a missing extra is a broken set-up, not a skip
@@ -26,7 +26,7 @@ if importlib.util.find_spec("libtpu") is None:
 
 
 def v4_mesh(topology: str, pods: int, shape: tuple, axes: tuple) -> Mesh:
-    from palm_platform.plan import tpu_devices
+    from palm_platform.plan.report import tpu_devices
 
     return Mesh(np.array(tpu_devices(topology, pods)).reshape(shape), axes)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray.local_cluster import BIN, driver_env, final_params
+from palm_platform.metrics.sink import read_records
+from tests.support.local_cluster import BIN, driver_env, final_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 

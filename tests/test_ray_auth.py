@@ -1,9 +1,9 @@
-"""platform/ray/auth.py: token mode follows the environment the way `ray start` does, and the
+"""platform/cluster/auth.py: token mode follows the environment the way `ray start` does, and the
 token only ever comes from the environment or the user's own file."""
 
 import pytest
 
-from palm_platform.ray import auth
+from palm_platform.cluster import auth
 
 
 @pytest.fixture(autouse=True)

@@ -6,18 +6,22 @@ happens, by the fixture's teardown).
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
 
-from palm_platform.ray import cluster, launch
+from palm_platform.cluster import local as cluster
+from palm_platform.ray import launch
 from palm_platform.ray.feasibility import InfeasibleTopologyError
-from palm_platform.ray.local_cluster import driver_env
-from palm_platform.ray.probe import distributed_probe
-from palm_platform.ray.topology import SliceShape
+from palm_platform.topology import SliceShape
+from tests.support import probe
+from tests.support.local_cluster import driver_env
+from tests.support.probe import distributed_probe
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -35,8 +39,6 @@ def palm(*args, timeout=180):
 
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory):
-    import shutil
-
     import ray
 
     run_state_dir = tmp_path_factory.mktemp("palm-cluster")
@@ -173,13 +175,15 @@ def test_ray_job_submit_runs_a_jax_trainer_job_on_the_cluster(state, tmp_path):
     (work_dir / ".venv").mkdir(parents=True)
     (work_dir / ".venv" / "big.bin").write_bytes(b"0" * 1024)
     (work_dir / ".gitignore").write_text(".venv/\n")
+    # the probe travels in the working directory, as a user's train function would
+    shutil.copy(Path(probe.__file__), work_dir / "probe.py")
     (work_dir / "job.py").write_text(
         textwrap.dedent(
             """
             import os, tempfile
             from palm_platform.ray.launch import launch
-            from palm_platform.ray.probe import distributed_probe
-            from palm_platform.ray.topology import SliceShape
+            from probe import distributed_probe
+            from palm_platform.topology import SliceShape
 
             assert not os.path.exists(".venv"), "working-dir upload must skip .venv"
             result = launch(

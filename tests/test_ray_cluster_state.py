@@ -7,7 +7,7 @@ import sys
 
 import psutil
 
-from palm_platform.ray import cluster
+from palm_platform.cluster import local as cluster
 
 
 def stale_state(tmp_path) -> cluster.ClusterState:
@@ -58,7 +58,7 @@ def test_status_without_a_recorded_cluster_says_how_to_start_one(tmp_path, capsy
 
 def test_free_ports_are_never_handed_out_twice():
     # Two Ray components of one node given the same port fail to start (seen in CI).
-    from palm_platform.ray import cluster_state
+    from palm_platform.cluster import state as cluster_state
 
     ports = [cluster_state.free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)

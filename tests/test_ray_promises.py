@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
-from palm_platform.ray.local_cluster import BIN, final_params
+from palm_platform.cluster import local as cluster
+from palm_platform.metrics.sink import read_records
+from tests.support.local_cluster import BIN, final_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 
@@ -62,9 +62,9 @@ def palm_run(job: Path, home: Path, timeout: float = 420) -> subprocess.Complete
                           text=True, timeout=timeout)
 
 
-# What palm itself prints while a job runs (ray/run.py, status.py, ray/worker_output.py).
+# What palm itself prints while a job runs (ray/run.py, metrics/status.py, ray/worker_output.py).
 PALM_LINES = re.compile("|".join((
-    r"step \d+: \S",  # an event's sentence (events.py), a held-out eval
+    r"step \d+: \S",  # an event's sentence (metrics/events.py), a held-out eval
     r"step \d+/\d+ ",  # the progress bar (outside a terminal: its last frame)
     r"run \S+$", r"  \S",  # the summary: its header, then indented lines
     r"host \d+/\d+: \S",  # a worker's warning about its own host

@@ -6,7 +6,7 @@ import pytest
 
 from palm_platform.ray.compat import tpu_pod_type
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
-from palm_platform.ray.topology import SliceShape
+from palm_platform.topology import SliceShape
 
 
 def fake_node(slice_name, worker_id, pod_type="v4-16", topology="2x2x2", tpu=4, accel=True):
@@ -75,7 +75,7 @@ def test_topology_that_disagrees_with_hosts_and_chips_is_rejected():
 def test_ray_accepts_paper_pod_topology_after_registration():
     from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
 
-    from palm_platform.ray.topology import ensure_ray_accepts_v4_topology
+    from palm_platform.topology import ensure_ray_accepts_v4_topology
 
     assert not ensure_ray_accepts_v4_topology("2x2x2")  # already known
     assert not ensure_ray_accepts_v4_topology("3x5x7")  # not a v4 slice: left for Ray to reject
@@ -85,7 +85,7 @@ def test_ray_accepts_paper_pod_topology_after_registration():
 
 
 def test_one_parser_reads_axbxc_for_the_job_and_for_ray():
-    from palm_platform.ray.topology import chips_in_topology, parse_topology
+    from palm_platform.topology import chips_in_topology, parse_topology
 
     assert parse_topology("12X16x16") == (12, 16, 16) and chips_in_topology("2x2x1") == 4
     for bad in ("2x2", "2x2x0", "axbxc", "2x2x2x2"):

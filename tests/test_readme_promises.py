@@ -95,7 +95,7 @@ def _wandb_run_ids(run_dir: Path) -> set[str]:
 
 
 def test_wandb_run_is_resumed_across_restarts_and_the_key_is_never_written(tmp_path, monkeypatch):
-    from palm_platform.metrics import MetricsSink
+    from palm_platform.metrics.sink import MetricsSink
 
     secret = "local-0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_API_KEY", secret)

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import yaml
 
-from palm_platform.events import describe_event
-from palm_platform.metrics import read_records
-from palm_platform.ray.local_cluster import (
+from palm_platform.metrics.events import describe_event
+from palm_platform.metrics.sink import read_records
+from palm_platform.metrics.status import ON_THE_BAR
+from palm_platform.ray.worker_output import LOG_FILE
+from tests.support.local_cluster import (
     BIN,
     driver_env,
     final_params,
     kill_a_train_worker_after_step,
 )
-from palm_platform.ray.worker_output import LOG_FILE
-from palm_platform.status import ON_THE_BAR
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -2,8 +2,8 @@
 
 import json
 
-from palm_platform.events import describe_event
-from palm_platform.status import main, summarize
+from palm_platform.metrics.events import describe_event
+from palm_platform.metrics.status import main, summarize
 
 
 def records():

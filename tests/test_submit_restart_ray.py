@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palm_platform.metrics import read_records
-from palm_platform.ray import cluster
-from palm_platform.ray.local_cluster import BIN, running_cluster, wait_for_step
+from palm_platform.cluster import local as cluster
+from palm_platform.metrics.sink import read_records
+from tests.support.local_cluster import BIN, running_cluster, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -25,7 +25,7 @@ JOB = ROOT / "tests" / "jobs" / "ray-2host.yaml"
 STEPS = 60  # ~0.4 s each; `palm cluster down` takes ~10 s to stop a job (about 20 steps)
 # The README's line, unchanged; the shell expands $PWD on the submitting side. RAY_AUTH_MODE=
 # token: Ray 2.60's job CLI sends the cluster's token (here the session's file, conftest) only
-# in token mode, and `palm cluster up` starts clusters in token mode (platform/ray/auth.py).
+# in token mode, and `palm cluster up` starts clusters in token mode (platform/cluster/auth.py).
 SUBMIT = ('RAY_AUTH_MODE=token ray job submit --working-dir . -- palm run --submit-dir "$PWD" '
           'jobs/tiny.yaml')
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from palm_platform.metrics import MetricsSink
+from palm_platform.metrics.sink import MetricsSink
 from palm_platform.ray.worker import configure_logging
 
 

@@ -106,7 +106,7 @@ def test_ray_hands_both_of_its_streams_to_the_handler():
 
 
 def test_the_restart_sentence_says_what_died(tmp_path):
-    from palm_platform.status import Progress
+    from palm_platform.metrics.status import Progress
 
     output = WorkerOutput(tmp_path, stream=io.StringIO())
     output.handle(batch(10427, worker_line("WARNING", "palm_platform.supervise.faults",

@@ -31,7 +31,7 @@ from palm_platform.checkpoint.manifest import (
     read_manifest,
     write_manifest,
 )
-from palm_platform.checkpoint.retention import preservation_policy, save_decision_policy
+from palm_platform.checkpoint.retention import preservation_policy
 
 log = logging.getLogger(__name__)
 _barrier_ids = itertools.count()
@@ -83,8 +83,9 @@ class Checkpointer:
     def __init__(self, config: CheckpointConfig, *, directory: epath.PathLike | str):
         self.config = config
         self.directory = checkpoint_path(directory)
+        # No save decision policy: every Orbax save here is forced (`_save_now`); the one
+        # cadence is `is_due` (checkpoint.every_steps, or a preemption notice).
         options = ocp.CheckpointManagerOptions(
-            save_decision_policy=save_decision_policy(config),
             preservation_policy=preservation_policy(config),
             enable_async_checkpointing=config.async_save,
             # a restarted run removes what a killed save left behind (`N.orbax-checkpoint-tmp-*`)

@@ -42,10 +42,3 @@ def preservation_policy(config: CheckpointConfig) -> ocm.PreservationPolicy:
         policies.append(ocm.EveryNSteps(interval_steps=config.keep_every))
     return ocm.AnyPreservationPolicy(policies)
 
-
-def save_decision_policy(config: CheckpointConfig) -> ocm.SaveDecisionPolicy:
-    # Orbax's preemption policy saves the step at which the cluster announced a preemption
-    # (a sync point JAX learns from the TPU maintenance notice), whatever the cadence.
-    return ocm.AnySavePolicy(
-        [ocm.FixedIntervalPolicy(config.every_steps), ocm.PreemptionCheckpointingPolicy()]
-    )

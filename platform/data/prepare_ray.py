@@ -71,16 +71,16 @@ def connect(address: str | None, workers: int | None) -> str | None:
     """Attach to a cluster: `address`, RAY_ADDRESS, `palm cluster`'s, else start a local Ray
     instance (as `ray.init()` does) sized for `workers`. When this call started Ray: the
     instance's own temp folder (for the caller to remove after ray.shutdown())."""
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
-    # A token at hand: the cluster demands it (ray/auth.py). Before Ray is imported: Ray
+    # A token at hand: the cluster demands it (cluster/auth.py). Before Ray is imported: Ray
     # reads the mode into its config once, and an explicit address never turns it on.
     auth.enable_from_environment()
     import ray
 
     if ray.is_initialized():
         return None
-    from palm_platform.ray.cluster_nodes import ray_address_from_state
+    from palm_platform.cluster.nodes import ray_address_from_state
 
     address = address or os.environ.get("RAY_ADDRESS") or ray_address_from_state()
     runtime_env = {"env_vars": _worker_env()}

@@ -25,9 +25,9 @@ def quality_event(pipeline_stats: dict) -> dict:
     }
 
 
-def report_data_quality(trainer) -> None:
-    """Write the event for a Trainer's pipeline (a no-op on processes other than 0)."""
-    trainer.sink.event(EVENT, 0, **quality_event(trainer.pipeline.stats()))
+def report_data_quality(setup) -> None:
+    """Write the event for a run's pipeline (`TrainSetup`; a no-op on processes other than 0)."""
+    setup.sink.event(EVENT, 0, **quality_event(setup.pipeline.stats()))
 
 
 def describe(event: dict) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from palm_platform.metrics import wandb_run_id
+from palm_platform.metrics.sink import wandb_run_id
 
 log = logging.getLogger("palm")
 

@@ -7,7 +7,7 @@ for (the versions uv.lock pins) and fails with one line naming both, so an upgra
 deliberate step (re-check each function below against the new source, then update
 `WRITTEN_FOR`) instead of a silent change of behaviour somewhere in a run.
 
-Not a touch point, but measured against Ray 2.60 and recorded in ray/listening.py: `ray start`
+Not a touch point, but measured against Ray 2.60 and recorded in tests/support/listening.py: `ray start`
 replaces a loopback node IP (`services.resolve_ip_for_localhost`), so the GCS and raylet bind
 every interface whatever we pass.
 """
@@ -198,7 +198,7 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
 
         def _register_sigint_handler(self, controller) -> None:
             # The caller's SIGINT handler stays in place; the controller is kept so an
-            # elastic run below min_pods can stop it (ray/elastic.py).
+            # elastic run below min_pods can stop it (pod_count.py).
             self.controller = controller
 
     return PalmJaxTrainer

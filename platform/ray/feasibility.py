@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from palm_platform.ray.topology import (
+from palm_platform.topology import (
     FAKE_TPU_LABEL,
     POD_TYPE_LABEL,
     SLICE_NAME_LABEL,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from palm_platform.ray.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
+from palm_platform.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
 
 
 def trained_steps_since(run_dir: Path, launched_at: float) -> int | None:

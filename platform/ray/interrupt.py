@@ -30,16 +30,14 @@ import sys
 import threading
 from pathlib import Path
 
+from palm_platform.train.hook_protocol import StopTraining
+
 STOP_MARGIN_STEPS = 2
 KV_NAMESPACE = "palm"
 
 
-class StopRequested(Exception):
+class StopRequested(StopTraining):
     """Raised in a worker at the agreed stop step; the worker then returns normally."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stop requested at step {step}")
-        self.step = step
 
 
 def stop_key(job_name: str, launched_at: float) -> str:

@@ -44,8 +44,8 @@ from palm_platform.ray.compat import (
     trainer_without_sigint_handler,
 )
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
-from palm_platform.ray.topology import SliceShape, ensure_ray_accepts_v4_topology
 from palm_platform.storage.env import forwarded_env
+from palm_platform.topology import SliceShape, ensure_ray_accepts_v4_topology
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def connect(
     that local fake-TPU cluster (it outlives this process, like `palm cluster up`).
     """
     import ray
-    from palm_platform.ray import cluster
+    from palm_platform.cluster import local as cluster
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
@@ -98,7 +98,7 @@ def connect(
         )
     if start_local is not None:  # a fake-TPU cluster: no libtpu logs worth streaming
         keep_libtpu_logs_out_of_the_terminal()
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     try:
         recorded = cluster.load_state(cluster.state_path(run_state_dir))
@@ -156,7 +156,7 @@ def launch(
     `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
     `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
     on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
-    An elastic `shape` (min_pods < pods; ray/elastic.py): Ray Train runs on as many whole
+    An elastic `shape` (min_pods < pods; pod_count.py): Ray Train runs on as many whole
     pods as the cluster has, at least min_pods, and checks for returned pods every
     `resize_check_s`; its start-up waits in shorter attempts (`_start_attempts`).
     `preimport`: modules `train_fn` imports, loaded on each worker while jax.distributed
@@ -224,7 +224,7 @@ def _start_attempts(shape: SliceShape, feasibility_timeout_s: float, controller_
 
 def _scaling_config(shape: SliceShape, resize_check_s: float):
     """One worker per TPU host of `shape` (a range of whole slices when elastic)."""
-    from palm_platform.ray.elastic import worker_counts
+    from palm_platform.pod_count import worker_counts
     from ray.train.v2.api.config import ScalingConfig
 
     return ScalingConfig(
@@ -261,7 +261,7 @@ def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float, attempt_s:
     """`trainer.fit()`, watched below min_pods when elastic; a start-up that kept failing
     becomes an InfeasibleTopologyError saying what the cluster lacks now."""
     import ray
-    from palm_platform.ray.elastic import MinPodsMonitor
+    from palm_platform.pod_count import MinPodsMonitor
     from ray.train.v2.api.exceptions import ControllerError
 
     least = shape.smallest()

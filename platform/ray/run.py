@@ -111,18 +111,19 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     trainer = Trainer(job, run_dir)
     from palm_platform.data.quality import report_data_quality
 
-    report_data_quality(trainer)
+    report_data_quality(trainer.setup)
     from palm_platform.supervise.preemption import Preempted
 
     try:
         trainer.run()
     except Preempted as preempted:  # SIGTERM: the step is saved; a rerun resumes from it
+        trainer.stopped(preempted.step)
         print(f"{job.name}: preempted at step {preempted.step}; re-run the same command to "
               "resume", file=sys.stderr)
         return 143
     finally:
         trainer.close()
-    from palm_platform.status import print_summary
+    from palm_platform.metrics.status import print_summary
 
     print_summary(run_dir)
     return 0
@@ -144,8 +145,8 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     # The workers' lines: all to the run's log file, palm's warnings to the terminal.
     output = WorkerOutput(run_dir / "logs", verbose=verbose)
     route_worker_output(output.handle)
+    from palm_platform.metrics.status import Progress, print_summary
     from palm_platform.ray.worker import train_worker
-    from palm_platform.status import Progress, print_summary
 
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
     # Before connecting: a `ray job submit` driver's working directory (Ray's per-session
@@ -153,7 +154,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     base_dir = Path.cwd()
     topo = job.topology
     shape = topo.shape()
-    from palm_platform.ray.cluster import ClusterStateError
+    from palm_platform.cluster.local import ClusterStateError
 
     try:
         cluster_address = connect(address, start_local=shape if topo.local else None)

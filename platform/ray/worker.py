@@ -47,14 +47,14 @@ def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
     """False for an event line `palm run`'s live view also prints (status.Progress), so the
     terminal shows each event once: the driver's sentence. Events the live view only puts on its
     bar (a checkpoint saved, with how long the loop waited) keep the worker's line."""
-    from palm_platform.status import ON_THE_BAR
+    from palm_platform.metrics.status import ON_THE_BAR
 
     kind = getattr(record, "event_kind", None)
     return kind is None or kind in ON_THE_BAR
 
 
 def train_worker(config: dict) -> None:
-    """Ray Train entry: `config` = {"job": Job as JSON, "run_dir": str}."""
+    """Ray Train entry: `config` = {"job": Job as JSON, "run_dir", "launched_at", "stop_key"}."""
     entered = time.time()
     configure_logging()
     import jax
@@ -62,79 +62,85 @@ def train_worker(config: dict) -> None:
 
     from palm_platform.job import Job
     from palm_platform.ray.compat import WORKER_MARKS
-    from palm_platform.ray.interrupt import StopListener, StopRequested
     from palm_platform.supervise.preemption import Preempted
+    from palm_platform.train.hook_protocol import StopTraining
     from palm_platform.train.loop import Trainer
 
-    # Where a (re)start spends its seconds: the Trainer reports the spans between these.
+    # Where a (re)start spends its seconds: the Trainer reports the spans between these
+    # (WORKER_MARKS: inside Ray Train's set-up, before this function ran).
     marks = {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
              "train_fn_entered": entered, "imported": time.time()}
-
     job = Job.model_validate(config["job"])
     run_dir = Path(config["run_dir"])
     host = f"host {jax.process_index()}/{jax.process_count()}"
-    attempt = _next_attempt(run_dir, config.get("launched_at")) if jax.process_index() == 0 else 0
-    stop = StopListener(config["stop_key"], jax.process_index()) if config.get("stop_key") else None
-
-    board = None
-    if config.get("stop_key") and jax.process_count() > 1:  # name a stuck peer (liveness.py)
-        from palm_platform.ray.liveness import LivenessBoard
-
-        board = LivenessBoard(f"alive/{config['stop_key']}", jax.process_index(),
-                              jax.process_count()).start()
-
-    def on_hang(idle_s: float) -> None:
-        import faulthandler
-        import sys
-
-        try:
-            stuck = board.stuck_hosts() if board is not None else []
-        except Exception:  # noqa: BLE001 - the report must not stop the exit
-            stuck = []
-        culprit = ("stuck: " + "; ".join(stuck)) if stuck else "every host still alive: a stuck collective or step"
-        logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so Ray "
-                     "Train restarts the worker group from the newest checkpoint", host, idle_s,
-                     watchdog.last_step, job.faults.hang_timeout_s, culprit)
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this host waits
-        os._exit(75)
-
-    # Started after the first step, so compilation does not count as a hang.
-    watchdog = Watchdog(job.faults.hang_timeout_s, on_hang)
-
-    def on_step(step: int) -> None:
-        if watchdog.last_step is None:
-            watchdog.start()
-        watchdog.beat(step)
-        if board is not None:
-            board.step = step
-        if stop is not None:
-            stop.check(step)  # raises StopRequested at the step `palm run` chose on Ctrl-C
-
-    trainer = Trainer(job, run_dir, attempt=attempt, on_step=on_step,
+    attempt = _agreed_attempt(run_dir, config.get("launched_at"))
+    supervision = _supervision_hook(job, config.get("stop_key"), host)
+    trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
                       launched_at=config.get("launched_at"), startup_marks=marks)
     if attempt == 0:  # once per launch, not again after every restart
         from palm_platform.data.quality import report_data_quality
 
-        report_data_quality(trainer)
+        report_data_quality(trainer.setup)
     try:
         summary = trainer.run()
-    except StopRequested as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
+    except StopTraining as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         trainer.stopped(stopped.step)
         return
     except Preempted as preempted:  # saved at the agreed step; `palm run` launches again
         logger.info("%s: preempted, step %d saved", host, preempted.step)
+        trainer.stopped(preempted.step)  # the goodput file and ledger, as on Ctrl-C
         return
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
-        _exit_if_peer_lost(error, host, watchdog.last_step)
+        _exit_if_peer_lost(error, host, supervision.watchdog.last_step)
         raise
     finally:
-        watchdog.stop()
-        if board is not None:
-            board.stop()
-        trainer.close()  # waits for an in-flight checkpoint
+        trainer.close()  # stops the watchdog; waits for an in-flight checkpoint
     if jax.process_index() == 0:
         write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
+
+
+def _supervision_hook(job, stop_key: str | None, host: str):
+    """The watchdog (no step for faults.hang_timeout_s: exit, so Ray Train restarts the
+    group), the liveness board that names a stuck peer, and the Ctrl-C stop check."""
+    import jax
+
+    from palm_platform.ray.interrupt import StopListener
+    from palm_platform.supervise.heartbeat import SupervisionHook
+
+    index, count = jax.process_index(), jax.process_count()
+    stop = StopListener(stop_key, index) if stop_key else None
+    board = None
+    if stop_key and count > 1:  # name a stuck peer (liveness.py)
+        from palm_platform.ray.liveness import LivenessBoard
+
+        board = LivenessBoard(f"alive/{stop_key}", index, count).start()
+
+    def on_hang(idle_s: float) -> None:
+        _exit_on_hang(host, idle_s, watchdog, board, job.faults.hang_timeout_s)
+
+    # Started by the hook after the first step, so compilation does not count as a hang.
+    watchdog = Watchdog(job.faults.hang_timeout_s, on_hang)
+    return SupervisionHook(watchdog, board, stop)
+
+
+def _exit_on_hang(host: str, idle_s: float, watchdog: Watchdog, board, limit_s: float) -> None:
+    """The watchdog fired: name the stuck hosts if the board knows them, dump every thread's
+    stack (where this host waits), exit so Ray Train restarts the group."""
+    import faulthandler
+    import sys
+
+    try:
+        stuck = board.stuck_hosts() if board is not None else []
+    except Exception:  # noqa: BLE001 - the report must not stop the exit
+        stuck = []
+    culprit = ("stuck: " + "; ".join(stuck)) if stuck else (
+        "every host still alive: a stuck collective or step")
+    logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so Ray "
+                 "Train restarts the worker group from the newest checkpoint", host, idle_s,
+                 watchdog.last_step, limit_s, culprit)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this host waits
+    os._exit(75)
 
 
 def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> None:
@@ -153,6 +159,16 @@ def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> Non
                  host, "?" if step is None else step + 1, reason)
     logging.shutdown()  # flush the line before the hard exit
     os._exit(75)
+
+
+def _agreed_attempt(run_dir: Path, launch: float | None) -> int:
+    """This start's attempt number on every host: process 0 counts the starts in its run
+    folder (on a TPU pod only host 0 has it) and sends its count to the others."""
+    import jax
+
+    from palm_platform.train.multihost import broadcast_int
+
+    return broadcast_int(_next_attempt(run_dir, launch) if jax.process_index() == 0 else 0)
 
 
 def _next_attempt(run_dir: Path, launch: float | None = None) -> int:

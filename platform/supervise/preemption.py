@@ -18,7 +18,7 @@ jax.distributed) have nothing to agree on: a Python SIGTERM handler sets a flag,
 process owns its main thread.
 
 The step is only agreed if every host calls `reached` once per step with the same step
-numbers: the hook calls it first in the loop's `needs_state` chain (hooks.py).
+numbers: the loop asks every hook with state whether it is `due` once per step.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import signal
 import threading
 
-from palm_platform.train.hooks import Hook
+from palm_platform.train.hook_protocol import Hook
 
 logger = logging.getLogger("palm")
 
@@ -83,37 +83,38 @@ class PreemptionNotice:
 
 
 class PreemptionHook(Hook):
-    """The loop's side: ask once per step; at the agreed step save it, wait for the save on
-    every host, record `preempt`, and raise `Preempted` (the worker then exits for a restart).
+    """The loop's side: asked once per step (`due`); at the agreed step it completes the save
+    of both tiers (the checkpoint hook, due there too, may have saved some), waits for every
+    host's save, records `preempt`, and raises `Preempted` (the worker then reports the
+    run's goodput up to here and exits for a restart)."""
 
-    First in the hook list: the loop asks `any(hook.needs_state(step) ...)`, which stops at
-    the first True, and the agreement needs this hook asked at every step on every host.
-    """
+    needs_state = True
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, setup, checkpoint_hook):
+        self.setup, self.checkpoint = setup, checkpoint_hook
         self.notice = PreemptionNotice.for_this_process()
         self._asked: tuple[int, bool] | None = None
 
-    def needs_state(self, step: int) -> bool:
+    def due(self, step: int) -> bool:
         if self._asked is None or self._asked[0] != step:  # one question per step
             self._asked = (step, self.notice.reached(step))
         return self._asked[1]
 
-    def with_state(self, step: int, state, batch) -> None:
-        if self._asked != (step, True):
-            return
-        t = self.trainer
+    def on_step(self, info) -> None:
+        from palm_platform.checkpoint.tiers import LOCAL, PERSISTENT
+
+        s = self.setup
+        saved = s.tiers.due(info.step) if self.checkpoint.due(info.step) else frozenset()
         # Both tiers: the RAM copy restores fastest when the host comes back (a maintenance
         # event keeps its RAM only if the VM survives); the persistent one survives anything.
-        if t.tiers.local is not None:
-            t.save_local(step, state, batch.data_state_after)
-        t.save_checkpoint(step, state, batch.data_state_after, force=True)
-        with t.goodput.phase("checkpoint"):
-            t.tiers.wait_until_finished()  # every host's shards committed before the exit
-        t.sink.event("preempt", step, alert=True, mechanism=self.notice.mechanism)
-        t.stopped(step)  # the goodput file and ledger, as on Ctrl-C
-        raise Preempted(step)
+        if s.tiers.local is not None and LOCAL not in saved:
+            self.checkpoint.save_local(info)
+        if PERSISTENT not in saved and info.step != s.job.train.steps:
+            self.checkpoint.save_persistent(info)
+        with s.goodput.phase("checkpoint"):
+            s.tiers.wait_until_finished()  # every host's shards committed before the exit
+        s.sink.event("preempt", info.step, alert=True, mechanism=self.notice.mechanism)
+        raise Preempted(info.step)
 
     def close(self) -> None:
         self.notice.close()
@@ -127,7 +128,7 @@ def preempted_since(run_dir, since_unix: float) -> int | None:
     it must not spend `faults.max_restarts`, which exists to end crash loops; a pod job can
     see a preemption every few hours for weeks.
     """
-    from palm_platform.metrics import read_records
+    from palm_platform.metrics.sink import read_records
 
     try:
         records = read_records(run_dir)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from palm_platform.train.hooks import Hook
+from palm_platform.train.hook_protocol import Hook
 
 # Ours -> ml-goodput-measurement's BadputType (goodput_utils.py), for the goodput event.
 GOODPUT_NAMES = {
@@ -59,7 +59,7 @@ def last_sign_of_life(run_dir: Path, before_unix: float,
                       restored_step: int | None = None) -> tuple[float | None, int | None, float]:
     """(time of the previous attempt's newest record or fault marker, its newest step, the
     seconds it spent on steps after `restored_step`: the progress the failure wasted)."""
-    from palm_platform.metrics import read_records
+    from palm_platform.metrics.sink import read_records
 
     try:
         records = [r for r in read_records(run_dir) if r["time"] < before_unix]
@@ -78,46 +78,45 @@ def last_sign_of_life(run_dir: Path, before_unix: float,
     return (max(times) if times else None), newest, wasted
 
 
-class RecoveryHook(Hook):
-    """Writes the `restart` record of a restarted group at its first finished step."""
+class RestartAccountHook(Hook):
+    """Writes the `restart` record of a restarted group (attempt > 0) at its first finished
+    step. `marks`: the Trainer's start-up marks (the worker's, then the Trainer's own)."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.pending = trainer.attempt > 0 and trainer.process_index == 0
-        self.failed_at: float | None = None
+    def __init__(self, setup, supervision, marks: dict[str, float], attempt: int):
+        self.setup, self.supervision, self.marks = setup, supervision, marks
+        self.attempt = attempt
+        self.pending = setup.process_index == 0
 
     def on_start(self, step: int) -> None:
         if not self.pending:
             return
-        t = self.trainer
-        marks = t.startup_marks  # one-process restarts (tests) have no worker marks
-        marks.setdefault("process_started", marks["trainer_init"])
+        s, marks = self.setup, self.marks
+        marks.setdefault("process_started", marks["trainer_init"])  # one-process restarts
         self.failed_at, last_step, self.wasted_s = last_sign_of_life(
-            t.run_dir, marks["process_started"], step)
+            s.run_dir, marks["process_started"], step)
         self.restored_step = step
         self.recomputed = max((last_step or step) - step, 0)
         # The goodput file charged the whole gap since its last save to "restart": the lost
         # steps and this process's start-up are in it; give them their own causes.
-        already = getattr(t, "rolled_back_s", 0.0)  # lost steps the goodput file had seen
-        t.goodput.move(self.wasted_s - already, from_cause="restart", to_cause="recomputation")
-        t.goodput.move(marks["trainer_ready"] - marks["process_started"], from_cause="restart",
+        already = self.supervision.rolled_back_s  # lost steps the goodput file had counted
+        s.goodput.move(self.wasted_s - already, from_cause="restart", to_cause="recomputation")
+        s.goodput.move(marks["trainer_ready"] - marks["process_started"], from_cause="restart",
                        to_cause="startup")
-        self.badput_at_start = dict(t.goodput.summary()["badput_s"])
+        self.badput_at_start = dict(s.goodput.summary()["badput_s"])
 
-    def after_step(self, step: int, metrics: dict, done: Any) -> None:
+    def on_step(self, info: Any) -> None:
         if not self.pending:
             return
         self.pending = False
-        t, now = self.trainer, time.time()
-        marks = t.startup_marks
+        s, marks, now = self.setup, self.marks, time.time()
         failed_at = self.failed_at if self.failed_at is not None else marks["process_started"]
-        badput = t.goodput.summary()["badput_s"]
+        badput = s.goodput.summary()["badput_s"]
         data_s = badput.get("data", 0.0) - self.badput_at_start.get("data", 0.0)
         parts = {
             "infrastructure_recovery_s": marks["process_started"] - failed_at,
             "initialization_s": marks["trainer_ready"] - marks["process_started"],
             "checkpoint_restore_s": marks["restored"] - marks["trainer_ready"],
-            "program_startup_s": metrics["step_s"],
+            "program_startup_s": info.metrics["step_s"],
             "data_loading_s": data_s,
         }
         recovery_s = now - failed_at
@@ -126,5 +125,5 @@ class RecoveryHook(Hook):
                   **{k: round(max(v, 0.0), 3) for k, v in parts.items()},
                   "wasted_progress_s": round(self.wasted_s, 3),
                   "recomputed_steps": self.recomputed}
-        t.goodput.record_restart(self.restored_step, record)
-        t.sink.event("restart", self.restored_step, attempt=t.attempt, alert=True, **record)
+        s.goodput.record_restart(self.restored_step, record)
+        s.sink.event("restart", self.restored_step, attempt=self.attempt, alert=True, **record)

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from palm_platform.ray import cluster
-from palm_platform.ray.cluster_state import ClusterState
+from palm_platform.cluster import local as cluster
+from palm_platform.cluster.state import ClusterState
 
 BIN = Path(sys.executable).parent  # this environment's `palm`, `ray` and `python`
 
@@ -30,7 +30,7 @@ def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per
                     timeout_s: float = 300, own_token: bool = True) -> Iterator[ClusterState]:
     """`palm cluster up` in `state_dir`; on exit `down` and its Ray temp folder removed.
 
-    The cluster is in token mode (auth.py). With `own_token` and no token at hand, it gets a
+    The cluster is in token mode (platform/cluster/auth.py). With `own_token` and no token at hand, it gets a
     throwaway one (RAY_AUTH_TOKEN_PATH in a temporary folder for the duration, inherited by
     `palm cluster up` and the drivers): `palm cluster up` would otherwise make the user's
     ~/.ray/auth_token, which turns token mode on for every later Ray process of the user.
@@ -42,7 +42,7 @@ def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per
 
 @contextmanager
 def _throwaway_token() -> Iterator[None]:
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     if auth.token_at_hand():
         yield
@@ -102,7 +102,7 @@ def train_workers(state: ClusterState) -> list:
 
 def wait_for_step(run_dir: Path, step: int, run: subprocess.Popen, timeout_s: float) -> None:
     """Return once the run's metrics show `step` trained; raise if the run ends or time is up."""
-    from palm_platform.metrics import METRICS_FILE, read_records
+    from palm_platform.metrics.sink import METRICS_FILE, read_records
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

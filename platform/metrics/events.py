@@ -1,5 +1,5 @@
-"""One sentence per run event: the one renderer for the log line (metrics.py), the W&B
-alert (dashboard/sink.py), `palm status` and the live view (status.py).
+"""One sentence per run event: the one renderer for the log line (sink.py), the W&B
+alert (wandb/sink.py), `palm status` and the live view (status.py).
 
 Events are the records of metrics.jsonl: {"kind", "step", "time", **fields}. A new event kind
 needs nothing here (its fields are listed, numbers rounded) unless it deserves a sentence.
@@ -50,17 +50,30 @@ def describe_event(r: dict) -> str:
                     "per step" if r.get("cross_pod_bytes_per_step") else "")
         return at + f"launched (attempt {r.get('attempt')}) on {where}{exchange}"
     if kind == "checkpoint_restored":
-        return at + f"restored the checkpoint (attempt {r.get('attempt')})"
+        return at + f"restored the checkpoint (attempt {r.get('attempt')}){_tier_read(r)}"
     if kind == "startup":
         spans = [f"{_STARTUP_SPANS.get(k[:-2], k[:-2].replace('_', ' '))} {v:.1f} s"
                  for k, v in r.items() if k.endswith("_s") and isinstance(v, int | float)]
         return at + f"started (attempt {r.get('attempt')}): " + ", ".join(spans)
     if kind == "checkpoint_saved":
         blocked = f" (the loop waited {r['blocked_s']:.2f} s)" if "blocked_s" in r else ""
-        return at + f"checkpoint saved{blocked}"
+        where = " in RAM" if r.get("tier") == "local" else ""
+        return at + f"checkpoint saved{where}{blocked}"
     fields = ", ".join(f"{k} {_num(v)}" for k, v in r.items()
                        if k not in ("kind", "time", "step", "alert") and v not in ("", None))
     return at + kind.replace("_", " ") + (f": {fields}" if fields else "")
+
+
+def _tier_read(r: dict) -> str:
+    """`: from the RAM of other hosts, 12.3 MB ...`: where a restore read (issue 31's tiers)."""
+    tier = r.get("tier")
+    if tier is None:  # a record from before the RAM tier
+        return ""
+    where = {"local": "from this host's RAM", "peer": "from the RAM of other hosts",
+             "persistent": "from persistent storage"}.get(tier, tier)
+    sizes = ", ".join(f"{name} {r.get(f'bytes_{name}', 0) / 1e6:.1f} MB"
+                      for name in ("local", "peer", "persistent"))
+    return f" {where} ({sizes})"
 
 
 # The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.

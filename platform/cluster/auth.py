@@ -1,7 +1,7 @@
 """Who may use the local cluster's ports: Ray 2.60's token authentication, from the environment.
 
 Ray 2.60's GCS, raylet, object manager and agent servers listen on every interface, and the
-local cluster cannot bind them to loopback (listening.py): `ray start` replaces a loopback
+local cluster cannot bind them to loopback (tests/support/listening.py): `ray start` replaces a loopback
 node address with the machine's, and the servers bind loopback only for a loopback node
 address. Upstream work on binding: ray-project/ray#55484, #55732 (bind the node IP),
 #59852 (no 0.0.0.0 binds; merged in 2026-01), #65867 (closed).

@@ -6,8 +6,8 @@ which would kill every Ray process on the machine, another user's cluster includ
 
 This module is the CLI and the cluster's public face (launch.py, tests and benchmarks use
 `cluster.up`, `cluster.down`, `cluster.state_path`, ...); the work is split by job:
-cluster_state.py (state file, ports), cluster_nodes.py (starting and stopping the node
-processes), cluster_status.py (what `status` prints).
+state.py (state file, ports), nodes.py (starting and stopping the node processes),
+status.py (what `status` prints), pods.py (`remove-pod` / `add-pod`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from palm_platform.ray.auth import AuthSetupError
-from palm_platform.ray.cluster_nodes import (  # noqa: F401 - the public API, re-exported
+from palm_platform.cluster.auth import AuthSetupError
+from palm_platform.cluster.nodes import (  # noqa: F401 - the public API, re-exported
     cluster_alive,
     down,
     list_cluster_nodes,
@@ -24,7 +24,7 @@ from palm_platform.ray.cluster_nodes import (  # noqa: F401 - the public API, re
     stop_nodes,
     up,
 )
-from palm_platform.ray.cluster_state import (  # noqa: F401 - the public API, re-exported
+from palm_platform.cluster.state import (  # noqa: F401 - the public API, re-exported
     DEFAULT_STATE_DIR,
     ClusterState,
     ClusterStateError,
@@ -33,8 +33,8 @@ from palm_platform.ray.cluster_state import (  # noqa: F401 - the public API, re
     save_state,
     state_path,
 )
-from palm_platform.ray.cluster_status import describe
-from palm_platform.ray.topology import SliceShape
+from palm_platform.cluster.status import describe
+from palm_platform.topology import SliceShape
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +67,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     auth.enable_from_environment()  # the state API then sends the token (auth.py)
-    if args.action in ("remove-pod", "add-pod"):  # elastic pods: platform/ray/elastic_cluster.py
-        from palm_platform.ray.elastic_cluster import main as change_pod
+    if args.action in ("remove-pod", "add-pod"):  # elastic pods: platform/cluster/pods.py
+        from palm_platform.cluster.pods import main as change_pod
 
         return change_pod(args)
     path = state_path(args.dir)

@@ -2,7 +2,7 @@
 
 The appendix-B formula (6N + 12LHQT per token) excludes rematerialisation; the jaxpr of the
 step includes exactly the matmuls the remat policy recomputes (and a one-hot embedding's),
-with every `scan` multiplied by its length. The compiled program, read by `plan_hlo`, must
+with every `scan` multiplied by its length. The compiled program, read by `plan.hlo`, must
 count the same FLOPs: a ratio away from 1 means the reader missed a loop or the compiler
 duplicated work, and `palm plan` says so with the numbers.
 """

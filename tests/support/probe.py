@@ -2,25 +2,32 @@
 
 Each worker reports what JAX and Ray gave it (process and device counts, MEGASCALE slice,
 TPU host name) and runs two real cross-process collectives: a jitted sum over an array
-sharded across every device of every process, and a `process_allgather`. Used by tests and
-by the `ray job submit` smoke script; also a quick check of a fresh cluster.
+sharded across every device of every process, and a `process_allgather`. Used by the Ray tests
+(test_ray_cluster.py also ships it in a `ray job submit` working directory).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+
+import ray.cloudpickle
+
+# Ray sends a function by reference (the worker imports its module), and a cluster's
+# workers cannot import the test tree: this module travels by value instead.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def distributed_probe(config: dict) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import ray.train
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
-    import ray.train
     from palm_platform.ray.compat import bounded_jax_init_timeout_s
 
     num_devices = jax.device_count()

@@ -1,6 +1,6 @@
 """`palm plan JOB --compare FLAGS`: the job's plan and the plan with FLAGS, side by side.
 
-Both columns come from programs compiled here for the job's topology (plan.py); the figures
+Both columns come from programs compiled here for the job's topology (report.py); the figures
 are predictions from the compiled schedule, not measurements. Rows: step time as scheduled
 (and best case), MFU, per-chip memory, and the collectives the schedule leaves exposed, by
 network and kind, so a flag can be tried before a pod-hour is spent on it.
@@ -14,7 +14,7 @@ def _gib(n: float) -> str:  # as the plan's own memory line
 
 
 def _seconds(s: float) -> str:
-    from palm_platform.plan import _seconds as seconds
+    from palm_platform.plan.report import _seconds as seconds
 
     return seconds(s)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from palm_platform.ray.cluster_nodes import list_cluster_nodes, node_process
-from palm_platform.ray.cluster_state import ClusterState
-from palm_platform.ray.topology import (
+from palm_platform.cluster.nodes import list_cluster_nodes, node_process
+from palm_platform.cluster.state import ClusterState
+from palm_platform.topology import (
     POD_TYPE_LABEL,
     SLICE_NAME_LABEL,
     TOPOLOGY_LABEL,
@@ -21,7 +21,7 @@ def describe(state: ClusterState) -> str:
         f"(TPU v4 {state.pod_type}, topology {state.topology}, fake: JAX on CPU)",
         f"address: {state.gcs_address}   dashboard: {state.dashboard_url}",
     ]
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     mode = auth.cluster_mode(state.dashboard_url)
     lines.append(f"  {auth.SUBMIT_PREFIX if mode == 'token' else ''}ray job submit --address "

@@ -1,7 +1,7 @@
 """TPU v4 slice shapes as Ray 2.60's TPU utilities spell them.
 
 One place that turns "H hosts x C chips per host" into the strings Ray matches on, so the
-fake cluster (`cluster.py`) and the launcher (`launch.py`) can never disagree:
+fake cluster (cluster/) and the launcher (ray/launch.py) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
   `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup` reject it.
@@ -59,8 +59,35 @@ def v4_pod_type(topology: str) -> str:
     return f"v4-{CORES_PER_V4_CHIP * chips_in_topology(topology)}"
 
 
+class PodCounts:
+    """The arithmetic of `pods x hosts_per_pod x chips_per_host` (and `min_pods`), written once.
+
+    Shared by SliceShape and the job's `topology:` section (mesh_config.TopologySection),
+    which validates the same numbers before it produces a SliceShape (`shape()`); a plain
+    mixin, and the classes that use it declare `pods`, `hosts_per_pod`, `chips_per_host` and
+    `min_pods` themselves (annotations here would reorder the pydantic section's fields).
+    """
+
+    @property
+    def chips_per_pod(self) -> int:
+        return self.hosts_per_pod * self.chips_per_host
+
+    @property
+    def num_hosts(self) -> int:
+        return self.pods * self.hosts_per_pod
+
+    @property
+    def fewest_pods(self) -> int:
+        """The fewest pods the run trains on (`min_pods`, default all of them)."""
+        return self.pods if self.min_pods is None else self.min_pods
+
+    @property
+    def elastic(self) -> bool:
+        return self.fewest_pods < self.pods
+
+
 @dataclass(frozen=True)
-class SliceShape:
+class SliceShape(PodCounts):
     """The one topology type: pods x hosts_per_pod x chips_per_host TPU v4 hosts, one pod per
     TPU slice. Built from the job (`TopologySection.shape()`) or `palm cluster up`'s flags,
     and passed as is to the local cluster, the feasibility check and `launch()`.
@@ -86,10 +113,6 @@ class SliceShape:
             parse_topology(self.ici_topology)  # whether it agrees with the chips: feasibility.py
 
     @property
-    def chips_per_pod(self) -> int:
-        return self.hosts_per_pod * self.chips_per_host
-
-    @property
     def topology(self) -> str:
         if self.ici_topology is not None:
             return self.ici_topology.lower()
@@ -103,18 +126,6 @@ class SliceShape:
     def head_resource(self) -> str:
         """The resource only worker 0 of each slice has (what Ray reserves a slice by)."""
         return f"TPU-{self.pod_type}-head"
-
-    @property
-    def num_hosts(self) -> int:
-        return self.pods * self.hosts_per_pod
-
-    @property
-    def fewest_pods(self) -> int:
-        return self.pods if self.min_pods is None else self.min_pods
-
-    @property
-    def elastic(self) -> bool:
-        return self.fewest_pods < self.pods
 
     def smallest(self) -> SliceShape:
         """The least this shape may run on: `fewest_pods` pods of the same slices."""

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from palm_platform.events import describe_event, eval_text
-from palm_platform.metrics import METRICS_FILE, read_records
+from palm_platform.metrics.events import describe_event, eval_text
+from palm_platform.metrics.sink import METRICS_FILE, read_records
 
 OVERHEAD_BOUND_S = 0.05  # a step with less arithmetic than this at peak is overhead-bound
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from palm_platform.plan_hlo import StepCost
+from palm_platform.plan.hlo import StepCost
 
 # TPU v4 figures, per chip. Sources:
 V4_PEAK_BF16_FLOPS = 275e12  # Cloud TPU v4 docs (cloud.google.com/tpu/docs/v4): 275 TFLOP/s bf16

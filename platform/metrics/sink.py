@@ -3,7 +3,7 @@
 Only process 0 writes (every host sees the same global metrics). The W&B run id is derived
 from the run folder, so every restart of a job resumes the same W&B run. The API key is
 read by wandb from the environment (WANDB_API_KEY) and never written anywhere by us. W&B
-names, replays and alerts: `palm_platform.dashboard.sink`.
+names, replays and alerts: `palm_platform.metrics.wandb.sink`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from palm_platform.events import describe_event
+from palm_platform.metrics.events import describe_event
 
 logger = logging.getLogger("palm")
 
@@ -72,7 +72,7 @@ class MetricsSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
         if wandb_project and mode != "disabled":
-            from palm_platform.dashboard.sink import scan_metrics_file
+            from palm_platform.metrics.wandb.sink import scan_metrics_file
 
             # The replay policy is a job field; the job is the config this sink records.
             replay = wandb_replay or (config.get("metrics") or {}).get("wandb_replay") or "xaxis"
@@ -88,7 +88,7 @@ class MetricsSink:
 
     def _open_wandb(self, run_dir: Path, **kwargs: Any) -> None:
         try:
-            from palm_platform.dashboard.sink import WandbWriter
+            from palm_platform.metrics.wandb.sink import WandbWriter
 
             self._wandb = WandbWriter(run_dir, **kwargs)
         except Exception as error:  # W&B must never stop training

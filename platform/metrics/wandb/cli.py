@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from palm_platform.dashboard.workspace import (
+    from palm_platform.metrics.wandb.workspace import (
         DEFAULT_NAME,
         build_workspace,
         panel_metrics,

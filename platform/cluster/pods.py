@@ -7,8 +7,8 @@ slice name, worker ids, resources and labels), so Ray's TPU slice placement can 
 slice again. The head and the other pods are untouched. The state file keeps only live
 nodes, so `palm run` and `palm cluster status` go on working in between.
 
-Kept beside cluster_nodes.py (which owns `up`/`down`): it only adds and removes records of
-an existing cluster, through cluster_nodes' own helpers, so a host comes back exactly as
+Kept beside nodes.py (which owns `up`/`down`): it only adds and removes records of
+an existing cluster, through nodes.py's own helpers, so a host comes back exactly as
 `up` started it.
 """
 
@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from palm_platform.ray import cluster_nodes as nodes
-from palm_platform.ray.cluster_state import ClusterState, load_state, save_state, state_path
-from palm_platform.ray.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
+from palm_platform.cluster import nodes
+from palm_platform.cluster.state import ClusterState, load_state, save_state, state_path
+from palm_platform.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
 
 
 class PodChangeError(RuntimeError):
@@ -67,7 +67,7 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
     if not nodes.cluster_alive(state):
         raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
                              "process is gone). Fix: `palm cluster down` then `palm cluster up`")
-    # The same environment and options `cluster_nodes.up` gives its hosts.
+    # The same environment and options `nodes.up` gives its hosts.
     base_env = nodes._node_env(state.temp_dir, state.auth_mode)
     common = [f"--temp-dir={state.temp_dir}",
               f"--object-store-memory={state.object_store_mb * 1024 * 1024}",
@@ -140,7 +140,7 @@ def _new_host_alive(state: ClusterState, slice_name: str, worker_id: int, known:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`palm cluster remove-pod|add-pod N [--dir D]` (hooked into cluster.py's CLI)."""
+    """`palm cluster remove-pod|add-pod N [--dir D]` (hooked into local.py's CLI)."""
     if args.pod is None:
         print(f"palm cluster {args.action}: which pod? Fix: `palm cluster {args.action} 1`",
               file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from palm_platform.dashboard import keys
+from palm_platform.metrics.wandb import keys
 
 DEFAULT_NAME = "palm training"
 

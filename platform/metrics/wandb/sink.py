@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from palm_platform.atomic_write import write_atomic
-from palm_platform.dashboard import keys
-from palm_platform.events import describe_event
+from palm_platform.metrics.wandb import keys
+from palm_platform.metrics.events import describe_event
 
 logger = logging.getLogger("palm")
 

@@ -3,9 +3,9 @@
 With the `tpu` extra (libtpu) installed, `jax.experimental.topologies` describes the job's
 TPU v4 slices on a CPU machine; the train step is lowered against abstract, sharded shapes
 (nothing is allocated) and compiled by the real TPU compiler, which reports per-chip memory.
-FLOPs, HBM traffic and collectives are read from the compiled program by `plan_hlo` (every
-loop counted), checked against the program's own matmuls (`plan_flops`), and turned into a
-step-time range by `plan_time`. Exit 1 when the step does not fit in a chip's HBM.
+FLOPs, HBM traffic and collectives are read from the compiled program by `hlo` (every
+loop counted), checked against the program's own matmuls (`flops`), and turned into a
+step-time range by `step_time`. Exit 1 when the step does not fit in a chip's HBM.
 
 Compiler flags: the job's (`topology.compiler_flags` over the generation's defaults,
 compiler_flags.py) are checked by a tiny compile in a child process, then set as
@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from palm_platform.compiler_flags import compiler_options, init_args
-from palm_platform.events import format_bytes
-from palm_platform.plan_time import (
+from palm_platform.metrics.events import format_bytes
+from palm_platform.plan.step_time import (
     HARDWARE,
     V4_DCN_PER_CHIP,
     V4_HBM_BANDWIDTH,
@@ -70,7 +70,7 @@ class PlanReport:
     loops: list = dataclasses.field(default_factory=list)  # trip counts of the compiled loops
     hbm_bytes_per_chip: float = float("nan")
     collectives: dict = dataclasses.field(default_factory=dict)  # "net/kind": per-chip bytes, count
-    step_time: dict = dataclasses.field(default_factory=dict)  # plan_time.StepTime
+    step_time: dict = dataclasses.field(default_factory=dict)  # step_time.StepTime
     mfu_range: dict = dataclasses.field(default_factory=dict)  # best / scheduled / worst
     paper: dict | None = None
     dominant: str = ""
@@ -133,7 +133,7 @@ class PlanReport:
             f"  inside the range, beyond matmuls at peak, most time goes to {self.dominant}",
             f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM {V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, "
             f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
-            "(sources in platform/plan_time.py)",
+            "(sources in platform/plan/step_time.py)",
             f"  compiler flags: {init_args(self.compiler_flags) or 'none'}",
             *[f"  WARNING: {w}" for w in self.warnings],
             f"  cross-pod gradient exchange: {format_bytes(self.cross_pod_bytes_per_step)} per pod per step",
@@ -207,15 +207,15 @@ class FlagsRejected(RuntimeError):
 def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
          pods: int | None = None, extra_flags: dict | None = None) -> PlanReport:
     """Compile the job's step; `pods` below the job's: an elastic job's degraded shape (same
-    global batch on fewer pods, more microbatches: platform/elastic.py). `extra_flags`: compiler
+    global batch on fewer pods, more microbatches: platform/pod_count.py). `extra_flags`: compiler
     flags over the job's (`--compare`)."""
     import jax
 
     from palm.flops import train_flops_per_token
-    from palm_platform.elastic import microbatches_at
     from palm_platform.mesh import batch_sharding, make_mesh
-    from palm_platform.plan_flops import jaxpr_matmul_flops
-    from palm_platform.plan_hlo import HloParseError
+    from palm_platform.plan.flops import jaxpr_matmul_flops
+    from palm_platform.plan.hlo import HloParseError
+    from palm_platform.pod_count import microbatches_at
     from palm_platform.train.state import state_shardings
     from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
@@ -310,9 +310,9 @@ def cost_analysis(compiled) -> dict:
 def add_step_analysis(report: PlanReport, hlo_text: str, program_flops: float,
                       cost_analysis_flops: float, pods: int, paper: dict | None) -> None:
     """FLOPs through every loop, collectives and the step-time range, from the compiled HLO."""
-    from palm_platform.plan_flops import flops_warning
-    from palm_platform.plan_hlo import analyze, summary
-    from palm_platform.plan_time import dominant, step_time
+    from palm_platform.plan.flops import flops_warning
+    from palm_platform.plan.hlo import analyze, summary
+    from palm_platform.plan.step_time import dominant, step_time
 
     n, formula = report.devices, report.formula_flops_per_step
     cost = analyze(hlo_text, V4_PEAK_BF16_FLOPS, V4_HBM_BANDWIDTH, pods=pods)
@@ -432,7 +432,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(asdict(report)) if args.json else report.text())
     if compared is not None:
-        from palm_platform.plan_compare import comparison
+        from palm_platform.plan.compare import comparison
 
         print(json.dumps({"compare": {"flags": extra, "plan": asdict(compared)}}) if args.json
               else comparison(report, compared, args.compare))

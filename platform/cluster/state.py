@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from palm_platform.atomic_write import write_atomic
-from palm_platform.ray.topology import SliceShape
+from palm_platform.topology import SliceShape
 
 DEFAULT_STATE_DIR = Path.home() / ".palm"
 STATE_FILE_NAME = "cluster.json"

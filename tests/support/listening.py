@@ -11,7 +11,7 @@ only on macOS/Windows, where multi-node clusters are refused, does it keep loopb
 servers bind loopback only for a loopback node IP (`is_localhost(ip) ? localhost :
 all interfaces`), so they bind `::`. Read in Ray's source and checked; no flag or RAY_*
 setting changes it. The test is marked xfail(strict) so it flips when Ray binds loopback; until
-then the cluster is closed by token authentication (auth.py).
+then the cluster is closed by token authentication (platform/cluster/auth.py).
 """
 
 from __future__ import annotations

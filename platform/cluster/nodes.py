@@ -3,7 +3,7 @@
 Each node is one `ray start --block` process in its own session (so its process group is
 its own): a head with no CPUs (drivers, the Train controller and the dashboard live there)
 and one node per fake TPU host with one CPU, the TPU resources, labels and TPU_* variables
-a GKE TPU host has (see topology.py), so Ray Train's real TPU code path places workers on
+a GKE TPU host has (see platform/topology.py), so Ray Train's real TPU code path places workers on
 them. `stop_nodes` signals exactly the recorded process groups, never `ray stop`.
 """
 
@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from palm_platform.ray.cluster_state import (
+from palm_platform.cluster.state import (
     DEFAULT_DASHBOARD_PORT,
     DEFAULT_GCS_PORT,
     LOCALHOST,
@@ -32,7 +32,7 @@ from palm_platform.ray.cluster_state import (
     save_state,
     state_path,
 )
-from palm_platform.ray.topology import (
+from palm_platform.topology import (
     ACCELERATOR_TYPE,
     FAKE_TPU_LABEL,
     POD_TYPE_LABEL,
@@ -63,7 +63,7 @@ def node_process(record: NodeRecord):
 
 def _dashboard_up(dashboard_url: str, timeout_s: float = 2.0) -> bool:
     try:
-        from palm_platform.ray import auth
+        from palm_platform.cluster import auth
 
         request = urllib.request.Request(f"{dashboard_url}/api/version", headers=auth.headers())
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
@@ -144,7 +144,7 @@ def _wait_for(predicate, timeout_s: float, what: str, nodes: list[NodeRecord]) -
 
 def _node_env(temp_dir: str, auth_mode: str | None) -> dict[str, str]:
     """The environment every node of the cluster starts with, in the cluster's auth mode."""
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     if auth_mode is None:  # a cluster recorded before token mode was the default (auth.py)
         auth_mode = "token" if auth.enable_from_environment() else "disabled"
@@ -173,7 +173,7 @@ def up(
     Token mode unless `no_auth` (auth.py): a token is made first if none is at hand, and a
     line naming its file (never the token) is printed.
     """
-    from palm_platform.ray import auth
+    from palm_platform.cluster import auth
 
     auth_mode, note = auth.prepare_cluster_auth(no_auth)
     if note:

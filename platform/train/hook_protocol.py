@@ -1,0 +1,91 @@
+"""The contract between the train loop and its hooks: `Hook`, `StepInfo`, `StopTraining`.
+
+A hook sees steps, never the Trainer. It states its cadence once (`every`, or `due` when the
+cadence is not a plain interval) and whether it needs the train state at those steps:
+
+    every: int = 1            on_step at steps that are multiples of it (0: never)
+    needs_state: bool         on_step gets info.state (the loop reads such steps at once)
+    due(step) -> bool         the cadence; `every` unless a hook says otherwise
+    on_start(step)            once, after the restore
+    before_step(batch, array) may replace the batch's data (fault injection); -> array
+    on_step(info)             a step read and spike-checked, at the hook's cadence
+    on_end(step, state, summary)  once, after the last step; state and summary are None
+                              when the run stopped early (Ctrl-C)
+    close()                   when the Trainer closes, also after a failed run
+
+Hooks do not depend on their order: for each step the loop calls the hooks without state,
+then those with state; a hook that raises `StopTraining` lets the other hooks without state
+see the step first, and the hooks with state (checkpoint, eval) are then skipped.
+
+This module imports nothing heavy: supervision code outside train/ builds hooks on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from palm_platform.train.prefetch import Batch
+
+
+class StopTraining(Exception):
+    """Raised by a hook at the step the run must stop after (the run ends normally)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stop requested at step {step}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One step, read: what every hook gets.
+
+    `step` counts steps done (the state after it is at `step`); `metrics` is read-only (the
+    step's device metrics as floats, and `step_s`); `state` is set only for hooks with
+    `needs_state`, at their due steps.
+    """
+
+    step: int
+    metrics: Mapping[str, float]
+    batch: Batch
+    compiled: bool  # this step compiled its batch shape
+    pods_identical: bool | None  # None unless the job checks the pods' parameters
+    state: Any = None
+
+
+@dataclass
+class RunSummary:
+    """What `Trainer.run()` returns; hooks may add to `extra` at the end."""
+
+    steps: int = 0
+    tokens: int = 0
+    final_loss: float = float("nan")
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Hook:
+    """No-op defaults: a hook overrides what it needs."""
+
+    every: int = 1
+    needs_state: bool = False
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def on_start(self, step: int) -> None:
+        pass
+
+    def before_step(self, batch: Batch, array: Any) -> Any:
+        return array
+
+    def on_step(self, info: StepInfo) -> None:
+        pass
+
+    def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
