@@ -51,7 +51,7 @@ def tiny_step(accelerator: str = "tpu-v4"):
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from palm_platform.plan.report import tpu_devices
+    from palm_platform.plan.tpu_devices import tpu_devices
 
     mesh = Mesh(np.array(tpu_devices(CHECK_TOPOLOGY[accelerator], 1)).reshape(2, 2),
                 ("data", "model"))

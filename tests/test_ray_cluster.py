@@ -18,6 +18,7 @@ import pytest
 from palm_platform.cluster import local as cluster
 from palm_platform.ray import launch
 from palm_platform.ray.feasibility import InfeasibleTopologyError
+from palm_platform.ray.launch_spec import LaunchSpec
 from palm_platform.topology import SliceShape
 from tests.support import probe
 from tests.support.local_cluster import driver_env
@@ -87,7 +88,8 @@ def test_launch_runs_one_jax_process_per_fake_host_with_cross_process_collective
     launch.launch(
         distributed_probe,
         {"out_dir": str(out_dir)},
-        **launch_kwargs(tmp_path, run_name="probe", address=state.gcs_address),
+        launch_spec(tmp_path, run_name="probe"),
+        address=state.gcs_address,
     )
     reports = sorted(
         (json.loads(p.read_text()) for p in out_dir.glob("worker-*.json")),
@@ -112,10 +114,10 @@ def test_launch_runs_one_jax_process_per_fake_host_with_cross_process_collective
 TWO_PODS = SliceShape(2, 2, 4, "2x2x2")
 
 
-def launch_kwargs(tmp_path, shape=TWO_PODS, **overrides):
+def launch_spec(tmp_path, shape=TWO_PODS, **overrides) -> LaunchSpec:
     kwargs = dict(shape=shape, run_name="infeasible", storage_path=str(tmp_path / "runs"),
                   max_failures=0)
-    return {**kwargs, **overrides}
+    return LaunchSpec(**{**kwargs, **overrides})
 
 
 @pytest.mark.timeout(120)
@@ -123,9 +125,8 @@ def test_launch_asking_for_more_pods_than_the_cluster_has_fails_with_what_is_mis
     state, tmp_path
 ):
     with pytest.raises(InfeasibleTopologyError) as err:
-        launch.launch(
-            distributed_probe, {}, **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")), address=state.gcs_address
-        )
+        launch.launch(distributed_probe, {}, launch_spec(tmp_path, SliceShape(3, 2, 4, "2x2x2")),
+                      address=state.gcs_address)
     message = str(err.value)
     assert "needs 3 pods x 2 hosts x 4 chips of TPU-V4 topology 2x2x2" in message
     assert "2 matching slices (pod-0: 2 hosts, pod-1: 2 hosts)" in message
@@ -138,7 +139,7 @@ def test_launch_with_a_topology_the_cluster_lacks_names_the_slices_it_has(state,
         launch.launch(
             distributed_probe,
             {},
-            **launch_kwargs(tmp_path, SliceShape(1, 4, 4, "2x2x4")),
+            launch_spec(tmp_path, SliceShape(1, 4, 4, "2x2x4")),
             address=state.gcs_address,
         )
     assert "0 matching slices" in str(err.value)
@@ -160,10 +161,8 @@ def test_placement_that_never_comes_fails_after_bounded_retries(state, tmp_path,
         launch.launch(
             distributed_probe,
             {},
-            **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")),
-            feasibility_timeout_s=5,
-            controller_failure_limit=1,
-            fake_tpu=True,
+            launch_spec(tmp_path, SliceShape(3, 2, 4, "2x2x2"), feasibility_timeout_s=5,
+                        controller_failure_limit=1, fake_tpu=True),
             address=state.gcs_address,
         )
     assert type(err.value.__cause__).__name__ == "ControllerError"
@@ -182,14 +181,14 @@ def test_ray_job_submit_runs_a_jax_trainer_job_on_the_cluster(state, tmp_path):
             """
             import os, tempfile
             from palm_platform.ray.launch import launch
+            from palm_platform.ray.launch_spec import LaunchSpec
             from probe import distributed_probe
             from palm_platform.topology import SliceShape
 
             assert not os.path.exists(".venv"), "working-dir upload must skip .venv"
-            result = launch(
-                distributed_probe, {}, shape=SliceShape(2, 2, 4, "2x2x2"), run_name="job",
-                storage_path=tempfile.mkdtemp(), max_failures=0,
-            )
+            result = launch(distributed_probe, {}, LaunchSpec(
+                shape=SliceShape(2, 2, 4, "2x2x2"), run_name="job",
+                storage_path=tempfile.mkdtemp(), max_failures=0))
             print("PROBE-OK", result.run_path)
             """
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from palm_platform.data.skips import SkipRanges
+from palm_platform.run_dir import RunDir
 
 
 def sequences_before(batch_size_at, step: int) -> int:
@@ -48,7 +49,7 @@ def run_skips(run_dir: Path, step: int, before_rollbacks: bool) -> SkipSource:
     those of spikes before S (`before_rollbacks`: what step S was the first time it ran)."""
     from palm_platform.supervise.ledger import Ledger
 
-    path = run_dir / "ledger.json"
+    path = RunDir(Path(run_dir)).ledger
     if not path.exists():
         return SkipSource([], f"no skip ranges (no {path})")
     skips = Ledger.load(path).of_kind("skip")
@@ -63,9 +64,9 @@ def _split_filter(job, run_dir: Path):
     """The held-out split the trainer applies (the run's recorded one when it exists)."""
     if job.eval is None:
         return None
-    from palm_platform.eval.split import SPLIT_FILE, split_sources
+    from palm_platform.eval.split import split_sources
 
-    path = run_dir / SPLIT_FILE
+    path = RunDir(Path(run_dir)).eval_split
     recorded = json.loads(path.read_text()) if path.exists() else None
 
     def source_filter(sources, tokenizer):

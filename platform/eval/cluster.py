@@ -17,10 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 KV_NAMESPACE = "palm"
+
+# What a command computes on every host from the restored run and its arguments: passed in
+# by eval_cli / generate_cli (Ray pickles the function by reference), so this module never
+# imports the commands that import it.
+Compute = Callable[[Any, argparse.Namespace], dict]
 
 RESULT_PREFIX = "eval-result"
 
@@ -33,22 +39,25 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         "RAY_ADDRESS, else the local cluster of `palm cluster up`)")
 
 
-def result_from_cluster(command: str, args: argparse.Namespace):
+def result_from_cluster(command: str, args: argparse.Namespace, compute: Compute):
     """`palm generate|eval --cluster`: the job of `args.target`, its run folder and host 0's
-    result; a worker's input error comes back as EvalInputError, as it would in one process."""
+    result of `compute(run, args)` on every host; a worker's input error comes back as
+    EvalInputError, as it would in one process."""
     from palm_platform.eval.restore import EvalInputError, check_run_storage, find_job
 
     check_run_storage(args.target, args.job)
     job, run_dir = find_job(args.target, args.job)
     check_run_storage(args.target, args.job, job)  # here, before any worker starts
-    outcome = run_on_cluster(command, args, job, run_dir)
+    outcome = run_on_cluster(command, args, job, run_dir, compute)
     if "error" in outcome:
         raise EvalInputError(outcome["error"])
     return job, run_dir, outcome["ok"]
 
 
-def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -> dict:
-    """Launch `command` on one worker per host of the job's topology; host 0's result.
+def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path,
+                   compute: Compute) -> dict:
+    """Launch `compute` (`command`'s work) on one worker per host of the job's topology;
+    host 0's result.
 
     Returns {"ok": result} or {"error": one-line message}; raises ConnectionError when no
     cluster can be reached and InfeasibleTopologyError when it cannot hold the job.
@@ -57,16 +66,18 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
     # module's arguments, and a local run or an input error must not pay Ray's import first.
     from palm_platform.ray.compat import kv_delete, kv_get
     from palm_platform.ray.launch import connect, launch
+    from palm_platform.ray.launch_spec import LaunchSpec
+
     topo = job.topology
     connect(args.address, start_local=topo.shape() if topo.local else None)
     key = f"{RESULT_PREFIX}/{job.name}/{command}/{time.time():.6f}"
     worker_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                    if k != "func"}
-    launch(eval_worker, {"command": command, "args": worker_args, "job": job.model_dump(mode="json"),
-                         "run_dir": str(Path(run_dir).resolve()), "result_key": key},
-           shape=replace(topo.shape(), min_pods=None), run_name=f"{job.name}-{command}-{int(time.time())}",
-           storage_path=str((Path(run_dir) / "ray").resolve()),
-           max_failures=0, jax_init_timeout_s=int(job.faults.init_timeout_s))
+    config = {"command": command, "args": worker_args, "job": job.model_dump(mode="json"),
+              "run_dir": str(Path(run_dir).resolve()), "result_key": key, "compute": compute}
+    # The job's own launch (heartbeat limit from faults.hang_timeout_s included), on all of
+    # its pods and without restarts: an eval runs once.
+    launch(eval_worker, config, LaunchSpec.for_job(job, run_dir, purpose=command).on_all_pods())
     raw = kv_get(key, KV_NAMESPACE)
     if raw is None:
         return {"error": "the workers finished without a result (see their log lines above)"}
@@ -88,15 +99,7 @@ def eval_worker(config: dict) -> None:
     args = argparse.Namespace(**config["args"])
     try:
         run = restore_job(job, Path(config["run_dir"]), step=args.step, sharded=True)
-        if config["command"] == "generate":
-            from palm_platform.eval.generate_cli import complete
-
-            payload = {"ok": complete(run, args)}
-        else:
-            from palm_platform.eval.eval_cli import evaluate, quiet_harness
-
-            quiet_harness()
-            payload = {"ok": evaluate(run, args)}
+        payload = {"ok": config["compute"](run, args)}
     except EvalInputError as error:  # every host raises it alike (same inputs, same data)
         payload = {"error": str(error)}
     if jax.process_index() == 0:

@@ -17,7 +17,8 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="CKPT_OR_RUN_DIR", help="run folder or its checkpoint directory")
+    parser.add_argument("target", metavar="CKPT_OR_RUN_DIR",
+                        help="run folder or its checkpoint directory")
     parser.add_argument("--tasks", default="", help="comma-separated harness task names")
     parser.add_argument("--include-path", type=Path, help="a folder of your own harness task YAMLs")
     parser.add_argument("--num-fewshot", type=int, help="examples in each prompt (task default)")
@@ -26,12 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="write the results as JSON (never overwritten)")
     parser.add_argument("--memorization", type=int, metavar="N",
                         help="sample N trained sequences: exact greedy continuation rate")
-    parser.add_argument("--prompt-tokens", type=int, default=50, help="memorization prompt (paper: 50)")
+    parser.add_argument("--prompt-tokens", type=int, default=50,
+                        help="memorization prompt (paper: 50)")
     parser.add_argument("--continuation-tokens", type=int, default=50,
                         help="memorization continuation (paper: 50)")
     parser.add_argument("--seed", type=int, default=0, help="which sequences memorization samples")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest good one)")
-    parser.add_argument("--job", type=Path, help="the job file, when the run folder has no job.json")
+    parser.add_argument("--job", type=Path,
+                        help="the job file, when the run folder has no job.json")
     from palm_platform.eval.cluster import add_cluster_arguments
 
     add_cluster_arguments(parser)
@@ -43,7 +46,8 @@ def _check(args: argparse.Namespace) -> None:
     if not args.tasks and args.memorization is None:
         raise EvalInputError("nothing to do. Fix: --tasks T1,T2 and/or --memorization N")
     if args.output is not None and args.output.exists():
-        raise EvalInputError(f"{args.output}: exists; not overwritten. Fix: choose another --output")
+        raise EvalInputError(
+            f"{args.output}: exists; not overwritten. Fix: choose another --output")
     if args.include_path is not None and not args.include_path.is_dir():
         raise EvalInputError(f"--include-path {args.include_path}: not a folder of task YAMLs")
     if args.memorization is not None and args.memorization < 1:
@@ -72,7 +76,8 @@ def run_tasks(run, args: argparse.Namespace) -> dict:
         raise EvalInputError(f"unknown task(s) {unknown}. Fix: use a harness task name (shipped "
                              f"offline: {', '.join(shipped)}) or --include-path DIR")
     model = PalmLM(run.params, run.model_cfg, run.tokenizer, batch_size=args.batch_size,
-                   max_length=run.job.seq_len, **({"placement": run.placement} if run.placement else {}))
+                   max_length=run.job.seq_len,
+                   **({"placement": run.placement} if run.placement else {}))
     return lm_eval.simple_evaluate(model=model, tasks=names, num_fewshot=args.num_fewshot,
                                    limit=args.limit, task_manager=manager, log_samples=False,
                                    bootstrap_iters=0)
@@ -88,7 +93,8 @@ def print_table(results: dict) -> None:
         shots = str((results.get("n-shot") or {}).get(task, ""))
         for key, value in sorted(metrics.items()):
             metric, _, _filter = key.partition(",")
-            if metric in ("alias", "sample_len") or "stderr" in metric or not isinstance(value, int | float):
+            if (metric in ("alias", "sample_len") or "stderr" in metric
+                    or not isinstance(value, int | float)):
                 continue
             table.add_row(task, shots, metric, f"{value:.4g}")
     Console().print(table)
@@ -124,6 +130,12 @@ def evaluate(run, args: argparse.Namespace) -> dict:
     return report
 
 
+def evaluate_quietly(run, args: argparse.Namespace) -> dict:
+    """`evaluate` on a cluster host, where the harness's own logging is not yet quieted."""
+    quiet_harness()
+    return evaluate(run, args)
+
+
 def main(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
@@ -135,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
         if args.cluster:
             from palm_platform.eval.cluster import result_from_cluster
 
-            job, run_dir, report = result_from_cluster("eval", args)
+            job, run_dir, report = result_from_cluster("eval", args, evaluate_quietly)
             run = SimpleNamespace(job=job, run_dir=run_dir, step=report["run"]["step"])
         else:
             run = restore_run(args.target, step=args.step, job_file=args.job)
@@ -149,12 +161,14 @@ def main(args: argparse.Namespace) -> int:
         from palm_platform.eval.memorization import Memorization
 
         fields = Memorization.__dataclass_fields__
-        print(Memorization(**{k: v for k, v in report["memorization"].items() if k in fields}).line())
+        kept = {k: v for k, v in report["memorization"].items() if k in fields}
+        print(Memorization(**kept).line())
     from palm_platform.eval.wandb_log import log_report
 
     wandb_id = log_report(run, report)
     if wandb_id:
-        print(f"logged to W&B run {wandb_id} (project {run.job.metrics.wandb_project})", file=sys.stderr)
+        print(f"logged to W&B run {wandb_id} (project {run.job.metrics.wandb_project})",
+              file=sys.stderr)
     if args.output is not None:
         args.output.write_text(json.dumps(report, indent=1, default=str))
         print(f"results written to {args.output}", file=sys.stderr)

@@ -13,16 +13,20 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="CKPT_OR_RUN_DIR", help="run folder or its checkpoint directory")
-    parser.add_argument("--prompt", action="append", default=[], help="text to continue (repeatable)")
+    parser.add_argument("target", metavar="CKPT_OR_RUN_DIR",
+                        help="run folder or its checkpoint directory")
+    parser.add_argument("--prompt", action="append", default=[],
+                        help="text to continue (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="a file of prompts, one per line")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="sample among the k most likely (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same output")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest good one)")
-    parser.add_argument("--job", type=Path, help="the job file, when the run folder has no job.json")
+    parser.add_argument("--job", type=Path,
+                        help="the job file, when the run folder has no job.json")
     from palm_platform.eval.cluster import add_cluster_arguments
 
     add_cluster_arguments(parser)
@@ -57,22 +61,25 @@ def complete(run, args: argparse.Namespace) -> dict:
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     longest = max(len(p) for p in ids) + args.max_new_tokens
     cache = kv_cache_bytes(cfg, len(ids), longest)
-    header = (f"{run.job.name} step {run.step} ({run.job.model.preset}); KV cache {cache / 2**20:.2f} MiB "
+    header = (f"{run.job.name} step {run.step} ({run.job.model.preset}); "
+              f"KV cache {cache / 2**20:.2f} MiB "
               f"for {len(ids)} prompt(s) x {longest} tokens: one K/V head, 1/{cfg.num_heads} of "
               f"multi-head's {cache * cfg.num_heads / 2**20:.2f} MiB")
     new = generate_ids(run.params, cfg, ids, sampling, run.tokenizer.eos_id, run.placement)
-    return {"header": header, "texts": [p + run.tokenizer.decode(n) for p, n in zip(prompts, new, strict=True)]}
+    texts = [p + run.tokenizer.decode(n) for p, n in zip(prompts, new, strict=True)]
+    return {"header": header, "texts": texts}
 
 
 def main(args: argparse.Namespace) -> int:
     from palm_platform.eval.restore import EvalInputError, restore_run
 
     try:
-        args.prompt, args.prompts_file = _check(args), None  # the workers get the prompts themselves
+        # the workers get the prompts themselves
+        args.prompt, args.prompts_file = _check(args), None
         if args.cluster:
             from palm_platform.eval.cluster import result_from_cluster
 
-            result = result_from_cluster("generate", args)[2]
+            result = result_from_cluster("generate", args, complete)[2]
         else:
             result = complete(restore_run(args.target, step=args.step, job_file=args.job), args)
     except EvalInputError as error:

@@ -20,6 +20,7 @@ from palm.decode import generate
 from palm_platform.eval.generate import raw_key
 from palm_platform.eval.placement import LOCAL, Placement
 from palm_platform.eval.restore import EvalInputError
+from palm_platform.run_dir import RunDir
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _pipeline_and_heldout(run):
     """The run's training pipeline (one process) and its held-out sources, packed."""
     from palm_platform.data import build_pipeline
     from palm_platform.data.packing import PackedSequences
-    from palm_platform.eval.split import SPLIT_FILE, split_sources
+    from palm_platform.eval.split import split_sources
 
     heldout: dict = {}  # source -> SpanTokens of its held-out documents
     config = run.job.eval
@@ -77,7 +78,7 @@ def _pipeline_and_heldout(run):
     def source_filter(sources, tokenizer):
         if config is None:
             return sources
-        record_path = Path(run.run_dir) / SPLIT_FILE
+        record_path = RunDir(Path(run.run_dir)).eval_split
         recorded = json.loads(record_path.read_text()) if record_path.exists() else None
         split = split_sources(sources, tokenizer.eos_id, config.heldout_fraction,
                               config.split_seed, recorded)

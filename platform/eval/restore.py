@@ -17,10 +17,11 @@ from typing import Any
 
 from palm_platform.atomic_write import write_atomic
 from palm_platform.job import Job, JobError, load_job
+from palm_platform.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-JOB_RECORD = "job.json"
+JOB_RECORD = RunDir(Path()).job_record.name
 
 
 class EvalInputError(ValueError):
@@ -29,7 +30,7 @@ class EvalInputError(ValueError):
 
 def record_job(run_dir: Path, job: Job) -> None:
     """Write the job (paths already resolved) into the run folder, for later commands."""
-    path = Path(run_dir) / JOB_RECORD
+    path = RunDir(Path(run_dir)).job_record
     # Atomic: `palm eval` / `palm generate` may read it while a restarted run rewrites it.
     write_atomic(path, json.dumps(job.model_dump(mode="json"), indent=1))
 
@@ -45,7 +46,7 @@ def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Jo
     if not target.exists():
         raise EvalInputError(f"{target}: no such run folder or checkpoint directory")
     for folder in (target, target.parent):
-        record = folder / JOB_RECORD
+        record = RunDir(folder).job_record
         if record.is_file():
             return read_job_record(record), folder
     raise EvalInputError(

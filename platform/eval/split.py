@@ -22,10 +22,11 @@ import numpy as np
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.pipeline import derive_seed
 from palm_platform.data.store_sources import Source
+from palm_platform.run_dir import RunDir
 
 log = logging.getLogger("palm")
 
-SPLIT_FILE = "eval_split.json"
+SPLIT_FILE = RunDir(Path()).eval_split.name
 
 
 _SCAN_CHUNK = 1 << 24  # tokens read at a time when looking for document ends
@@ -155,13 +156,13 @@ def read_recorded_split(run_dir: Path, process_index: int) -> dict | None:
     """Host 0's recorded split, broadcast to every host (only host 0 has the run folder)."""
     from palm_platform.train.multihost import broadcast_text
 
-    path = Path(run_dir) / SPLIT_FILE
+    path = RunDir(Path(run_dir)).eval_split
     local = path.read_text() if process_index == 0 and path.exists() else ""
     shared = broadcast_text(local)
     return json.loads(shared) if shared else None
 
 
 def write_split(run_dir: Path, record: dict) -> None:
-    path = Path(run_dir) / SPLIT_FILE
+    path = RunDir(Path(run_dir)).eval_split
     if not path.exists():
         write_atomic(path, json.dumps(record))  # a kill mid-write must not leave half a split

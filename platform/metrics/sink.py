@@ -20,10 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from palm_platform.metrics.events import describe_event
+from palm_platform.run_dir import RunDir
 
 logger = logging.getLogger("palm")
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = RunDir(Path()).metrics.name
 
 
 class MetricsConfig(BaseModel):
@@ -64,7 +65,7 @@ class MetricsSink:
                  wandb_project: str | None, wandb_entity: str | None = None,
                  wandb_mode: str | None = None, wandb_replay: str | None = None):
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = RunDir(Path(run_dir)).metrics
         self._wandb = None
         self._wandb_calls: ThreadPoolExecutor | None = None
         if not enabled:
@@ -137,7 +138,7 @@ class MetricsSink:
 
 def read_records(run_dir: Path) -> list[dict]:
     """Every record of a run folder's JSONL (skipping a torn last line of a running job)."""
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir(Path(run_dir)).metrics
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics here. Fix: pass the run folder of a job")
     records = []

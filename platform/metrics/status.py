@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palm_platform.metrics.events import describe_event, eval_text
-from palm_platform.metrics.sink import METRICS_FILE, read_records
+from palm_platform.metrics.sink import read_records
+from palm_platform.run_dir import RunDir
 
 OVERHEAD_BOUND_S = 0.05  # a step with less arithmetic than this at peak is overhead-bound
 
@@ -139,7 +140,7 @@ class Progress:
 
     def __init__(self, run_dir: Path, total_steps: int,
                  restart_cause: Callable[[], str | None] | None = None):
-        self.path, self.total = Path(run_dir) / METRICS_FILE, total_steps
+        self.path, self.total = RunDir(Path(run_dir)).metrics, total_steps
         # What died before a restart, in one line (ray/worker_output.py), for its sentence.
         self.restart_cause = restart_cause
 

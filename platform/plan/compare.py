@@ -8,15 +8,15 @@ network and kind, so a flag can be tried before a pod-hour is spent on it.
 
 from __future__ import annotations
 
+from palm_platform.plan.step_time import format_seconds
+
 
 def _gib(n: float) -> str:  # as the plan's own memory line
     return f"{n / 2**30:.2f} GiB"
 
 
 def _seconds(s: float) -> str:
-    from palm_platform.plan.report import _seconds as seconds
-
-    return seconds(s)
+    return format_seconds(s)
 
 
 def _exposed(report) -> dict[str, float]:

@@ -37,6 +37,8 @@ from palm_platform.plan.step_time import (
     V4_ICI_LINK_BANDWIDTH,
     V4_PEAK_BF16_FLOPS,
 )
+from palm_platform.plan.step_time import format_seconds as _seconds
+from palm_platform.plan.tpu_devices import tpu_devices
 
 # The paper's measured training throughput (PaLM, arXiv 2204.02311, Table 3), by model preset.
 PAPER_MEASURED = {"palm-540b": {"mfu": 0.462, "tokens_per_s": 238.3e3}}
@@ -159,12 +161,6 @@ class PlanReport:
         return rows
 
 
-def _seconds(s: float) -> str:
-    if s == 0:
-        return "0 s"
-    return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
-
-
 def hbm_oom_bytes(message: str) -> int | None:
     """Bytes the TPU compiler said it needed, from its out-of-HBM error; None if not one."""
     import re
@@ -178,26 +174,6 @@ def hbm_oom_bytes(message: str) -> int | None:
 def _sharded_bytes(x) -> int:
     """Bytes of one device's shard of an abstract array."""
     return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-
-
-def tpu_devices(ici_topology: str, pods: int):
-    """Abstract TPU v4 devices of `pods` slices of `ici_topology` chips (megacore: 1 per chip)."""
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's host probe
-    # Planning touches no TPU: let several planners (or a test beside a run) load libtpu.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        from jax.experimental import topologies
-
-        topology = topologies.get_topology_desc(
-            platform="tpu", topology_name=f"v4:{ici_topology}", chip_config_name="megacore",
-            chips_per_host_bounds=(2, 2, 1), num_slices=pods,
-        )
-    except Exception as error:  # libtpu missing or the topology unknown to it
-        raise SystemExit(
-            f"cannot describe TPU v4 topology {ici_topology} x {pods} pod(s): {error}\n"
-            "Fix: install the TPU extra (pip install -e '.[tpu]') and use a valid v4 topology."
-        ) from None
-    return topology.devices
 
 
 class FlagsRejected(RuntimeError):

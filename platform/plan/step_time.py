@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 from palm_platform.plan.hlo import StepCost
 
+
+def format_seconds(s: float) -> str:
+    """A duration as the plan prints it: s, ms or us with two or three figures."""
+    if s == 0:
+        return "0 s"
+    return f"{s:.2f} s" if s >= 0.1 else f"{s * 1e3:.2f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
+
 # TPU v4 figures, per chip. Sources:
 V4_PEAK_BF16_FLOPS = 275e12  # Cloud TPU v4 docs (cloud.google.com/tpu/docs/v4): 275 TFLOP/s bf16
 V4_HBM_BYTES = 32 * 2**30  # same page: 32 GiB HBM2

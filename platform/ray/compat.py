@@ -14,6 +14,7 @@ every interface whatever we pass.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import logging
@@ -21,6 +22,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # The releases this module was checked against (uv.lock pins ray 2.60.0, jax 0.10.2).
@@ -212,6 +214,28 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
 # entries never serve processes 1..N and they recompiled on every restart (measured:
 # process 1 had 0 hits of 8 after a restart). With distinct keys there is no contention, so
 # on the CPU backend every process writes its own entries; other backends keep JAX's rule.
+
+@contextlib.contextmanager
+def controller_env(values: dict[str, str]) -> Iterator[None]:
+    """`values` in the driver's environment while a Train v2 controller starts, then as before.
+
+    Ray 2.60's controller reads some settings only from environment variables (e.g.
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S), which `DataParallelTrainer` copies from the
+    driver's os.environ into the controller actor's runtime_env when `fit()` starts it
+    (`get_env_vars_to_propagate`); there is no argument for them. Restored afterwards, so a
+    launch leaves the driver's environment as it found it.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 def cache_writes_from_every_process_on_cpu() -> None:
     """Let processes 1..N write their own persistent-cache entries when the backend is CPU."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from palm_platform.run_dir import RunDir
 from palm_platform.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
 
 
 def trained_steps_since(run_dir: Path, launched_at: float) -> int | None:
     """The newest step this launch logged (records stamped after `launched_at`), or None."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(Path(run_dir)).metrics
     if not path.exists():
         return None
     newest = None

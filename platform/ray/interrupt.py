@@ -30,6 +30,7 @@ import sys
 import threading
 from pathlib import Path
 
+from palm_platform.run_dir import RunDir
 from palm_platform.train.hook_protocol import StopTraining
 
 STOP_MARGIN_STEPS = 2
@@ -50,7 +51,7 @@ def exit_code(signum: int) -> int:
 
 def last_logged_step(run_dir: Path) -> int | None:
     """The newest `step` record of the run's metrics file (its last 64 KiB), or None."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(Path(run_dir)).metrics
     if not path.exists():
         return None
     with path.open("rb") as f:

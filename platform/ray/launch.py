@@ -40,10 +40,12 @@ from dataclasses import dataclass
 
 from palm_platform.ray.compat import (
     BoundedJaxConfig,
+    controller_env,
     keep_libtpu_logs_out_of_the_terminal,
     trainer_without_sigint_handler,
 )
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
+from palm_platform.ray.launch_spec import LaunchSpec
 from palm_platform.storage.env import forwarded_env
 from palm_platform.topology import SliceShape, ensure_ray_accepts_v4_topology
 
@@ -130,86 +132,77 @@ def worker_env(
 def launch(
     train_fn: Callable[[dict], None],
     train_loop_config: dict,
+    spec: LaunchSpec,
     *,
-    shape: SliceShape,
-    run_name: str,
-    storage_path: str,
-    max_failures: int,
-    env: dict[str, str] | None = None,
-    feasibility_timeout_s: float = 60,
-    controller_failure_limit: int = 1,
-    max_preemption_failures: int = 3,
-    jax_init_timeout_s: int = 120,
-    jax_heartbeat_timeout_s: int = 100,
-    fake_tpu: bool | None = None,
     address: str | None = None,
     run_state_dir: str | None = None,
-    resize_check_s: float = 60.0,
-    preimport: tuple[str, ...] = (),
-    libtpu_init_args: str = "",
+    env: dict[str, str] | None = None,
 ) -> LaunchResult:
     """Run `train_fn(train_loop_config)` on one worker per TPU host; one JAX process each.
 
-    `max_failures` restarts after a host process dies (from the job's fault policy);
-    `controller_failure_limit` bounds start-up retries (placement not ready within
-    `feasibility_timeout_s`, or jax.distributed.initialize failing after
-    `jax_init_timeout_s`); `max_preemption_failures` bounds restarts after preemptions.
-    `fake_tpu=None` detects the local fake cluster from its node labels and then runs JAX
-    on CPU with `chips_per_host` devices per worker. `address`/`run_state_dir`: see `connect`.
-    An elastic `shape` (min_pods < pods; pod_count.py): Ray Train runs on as many whole
-    pods as the cluster has, at least min_pods, and checks for returned pods every
-    `resize_check_s`; its start-up waits in shorter attempts (`_start_attempts`).
-    `preimport`: modules `train_fn` imports, loaded on each worker while jax.distributed
-    starts (compat._prepare_worker). `libtpu_init_args`: the job's compiler flags, set as
-    LIBTPU_INIT_ARGS on TPU hosts (checked by the caller: an unknown flag ends libtpu).
+    `spec` (launch_spec.py) says how: failure budgets, timeouts, the shape. An elastic shape
+    (min_pods < pods; pod_count.py): Ray Train runs on as many whole pods as the cluster has,
+    at least min_pods, and checks for returned pods every `spec.resize_check_s`; its start-up
+    waits in shorter attempts (`_start_attempts`). `address`/`run_state_dir`: see `connect`;
+    `env`: more environment variables for the workers.
     """
     import ray
-    from ray.train.v2.api.config import FailureConfig
     from ray.train.v2.jax import JaxTrainer
 
     connect(address, run_state_dir=run_state_dir)
+    shape = spec.shape
     if ensure_ray_accepts_v4_topology(shape.topology):
         logger.info("added TPU v4 topology %s to Ray's table of valid slices", shape.topology)
-    attempt_s, controller_failure_limit = _start_attempts(
-        shape, feasibility_timeout_s, controller_failure_limit, max_failures)
-    least = shape.smallest()  # an elastic run starts on what is there, if at least min_pods
-    matching = check_feasible(ray.nodes(), least)
-    if fake_tpu is None:
-        fake_tpu = all(view.fake for view in matching)
+    attempt_s, controller_failure_limit = _start_attempts(spec)
+    # An elastic run starts on what is there, if at least min_pods.
+    matching = check_feasible(ray.nodes(), shape.smallest())
+    fake_tpu = all(view.fake for view in matching) if spec.fake_tpu is None else spec.fake_tpu
     # A local GCS emulator's variables reach the workers only on the local fake cluster.
     env = {**forwarded_env(local_cluster=fake_tpu), **(env or {})}
-    # Ray reads this in the driver and hands it to the controller: how long one placement
-    # attempt may wait before it counts against controller_failure_limit.
-    os.environ[START_TIMEOUT_ENV_VAR] = str(attempt_s)
-    # How often the controller polls the workers (Ray's default 2 s): a dead worker is seen
-    # up to that late, on every restart (benchmarks/bench_run.py). A poll is one cheap actor
-    # call per host. Ray hands this variable from the driver to the controller.
-    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV_VAR, "0.5")
-
     trainer = trainer_without_sigint_handler(JaxTrainer)(
         train_fn,
         train_loop_config=train_loop_config,
-        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=jax_init_timeout_s,
-                                    heartbeat_timeout_s=jax_heartbeat_timeout_s,
-                                    preimport=preimport),
-        scaling_config=_scaling_config(shape, resize_check_s),
+        jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=spec.jax_init_timeout_s,
+                                    heartbeat_timeout_s=spec.jax_heartbeat_timeout_s,
+                                    preimport=spec.preimport),
+        scaling_config=_scaling_config(shape, spec.resize_check_s),
         run_config=_run_config(
-            run_name, storage_path,
-            FailureConfig(max_failures=max_failures,
-                          controller_failure_limit=controller_failure_limit,
-                          max_preemption_failures=max_preemption_failures),
+            spec.run_name, spec.storage_path,
+            _failure_config(spec, controller_failure_limit),
             worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env,
-                       libtpu_init_args=libtpu_init_args)),
+                       libtpu_init_args=spec.libtpu_init_args)),
     )
-    return _fit(trainer, shape, feasibility_timeout_s=feasibility_timeout_s, attempt_s=attempt_s,
-                controller_failure_limit=controller_failure_limit,
-                jax_init_timeout_s=jax_init_timeout_s)
+    with controller_env(_controller_env(attempt_s)):
+        return _fit(trainer, spec, attempt_s=attempt_s,
+                    controller_failure_limit=controller_failure_limit)
 
 
-def _start_attempts(shape: SliceShape, feasibility_timeout_s: float, controller_failure_limit: int,
-                    max_failures: int) -> tuple[float, int]:
+def _controller_env(attempt_s: float) -> dict[str, str]:
+    """What Ray Train's controller reads from the driver's environment when it starts."""
+    return {
+        # How long one placement attempt may wait before it counts against
+        # controller_failure_limit.
+        START_TIMEOUT_ENV_VAR: str(attempt_s),
+        # How often the controller polls the workers (Ray's default 2 s): a dead worker is
+        # seen up to that late, on every restart (benchmarks/bench_run.py). A poll is one
+        # cheap actor call per host. An operator's own value wins.
+        HEALTH_CHECK_INTERVAL_ENV_VAR: os.environ.get(HEALTH_CHECK_INTERVAL_ENV_VAR, "0.5"),
+    }
+
+
+def _failure_config(spec: LaunchSpec, controller_failure_limit: int):
+    from ray.train.v2.api.config import FailureConfig
+
+    return FailureConfig(max_failures=spec.max_failures,
+                         controller_failure_limit=controller_failure_limit,
+                         max_preemption_failures=spec.max_preemption_failures)
+
+
+def _start_attempts(spec: LaunchSpec) -> tuple[float, int]:
     """(seconds one placement attempt may wait, start-up attempts allowed after the first)."""
-    if not shape.elastic:
+    feasibility_timeout_s, controller_failure_limit = (spec.feasibility_timeout_s,
+                                                       spec.controller_failure_limit)
+    if not spec.shape.elastic:
         return feasibility_timeout_s, controller_failure_limit
     # A lost pod's nodes stay in Ray's resource view until the GCS misses their heartbeats
     # (15-25 s here; Ray's defaults are the same on real clusters), so Train's elastic
@@ -218,7 +211,7 @@ def _start_attempts(shape: SliceShape, feasibility_timeout_s: float, controller_
     # more as fill the same start-up window, and each allowed restart gets that window:
     # a pod loss cost a whole 60 s attempt (tests/test_elastic_ray.py).
     attempt_s = min(feasibility_timeout_s, ELASTIC_ATTEMPT_S)
-    return attempt_s, (max(controller_failure_limit, max_failures)
+    return attempt_s, (max(controller_failure_limit, spec.max_failures)
                        * math.ceil(feasibility_timeout_s / attempt_s))
 
 
@@ -256,14 +249,15 @@ def _run_config(run_name: str, storage_path: str, failure_config, env_vars: dict
     )
 
 
-def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float, attempt_s: float,
-         controller_failure_limit: int, jax_init_timeout_s: int) -> LaunchResult:
+def _fit(trainer, spec: LaunchSpec, *, attempt_s: float,
+         controller_failure_limit: int) -> LaunchResult:
     """`trainer.fit()`, watched below min_pods when elastic; a start-up that kept failing
     becomes an InfeasibleTopologyError saying what the cluster lacks now."""
     import ray
     from palm_platform.pod_count import MinPodsMonitor
-    from ray.train.v2.api.exceptions import ControllerError
+    from ray.train.v2.api.exceptions import ControllerError  # start-up kept failing
 
+    shape, feasibility_timeout_s = spec.shape, spec.feasibility_timeout_s
     least = shape.smallest()
     start = time.monotonic()
 
@@ -283,20 +277,7 @@ def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float, attempt_s:
             raise InfeasibleTopologyError(monitor.error) from err
         if not isinstance(err, ControllerError):
             raise
-
-        # Start-up kept failing: say what the cluster lacks now (a host may have died since
-        # the check above); otherwise re-raise Ray's error unchanged.
-        try:
-            check_feasible(ray.nodes(), least)
-        except InfeasibleTopologyError as infeasible:
-            raise infeasible from err
-        raise InfeasibleTopologyError(
-            f"the worker group for {shape.describe()} did not start in "
-            f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
-            f"{attempt_s:g} s, jax.distributed.initialize up to "
-            f"{jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run holds "
-            "them, wait for it or stop it."
-        ) from err
+        raise _start_up_failure(spec, attempt_s, controller_failure_limit, err) from err
     if monitor.error is not None:
         raise InfeasibleTopologyError(monitor.error)
     return LaunchResult(
@@ -304,4 +285,23 @@ def _fit(trainer, shape: SliceShape, *, feasibility_timeout_s: float, attempt_s:
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         run_path=result.path,
         wall_s=time.monotonic() - start,
+    )
+
+
+def _start_up_failure(spec: LaunchSpec, attempt_s: float, controller_failure_limit: int,
+                      err: Exception) -> InfeasibleTopologyError:
+    """Start-up kept failing: what the cluster lacks now (a host may have died since the
+    first check), else how long each attempt waited."""
+    import ray
+
+    try:
+        check_feasible(ray.nodes(), spec.shape.smallest())
+    except InfeasibleTopologyError as infeasible:
+        return infeasible
+    return InfeasibleTopologyError(
+        f"the worker group for {spec.shape.describe()} did not start in "
+        f"{controller_failure_limit + 1} attempt(s) (placement waits up to "
+        f"{attempt_s:g} s, jax.distributed.initialize up to "
+        f"{spec.jax_init_timeout_s} s): {err}\nThe cluster has the slices; if another run "
+        "holds them, wait for it or stop it."
     )

@@ -20,7 +20,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="job file (YAML)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, "
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, "
                         "else the local cluster of `palm cluster up`)")
     parser.add_argument("--direct", action="store_true",
                         help="run the train loop in this process, without Ray (one-host jobs)")
@@ -34,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_dir_of(job) -> Path:
-    return Path(job.run_dir) / job.name
+    from palm_platform.run_dir import RunDir
+
+    return RunDir.of(job).path
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,32 +51,8 @@ def main(args: argparse.Namespace) -> int:
     except EphemeralOutputError as error:
         print(f"{args.job}: {error}", file=sys.stderr)
         return 2
-    from palm_platform.data.pipeline import DataConfigError, check_data
-    from palm_platform.storage.preflight import StorageConfigError, check_storage
-
-    try:  # gs:// paths: gcsfs, credentials, buckets, emulator variables (storage/preflight.py)
-        check_storage(job)
-    except StorageConfigError as error:
-        print(f"{args.job}: {error}", file=sys.stderr)
-        return 2
-
-    try:  # a bad data path fails here, before any worker starts (and is never retried)
-        check_data(job.data, Path.cwd())
-    except DataConfigError as error:
-        print(f"{args.job}: {error}", file=sys.stderr)
-        return 2
-    from palm_platform.train.init_from import InitFromError, preflight
-
-    try:  # a fine-tune's source checkpoint and shapes, before any worker starts
-        preflight(job)
-    except InitFromError as error:
-        print(f"{args.job}: {error}", file=sys.stderr)
-        return 2
-    from palm_platform.ray.compiler_flags_preflight import CompilerFlagsError, check_compiler_flags
-
-    try:  # an unknown flag would end libtpu on every host (compiler_flags_check.py)
-        check_compiler_flags(job)
-    except CompilerFlagsError as error:
+    error = _preflight_error(job)
+    if error is not None:
         print(f"{args.job}: {error}", file=sys.stderr)
         return 2
     run_dir = run_dir_of(job)
@@ -81,6 +60,29 @@ def main(args: argparse.Namespace) -> int:
     if args.direct:
         return run_direct(job, run_dir, args.job)
     return run_on_ray(job, run_dir, args.address, args.job, verbose=args.verbose)
+
+
+def _preflight_error(job) -> Exception | None:
+    """What would fail on the workers, found before any starts (and never retried)."""
+    from palm_platform.data.pipeline import DataConfigError, check_data
+    from palm_platform.ray.compiler_flags_preflight import CompilerFlagsError, check_compiler_flags
+    from palm_platform.storage.preflight import StorageConfigError, check_storage
+    from palm_platform.train.init_from import InitFromError, preflight
+
+    checks = (
+        # gs:// paths: gcsfs, credentials, buckets, emulator variables (storage/preflight.py)
+        (lambda: check_storage(job), StorageConfigError),
+        (lambda: check_data(job.data, Path.cwd()), DataConfigError),  # a bad data path
+        (lambda: preflight(job), InitFromError),  # a fine-tune's source checkpoint and shapes
+        # an unknown flag would end libtpu on every host (compiler_flags_check.py)
+        (lambda: check_compiler_flags(job), CompilerFlagsError),
+    )
+    for check, errors in checks:
+        try:
+            check()
+        except errors as error:
+            return error
+    return None
 
 
 def run_direct(job, run_dir: Path, job_file: str = "") -> int:
@@ -131,49 +133,25 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
 
 def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
                verbose: bool = False) -> int:
-    from palm_platform.ray.feasibility import InfeasibleTopologyError
-
     try:
         from palm_platform.ray.compat import route_worker_output
-        from palm_platform.ray.launch import connect, launch
     except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
-    from palm_platform.compiler_flags import init_args
+    from palm_platform.metrics.status import Progress, print_summary
+    from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
     from palm_platform.ray.worker_output import WorkerOutput
+    from palm_platform.run_dir import RunDir
 
     # The workers' lines: all to the run's log file, palm's warnings to the terminal.
-    output = WorkerOutput(run_dir / "logs", verbose=verbose)
+    output = WorkerOutput(RunDir(run_dir).logs, verbose=verbose)
     route_worker_output(output.handle)
-    from palm_platform.metrics.status import Progress, print_summary
-    from palm_platform.ray.worker import train_worker
-
     launched_at = time.time()  # goodput counts start-up from here, not from the first worker
-    # Before connecting: a `ray job submit` driver's working directory (Ray's per-session
-    # copy) can be gone once ray.init has run, and Path.cwd() then raises.
-    base_dir = Path.cwd()
-    topo = job.topology
-    shape = topo.shape()
-    from palm_platform.cluster.local import ClusterStateError
-
-    try:
-        cluster_address = connect(address, start_local=shape if topo.local else None)
-    except (ConnectionError, ClusterStateError) as error:
-        print(f"{job.name}: {error}", file=sys.stderr)
-        return 2
-    from palm_platform.ray.prepare_first import prepare_if_needed
-
-    # The token store first, on the cluster's CPUs, when it is missing or stale.
-    code = prepare_if_needed(job, job_file or job.name, base_dir, address=cluster_address,
-                             on_cluster=True)
+    code = _connect_and_prepare(job, address, job_file)
     if code:
         return code
-    progress = Progress(run_dir, total_steps=job.train.steps, restart_cause=output.restart_cause)
-    stop = threading.Event()
-    watcher = threading.Thread(target=progress.follow, args=(stop,), daemon=True)
-    watcher.start()
-    from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
-
+    view = _LiveView(Progress(run_dir, total_steps=job.train.steps,
+                              restart_cause=output.restart_cause))
     key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
     # The live view goes on after a Ctrl-C: the last steps and the run's goodput are shown.
     interrupt = InterruptHandler(key, run_dir)
@@ -184,62 +162,91 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
             preempted_at = None
             while True:  # again after each preemption, which saved its step (preemption.py)
                 started = time.time()
-                launch(
-                    train_worker, {"job": job.model_dump(mode="json"),
-                                   "run_dir": str(run_dir.resolve()),
-                                   "launched_at": launched_at, "stop_key": key},
-                    shape=shape, run_name=f"{job.name}-{int(time.time())}",
-                    storage_path=str((run_dir / "ray").resolve()),
-                    max_failures=job.faults.max_restarts,
-                    jax_init_timeout_s=int(job.faults.init_timeout_s),
-                    # JAX declares a silent peer dead (and aborts everyone) after this; later
-                    # than the watchdog, which names the stuck host and restarts cleanly.
-                    jax_heartbeat_timeout_s=int(job.faults.hang_timeout_s) + 30,
-                    resize_check_s=topo.resize_check_s,  # elastic pods
-                    preimport=("palm_platform.train.loop",),  # train_worker's imports
-                    libtpu_init_args=init_args(topo.effective_compiler_flags),  # TPU hosts
-                )
+                _launch_workers(job, run_dir, launched_at, key)
                 step = preempted_since(run_dir, started)
                 if interrupt.signum is not None or step is None or step == preempted_at:
                     break  # done, interrupted, or preempted twice at one step: no progress
                 preempted_at = step
-    except InfeasibleTopologyError as error:
-        stop.set()  # and let the bar finish its line, so the message gets its own line
-        watcher.join(timeout=5)
-        from palm_platform.ray.host_loss import (
-            host_loss_message,
-            lost_tpu_hosts,
-            trained_steps_since,
-        )
-
-        trained = trained_steps_since(run_dir, launched_at)
-        if trained is None:
-            print(f"{job.name}: cannot start: {error}", file=sys.stderr)
-        else:  # a host went away after training started: not a start-up problem
-            import ray
-
-            print(host_loss_message(job.name, trained, lost_tpu_hosts(ray.nodes()), str(error)),
-                  file=sys.stderr)
-        return 1
-    except Exception as error:  # the run failed after its restarts: say so, with the cause
-        stop.set()
-        watcher.join(timeout=5)
-        from palm_platform.ray.host_loss import trained_steps_since
-        from palm_platform.yaml_safe import one_line
-
-        trained = trained_steps_since(run_dir, launched_at)
-        resume = "" if trained is None else (
-            f" after training to step {trained}. Re-run the same command to resume from the "
-            "newest checkpoint")
-        print(one_line(f"{job.name}: failed: {type(error).__name__}: {error}", 500) + resume,
-              file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one message, exit 1
+        view.finish()  # and let the bar finish its line, so the message gets its own line
+        _print_failure(job, run_dir, launched_at, error)
         return 1
     finally:
-        stop.set()
-        watcher.join(timeout=5)
+        view.finish()
         output.close()
     if interrupt.signum is not None:
         print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
         return exit_code(interrupt.signum)
     print_summary(run_dir)
     return 0
+
+
+def _launch_workers(job, run_dir: Path, launched_at: float, stop_key: str) -> None:
+    """One train worker per TPU host, launched as the job says (launch_spec.py)."""
+    from palm_platform.ray.launch import launch
+    from palm_platform.ray.launch_spec import LaunchSpec
+    from palm_platform.ray.worker import train_worker
+    from palm_platform.ray.worker_config import WorkerConfig
+
+    config = WorkerConfig(job=job.model_dump(mode="json"), run_dir=str(run_dir.resolve()),
+                          launched_at=launched_at, stop_key=stop_key)
+    spec = LaunchSpec.for_job(job, run_dir, preimport=("palm_platform.train.loop",))
+    launch(train_worker, config.model_dump(mode="json"), spec)  # preimport: train_worker's
+
+
+def _connect_and_prepare(job, address: str | None, job_file: str) -> int:
+    """Attach to the cluster (starting the local one for a local job), then prepare the token
+    store on its CPUs when it is missing or stale; 0, else the exit status."""
+    from palm_platform.cluster.local import ClusterStateError
+    from palm_platform.ray.launch import connect
+    from palm_platform.ray.prepare_first import prepare_if_needed
+
+    # Before connecting: a `ray job submit` driver's working directory (Ray's per-session
+    # copy) can be gone once ray.init has run, and Path.cwd() then raises.
+    base_dir = Path.cwd()
+    topo = job.topology
+    try:
+        cluster_address = connect(address, start_local=topo.shape() if topo.local else None)
+    except (ConnectionError, ClusterStateError) as error:
+        print(f"{job.name}: {error}", file=sys.stderr)
+        return 2
+    return prepare_if_needed(job, job_file or job.name, base_dir, address=cluster_address,
+                             on_cluster=True)
+
+
+class _LiveView:
+    """The progress bar, following the run's metrics file on a thread until `finish()`."""
+
+    def __init__(self, progress):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=progress.follow, args=(self._stop,), daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _print_failure(job, run_dir: Path, launched_at: float, error: Exception) -> None:
+    """One line: the cluster could not hold the job, a host went away after training
+    started, or the run failed after its restarts (with how to resume)."""
+    from palm_platform.ray.feasibility import InfeasibleTopologyError
+    from palm_platform.ray.host_loss import trained_steps_since
+    from palm_platform.yaml_safe import one_line
+
+    trained = trained_steps_since(run_dir, launched_at)
+    if isinstance(error, InfeasibleTopologyError):
+        if trained is None:
+            print(f"{job.name}: cannot start: {error}", file=sys.stderr)
+            return
+        import ray  # a host went away after training started: not a start-up problem
+        from palm_platform.ray.host_loss import host_loss_message, lost_tpu_hosts
+
+        print(host_loss_message(job.name, trained, lost_tpu_hosts(ray.nodes()), str(error)),
+              file=sys.stderr)
+        return
+    resume = "" if trained is None else (
+        f" after training to step {trained}. Re-run the same command to resume from the "
+        "newest checkpoint")
+    print(one_line(f"{job.name}: failed: {type(error).__name__}: {error}", 500) + resume,
+          file=sys.stderr)

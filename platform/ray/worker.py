@@ -1,9 +1,9 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (palm_platform.ray.compat.BoundedJaxConfig).
-A watchdog (supervise/watchdog.py) turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as
-a worker failure: it restarts the whole group, and the loop resumes from the newest good
-checkpoint.
+jax.distributed is already initialised by the worker group (ray/compat.py, BoundedJaxConfig).
+The supervision hook (supervise/heartbeat.py) beats a watchdog (supervise/watchdog.py), which
+turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as a worker
+failure: it restarts the whole group, and the loop resumes from the newest good checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from palm_platform.atomic_write import write_atomic
+from palm_platform.run_dir import RunDir
 from palm_platform.supervise.watchdog import Watchdog
 
 logger = logging.getLogger("palm")
@@ -53,8 +54,8 @@ def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
     return kind is None or kind in ON_THE_BAR
 
 
-def train_worker(config: dict) -> None:
-    """Ray Train entry: `config` = {"job": Job as JSON, "run_dir", "launched_at", "stop_key"}."""
+def train_worker(raw_config: dict) -> None:
+    """Ray Train entry: `raw_config` is a WorkerConfig as JSON (worker_config.py)."""
     entered = time.time()
     configure_logging()
     import jax
@@ -62,6 +63,7 @@ def train_worker(config: dict) -> None:
 
     from palm_platform.job import Job
     from palm_platform.ray.compat import WORKER_MARKS
+    from palm_platform.ray.worker_config import WorkerConfig
     from palm_platform.supervise.preemption import Preempted
     from palm_platform.train.hook_protocol import StopTraining
     from palm_platform.train.loop import Trainer
@@ -70,13 +72,13 @@ def train_worker(config: dict) -> None:
     # (WORKER_MARKS: inside Ray Train's set-up, before this function ran).
     marks = {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
              "train_fn_entered": entered, "imported": time.time()}
-    job = Job.model_validate(config["job"])
-    run_dir = Path(config["run_dir"])
+    config = WorkerConfig.model_validate(raw_config)
+    job, run_dir = Job.model_validate(config.job), Path(config.run_dir)
     host = f"host {jax.process_index()}/{jax.process_count()}"
-    attempt = _agreed_attempt(run_dir, config.get("launched_at"))
-    supervision = _supervision_hook(job, config.get("stop_key"), host)
+    attempt = _agreed_attempt(run_dir, config.launched_at)
+    supervision = _supervision_hook(job, config.stop_key, host)
     trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
-                      launched_at=config.get("launched_at"), startup_marks=marks)
+                      launched_at=config.launched_at, startup_marks=marks)
     if attempt == 0:  # once per launch, not again after every restart
         from palm_platform.data.quality import report_data_quality
 
@@ -97,7 +99,8 @@ def train_worker(config: dict) -> None:
     finally:
         trainer.close()  # stops the watchdog; waits for an in-flight checkpoint
     if jax.process_index() == 0:
-        write_atomic(run_dir / "summary.json", json.dumps(summary.__dict__, default=float, indent=1))
+        write_atomic(RunDir(run_dir).summary,
+                     json.dumps(summary.__dict__, default=float, indent=1))
 
 
 def _supervision_hook(job, stop_key: str | None, host: str):
@@ -177,7 +180,7 @@ def _next_attempt(run_dir: Path, launch: float | None = None) -> int:
     Counted per launch of `palm run` (`launch` = its start time): re-running the command
     after an interrupt is a resume (attempt 0 with a checkpoint), not a restart.
     """
-    path = run_dir / "attempts"
+    path = RunDir(run_dir).attempts
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         previous = json.loads(path.read_text())

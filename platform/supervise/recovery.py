@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palm_platform.run_dir import RunDir
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import Spike, SpikeDetector
 from palm_platform.train.multihost import broadcast_text
@@ -43,8 +44,7 @@ class Supervision:
 
     @classmethod
     def new(cls, setup: TrainSetup) -> Supervision:
-        return cls(Ledger(), SpikeDetector(setup.job.faults.spike),
-                   setup.run_dir / "ledger.json")
+        return cls(Ledger(), SpikeDetector(setup.job.faults.spike), RunDir(setup.run_dir).ledger)
 
     def checkpoint_item(self, pods: int) -> dict:
         """What a checkpoint saves besides the train state and the data position."""

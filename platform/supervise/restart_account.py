@@ -60,13 +60,14 @@ def last_sign_of_life(run_dir: Path, before_unix: float,
     """(time of the previous attempt's newest record or fault marker, its newest step, the
     seconds it spent on steps after `restored_step`: the progress the failure wasted)."""
     from palm_platform.metrics.sink import read_records
+    from palm_platform.run_dir import RunDir
 
     try:
         records = [r for r in read_records(run_dir) if r["time"] < before_unix]
     except FileNotFoundError:
         records = []
     times = [r["time"] for r in records]
-    times += [m.stat().st_mtime for m in (run_dir / "faults").glob("*.fired")
+    times += [m.stat().st_mtime for m in RunDir(run_dir).faults.glob("*.fired")
               if m.stat().st_mtime < before_unix]
     steps = [r for r in records if r["kind"] == "step"]
     wasted = 0.0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
 from palm_platform.mesh import batch_sharding
+from palm_platform.run_dir import RunDir
 from palm_platform.train.hook_protocol import Hook, RunSummary, StepInfo
 from palm_platform.train.mfu import mfu
 from palm_platform.train.setup import TrainSetup
@@ -41,7 +42,7 @@ class FaultInjectionHook(Hook):
         self.setup = setup
         local = setup.tiers.local  # kill_host loses this host's RAM tier with it
         self.injector = FaultInjector(setup.job.faults.inject, host_index=setup.process_index,
-                                      state_dir=setup.run_dir / "faults",
+                                      state_dir=RunDir(setup.run_dir).faults,
                                       batch_size_at=setup.job.train.batch_size_at,
                                       ram_folder=local.folder if local is not None else None)
 

@@ -9,15 +9,20 @@ and parameter groups to freeze (`optimizer.frozen`, e.g. the embedding).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from palm_platform.train.config import OptimizerConfig
+# The job's `optimizer:` section (train/config.py's OptimizerConfig). Not imported here:
+# its `build()` imports this module, and config.py stays free of Optax and JAX.
+OptimizerSection = Any
 
 
-def palm_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's 1/sqrt(max(k, 10^4))."""
+def palm_schedule(cfg: OptimizerSection) -> optax.Schedule:
+    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's
+    1/sqrt(max(k, 10^4))."""
 
     def schedule(count):
         k = jnp.maximum(count + 1, cfg.constant_steps).astype(jnp.float32)  # k counts from 1
@@ -26,7 +31,7 @@ def palm_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return schedule
 
 
-def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimizerSection) -> optax.Schedule:
     """The job's schedule (PaLM's by default; constant or linear decay for fine-tuning),
     after an optional linear warm-up from 0."""
     if cfg.schedule == "palm":
@@ -34,7 +39,8 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     elif cfg.schedule == "constant":
         main = optax.constant_schedule(cfg.peak_learning_rate)
     else:
-        main = optax.linear_schedule(cfg.peak_learning_rate, cfg.final_learning_rate, cfg.decay_steps)
+        main = optax.linear_schedule(cfg.peak_learning_rate, cfg.final_learning_rate,
+                                     cfg.decay_steps)
     if cfg.warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, cfg.peak_learning_rate, cfg.warmup_steps)
@@ -55,7 +61,7 @@ def frozen_labels(frozen: list[str]):
     return labels
 
 
-def build_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build_optimizer(cfg: OptimizerSection) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(transformation, schedule), through `OptimizerConfig.build()`: the one place the
     learning-rate schedule is made, so the step logs the very function the optimizer uses."""
     lr = learning_rate_schedule(cfg)
@@ -67,7 +73,7 @@ def build_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation,
                                  frozen_labels(cfg.frozen)), lr
 
 
-def _palm_optimizer(cfg: OptimizerConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+def _palm_optimizer(cfg: OptimizerSection, lr: optax.Schedule) -> optax.GradientTransformation:
     # optax applies Adafactor's weight_decay_rate *after* scaling by the learning rate, so the
     # per-step shrinkage is weight_decay_rate * param: pass lr^2 itself to get PaLM's lr^2.
     weight_decay = (lambda count: lr(count) ** 2) if cfg.weight_decay == "lr_squared" else None

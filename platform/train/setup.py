@@ -24,6 +24,7 @@ from palm_platform.job import Job
 from palm_platform.mesh import make_mesh
 from palm_platform.metrics.sink import MetricsSink
 from palm_platform.pod_count import ElasticShapeError, pods_in_group
+from palm_platform.run_dir import RunDir
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.mfu import device_peak_flops
@@ -62,7 +63,7 @@ class TrainSetup:
 
     @property
     def goodput_path(self) -> Path:
-        return self.run_dir / "goodput.json"
+        return RunDir(self.run_dir).goodput
 
     def cache_counts(self) -> dict:
         counts = self.compile_cache.counts()
@@ -75,7 +76,7 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Before anything compiles: a restart or rerun loads the executables from here.
-    compile_cache = CompileCache.enable(job.train.compile_cache or run_dir / "compile-cache")
+    compile_cache = CompileCache.enable(job.train.compile_cache or RunDir(run_dir).compile_cache)
     process_index = jax.process_index()
     devices = list(jax.devices() if devices is None else devices)
     pods = _pods(job, devices)
@@ -91,7 +92,7 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
         process_count=jax.process_count(), pods=pods, mesh=mesh, model_cfg=model_cfg, tx=tx,
         lr=lr, abstract_state=abstract_state, shardings=shardings, evaluator=evaluator,
         pipeline=pipeline, checkpointer=checkpointer, sink=_sink(job, run_dir),
-        goodput=_goodput(run_dir / "goodput.json", launched_at),
+        goodput=_goodput(RunDir(run_dir).goodput, launched_at),
         flops_per_token=train_flops_per_token(model_cfg, job.seq_len),
         peak_flops=device_peak_flops() * len(devices),
         cross_pod_bytes=cross_pod_bytes_per_step(abstract_state.params, pods,

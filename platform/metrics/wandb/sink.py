@@ -31,6 +31,7 @@ from typing import Any
 from palm_platform.atomic_write import write_atomic
 from palm_platform.metrics.wandb import keys
 from palm_platform.metrics.events import describe_event
+from palm_platform.run_dir import RunDir
 
 logger = logging.getLogger("palm")
 
@@ -78,7 +79,7 @@ class WandbWriter:
         self._wandb, self._base_id = wandb, run_id
         self._init_kwargs = dict(project=project, entity=entity, name=name, mode=mode,
                                  dir=str(run_dir), config=config)
-        rows, self._high_water, last_step = scanned or scan_metrics_file(self.run_dir / "metrics.jsonl")
+        rows, self._high_water, last_step = scanned or scan_metrics_file(RunDir(Path(self.run_dir)).metrics)
         self._attempt = 0
         self._forks = 0
         current = run_id
