@@ -4,8 +4,9 @@ one agreed step, `palm run` launches the group again, and the run resumes at tha
 One cluster for the module (the shared `local_cluster`, 1 pod x 2 hosts x 2 chips), two runs
 of the 2-host job: a clean one, and one whose host 1 gets SIGTERM before step 7 (the
 `preempt` fault), with 13 steps left for the hosts to agree. Checkpoints every 5 steps, so
-the agreed step's save is the preemption's own (unless it falls on one). The preempted run must record `preempt` at the agreed step, restart from that step,
-compute no step twice, and end with the clean run's parameters bit for bit.
+the agreed step's save is the preemption's own (unless it falls on one). The preempted run
+must record `preempt` at the agreed step, restart from that step, compute no step twice,
+and end with the clean run's parameters bit for bit.
 """
 
 import subprocess

@@ -142,9 +142,10 @@ class FaultInjector:
     def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
         """Call before each step. Fires due kill/hang/damage faults of this host, once each.
 
-        Returns what it did (damage); kill and hang do not return, preempt does. For damage_checkpoint,
-        call `checkpointer.wait_until_finished()` first: a checkpoint still being written
-        has no manifest yet and is not damaged (the fault waits for a later step).
+        Returns what it did (damage); kill and hang do not return, preempt does. For
+        damage_checkpoint, call `checkpointer.wait_until_finished()` first: a checkpoint
+        still being written has no manifest yet and is not damaged (the fault waits for a
+        later step).
         """
         done = []
         for index, fault in enumerate(self.faults):
