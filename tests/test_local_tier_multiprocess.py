@@ -80,16 +80,12 @@ def test_a_pod_that_lost_its_ram_takes_the_newest_step_from_the_other_pod(tmp_pa
     assert first["bytes_peer"] >= first["bytes_local"] - 4  # (the scalar is per device)
 
 
-def test_nothing_lost_restores_locally_even_when_hosts_come_back_in_other_ranks(tmp_path):
+def test_hosts_back_in_other_ranks_restore_locally_and_with_both_copies_lost_nothing(tmp_path):
     run("save", tmp_path, 2, TWO_PODS)
     # Ray gave the hosts each other's rank: blocks are found by index, not by rank
     first, _ = results(tmp_path, 2, list(reversed(TWO_PODS)))
     assert (first["step"], first["tier"], first["bytes_peer"]) == (4, "local", 0)
-
-
-def test_both_copies_lost_leaves_nothing_in_ram(tmp_path):
-    run("save", tmp_path, 2, TWO_PODS)
-    for host in TWO_PODS:
+    for host in TWO_PODS:  # both copies of every step lost: the persistent tier's turn
         shutil.rmtree(tmp_path / host)
     assert [r["step"] for r in results(tmp_path, 2, TWO_PODS)] == [None, None]
 

@@ -1,4 +1,4 @@
-"""The RAM tier on a 2-pod local Ray cluster (2 pods x 1 fake host x 2 chips): a host of pod 1
+"""The RAM tier on a 2-pod local Ray cluster (2 pods x 1 fake host x 4 chips): a host of pod 1
 dies (SIGKILL, its RAM folder gone with it) after a RAM save newer than the persistent
 checkpoint; Ray Train restarts the group and pod 1's shards come from pod 0's RAM (the state
 is replicated over `pod`), with no byte read from persistent storage. The run ends bitwise
@@ -18,26 +18,26 @@ from tests.support.local_cluster import BIN, driver_env, final_params, running_c
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.multiprocess]
 
-JOB = Path(__file__).resolve().parent / "jobs" / "ray-2host.yaml"
+JOB = Path(__file__).resolve().parent / "jobs" / "loop-2pod.yaml"  # 2 pods x 1 host x 4 chips
 STEPS, KILL_STEP = 12, 7
 
 
 @pytest.fixture(scope="module")
 def two_pod_cluster(tmp_path_factory):
     with running_cluster(tmp_path_factory.mktemp("cluster"), pods=2, hosts_per_pod=1,
-                         chips_per_host=2, timeout_s=240) as state:
+                         chips_per_host=4, timeout_s=240) as state:
         yield state
 
 
 def write_job(folder: Path, *, ram: bool, inject: list[dict]) -> Path:
     spec = yaml.safe_load(JOB.read_text())
     spec["name"] = "ram-2pod"
-    spec["topology"].update(pods=2, hosts_per_pod=1, chips_per_host=2, ici_topology="2x1x1")
+    spec["train"]["steps"] = STEPS
     spec["run_dir"] = str(folder / "run")
     spec["checkpoint"].update(directory=str(folder / "ckpt"), every_steps=100)
     if ram:
         spec["checkpoint"]["local"] = {"directory": str(folder / "ram"), "every_steps": 2}
-    spec["faults"]["inject"] = inject
+    spec["faults"].update(max_restarts=2, hang_timeout_s=60, init_timeout_s=60, inject=inject)
     spec["metrics"]["wandb_mode"] = "disabled"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "job.yaml"
@@ -64,7 +64,7 @@ def test_a_pod_1_host_lost_after_a_ram_save_resumes_from_pod_0s_ram(two_pod_clus
 
     clean = write_job(tmp_path / "clean", ram=False, inject=[])
     trainer = Trainer(load_job(clean), tmp_path / "clean" / "run" / "ram-2pod",
-                      devices=jax.devices()[:4])
+                      devices=jax.devices()[:8])
     try:
         trainer.run()
     finally:

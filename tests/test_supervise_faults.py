@@ -204,3 +204,20 @@ def test_batch_indices_from_a_recorded_state_match_the_pipeline(tmp_path):
         state = pipeline.get_state()
         expected = pipeline.sequences(batch_sequence_indices(state, size))
         np.testing.assert_array_equal(pipeline.local_batch(size), expected)
+
+
+def test_kill_host_loses_the_hosts_ram_checkpoint_folder_first(tmp_path):
+    # the fake hosts share one /dev/shm: a killed host's RAM tier must vanish as on real pods
+    ram = tmp_path / "ram" / "pod-1-w0"
+    (ram / "8").mkdir(parents=True)
+    (ram / "8" / "own.bin").write_bytes(b"x" * 16)
+    other = tmp_path / "ram" / "pod-0-w0"
+    other.mkdir()
+    seen = []
+    injector = FaultInjector([FaultInjection(kind="kill_host", step=9, host=1)], host_index=1,
+                             state_dir=tmp_path / "faults", ram_folder=ram,
+                             kill=lambda: seen.append(ram.exists()))
+    injector.maybe_fire(8)
+    assert ram.exists() and not seen
+    injector.maybe_fire(9)
+    assert seen == [False] and not ram.exists() and other.exists()

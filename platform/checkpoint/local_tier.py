@@ -48,8 +48,7 @@ import numpy as np
 from palm_platform.atomic_write import write_atomic
 from palm_platform.checkpoint import peer_transfer
 
-# The persistent save's jitted copy: the same function object, so the step-0 save has
-# compiled it for the train state and the first RAM save does not compile.
+# The persistent save's jitted on-device copy (one definition of it in the package).
 from palm_platform.checkpoint.checkpointer import _device_copy
 from palm_platform.checkpoint.config import LocalTierConfig
 
@@ -178,6 +177,11 @@ class LocalTier:
         # 1-pod jobs have no replica in another pod: each host keeps its neighbour's blocks.
         self.ring = pods == 1 and jax.process_count() > 1
         self._ring_sources = peer_transfer.ring_sources(mesh) if self.ring else {}
+        # Compiled now, not at the first save (which would wait for it); a restart loads
+        # both from the compilation cache.
+        self._copy = _device_copy.lower(abstract_state).compile()
+        self._shift = (peer_transfer.compiled_ring_shift(abstract_state, mesh) if self.ring
+                       else None)
         self._saver: threading.Thread | None = None
         self._error: BaseException | None = None
         self._saves = 0  # names the barriers: the same sequence on every host
@@ -189,8 +193,8 @@ class LocalTier:
     def save(self, step: int, train_state: Any, data_state: dict, ledger: dict) -> None:
         """Start saving `step`; returns after the on-device copies are dispatched."""
         self._join()
-        snapshot = _device_copy(train_state)
-        shifted = peer_transfer.ring_shift(snapshot, self.mesh) if self.ring else None
+        snapshot = self._copy(train_state)
+        shifted = self._shift(snapshot) if self._shift is not None else None
         self._saves += 1
         extras = {"step": step, "data_state": data_state, "ledger": ledger,
                   "hosts": jax.process_count(), "host": self.host}

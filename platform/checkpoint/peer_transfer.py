@@ -76,14 +76,16 @@ def _frozen_specs(tree: Any):
     return (treedef, tuple(leaves))
 
 
-def ring_shift(tree: Any, mesh: Mesh) -> Any:
-    """Every device's block moved to the same-rank device of the next process (a ring).
+def compiled_ring_shift(abstract_tree: Any, mesh: Mesh):
+    """Compiled for `abstract_tree` (leaves with shardings): a function that moves every
+    device's block to the same-rank device of the next process (a ring).
 
-    The result's global value is meaningless (its blocks sit on the wrong devices); only its
-    addressable shards are read, each holding the previous host's block."""
+    Compiled ahead (at set-up), so the first save does not wait for it. The result's global
+    value is meaningless (its blocks sit on the wrong devices); only its addressable shards
+    are read, each holding the previous host's block."""
     sources, where = ring_sources(mesh), positions(mesh)
     pairs = tuple(sorted((where[src], where[dst]) for dst, src in sources.items()))
-    return _shift_fn(mesh, pairs, _frozen_specs(tree))(tree)
+    return _shift_fn(mesh, pairs, _frozen_specs(abstract_tree)).lower(abstract_tree).compile()
 
 
 @functools.lru_cache(maxsize=8)
