@@ -30,4 +30,4 @@ def broadcast_int(value: int) -> int:
         return value
     from jax.experimental import multihost_utils
 
-    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
