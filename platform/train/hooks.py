@@ -103,8 +103,8 @@ class ElasticHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Saves on the checkpointer's cadence (`checkpoint.every_steps`, or a preemption
-    notice: `Checkpointer.is_due`) and the last step; waits for saves at the end."""
+    """Saves on the tiers' cadence (`checkpoint.every_steps`, `checkpoint.local`) and the
+    last step (a preemption notice's step: supervise/preemption.py); waits at the end."""
 
     needs_state = True
 
