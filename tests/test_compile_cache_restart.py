@@ -63,7 +63,9 @@ def test_a_restart_after_a_kill_misses_no_train_step(tmp_path):
     counts = second.setup.compile_cache.counts()
     assert counts["misses"] == 0 and counts["hits"] >= 2, counts
     records = read_records(Path(job.run_dir))
-    restart = next(i for i, r in enumerate(records) if r["kind"] == "restart")
+    # From the restart's restore on (its `restart` record follows its first step)
+    restart = next(i for i, r in enumerate(records)
+                   if r["kind"] == "checkpoint_restored" and r["attempt"] == 1)
     compiled = [r for r in records[restart:] if r["kind"] == "compiled"]
     assert sorted(r["batch_size"] for r in compiled) == [8, 16]
     assert all(r["cache_misses"] == 0 for r in compiled)

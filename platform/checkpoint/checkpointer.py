@@ -84,7 +84,8 @@ class Checkpointer:
         self.config = config
         self.directory = checkpoint_path(directory)
         # No save decision policy: every Orbax save here is forced (`_save_now`); the one
-        # cadence is `is_due` (checkpoint.every_steps, or a preemption notice).
+        # cadence is `is_due` (checkpoint.every_steps); a preemption notice's save is made by
+        # supervise/preemption.py.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation_policy(config),
             enable_async_checkpointing=config.async_save,
@@ -97,6 +98,12 @@ class Checkpointer:
             options=options,
             handler_registry=items.handler_registry(),
         )
+        # JAX's preemption sync point needs one caller per step, with that step: Orbax also
+        # asks it in its save and, on process 0, in the async finalize thread with the older
+        # step just written, which moves that host's step counter back and can leave the
+        # hosts on different sync steps (seen on the local cluster). supervise/preemption.py
+        # asks it; every save here is forced, so Orbax needs no answer.
+        self._manager.reached_preemption = lambda step: False
         self._manifest_writer: threading.Thread | None = None
         self._saver: threading.Thread | None = None
         self._save_error: BaseException | None = None
@@ -190,8 +197,9 @@ class Checkpointer:
             self._manifest_writer.start()
 
     def is_due(self, step: int) -> bool:
-        """Would `save(step)` save? (On the cadence, or a preemption notice has arrived.)"""
-        return step % self.config.every_steps == 0 or self._manager.reached_preemption(step)
+        """Would `save(step)` save? (On the cadence; a preemption notice saves through
+        supervise/preemption.py.)"""
+        return step % self.config.every_steps == 0
 
     def _write_manifest_when_committed(self, step: int) -> None:
         try:

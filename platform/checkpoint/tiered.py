@@ -67,7 +67,7 @@ class TieredCheckpoints:
 
     def due(self, step: int) -> frozenset[str]:
         tiers = set(self.schedule.due(step))
-        if self.persistent.is_due(step):  # a preemption notice, besides the cadence
+        if self.persistent.is_due(step):
             tiers.add(PERSISTENT)
         if self.local is None:
             tiers.discard(LOCAL)

@@ -6,8 +6,8 @@
 The persistent tier (`checkpoint.every_steps`, gs:// on pods) and the RAM tier
 (`checkpoint.local.every_steps`, /dev/shm) keep their own cadences; the last step of a run
 is saved persistently whatever its number, so a finished run leaves a checkpoint behind.
-A preemption notice (Orbax's `reached_preemption`) forces a persistent save on its own
-(`Checkpointer.is_due`); this object holds only the regular cadence.
+A preemption notice saves both tiers at the hosts' agreed step (supervise/preemption.py);
+this object holds only the regular cadence.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ def describe_event(r: dict) -> str:
         return at + f"stopped: {r.get('reason')}"
     if kind == "resize":
         return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
+    if kind == "preempt":
+        return at + "preemption notice (SIGTERM): every host saved this step; restarting"
     if kind == "restart":
         return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
     if kind == "compiled":
@@ -75,7 +77,10 @@ def _tier_read(r: dict) -> str:
 
 
 # The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.
-_STARTUP_SPANS = {"train_fn_entered": "process to train function", "imported": "imports",
+_STARTUP_SPANS = {"worker_setup": "Ray worker start", "jax_imported": "JAX import",
+                  "jax_init_started": "Ray Train set-up",
+                  "jax_initialized": "jax.distributed init",
+                  "train_fn_entered": "process to train function", "imported": "imports",
                   "trainer_init": "set-up", "trainer_ready": "trainer built",
                   "restored": "restore or init"}
 

@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -295,8 +296,11 @@ def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None
         address = kwargs.get("coordinator_address") or (args[0] if args else None)
         if address and address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
             kwargs.setdefault("coordinator_bind_address", f"127.0.0.1:{address.rsplit(':', 1)[1]}")
+        WORKER_MARKS["jax_init_started"] = time.time()
         try:
-            return original(*args, initialization_timeout=initialization_timeout, **kwargs)
+            done = original(*args, initialization_timeout=initialization_timeout, **kwargs)
+            WORKER_MARKS["jax_initialized"] = time.time()
+            return done
         except Exception as err:
             raise RuntimeError(
                 f"jax.distributed.initialize did not complete within {initialization_timeout} s "
@@ -331,6 +335,11 @@ class BoundedJaxConfig(JaxConfig):
         return _BoundedJaxBackend
 
 
+# Unix times of a worker's start-up inside Ray Train's set-up, before the train function
+# runs: the Trainer's `startup` event reports the spans between them (ray/worker.py).
+WORKER_MARKS: dict[str, float] = {}
+
+
 def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
                     preimport: tuple[str, ...]) -> None:
     """On each worker: the CPU cache-write workaround (a no-op on TPU), the bounded
@@ -344,7 +353,9 @@ def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
     import importlib
     import threading
 
+    WORKER_MARKS["worker_setup"] = time.time()
     cache_writes_from_every_process_on_cpu()
+    WORKER_MARKS["jax_imported"] = time.time()
     if bound:
         bound_jax_initialize(timeout_s, heartbeat_timeout_s)
 

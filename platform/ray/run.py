@@ -114,8 +114,15 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     from palm_platform.data.quality import report_data_quality
 
     report_data_quality(trainer.setup)
+    from palm_platform.supervise.preemption import Preempted
+
     try:
         trainer.run()
+    except Preempted as preempted:  # SIGTERM: the step is saved; a rerun resumes from it
+        trainer.stopped(preempted.step)
+        print(f"{job.name}: preempted at step {preempted.step}; re-run the same command to "
+              "resume", file=sys.stderr)
+        return 143
     finally:
         trainer.close()
     from palm_platform.metrics.status import print_summary
@@ -148,9 +155,18 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
     # The live view goes on after a Ctrl-C: the last steps and the run's goodput are shown.
     interrupt = InterruptHandler(key, run_dir)
+    from palm_platform.supervise.preemption import preempted_since
+
     try:
         with interrupt:
-            _launch_workers(job, run_dir, launched_at, key)
+            preempted_at = None
+            while True:  # again after each preemption, which saved its step (preemption.py)
+                started = time.time()
+                _launch_workers(job, run_dir, launched_at, key)
+                step = preempted_since(run_dir, started)
+                if interrupt.signum is not None or step is None or step == preempted_at:
+                    break  # done, interrupted, or preempted twice at one step: no progress
+                preempted_at = step
     except Exception as error:  # noqa: BLE001 - every failure becomes one message, exit 1
         view.finish()  # and let the bar finish its line, so the message gets its own line
         _print_failure(job, run_dir, launched_at, error)

@@ -62,13 +62,16 @@ def train_worker(raw_config: dict) -> None:
     import psutil
 
     from palm_platform.job import Job
+    from palm_platform.ray.compat import WORKER_MARKS
     from palm_platform.ray.worker_config import WorkerConfig
+    from palm_platform.supervise.preemption import Preempted
     from palm_platform.train.hook_protocol import StopTraining
     from palm_platform.train.loop import Trainer
 
-    # Where a (re)start spends its seconds: the Trainer reports the spans between these.
-    marks = {"process_started": psutil.Process().create_time(), "train_fn_entered": entered,
-             "imported": time.time()}
+    # Where a (re)start spends its seconds: the Trainer reports the spans between these
+    # (WORKER_MARKS: inside Ray Train's set-up, before this function ran).
+    marks = {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
+             "train_fn_entered": entered, "imported": time.time()}
     config = WorkerConfig.model_validate(raw_config)
     job, run_dir = Job.model_validate(config.job), Path(config.run_dir)
     host = f"host {jax.process_index()}/{jax.process_count()}"
@@ -85,6 +88,10 @@ def train_worker(raw_config: dict) -> None:
     except StopTraining as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         trainer.stopped(stopped.step)
+        return
+    except Preempted as preempted:  # saved at the agreed step; `palm run` launches again
+        logger.info("%s: preempted, step %d saved", host, preempted.step)
+        trainer.stopped(preempted.step)  # the goodput file and ledger, as on Ctrl-C
         return
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
         _exit_if_peer_lost(error, host, supervision.watchdog.last_step)

@@ -68,11 +68,11 @@ class FaultInjection(BaseModel):
     """One fault to inject; each fires at most once per run, restarts included."""
 
     model_config = STRICT
-    kind: Literal["kill_host", "hang_host", "poison_batches", "damage_checkpoint"] = Field(
-        description="kill_host: SIGKILL the worker; hang_host: block it forever; poison_batches: "
-        "replace the data of `steps` batches from `step` with random tokens; damage_checkpoint: "
-        "truncate a file of the newest checkpoint"
-    )
+    kind: Literal["kill_host", "hang_host", "poison_batches", "damage_checkpoint", "preempt"] = (
+        Field(description="kill_host: SIGKILL the worker; hang_host: block it forever; "
+              "poison_batches: replace the data of `steps` batches from `step` with random "
+              "tokens; damage_checkpoint: truncate a file of the newest checkpoint; preempt: "
+              "SIGTERM the worker (a preemption notice: every host saves one agreed step)"))
     step: int = Field(ge=0, description="fires at the first step >= this one that the run reaches")
     host: int = Field(
         default=0, ge=0, description="global host (worker) index that acts (poison: every host)"

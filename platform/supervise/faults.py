@@ -11,9 +11,9 @@
 
 Once only, across restarts: before a fault acts, its marker file is written (and fsynced) in
 `state_dir`, so the restarted host does not die again at the same step. A fault fires at the
-first step >= its `step` that the run reaches without a marker. kill_host and hang_host act
-on host `host` only; damage_checkpoint on host `host` (default 0) only; poison_batches on
-every host (it is data).
+first step >= its `step` that the run reaches without a marker. kill_host, hang_host and
+preempt (SIGTERM) act on host `host` only; damage_checkpoint on host `host` (default 0) only;
+poison_batches on every host (it is data).
 
 Poison is defined on data positions, not steps: the first time step S is reached, the
 global sequences its `steps` batches will read are recorded (persisted in `state_dir`,
@@ -62,6 +62,12 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _notice_self() -> None:
+    """A preemption notice, as GCE gives it: SIGTERM, and the process carries on until the
+    hosts agree on a step (supervise/preemption.py)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _lose_ram_then(ram_folder: Path, kill: Callable[[], None]) -> None:
     shutil.rmtree(ram_folder, ignore_errors=True)
     kill()
@@ -82,6 +88,7 @@ class FaultInjector:
         batch_size_at: Callable[[int], int] | None = None,
         kill: Callable[[], None] = _kill_self,
         hang: Callable[[], None] = _hang_forever,
+        preempt: Callable[[], None] = _notice_self,
         ram_folder: str | Path | None = None,
     ):
         """batch_size_at: global batch size by step (job.train.batch_size_at), to size the
@@ -95,7 +102,7 @@ class FaultInjector:
         self._batch_size_at = batch_size_at
         if ram_folder is not None:
             kill = functools.partial(_lose_ram_then, Path(ram_folder), kill)
-        self._actions = {"kill_host": kill, "hang_host": hang}
+        self._actions = {"kill_host": kill, "hang_host": hang, "preempt": preempt}
 
     # -- identity and markers -----------------------------------------------------------
 
@@ -135,9 +142,10 @@ class FaultInjector:
     def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
         """Call before each step. Fires due kill/hang/damage faults of this host, once each.
 
-        Returns what it did (damage); kill and hang do not return. For damage_checkpoint,
-        call `checkpointer.wait_until_finished()` first: a checkpoint still being written
-        has no manifest yet and is not damaged (the fault waits for a later step).
+        Returns what it did (damage); kill and hang do not return, preempt does. For
+        damage_checkpoint, call `checkpointer.wait_until_finished()` first: a checkpoint
+        still being written has no manifest yet and is not damaged (the fault waits for a
+        later step).
         """
         done = []
         for index, fault in enumerate(self.faults):

@@ -52,6 +52,7 @@ class GoodputTracker:
         self._step_seconds: OrderedDict[int, float] = OrderedDict()
         self._stack: list[tuple[str, int | None]] = []
         self._mark = self._start
+        self._restarts: list[dict] = []  # each restart's seconds by cause (recovery.py)
 
     # -- measuring ----------------------------------------------------------------------
 
@@ -115,6 +116,23 @@ class GoodputTracker:
             self._badput[cause] = self._badput.get(cause, 0.0) + moved
         return moved
 
+    def move(self, seconds: float, *, from_cause: str, to_cause: str) -> float:
+        """Re-charge up to `seconds` of badput `from_cause` to `to_cause` (e.g. the part of a
+        restart gap that was lost steps); returns the seconds moved."""
+        moved = min(max(seconds, 0.0), self._badput.get(from_cause, 0.0))
+        if moved:
+            self._badput[from_cause] -= moved
+            self._badput[to_cause] = self._badput.get(to_cause, 0.0) + moved
+        return moved
+
+    def record_restart(self, step: int, seconds_by_cause: dict) -> None:
+        """Keep one restart's account (supervise/restart_account.py) with the totals."""
+        self._restarts.append({"step": int(step), **seconds_by_cause})
+
+    @property
+    def restarts(self) -> list[dict]:
+        return list(self._restarts)
+
     # -- reporting ----------------------------------------------------------------------
 
     def summary(self) -> dict:
@@ -147,6 +165,7 @@ class GoodputTracker:
             "badput_s": badput,
             "other_s": max(other, 0.0),
             "step_seconds": [[s, v] for s, v in self._step_seconds.items()],
+            "restarts": list(self._restarts),
             "saved_at_unix": self._wall_clock(),
         }
 
@@ -161,6 +180,7 @@ class GoodputTracker:
             productive = float(state["productive_s"])
             badput = {str(k): float(v) for k, v in state["badput_s"].items()}
             steps = [(int(s), float(v)) for s, v in state.get("step_seconds", [])]
+            restarts = [dict(r) for r in state.get("restarts", [])]
             saved_at = state.get("saved_at_unix")
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             from palm_platform.yaml_safe import one_line, short_repr  # never echo a whole file
@@ -172,6 +192,7 @@ class GoodputTracker:
         if state.get("other_s"):
             self._badput[OTHER] = self._badput.get(OTHER, 0.0) + float(state["other_s"])
         self._step_seconds = OrderedDict(steps)
+        self._restarts = restarts
         gap = 0.0 if saved_at is None else max(self._wall_clock() - float(saved_at), 0.0)
         if gap:
             self._badput[gap_cause] = self._badput.get(gap_cause, 0.0) + gap

@@ -40,6 +40,7 @@ class Supervision:
     ledger: Ledger
     detector: SpikeDetector
     ledger_path: Path
+    rolled_back_s: float = 0.0  # a restart's lost steps that the goodput file had counted
 
     @classmethod
     def new(cls, setup: TrainSetup) -> Supervision:
@@ -72,8 +73,9 @@ def restore_or_init(setup: TrainSetup, supervision: Supervision, attempt: int) -
         setup.sink.event("resume", restored.step)
     if attempt > 0:
         supervision.ledger.record_restart(restored.step, cause=f"worker group restart {attempt}")
-        setup.goodput.rollback(to_step=restored.step)
-        setup.sink.event("restart", restored.step, attempt=attempt, alert=True)
+        # The `restart` record follows at the first finished step, with every second of the
+        # restart by cause (supervise/restart_account.py).
+        supervision.rolled_back_s = setup.goodput.rollback(to_step=restored.step)
     return restored.train_state
 
 
@@ -84,7 +86,8 @@ def _fresh_start(setup: TrainSetup, supervision: Supervision, attempt: int) -> A
     setup.sink.event("start", 0, attempt=attempt, hosts=setup.process_count, pods=setup.pods,
                      devices=setup.mesh.size, cross_pod_bytes_per_step=setup.cross_pod_bytes)
     if job.init_from is None:
-        state = init_train_state(setup.model_cfg, setup.tx, setup.mesh, job.train.seed)
+        state = init_train_state(setup.model_cfg, setup.tx, setup.mesh, job.train.seed,
+                                 setup.shardings)
     else:  # fine-tuning: parameters from another run; a restart resumes from our own
         from palm_platform.train.init_from import load_initial_state
 

@@ -103,9 +103,8 @@ class ElasticHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Saves the tiers due (`checkpoint/tiers.py`: persistent every `checkpoint.every_steps`
-    or at a preemption notice, RAM every `checkpoint.local.every_steps`) and the last step;
-    waits for saves at the end."""
+    """Saves on the tiers' cadence (`checkpoint.every_steps`, `checkpoint.local`) and the
+    last step (a preemption notice's step: supervise/preemption.py); waits at the end."""
 
     needs_state = True
 
@@ -120,11 +119,11 @@ class CheckpointHook(Hook):
 
         due = self.setup.tiers.due(info.step)
         if LOCAL in due:  # first: its device copy is dispatched before the persistent one's
-            self._save_local(info)
+            self.save_local(info)
         if PERSISTENT in due or info.step == self.setup.job.train.steps:
-            self._save_persistent(info)
+            self.save_persistent(info)
 
-    def _save_local(self, info: StepInfo) -> None:
+    def save_local(self, info: StepInfo) -> None:
         """The RAM tier; `blocked_s` is what the loop waited (the on-device copies)."""
         s = self.setup
         start = time.monotonic()
@@ -134,7 +133,7 @@ class CheckpointHook(Hook):
         s.sink.event("checkpoint_saved", info.step, tier="local",
                      blocked_s=round(time.monotonic() - start, 4))
 
-    def _save_persistent(self, info: StepInfo) -> None:
+    def save_persistent(self, info: StepInfo) -> None:
         s = self.setup
         start = time.monotonic()
         with s.goodput.phase("checkpoint"):  # force: the last step may be off the cadence
@@ -185,10 +184,15 @@ class GoodputHook(Hook):
         self.setup, self.supervision = setup, supervision
 
     def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
+        from palm_platform.supervise.restart_account import by_goodput_name
+
         s = self.setup
         goodput = s.goodput.summary()
         s.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
                      **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
+                     # the same seconds under ml-goodput-measurement's names
+                     **{f"by_type_{k}_s": v
+                        for k, v in by_goodput_name(goodput["badput_s"]).items()},
                      **s.cache_counts())
         if s.process_index == 0:
             write_atomic(s.goodput_path, json.dumps(s.goodput.state_dict()))
@@ -248,7 +252,11 @@ def build_hooks(setup: TrainSetup, supervision: Supervision,
     hooks.append(MetricsHook(setup))
     if len(job.train.batch_schedule) > 1:
         hooks.append(PrecompileHook(setup, step_fn))
-    hooks.append(CheckpointHook(setup, supervision))
+    checkpoint = CheckpointHook(setup, supervision)
+    hooks.append(checkpoint)
+    from palm_platform.supervise.preemption import PreemptionHook
+
+    hooks.append(PreemptionHook(setup, checkpoint))  # after the checkpoint hook: completes it
     if job.eval is not None:
         hooks.append(EvalHook(setup))
     hooks.append(GoodputHook(setup, supervision))

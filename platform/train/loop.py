@@ -81,6 +81,11 @@ class Trainer:
         self._last_finished_at = time.monotonic()
         self.final_state: Any = None
         self.hooks = [*build_hooks(self.setup, self.supervision, self.step_fn), *hooks]
+        if attempt > 0:  # a restarted group: its `restart` record, every second by cause
+            from palm_platform.supervise.restart_account import RestartAccountHook
+
+            self.hooks.append(RestartAccountHook(self.setup, self.supervision,
+                                                 self.startup_marks, attempt))
         self.startup_marks["trainer_ready"] = time.time()
 
     def step_fn(self, batch_size: int):

@@ -27,9 +27,17 @@ def _init_params(model_cfg: ModelConfig, rng):
     return PaLM(model_cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
 
 
+def _init_boxed_and_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng):
+    """(the parameters still in their logical-axis boxes, the TrainState): one trace of the
+    model's init serves both the shardings and the state's shapes."""
+    boxed = _init_params(model_cfg, rng)
+    params = nn.meta.unbox(boxed)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return boxed, state
+
+
 def _init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng) -> TrainState:
-    params = nn.meta.unbox(_init_params(model_cfg, rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return _init_boxed_and_state(model_cfg, tx, rng)[1]
 
 
 def _dict_keys(path) -> tuple[str, ...]:
@@ -49,9 +57,10 @@ def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
     parameter with its shape (Adam moments) take that parameter's sharding; the rest (step
     counts, the [1]-shaped placeholders of Adafactor's unused factored slots) are replicated.
     """
-    boxed = jax.eval_shape(lambda rng: _init_params(model_cfg, rng), jax.random.key(0))
+    # One abstract trace of the init (it was two: a second of every (re)start on palm-tiny).
+    boxed, abstract = jax.eval_shape(lambda rng: _init_boxed_and_state(model_cfg, tx, rng),
+                                     jax.random.key(0))
     param_shardings = logical_sharding(mesh, nn.get_partition_spec(boxed))
-    abstract = jax.eval_shape(lambda rng: _init_state(model_cfg, tx, rng), jax.random.key(0))
     whole = NamedSharding(mesh, PartitionSpec())
     # Matched by path rather than with optax.tree_map_params, which cannot follow the masked
     # states of optax.multi_transform (frozen parameter groups): a leaf whose path ends in a
@@ -76,8 +85,10 @@ def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
 
 
 def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                     seed: int) -> TrainState:
-    """Parameters initialised directly into their shards (never whole on one device)."""
-    _, shardings = state_shardings(model_cfg, tx, mesh)
+                     seed: int, shardings: TrainState | None = None) -> TrainState:
+    """Parameters initialised directly into their shards (never whole on one device).
+    `shardings`: `state_shardings(...)[1]` when the caller has it (saves tracing it again)."""
+    if shardings is None:
+        _, shardings = state_shardings(model_cfg, tx, mesh)
     init = jax.jit(lambda rng: _init_state(model_cfg, tx, rng), out_shardings=shardings)
     return init(jax.random.key(seed))

@@ -138,10 +138,12 @@ def kill_times(run_dir: Path) -> list[float]:
 
 
 def first_step_after_restart(records: list[dict], killed_at: float) -> tuple[dict, dict] | None:
-    """(the `restart` record after a kill at `killed_at`, the first step the restarted group
-    completed), or None. Not simply the first step record after the kill: the loop logs step
-    k after dispatching k+1, so the old group's last step can be logged after the kill."""
-    restart = next((r for r in records if r["kind"] == "restart" and r["time"] > killed_at), None)
+    """(the restarted group's `checkpoint_restored` record after a kill at `killed_at`, the
+    first step it completed), or None. Not simply the first step record after the kill: the
+    loop logs step k after dispatching k+1, so the old group's last step can be logged after
+    the kill. (Not the `restart` record: it is written at that first step, with its account.)"""
+    restart = next((r for r in records if r["kind"] == "checkpoint_restored"
+                    and r.get("attempt", 0) > 0 and r["time"] > killed_at), None)
     if restart is None:
         return None
     after = next((r for r in records if r["kind"] == "step" and r["time"] >= restart["time"]), None)
