@@ -480,9 +480,9 @@ class _Walker:
             if inner is None:
                 continue
             counted = self.collective(inner, fused, {}, multiplier)
-            root = fused.root_instruction()
-            if inner.opcode == "all-reduce" and root.opcode == "dynamic-slice" \
-                    and root.operands[0] == inner.name:
+            # The fusion returns only the chip's slices (one per operand when several
+            # gradients are reduced together): smaller than what its all-reduce sums.
+            if inner.opcode == "all-reduce" and shape_bytes(inst.shape) < shape_bytes(inner.shape):
                 counted.kind = "reduce-scatter"
                 counted.bytes_per_chip *= _RING_FACTOR["reduce-scatter"](counted.group_size) / \
                     _RING_FACTOR["all-reduce"](counted.group_size)
