@@ -55,6 +55,7 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
     """
     # Ray (through compat) is imported only here: `palm generate|eval` registers this
     # module's arguments, and a local run or an input error must not pay Ray's import first.
+    from palm_platform.compiler_flags import init_args
     from palm_platform.ray.compat import kv_delete, kv_get
     from palm_platform.ray.launch import connect, launch
     topo = job.topology
@@ -66,7 +67,9 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path) -
                          "run_dir": str(Path(run_dir).resolve()), "result_key": key},
            shape=replace(topo.shape(), min_pods=None), run_name=f"{job.name}-{command}-{int(time.time())}",
            storage_path=str((Path(run_dir) / "ray").resolve()),
-           max_failures=0, jax_init_timeout_s=int(job.faults.init_timeout_s))
+           max_failures=0, jax_init_timeout_s=int(job.faults.init_timeout_s),
+           # the program the run trained with: its compiler flags, on TPU hosts (as palm run)
+           libtpu_init_args=init_args(topo.effective_compiler_flags))
     raw = kv_get(key, KV_NAMESPACE)
     if raw is None:
         return {"error": "the workers finished without a result (see their log lines above)"}
