@@ -27,10 +27,6 @@ class DefaultFlag:
     source: str  # where the value comes from: a config that sets it, or what was measured
 
 
-_MAXTEXT_REDUCE_SCATTER_FUSION = (
-    "MaxText benchmarks/xla_flags_library.py REDUCE_SCATTER_FUSION (\"Enable Reduce Scatter "
-    "(RS) Fusion in certain cases by merging All-reduce (AR) and Dynamic-Slice (DS)\")")
-
 # Per TPU generation (TopologySection.accelerator). A job overrides any of them by name.
 DEFAULTS: dict[str, dict[str, DefaultFlag]] = {
     "tpu-v4": {
@@ -39,15 +35,6 @@ DEFAULTS: dict[str, dict[str, DefaultFlag]] = {
         "xla_enable_async_all_gather": DefaultFlag(
             True, "MaxText MaxText/configs/2xv4-128.sh (and its other v4 configs): "
             'LIBTPU_INIT_ARGS="--xla_enable_async_all_gather=true"'),
-        # Without these two the FSDP weight gradients whose data-sharded dimension is the
-        # minor one (the MLP down-projection's `embed`) are all-reduced over the 256-way `data`
-        # axis and then sliced to the chip's shard; with them the compiler lays the gradient
-        # out with that dimension major and reduce-scatters it (half the bytes). palm540b
-        # with 2 layers: that all-reduce becomes a reduce-scatter (README "Compiler flags").
-        "xla_tpu_use_minor_sharding_for_major_trivial_input": DefaultFlag(
-            True, _MAXTEXT_REDUCE_SCATTER_FUSION),
-        "xla_tpu_relayout_group_size_threshold_for_reduce_scatter": DefaultFlag(
-            1, _MAXTEXT_REDUCE_SCATTER_FUSION),
     },
 }
 
