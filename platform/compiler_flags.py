@@ -41,8 +41,17 @@ DEFAULTS: dict[str, dict[str, DefaultFlag]] = {
 # Tried for palm540b's remaining exposed all-reduce (weight gradients all-reduced over `data`,
 # README "Compiler flags"), each alone over the default, on 540B with 2 layers (libtpu
 # 0.0.52): xla_tpu_enable_all_reduce_scatter_fusion, xla_enable_async_all_reduce,
-# xla_tpu_assign_all_reduce_scatter_layout: the same collectives, still synchronous. Not
-# defaults: a flag earns its place here by a plan that shows it.
+# xla_tpu_assign_all_reduce_scatter_layout: the same collectives, still synchronous. Tried
+# over the default, 2026-12-04 (palm plan with the reduce-scatter fusions counted):
+# - MaxText's REDUCE_SCATTER_FUSION (benchmarks/xla_flags_library.py:
+#   xla_tpu_use_minor_sharding_for_major_trivial_input=true,
+#   xla_tpu_relayout_group_size_threshold_for_reduce_scatter=1): on palm-tiny the down-
+#   projection gradient becomes a reduce-scatter; on 540B with 2 layers every MLP gradient
+#   becomes a whole all-reduce (17.5 -> 24.7 GB per chip, 0.397 -> 0.410 s scheduled). Worse.
+# - the same + LAYOUT_FOR_ALL_REDUCE_SCATTER + DATA_PARALLEL_OVERLAP: the same as above.
+# - xla_enable_async_reduce_scatter_fusion (palm-tiny): reduce-scatters stay synchronous.
+# - xla_tpu_enable_windowed_einsum_for_reduce_scatter (540B, 2 layers): the same program.
+# Not defaults: a flag earns its place here by a plan that shows it.
 
 _NAME = re.compile(r"^xla_[a-z0-9_]+$")
 

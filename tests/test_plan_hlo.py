@@ -137,3 +137,38 @@ def test_a_plan_never_reports_mfu_above_100_percent_and_warns_with_the_numbers()
     assert "0.667x" in mismatch  # compiled / program, with the numbers
     text = report.text()
     assert "WARNING" in text and "paper (measured): MFU 46.2%" in text
+
+
+# How the TPU compiler writes a reduce-scatter (from palm plan --save-hlo of palm540b): a
+# fusion whose all-reduce is sliced to the chip's shard. Trimmed to what the reader uses.
+TPU_REDUCE_SCATTER = """HloModule step, num_partitions=8
+
+%add (a: bf16[], b: bf16[]) -> bf16[] {
+  %a = bf16[] parameter(0)
+  %b = bf16[] parameter(1)
+  ROOT %sum = bf16[] add(%a, %b)
+}
+
+%all-reduce-scatter (input: bf16[64,32]) -> bf16[16,32] {
+  %input = bf16[64,32]{1,0} parameter(0)
+  %all-reduce.1 = bf16[64,32]{1,0} all-reduce(%input), replica_groups=[2,4]<=[8], to_apply=%add
+  %partition-id = u32[] partition-id()
+  %offset = u32[] constant(16)
+  %start = u32[] multiply(%partition-id, %offset)
+  %zero = u32[] constant(0)
+  ROOT %dynamic-slice = bf16[16,32]{1,0} dynamic-slice(%all-reduce.1, %start, %zero)
+}
+
+ENTRY %main (p: bf16[64,32]) -> bf16[16,32] {
+  %p = bf16[64,32]{1,0} parameter(0)
+  ROOT %fusion = bf16[16,32]{1,0} fusion(%p), kind=kCustom, calls=%all-reduce-scatter
+}
+"""
+
+
+def test_a_tpu_reduce_scatter_fusion_is_counted_as_a_synchronous_reduce_scatter():
+    cost = analyze(TPU_REDUCE_SCATTER, PEAK, HBM, pods=2, devices_per_pod=4)
+    shard_in = 64 * 32 * 2  # bytes of the gradient each chip reduces
+    assert summary(cost) == {"ici/reduce-scatter": {"bytes": 3 / 4 * shard_in, "count": 1,
+                                                    "overlapped_bytes": 0.0}}
+    assert cost.hbm_bytes == 0  # timed on the network, not as HBM traffic

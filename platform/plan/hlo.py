@@ -405,7 +405,8 @@ class _Walker:
                 for callee in self._callees(inst):
                     self.walk(callee, multiplier, async_overlapped)
                 continue
-            collective = self.collective(inst, comp, order, multiplier)
+            collective = (self.collective(inst, comp, order, multiplier)
+                          or self.fused_collective(inst, comp, order, multiplier))
             if collective is not None:  # timed on its network, not as HBM traffic
                 if async_overlapped is not None:
                     collective.overlapped = async_overlapped
@@ -465,6 +466,29 @@ class _Walker:
         return Collective(inst.name, kind, "dcn" if crosses else "ici", n,
                           size * _RING_FACTOR[kind](n), multiplier,
                           self._overlapped(comp, inst, done, order))
+
+    def fused_collective(self, inst: Instruction, comp: Computation, order: dict,
+                         multiplier: int) -> Collective | None:
+        """A fusion that runs a collective: on TPU a reduce-scatter is compiled as a fusion
+        whose all-reduce is sliced to the chip's shard ("all-reduce-scatter"). Counted as the
+        reduce-scatter it is; synchronous unless an async wrapper around it says otherwise."""
+        if inst.opcode != "fusion":
+            return None
+        for callee in self._callees(inst):
+            fused = self.computations[callee]
+            inner = next((i for i in fused.instructions if i.opcode in COLLECTIVE_KINDS), None)
+            if inner is None:
+                continue
+            counted = self.collective(inner, fused, {}, multiplier)
+            # The fusion returns only the chip's slices (one per operand when several
+            # gradients are reduced together): smaller than what its all-reduce sums.
+            if inner.opcode == "all-reduce" and shape_bytes(inst.shape) < shape_bytes(inner.shape):
+                counted.kind = "reduce-scatter"
+                counted.bytes_per_chip *= _RING_FACTOR["reduce-scatter"](counted.group_size) / \
+                    _RING_FACTOR["all-reduce"](counted.group_size)
+            counted.name, counted.overlapped = inst.name, False
+            return counted
+        return None
 
     @staticmethod
     def _done(comp: Computation, start: Instruction, opcode: str) -> Instruction | None:
