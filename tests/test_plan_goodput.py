@@ -39,8 +39,10 @@ def test_a_flag_out_of_range_exits_2_with_one_line(tmp_path, flags, named):
 @pytest.mark.usefixtures("libtpu")
 def test_goodput_json_from_the_compiled_step_then_from_the_plan_cache(tmp_path):
     spec = yaml.safe_load((JOBS / "plan-tiny.yaml").read_text())
-    spec["train"]["steps"] = 200_000  # long enough that start-up does not dominate
-    spec["checkpoint"]["every_steps"] = 5_000
+    # palm-tiny's v4 step is microseconds: a job long enough that start-up does not dominate,
+    # saving far too rarely for a failure every 2 hours
+    spec["train"]["steps"] = 10**11
+    spec["checkpoint"]["every_steps"] = 10**7
     job = tmp_path / "plan-tiny.yaml"
     job.write_text(yaml.safe_dump(spec))
     cache = tmp_path / "plans"
@@ -51,8 +53,8 @@ def test_goodput_json_from_the_compiled_step_then_from_the_plan_cache(tmp_path):
     assert out["mtbf_h"] == pytest.approx(2.0)
     assert out["step_s"] > 0 and out["restart_s"] > 0
     [tier] = out["tiers"]  # the job has no RAM tier: persistent only
-    assert tier["name"] == "persistent" and tier["interval_steps"] == 5_000
-    assert 1 <= tier["recommended_interval_steps"] < 5_000  # a failure every 2 h: save more often
+    assert tier["name"] == "persistent" and tier["interval_steps"] == 10**7
+    assert 1 <= tier["recommended_interval_steps"] < 10**7  # a failure every 2 h: save more often
     assert 0 < out["goodput_job"] < out["goodput_recommended"] <= 1
     assert out["lost"]["recomputation"] > out["lost_recommended"]["recomputation"]
     assert 0 < out["goodput_p10"] <= out["goodput_median"] <= 1

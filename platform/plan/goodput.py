@@ -169,6 +169,9 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     for label, e in (("job's", plan.at_job), ("recommended", plan.at_recommended)):
         lost = ", ".join(f"{cause} {_s(e.lost_s_per_day[cause])}" for cause in CAUSES)
         lines.append(f"  lost per day at the {label} intervals: {lost}")
+    if min(plan.at_job.goodput, plan.at_recommended.goodput) == 0:
+        lines.append("  note: failures come faster than the job can progress between them: the "
+                     "first-order model does not hold there (try --simulate)")
     if i.startup_s > s.job_steps * i.step_s:
         lines.append(f"  note: the job's {s.job_steps} steps take less than its start-up; "
                      "goodput is start-up bound")
