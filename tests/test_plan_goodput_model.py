@@ -85,3 +85,20 @@ def test_a_job_without_failures_simulates_to_its_expectation():
     days = simulate(calm, {"persistent": 50}, 5)
     assert all(d == pytest.approx(expected(calm, {"persistent": 50}).goodput, abs=1e-3)
                for d in days)
+
+
+def test_a_finite_run_pays_start_up_saves_and_each_failure_with_its_lost_steps():
+    from palm_platform.plan.goodput_model import predict_run
+
+    # 60 steps of 1 s, saves every 5 steps (0.5 s each), a failure during step 13 restores
+    # step 10 (steps 11 and 12 run again), start-up 20 s, restart 10 s, restore 2 s
+    g = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
+                    restore_s={"persistent": 2.0}, save_s={"persistent": 0.5},
+                    intervals={"persistent": 5}, failures=[(13, "persistent")])
+    assert g == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 2 + 2))
+    # the same failure restoring a RAM tier saved every step loses nothing
+    g2 = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
+                     restore_s={"persistent": 2.0, "local": 1.0},
+                     save_s={"persistent": 0.5, "local": 0.0},
+                     intervals={"persistent": 5, "local": 1}, failures=[(13, "local")])
+    assert g2 == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 1))
