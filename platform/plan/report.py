@@ -79,6 +79,7 @@ class PlanReport:
     warnings: list = dataclasses.field(default_factory=list)
     hardware: dict = dataclasses.field(default_factory=lambda: dict(HARDWARE))
     compiler_flags: dict = dataclasses.field(default_factory=dict)  # what the step compiled with
+    checkpoint_bytes: dict = dataclasses.field(default_factory=dict)  # per host, by tier
 
     def text(self) -> str:
         gib = 2**30
@@ -189,6 +190,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
 
     from palm.flops import train_flops_per_token
     from palm_platform.mesh import batch_sharding, make_mesh
+    from palm_platform.plan.checkpoint_bytes import checkpoint_bytes
     from palm_platform.plan.flops import jaxpr_matmul_flops
     from palm_platform.plan.hlo import HloParseError
     from palm_platform.pod_count import microbatches_at
@@ -217,6 +219,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
     # hosts' exact set-up); otherwise, and for --compare's, they go with this compile.
     in_env = os.environ.get("LIBTPU_INIT_ARGS", "") == init_args(topo.effective_compiler_flags)
     options = compiler_options((extra_flags or {}) if in_env else flags) or None
+    ckpt = checkpoint_bytes(abstract_state, devices)
     start = time.perf_counter()
     n = len(devices)
     formula = float(train_flops_per_token(cfg, job.seq_len)) * batch * job.seq_len
@@ -239,7 +242,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
             predicted_mfu=float("nan"),
             cross_pod_bytes_per_step=cross_pod_bytes_per_step(
                 abstract_state.params, pods, job.mesh.cross_pod_dtype),
-            compile_s=time.perf_counter() - start, compiler_flags=flags,
+            compile_s=time.perf_counter() - start, compiler_flags=flags, checkpoint_bytes=ckpt,
         )
     memory = compiled.memory_analysis()
     compile_s = time.perf_counter() - start
@@ -256,7 +259,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
         predicted_step_s=float("nan"), predicted_mfu=float("nan"),
         cross_pod_bytes_per_step=cross_pod_bytes_per_step(
             abstract_state.params, pods, job.mesh.cross_pod_dtype),
-        compile_s=compile_s, compiler_flags=flags,
+        compile_s=compile_s, compiler_flags=flags, checkpoint_bytes=ckpt,
     )
     program = jaxpr_matmul_flops(jax.make_jaxpr(step)(abstract_state, tokens))
     cost = cost_analysis(compiled)
@@ -338,6 +341,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='compile once more with these libtpu/XLA flags over the job\'s '
                         '(e.g. "--xla_enable_async_all_gather=false") and print both plans side '
                         "by side: step time, MFU, memory, exposed collectives")
+    from palm_platform.plan import goodput
+
+    goodput.add_arguments(parser)
 
 
 def parse_compare_flags(text: str | None) -> dict | None:
@@ -379,8 +385,15 @@ def check_flags_or_raise(job, extra: dict | None = None) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from palm_platform.job import load_job_or_exit
+    from palm_platform.plan import cache, goodput
 
     job = load_job_or_exit(args.job)
+    problem = goodput.check_arguments(args)
+    if problem is None and args.goodput and args.compare is not None:
+        problem = "--goodput and --compare: run them one at a time"
+    if problem is not None:
+        print(f"palm plan: {problem}", file=sys.stderr)
+        return 2
     try:
         extra = parse_compare_flags(args.compare)
         check_flags_or_raise(job, extra)
@@ -389,7 +402,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     # What the TPU hosts get (ray/launch.py), set before libtpu loads in this process.
     os.environ["LIBTPU_INIT_ARGS"] = init_args(job.topology.effective_compiler_flags)
-    cache = None
+    compile_cache = None
     if getattr(args, "warm_cache", False):
         if job.train.compile_cache in (None, "off"):
             print(f"{args.job}: --warm-cache needs train.compile_cache, the cache the TPU hosts "
@@ -397,9 +410,13 @@ def main(args: argparse.Namespace) -> int:
             return 2
         from palm_platform.train.compile_cache import CompileCache
 
-        cache = CompileCache.enable(job.train.compile_cache)
+        compile_cache = CompileCache.enable(job.train.compile_cache)
+    if args.goodput:
+        return goodput.main(args, job, lambda: plan(job, args.microbatches))
     try:
         report = plan(job, args.microbatches, args.save_hlo)
+        cache.store(cache.plan_key(job, job.topology.pods, args.microbatches, None),
+                    asdict(report))
         compared = None if extra is None else plan(job, args.microbatches, extra_flags=extra)
     except FlagsRejected as error:  # a flag the tiny check's program did not exercise
         print(f"{args.job}: the TPU compiler refused the train step with compiler flags "
@@ -428,8 +445,8 @@ def main(args: argparse.Namespace) -> int:
                   f"step needs {over:.2f} GiB more than a chip's HBM. Fix: raise "
                   "topology.min_pods or lower train.microbatch_sequences", file=sys.stderr)
             return 1
-    if cache is not None:
-        counts = cache.counts()
+    if compile_cache is not None:
+        counts = compile_cache.counts()
         print(f"compilation cache {job.train.compile_cache}: {counts['misses']} executables "
               f"written, {counts['hits']} already there", file=sys.stderr)
     if not report.fits:

@@ -1,0 +1,104 @@
+"""The goodput model of `palm plan --goodput`: Young/Daly intervals, the expected goodput's
+accounting, and the simulation agreeing with the expectation (pure arithmetic, fast)."""
+
+import dataclasses
+import math
+
+import pytest
+
+from palm_platform.plan.goodput_model import (
+    DAY_S,
+    Inputs,
+    Tier,
+    expected,
+    percentiles,
+    recommended,
+    simulate,
+)
+
+
+def inputs(**overrides) -> Inputs:
+    persistent = Tier("persistent", save_s=2.0, write_s=30.0, restore_s=60.0, interval_steps=50)
+    base = dict(step_s=10.0, restart_s=120.0, startup_s=600.0, job_steps=100_000,
+                tiers=(persistent,), unexpected_per_s=1 / (8 * 3600), preempt_per_s=0.0,
+                p_ram_lost=0.0, unavailable=0.0)
+    return Inputs(**{**base, **overrides})
+
+
+def test_recommended_interval_is_young_daly_over_the_failures_that_restore_from_the_tier():
+    one = inputs()
+    # sqrt(2 * 2 s * 28,800 s) = 339.4 s = 34 steps of 10 s
+    assert recommended(one) == {"persistent": 34}
+    local = Tier("local", save_s=0.5, write_s=0.5, restore_s=5.0, interval_steps=10)
+    two = inputs(tiers=(one.tiers[0], local), p_ram_lost=0.1)
+    rec = recommended(two)
+    # the RAM tier sees 90% of the failures, the persistent tier the 10% that lose RAM
+    assert rec["local"] == round(math.sqrt(2 * 0.5 * 8 * 3600 / 0.9) / 10)
+    assert rec["persistent"] == round(math.sqrt(2 * 2.0 * 8 * 3600 / 0.1) / 10)
+    # a tier cannot save faster than its background write: 30 s of writes = 3 steps at least
+    slow = inputs(unexpected_per_s=1 / 60.0)
+    assert recommended(slow)["persistent"] == 3
+
+
+def test_no_failures_and_no_saves_leaves_only_start_up_and_unavailability():
+    quiet = inputs(unexpected_per_s=0.0, tiers=(Tier("persistent", 0.0, 0.0, 60.0, 50),),
+                   unavailable=0.001)
+    e = expected(quiet, {"persistent": 50})
+    job_days = 100_000 * 10.0 / DAY_S
+    assert e.lost_s_per_day["start-up"] == pytest.approx(600.0 / job_days)
+    assert e.lost_s_per_day["infrastructure"] == pytest.approx(86.4)
+    assert e.goodput == pytest.approx(1 - (600.0 / job_days + 86.4) / DAY_S)
+    assert e.lost_s_per_day["recomputation"] == e.lost_s_per_day["restarts"] == 0
+
+
+def test_lost_seconds_and_productive_time_add_up_to_the_day():
+    e = expected(inputs(preempt_per_s=4 / DAY_S), {"persistent": 50})
+    assert e.goodput * DAY_S + sum(e.lost_s_per_day.values()) == pytest.approx(DAY_S)
+    # 3 unexpected failures a day, each: restart 120 s, restore 60 s, half of 50 steps again
+    per_step = 10.0 * (1 + 2.0 / 500.0)
+    assert e.lost_s_per_day["recomputation"] == pytest.approx(3 * 25 * per_step)
+    assert e.lost_s_per_day["restarts"] == pytest.approx((3 + 4) * 120.0)
+
+
+def test_the_recommended_intervals_beat_any_other_on_the_model():
+    two = inputs(tiers=(Tier("persistent", 2.0, 30.0, 60.0, 50),
+                        Tier("local", 0.5, 0.5, 5.0, 10)), p_ram_lost=0.05)
+    rec = recommended(two)
+    best = expected(two, rec).goodput
+    for local in (1, 2, 5, 10, 20, 50, 100):
+        for persistent in (10, 50, 200, 1000):
+            assert expected(two, {"local": local, "persistent": persistent}).goodput <= best + 2e-4
+
+
+def test_simulated_days_centre_on_the_expectation_and_show_the_spread():
+    busy = inputs(unexpected_per_s=1 / 3600.0, preempt_per_s=2 / DAY_S)
+    intervals = recommended(busy)
+    days = simulate(busy, intervals, 400, seed=1)
+    p10, med = percentiles(days)
+    assert med == pytest.approx(expected(busy, intervals).goodput, abs=0.01)
+    assert p10 < med  # the average hides bad days
+    assert simulate(busy, intervals, 50, seed=1) == days[:50]  # seeded: reproducible
+
+
+def test_a_job_without_failures_simulates_to_its_expectation():
+    calm = dataclasses.replace(inputs(), unexpected_per_s=0.0)
+    days = simulate(calm, {"persistent": 50}, 5)
+    assert all(d == pytest.approx(expected(calm, {"persistent": 50}).goodput, abs=1e-3)
+               for d in days)
+
+
+def test_a_finite_run_pays_start_up_saves_and_each_failure_with_its_lost_steps():
+    from palm_platform.plan.goodput_model import predict_run
+
+    # 60 steps of 1 s, saves every 5 steps (0.5 s each), a failure during step 13 restores
+    # step 10 (steps 11 and 12 run again), start-up 20 s, restart 10 s, restore 2 s
+    g = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
+                    restore_s={"persistent": 2.0}, save_s={"persistent": 0.5},
+                    intervals={"persistent": 5}, failures=[(13, "persistent")])
+    assert g == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 2 + 2))
+    # the same failure restoring a RAM tier saved every step loses nothing
+    g2 = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
+                     restore_s={"persistent": 2.0, "local": 1.0},
+                     save_s={"persistent": 0.5, "local": 0.0},
+                     intervals={"persistent": 5, "local": 1}, failures=[(13, "local")])
+    assert g2 == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 1))
