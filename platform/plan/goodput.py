@@ -182,17 +182,17 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     return "\n".join(lines)
 
 
-def report_for(job, args, compile_plan) -> tuple[object, str]:
-    """The plan's report from the cache when the same step was compiled before, else compiled
-    now (and cached); with the sentence that says which."""
+def report_for(job, args, compile_plan, from_fields) -> tuple[object, str]:
+    """The plan's report from the cache when the same step was compiled before (rebuilt by
+    `from_fields`, PlanReport), else compiled now (and cached); with the sentence that says
+    which."""
     from palm_platform.plan import cache
-    from palm_platform.plan.report import PlanReport
 
     key = cache.plan_key(job, job.topology.pods, args.microbatches, None)
     fields = cache.load(key)
     if fields is not None:
         try:
-            return PlanReport(**fields), f"the plan cache ({cache.cache_dir() / key}.json)"
+            return from_fields(**fields), f"the plan cache ({cache.cache_dir() / key}.json)"
         except TypeError:  # written by another version of PlanReport: compile again
             pass
     report = compile_plan()
@@ -200,12 +200,12 @@ def report_for(job, args, compile_plan) -> tuple[object, str]:
     return report, f"the step compiled now ({report.compile_s:.0f} s; cached for next time)"
 
 
-def main(args: argparse.Namespace, job, compile_plan) -> int:
+def main(args: argparse.Namespace, job, compile_plan, from_fields) -> int:
     """`palm plan JOB --goodput`: exit 1 when the step does not fit or has no step time."""
     import json
     import sys
 
-    report, step_source = report_for(job, args, compile_plan)
+    report, step_source = report_for(job, args, compile_plan, from_fields)
     if not report.fits or not report.step_time:
         why = "does not fit in a chip's HBM" if not report.fits else "has no step time"
         print(f"{args.job}: the train step {why}; run `palm plan {args.job}` for why",

@@ -412,7 +412,7 @@ def main(args: argparse.Namespace) -> int:
 
         compile_cache = CompileCache.enable(job.train.compile_cache)
     if args.goodput:
-        return goodput.main(args, job, lambda: plan(job, args.microbatches))
+        return goodput.main(args, job, lambda: plan(job, args.microbatches), PlanReport)
     try:
         report = plan(job, args.microbatches, args.save_hlo)
         cache.store(cache.plan_key(job, job.topology.pods, args.microbatches, None),
