@@ -96,7 +96,9 @@ def local_job_blocking(work: Path, steps: int) -> None:
     from palm_platform.metrics.sink import read_records
     from palm_platform.train.loop import Trainer
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())
+    spec = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text()
+    )
     spec["name"] = "ckpt-bench"
     spec["topology"].update(pods=2, hosts_per_pod=1, chips_per_host=4, ici_topology="2x2x1")
     spec["train"].update(steps=steps, batch_schedule=[{"sequences": 16}])
@@ -124,10 +126,15 @@ def local_job_blocking(work: Path, steps: int) -> None:
         trainer.close()
     records = read_records(Path(job.run_dir) / job.name)
     # Mean, not median: the loop reads step k a step late, so single gaps shift between steps.
-    step_s = statistics.mean(r["step_s"] for r in records if r["kind"] == "step" and not r["compiled"])
-    print(f"local job ({steps} steps, palm-tiny, batch 16 x {job.seq_len}, 2 pods on 8 devices, "
-          f"checkpoint every {job.checkpoint.every_steps}): mean step {step_s * 1e3:.0f} ms; "
-          f"{len(blocked)} saves blocked the loop for {', '.join(f'{b * 1e3:.0f}' for b in blocked)} ms")
+    step_s = statistics.mean(
+        r["step_s"] for r in records if r["kind"] == "step" and not r["compiled"]
+    )
+    print(
+        f"local job ({steps} steps, palm-tiny, batch 16 x {job.seq_len}, 2 pods on 8 devices, "
+        f"checkpoint every {job.checkpoint.every_steps}): mean step {step_s * 1e3:.0f} ms; "
+        f"{len(blocked)} saves blocked the loop for "
+        f"{', '.join(f'{b * 1e3:.0f}' for b in blocked)} ms"
+    )
     print(f"local job: checkpoint blocking as a fraction of one step: "
           f"{statistics.median(blocked) / step_s:.3f} (median save)")
 

@@ -4,19 +4,18 @@
 
 (a) One job (palm-tiny, seq 128, 8 sequences/step, 1 pod x 1 host x 4 chips, topology 2x2x1):
 `palm run --direct` (Trainer in the CLI process, no Ray) once before any cluster exists, then
-`--rounds` times `palm run --direct` and `palm run` on a `palm cluster up --pods 1
---hosts-per-pod 1 --chips-per-host 4` cluster, alternately, with the cluster up for both.
-Steady-state steps/s counts only records with "compiled": false, as 1 / the mean gap between
-consecutive step records (the whole loop: data, step, metrics, async checkpoint) and as 1 /
-mean step_s (the jitted step alone). The median of the rounds' palm run / direct ratios is the
-cost of running under Ray Train; direct with the cluster up / without is what the idle Ray
-daemons (GCS, raylet, dashboard, log monitor) take from a 2-core machine, which TPU hosts
-(hundreds of cores) do not feel.
-(b) On a 1 pod x 2 hosts x 2 chips cluster, a fresh `palm run`; once step `--kill-after` is
-in the metrics file, one RayTrainWorker is SIGKILLed by PID. Printed: cold start (launch ->
-first step record) and recovery (kill -> first step record after it), and their ratio.
-Every cluster is torn down (`cluster.down`, tests/support/local_cluster.running_cluster) on exit. Takes ~3-4 minutes
-on 2 shared cores (two cluster start-ups of ~15 s each).
+`--rounds` times `palm run --direct` and `palm run` on a `palm cluster up --pods 1 --hosts-per-pod 1
+--chips-per-host 4` cluster, alternately, with the cluster up for both. Steady-state steps/s counts
+only records with "compiled": false, as 1 / the mean gap between consecutive step records (the whole
+loop: data, step, metrics, async checkpoint) and as 1 / mean step_s (the jitted step alone). The
+median of the rounds' palm run / direct ratios is the cost of running under Ray Train; direct with
+the cluster up / without is what the idle Ray daemons (GCS, raylet, dashboard, log monitor) take
+from a 2-core machine, which TPU hosts (hundreds of cores) do not feel. (b) On a 1 pod x 2 hosts x 2
+chips cluster, a fresh `palm run`; once step `--kill-after` is in the metrics file, one
+RayTrainWorker is SIGKILLed by PID. Printed: cold start (launch -> first step record) and recovery
+(kill -> first step record after it), and their ratio. Every cluster is torn down (`cluster.down`,
+tests/support/local_cluster.running_cluster) on exit. Takes ~3-4 minutes on 2 shared cores (two
+cluster start-ups of ~15 s each).
 """
 
 from __future__ import annotations
@@ -66,7 +65,9 @@ def steps_of(folder: Path, name: str) -> list[dict]:
 
 def steady_rates(steps: list[dict]) -> tuple[float, float, int]:
     """(loop steps/s, step-only steps/s, steps counted) over non-compile steps."""
-    gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if not b["compiled"]]
+    gaps = [
+        b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if not b["compiled"]
+    ]
     step_s = [r["step_s"] for r in steps if not r["compiled"]]
     return len(gaps) / sum(gaps), len(step_s) / sum(step_s), len(step_s)
 
@@ -113,7 +114,10 @@ def kill_and_recover(root: Path, steps: int, kill_after: int) -> tuple[float, fl
     for r in records:
         if r["kind"] in ("startup", "compiled"):
             spans = {k: v for k, v in r.items() if k not in ("kind", "time", "step")}
-            print(f"  {r['kind']} at step {r['step']} ({r['time'] - killed:+.1f} s from the kill): {spans}")
+            print(
+                f"  {r['kind']} at step {r['step']} ({r['time'] - killed:+.1f} s from the kill): "
+                f"{spans}"
+            )
     return first["time"] - launched, after["time"] - killed
 
 
@@ -150,14 +154,19 @@ def main() -> None:
             loop_ratios.append(on_ray[0] / direct[0])
             step_ratios.append(on_ray[1] / direct[1])
             direct_loops.append(direct[0])
-    print(f"  ratio palm run / direct (median of {args.rounds} rounds, cluster up for both): "
-          f"loop {statistics.median(loop_ratios):.3f} (rounds "
-          f"{', '.join(f'{r:.3f}' for r in loop_ratios)})   step alone {statistics.median(step_ratios):.3f}")
+    print(
+        f"  ratio palm run / direct (median of {args.rounds} rounds, cluster up for both): "
+        f"loop {statistics.median(loop_ratios):.3f} (rounds "
+        f"{', '.join(f'{r:.3f}' for r in loop_ratios)})   step alone "
+        f"{statistics.median(step_ratios):.3f}"
+    )
     print(f"  ratio direct with the idle cluster up / without: "
           f"{statistics.median(direct_loops) / alone[0]:.3f}")
 
     print(f"(b) 1 pod x 2 hosts x 2 chips: kill one RayTrainWorker after step {args.kill_after}")
-    cold_s, recover_s = kill_and_recover(root, max(args.steps // 2, args.kill_after + 6), args.kill_after)
+    cold_s, recover_s = kill_and_recover(
+        root, max(args.steps // 2, args.kill_after + 6), args.kill_after
+    )
     print(f"  cold start (palm run launch -> first step)  {cold_s:7.1f} s")
     print(f"  recovery (kill -> next completed step)       {recover_s:7.1f} s")
     print(f"  ratio recovery / cold start: {recover_s / cold_s:.3f}")

@@ -23,7 +23,10 @@ class HostLost(Exception):
 def test_later_batch_sizes_are_the_phases_still_ahead():
     phases = [BatchPhase(sequences=8, until_step=4), BatchPhase(sequences=16, until_step=9),
               BatchPhase(sequences=8)]
-    at = lambda step: next(p.sequences for p in phases if p.until_step is None or step < p.until_step)  # noqa: E731
+
+    def at(step: int) -> int:
+        return next(p.sequences for p in phases if p.until_step is None or step < p.until_step)
+
     assert later_batch_sizes(at, [4, 9], first_step=0, last_step=20) == [16]
     assert later_batch_sizes(at, [4, 9], first_step=5, last_step=20) == [8]
     assert later_batch_sizes(at, [4, 9], first_step=0, last_step=4) == []  # the run ends first
@@ -75,9 +78,11 @@ import jax.numpy as jnp
 import numpy as np
 from palm_platform.train.compile_cache import CompileCache
 
-port, pid, cache_dir, every_process_writes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+port, pid, cache_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+every_process_writes = sys.argv[4] == "1"
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid, initialization_timeout=60)
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                           initialization_timeout=60)
 if every_process_writes:
     from palm_platform.ray.compat import cache_writes_from_every_process_on_cpu
     cache_writes_from_every_process_on_cpu()
@@ -99,11 +104,24 @@ def _two_processes(cache_dir: Path, every_process_writes: bool) -> list[tuple[in
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-c", CACHE_WORKER, str(port), str(pid), str(cache_dir),
-                               "1" if every_process_writes else "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
-             for pid in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CACHE_WORKER,
+                str(port),
+                str(pid),
+                str(cache_dir),
+                "1" if every_process_writes else "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
+        for pid in (0, 1)
+    ]
     counts = []
     for proc in procs:
         out, _ = proc.communicate(timeout=120)

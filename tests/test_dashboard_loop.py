@@ -37,10 +37,14 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wandb-loop")
     shutil.copy(JOB, folder / "job.yaml")
     job = load_job(folder / "job.yaml")
-    job = job.model_copy(update={
-        "faults": job.faults.model_copy(update={"inject": [FaultInjection(**POISON)]}),
-        "metrics": job.metrics.model_copy(update={"wandb_mode": "offline", "check_pods_identical": False}),
-    })
+    job = job.model_copy(
+        update={
+            "faults": job.faults.model_copy(update={"inject": [FaultInjection(**POISON)]}),
+            "metrics": job.metrics.model_copy(
+                update={"wandb_mode": "offline", "check_pods_identical": False}
+            ),
+        }
+    )
     with pytest.MonkeyPatch.context() as env:
         wandb_env(env)
         for attempt, on_step in ((0, crash_at(CRASH_AT)), (1, None)):
@@ -71,7 +75,9 @@ def test_loop_logs_every_trained_step_to_wandb(trained):
 def test_loop_alerts_once_per_spike_rollback_and_restart(trained):
     _, records, runs = trained
     kinds = [alert["title"].split()[0] for run in runs for alert in run.alerts]
-    assert sorted(kinds) == sorted(r["kind"] for r in records if r["kind"] in ("spike", "rollback", "restart"))
+    assert sorted(kinds) == sorted(
+        r["kind"] for r in records if r["kind"] in ("spike", "rollback", "restart")
+    )
 
 
 @pytest.mark.slow

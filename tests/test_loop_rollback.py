@@ -43,7 +43,10 @@ def rolled_back(tmp_path_factory):
     def spy_save(step, state, data_state, ledger, **kwargs):
         done = save(step, state, data_state, ledger, **kwargs)
         if done:
-            saved[step] = (jax.tree.map(np.asarray, state.params), json.loads(json.dumps(data_state)))
+            saved[step] = (
+                jax.tree.map(np.asarray, state.params),
+                json.loads(json.dumps(data_state)),
+            )
         return done
 
     def spy_roll_back(spike, data_state, batch_size):

@@ -124,7 +124,10 @@ def test_launch_asking_for_more_pods_than_the_cluster_has_fails_with_what_is_mis
 ):
     with pytest.raises(InfeasibleTopologyError) as err:
         launch.launch(
-            distributed_probe, {}, **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")), address=state.gcs_address
+            distributed_probe,
+            {},
+            **launch_kwargs(tmp_path, SliceShape(3, 2, 4, "2x2x2")),
+            address=state.gcs_address,
         )
     message = str(err.value)
     assert "needs 3 pods x 2 hosts x 4 chips of TPU-V4 topology 2x2x2" in message

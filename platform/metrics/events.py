@@ -22,30 +22,44 @@ def describe_event(r: dict) -> str:
     if kind == "stop":
         return at + f"stopped: {r.get('reason')}"
     if kind == "resize":
-        return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
+        return (
+            at
+            + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
+        )
     if kind == "restart":
         return at + f"worker group restarted (attempt {r.get('attempt')}), resumed from this step"
     if kind == "compiled":
         cache = ""
         if "cache_hits" in r:
             cache = f"; compilation cache: {r['cache_hits']} hits, {r['cache_misses']} misses"
-        return at + f"compiled the step for batch {r.get('batch_size')} in {_num(r.get('seconds'))} s{cache}"
+        seconds = _num(r.get("seconds"))
+        return at + f"compiled the step for batch {r.get('batch_size')} in {seconds} s{cache}"
     if kind == "goodput":
-        causes = sorted(((k[len("badput_"):-2], v) for k, v in r.items()
-                         if k.startswith("badput_") and k.endswith("_s") and v), key=lambda kv: -kv[1])
+        causes = sorted(
+            (
+                (k[len("badput_") : -2], v)
+                for k, v in r.items()
+                if k.startswith("badput_") and k.endswith("_s") and v
+            ),
+            key=lambda kv: -kv[1],
+        )
         badput = "; badput " + ", ".join(f"{k} {v:.1f} s" for k, v in causes) if causes else ""
         cache = (f"; compilation cache {r['cache_hits']} hits, {r['cache_misses']} misses"
                  if "cache_hits" in r else "")
-        return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
-                     f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
+        return at + (
+            f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
+            f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}"
+        )
     if kind == "data_quality":
         from palm_platform.data.quality import describe
 
         return at + describe(r)
     if kind == "start":
         where = f"{r.get('hosts')} host(s), {r.get('pods')} pod(s), {r.get('devices')} devices"
-        exchange = (f"; the cross-pod gradient exchange moves {format_bytes(r['cross_pod_bytes_per_step'])} "
-                    "per step" if r.get("cross_pod_bytes_per_step") else "")
+        exchange = ""
+        if r.get("cross_pod_bytes_per_step"):
+            moved = format_bytes(r["cross_pod_bytes_per_step"])
+            exchange = f"; the cross-pod gradient exchange moves {moved} per step"
         return at + f"launched (attempt {r.get('attempt')}) on {where}{exchange}"
     if kind == "checkpoint_restored":
         return at + f"restored the checkpoint (attempt {r.get('attempt')})"
@@ -87,5 +101,7 @@ def eval_text(record: dict) -> str:
         if key.startswith("eval/"):
             _, source, metric = key.split("/", 2)
             per_source.setdefault(source, {})[metric] = value
-    return ", ".join(f"{source} loss {m.get('loss', float('nan')):.3f} bpb {m.get('bpb', float('nan')):.3f}"
-                     for source, m in per_source.items())
+    return ", ".join(
+        f"{source} loss {m.get('loss', float('nan')):.3f} bpb {m.get('bpb', float('nan')):.3f}"
+        for source, m in per_source.items()
+    )

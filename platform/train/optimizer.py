@@ -17,7 +17,10 @@ from palm_platform.train.config import OptimizerConfig
 
 
 def palm_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    """peak for `constant_steps`, then peak * sqrt(constant_steps / k): PaLM's 1/sqrt(max(k, 10^4))."""
+    """peak for `constant_steps`, then peak * sqrt(constant_steps / k).
+
+    PaLM's 1/sqrt(max(k, 10^4)).
+    """
 
     def schedule(count):
         k = jnp.maximum(count + 1, cfg.constant_steps).astype(jnp.float32)  # k counts from 1
@@ -34,7 +37,9 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     elif cfg.schedule == "constant":
         main = optax.constant_schedule(cfg.peak_learning_rate)
     else:
-        main = optax.linear_schedule(cfg.peak_learning_rate, cfg.final_learning_rate, cfg.decay_steps)
+        main = optax.linear_schedule(
+            cfg.peak_learning_rate, cfg.final_learning_rate, cfg.decay_steps
+        )
     if cfg.warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, cfg.peak_learning_rate, cfg.warmup_steps)
