@@ -137,7 +137,11 @@ def shrink_and_grow(job_file: Path, work: Path, *, steps: int, warm_steps: int,
     full = [r for r in steps_seen if r["time"] < lost_at and r.get("pods") == 2]
     degraded = [r for r in steps_seen if r.get("pods") == 1]
     after = [r for r in steps_seen if r["time"] > regrown["time"] and r.get("pods") == 2]
-    ledger = json.loads((run_dir / "ledger.json").read_text()) if (run_dir / "ledger.json").exists() else {}
+    ledger = (
+        json.loads((run_dir / "ledger.json").read_text())
+        if (run_dir / "ledger.json").exists()
+        else {}
+    )
     return {
         "exit_code": proc.returncode,
         "quick_cycles": cycles,

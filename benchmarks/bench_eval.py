@@ -1,6 +1,7 @@
 """Generation and evaluation speed of `palm-100m` on this CPU, one device.
 
-    JAX_PLATFORMS=cpu python benchmarks/bench_eval.py [--prompt 32] [--new 32] [--batch 2] [--seq 256]
+    JAX_PLATFORMS=cpu python benchmarks/bench_eval.py [--prompt 32] [--new 32] [--batch 2] \
+        [--seq 256]
 
 Measures, in one run (random parameters: speed does not depend on training):
 - decode tokens/s with the multi-query KV cache (`palm.decode.generate`) vs without it
@@ -52,7 +53,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     cfg = PRESETS["palm-100m"]
-    params = nn.meta.unbox(PaLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    params = nn.meta.unbox(
+        PaLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    )
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"palm-100m: {n_params / 1e6:.0f}M parameters, compute {cfg.compute_dtype}, "
           f"{jax.devices()[0].platform} x1")
@@ -63,19 +66,25 @@ def main() -> None:
     uncached_s = best_seconds(lambda: generate_uncached(params, prompt, jax.random.key(0), **kw),
                               args.rounds)
     new_tokens = args.batch * args.new
-    print(f"decode {args.batch} x ({args.prompt} prompt + {args.new} new): KV cache "
-          f"{new_tokens / cached_s:.0f} tokens/s, recomputing the prefix {new_tokens / uncached_s:.0f} "
-          f"tokens/s -> cache {uncached_s / cached_s:.1f}x faster")
+    print(
+        f"decode {args.batch} x ({args.prompt} prompt + {args.new} new): KV cache "
+        f"{new_tokens / cached_s:.0f} tokens/s, recomputing the prefix "
+        f"{new_tokens / uncached_s:.0f} tokens/s -> cache {uncached_s / cached_s:.1f}x faster"
+    )
 
     for name in ("palm-100m", "palm-8b", "palm-62b", "palm-540b"):
         c = PRESETS[name]
         mqa = kv_cache_bytes(c, 1, 1)
         mha = mqa * c.num_heads
-        print(f"KV cache per token {name}: multi-query {mqa / 1024:.1f} KiB, multi-head of the same "
-              f"width {mha / 1024:.1f} KiB ({c.num_heads}x); 2048-token context "
-              f"{2048 * mqa / 2**20:.0f} MiB vs {2048 * mha / 2**20:.0f} MiB")
+        print(
+            f"KV cache per token {name}: multi-query {mqa / 1024:.1f} KiB, multi-head of the same "
+            f"width {mha / 1024:.1f} KiB ({c.num_heads}x); 2048-token context "
+            f"{2048 * mqa / 2**20:.0f} MiB vs {2048 * mha / 2**20:.0f} MiB"
+        )
 
-    tokens_BxL1 = jax.random.randint(jax.random.key(2), (args.batch, args.seq + 1), 3, cfg.vocab_size)
+    tokens_BxL1 = jax.random.randint(
+        jax.random.key(2), (args.batch, args.seq + 1), 3, cfg.vocab_size
+    )
     mask_BxL = jnp.ones((args.batch, args.seq), jnp.float32)
     score = make_score_step(cfg)
     model = PaLM(cfg)
@@ -89,8 +98,11 @@ def main() -> None:
     score_s = best_seconds(lambda: score(params, tokens_BxL1, mask_BxL), args.rounds)
     forward_s = best_seconds(lambda: train_forward(params, tokens_BxL1), args.rounds)
     tokens = args.batch * args.seq
-    print(f"eval loglikelihood {tokens / score_s:.0f} tokens/s vs train forward {tokens / forward_s:.0f} "
-          f"tokens/s on [{args.batch}, {args.seq}] -> ratio {forward_s / score_s:.2f}")
+    print(
+        f"eval loglikelihood {tokens / score_s:.0f} tokens/s vs train forward "
+        f"{tokens / forward_s:.0f} tokens/s on [{args.batch}, {args.seq}] -> ratio "
+        f"{forward_s / score_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def _state(megabytes: float) -> dict:
         sharding = NamedSharding(mesh, PartitionSpec(("pod", "data"), "model"))
         tree[name] = jax.device_put(value, sharding)
     for i in range(8):
-        tree[f"norm_{i}"] = jax.device_put(np.ones(1024, np.float32), NamedSharding(mesh, PartitionSpec()))
+        tree[f"norm_{i}"] = jax.device_put(
+            np.ones(1024, np.float32), NamedSharding(mesh, PartitionSpec())
+        )
     tree["step"] = jax.numpy.int32(0)
     return tree
 

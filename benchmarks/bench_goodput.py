@@ -3,16 +3,15 @@
     python benchmarks/bench_goodput.py [--steps 50] [--kill-step 25] [--poison-step 45] [--dir DIR]
                                        [--runs 2]
 
-Runs a copy of jobs/local-cpu.yaml with absolute run/checkpoint paths, W&B off, `--steps`
-steps, and exactly two injected faults: kill_host (host 1) at `--kill-step` (after the
-step-20 checkpoint, so Ray Train restarts the worker group from it) and poison_batches (2
-batches) at `--poison-step` (late enough that the spike detector has its min_history of
-good losses). It brings up `palm cluster up --pods 2 --hosts-per-pod 2 --chips-per-host 4`
-in the work folder and tears it down in a finally. Prints the goodput event (wall,
-productive, goodput, badput by cause), the restart/spike/rollback counts, the recovery time
-(SIGKILL of host 1 -> the next completed step, and its ratio to the cold start: launch -> first
-step of the same run), and the ledger's trace of the handled spike; fails loudly if the spike was not detected. Takes ~6-8 minutes
-on 2 shared cores.
+Runs a copy of jobs/local-cpu.yaml with absolute run/checkpoint paths, W&B off, `--steps` steps, and
+exactly two injected faults: kill_host (host 1) at `--kill-step` (after the step-20 checkpoint, so
+Ray Train restarts the worker group from it) and poison_batches (2 batches) at `--poison-step` (late
+enough that the spike detector has its min_history of good losses). It brings up `palm cluster up
+--pods 2 --hosts-per-pod 2 --chips-per-host 4` in the work folder and tears it down in a finally.
+Prints the goodput event (wall, productive, goodput, badput by cause), the restart/spike/rollback
+counts, the recovery time (SIGKILL of host 1 -> the next completed step, and its ratio to the cold
+start: launch -> first step of the same run), and the ledger's trace of the handled spike; fails
+loudly if the spike was not detected. Takes ~6-8 minutes on 2 shared cores.
 
 `--runs 2` runs the same job again on the same cluster, with fresh run and checkpoint
 folders but the first run's compilation cache (`train.compile_cache`): the first run is
@@ -75,7 +74,9 @@ def kill_to_next_step(run_dir: Path, records: list[dict]) -> tuple[float, int, i
 
 def report(run_dir: Path, poison_step: int, kill_step: int, launched: float) -> int:
     records = read_records(run_dir)
-    count = {k: sum(r["kind"] == k for r in records) for k in ("restart", "spike", "rollback", "skip")}
+    count = {
+        k: sum(r["kind"] == k for r in records) for k in ("restart", "spike", "rollback", "skip")
+    }
     goodput = [r for r in records if r["kind"] == "goodput"][-1]
     print(f"goodput {goodput['goodput']:.3f}  (productive {goodput['productive_s']:.1f} s of "
           f"wall {goodput['wall_s']:.1f} s)")
@@ -90,9 +91,11 @@ def report(run_dir: Path, poison_step: int, kill_step: int, launched: float) -> 
     if recovery is not None:
         seconds, resumed_step, restored = recovery
         cold = next(r["time"] for r in records if r["kind"] == "step") - launched
-        print(f"recovery: host 1 SIGKILLed -> next completed step {resumed_step} in {seconds:.1f} s "
-              f"(restored checkpoint step {restored}); cold start (launch -> first step) "
-              f"{cold:.1f} s; ratio {seconds / cold:.2f}")
+        print(
+            f"recovery: host 1 SIGKILLed -> next completed step {resumed_step} in {seconds:.1f} s "
+            f"(restored checkpoint step {restored}); cold start (launch -> first step) "
+            f"{cold:.1f} s; ratio {seconds / cold:.2f}"
+        )
     for r in records:  # the run's trace, as `palm status` and the log render it
         if r["kind"] in ("restart", "spike", "rollback", "skip", "stop", "startup", "compiled"):
             print(f"  {describe_event(r)}")

@@ -31,14 +31,21 @@ def main() -> None:
             path = Path(tmp) / f"{name}.yaml"
             path.write_bytes(text if isinstance(text, bytes) else text.encode())
             start = time.monotonic()
-            proc = subprocess.Popen([args.palm, "run", str(path)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+            proc = subprocess.Popen(
+                [args.palm, "run", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
+            )
             stderr = proc.stderr.read().decode(errors="replace")
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.monotonic() - start
             first = (stderr.strip().splitlines() or [""])[-1].strip()
-            print(f"{name:<22} {os.waitstatus_to_exitcode(status):>4} {wall:>7.2f} "
-                  f"{usage.ru_utime + usage.ru_stime:>6.2f} {usage.ru_maxrss / 1024:>5.0f}  {first[:110]}")
+            print(
+                f"{name:<22} {os.waitstatus_to_exitcode(status):>4} {wall:>7.2f} "
+                f"{usage.ru_utime + usage.ru_stime:>6.2f} {usage.ru_maxrss / 1024:>5.0f}  "
+                f"{first[:110]}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def _path_without_uv() -> str:
 
 
 def _env(caches: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")
+    }
     env.update(PATH=_path_without_uv(), UV_CACHE_DIR=str(caches / "uv"),
                PIP_CACHE_DIR=str(caches / "pip"))
     return env
@@ -97,15 +99,19 @@ def bench(repo: Path, work: Path) -> dict[str, float]:
 
     pip_clone, pip_caches = _clone(repo, work / "pip"), work / "caches-pip"
     python = os.environ.get("PYTHON", "python3")
-    script = (f"{python} -m venv .venv && .venv/bin/python -m pip install --quiet --upgrade pip && "
-              f".venv/bin/python -m pip install --quiet -c {constraints} -e '.[{','.join(EXTRAS)}]'")
+    script = (
+        f"{python} -m venv .venv && .venv/bin/python -m pip install --quiet --upgrade pip && "
+        f".venv/bin/python -m pip install --quiet -c {constraints} -e '.[{','.join(EXTRAS)}]'"
+    )
     figures["pip_cold_s"], err = _timed(script, pip_clone, _env(pip_caches))
     figures["pip_cold_warnings"] = _warnings(err)
     figures["pip_imports"] = _imports(pip_clone)
 
     # A new clone on a machine whose uv cache is filled (a second checkout, CI on a kept machine).
     warm_clone = _clone(repo, work / "uv-warm-cache")
-    figures["uv_warm_cache_s"], _ = _timed(["bash", "scripts/setup.sh"], warm_clone, _env(uv_caches))
+    figures["uv_warm_cache_s"], _ = _timed(
+        ["bash", "scripts/setup.sh"], warm_clone, _env(uv_caches)
+    )
     return figures
 
 
@@ -126,11 +132,15 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"set-up from a fresh clone of {head}, empty caches, measured "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"  pip (constraints from uv.lock)  cold {f['pip_cold_s']:6.1f} s  "
-          f"warnings {f['pip_cold_warnings']:.0f}  imports {'ok' if f['pip_imports'] else 'FAILED'}")
+    print(
+        f"  pip (constraints from uv.lock)  cold {f['pip_cold_s']:6.1f} s  "
+        f"warnings {f['pip_cold_warnings']:.0f}  imports {'ok' if f['pip_imports'] else 'FAILED'}"
+    )
     print(f"  uv sync --frozen (setup.sh)     cold {f['uv_cold_s']:6.1f} s  "
           f"warnings {f['uv_cold_warnings']:.0f}  imports {'ok' if f['uv_imports'] else 'FAILED'}")
-    print(f"  ratio uv/pip cold: {f['uv_cold_s'] / f['pip_cold_s']:.2f}  (goal <= 0.50, uv <= 30 s)")
+    print(
+        f"  ratio uv/pip cold: {f['uv_cold_s'] / f['pip_cold_s']:.2f}  (goal <= 0.50, uv <= 30 s)"
+    )
     print(f"  setup.sh again, nothing changed: {f['uv_rerun_s']:.2f} s  (goal <= 2 s)")
     print(f"  setup.sh in a new clone, uv cache filled: {f['uv_warm_cache_s']:.1f} s")
     return 0 if f["uv_imports"] and f["pip_imports"] else 1

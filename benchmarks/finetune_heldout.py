@@ -36,13 +36,19 @@ def newest_params(directory: Path):
 
     step = max(i.step for i in list_checkpoints(directory) if i.complete)
     abstract = single_device_abstract_state(directory / str(step))
-    restored = ocp.PyTreeCheckpointer().restore(directory / str(step) / STATE, args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
+    restored = ocp.PyTreeCheckpointer().restore(
+        directory / str(step) / STATE,
+        args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
+        ),
+    )
     return step, restored["params"]
 
 
 def held_out_rows(paths, tokenizer, seq_len: int, rows: int) -> np.ndarray:
-    ids = np.concatenate([np.asarray(tokenizer.encode(p.read_text()) + [1], np.int32) for p in paths])
+    ids = np.concatenate(
+        [np.asarray(tokenizer.encode(p.read_text()) + [1], np.int32) for p in paths]
+    )
     usable = min(rows, len(ids) // (seq_len + 1))
     return ids[: usable * (seq_len + 1)].reshape(usable, seq_len + 1)
 
@@ -72,7 +78,10 @@ def main() -> None:
     tokenizer = load_tokenizer(job.data.tokenizer)
     source_step, source = newest_params(Path(args.source or job.init_from.checkpoint))
     tuned_step, tuned = newest_params(Path(args.finetuned or job.checkpoint.directory))
-    print(f"source step {source_step} -> fine-tuned step {tuned_step} ({job.name}), seq_len {job.seq_len}")
+    print(
+        f"source step {source_step} -> fine-tuned step {tuned_step} ({job.name}), seq_len "
+        f"{job.seq_len}"
+    )
     for kind, paths in HELD_OUT.items():
         rows = held_out_rows(paths, tokenizer, job.seq_len, args.rows)
         before, after = mean_loss(model_cfg, source, rows), mean_loss(model_cfg, tuned, rows)

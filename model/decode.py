@@ -55,7 +55,11 @@ def generate(params, prompt_BxP, rng, *, config: ModelConfig, max_new_tokens: in
     model = PaLM(config)
     B, P = prompt_BxP.shape
     total = P + max_new_tokens
-    lengths_B = jnp.full((B,), P, jnp.int32) if prompt_lengths_B is None else jnp.asarray(prompt_lengths_B, jnp.int32)
+    lengths_B = (
+        jnp.full((B,), P, jnp.int32)
+        if prompt_lengths_B is None
+        else jnp.asarray(prompt_lengths_B, jnp.int32)
+    )
     rows_B = jnp.arange(B)
     cache = init_cache(config, B, total)
     positions_BxP = jnp.broadcast_to(jnp.arange(P), (B, P))
@@ -74,7 +78,12 @@ def generate(params, prompt_BxP, rng, *, config: ModelConfig, max_new_tokens: in
         logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, position_B[:, None], cache)
         next_B = _pick(logits_Bx1xV[:, 0], rngs[i], temperature, top_k, top_p)
         next_B = jnp.where(done_B, fill, next_B)
-        return i + 1, tokens_BxT.at[rows_B, position_B + 1].set(next_B), cache, done_B | (next_B == eos_id)
+        return (
+            i + 1,
+            tokens_BxT.at[rows_B, position_B + 1].set(next_B),
+            cache,
+            done_B | (next_B == eos_id),
+        )
 
     def more(carry):
         i, _, _, done_B = carry

@@ -15,7 +15,9 @@ from palm.config import ModelConfig
 
 # PaLM: kernels ~ N(0, 1/fan_in) ("1/sqrt(n_in)" standard deviation), a plain normal.
 def fan_in_init(in_axis, out_axis):
-    return nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis
+    )
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
@@ -78,7 +80,10 @@ class MultiQueryAttention(nn.Module):
             "key", nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "kv")), (D, Q), pdtype
         )
         wv_DxQ = self.param(
-            "value", nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "kv")), (D, Q), pdtype
+            "value",
+            nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "kv")),
+            (D, Q),
+            pdtype,
         )
         wo_HxQxD = self.param(
             "out", nn.with_logical_partitioning(fan_in_init((0, 1), 2), ("heads", "kv", "embed")),
@@ -99,7 +104,9 @@ class MultiQueryAttention(nn.Module):
             cache_k, cache_v = cache
             # Each row writes at its own first position: rows of a batch may stand at
             # different positions (prompts of different lengths decoding together).
-            write = jax.vmap(lambda c_TxQ, x_LxQ, start: jax.lax.dynamic_update_slice(c_TxQ, x_LxQ, (start, 0)))
+            write = jax.vmap(
+                lambda c_TxQ, x_LxQ, start: jax.lax.dynamic_update_slice(c_TxQ, x_LxQ, (start, 0))
+            )
             k_BxTxQ = write(cache_k, k_BxLxQ.astype(cache_k.dtype), positions_BxL[:, 0])
             v_BxTxQ = write(cache_v, v_BxLxQ.astype(cache_v.dtype), positions_BxL[:, 0])
             new_cache = (k_BxTxQ, v_BxTxQ)
@@ -127,13 +134,19 @@ class SwiGLU(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
         D, F = cfg.d_model, cfg.d_ff
         w_gate_DxF = self.param(
-            "gate", nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "mlp")), (D, F), pdtype
+            "gate",
+            nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "mlp")),
+            (D, F),
+            pdtype,
         )
         w_up_DxF = self.param(
             "up", nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "mlp")), (D, F), pdtype
         )
         w_down_FxD = self.param(
-            "down", nn.with_logical_partitioning(fan_in_init(0, 1), ("mlp", "embed")), (F, D), pdtype
+            "down",
+            nn.with_logical_partitioning(fan_in_init(0, 1), ("mlp", "embed")),
+            (F, D),
+            pdtype,
         )
         x = x_BxLxD.astype(dtype)
         gate_BxLxF = jnp.einsum("bld,df->blf", x, w_gate_DxF.astype(dtype))

@@ -70,9 +70,13 @@ class PaLM(nn.Module):
         )
         # Embeddings ~ N(0, 1) and not rescaled: the residual stream starts at unit scale.
         if cfg.embed_lookup == "one_hot":
-            one_hot_BxLxV = jax.nn.one_hot(tokens_BxL, cfg.padded_vocab_size, dtype=cfg.compute_dtype)
+            one_hot_BxLxV = jax.nn.one_hot(
+                tokens_BxL, cfg.padded_vocab_size, dtype=cfg.compute_dtype
+            )
             one_hot_BxLxV = constrain(one_hot_BxLxV, ("batch", "length", "vocab"))
-            x_BxLxD = jnp.einsum("blv,vd->bld", one_hot_BxLxV, embedding_VxD.astype(cfg.compute_dtype))
+            x_BxLxD = jnp.einsum(
+                "blv,vd->bld", one_hot_BxLxV, embedding_VxD.astype(cfg.compute_dtype)
+            )
         else:
             x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.compute_dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
@@ -98,9 +102,13 @@ class PaLM(nn.Module):
             new_layers = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
-                x_BxLxD, c = block(cfg, deterministic=self.deterministic, name=f"layer_{i}")(x_BxLxD, positions_BxL, layer_cache)
+                x_BxLxD, c = block(cfg, deterministic=self.deterministic, name=f"layer_{i}")(
+                    x_BxLxD, positions_BxL, layer_cache
+                )
                 new_layers.append(c)
-            new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+            new_cache = (
+                None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+            )
 
         x_BxLxD = LayerNorm(cfg, name="final_norm")(x_BxLxD)
         # Shared input/output embedding; PaLM scales the pre-softmax logits by 1/sqrt(d_model).

@@ -16,15 +16,30 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("palm_platform.model_info", "parameter count and training FLOPs of a preset"),
     "run": ("palm_platform.ray.run", "run a job file on Ray (local fake-TPU cluster or TPU pods)"),
     "status": ("palm_platform.metrics.status", "progress and summary of a running or finished job"),
-    "plan": ("palm_platform.plan.report", "compile a job for its real TPU topology: memory, FLOPs, MFU"),
+    "plan": (
+        "palm_platform.plan.report",
+        "compile a job for its real TPU topology: memory, FLOPs, MFU",
+    ),
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
-    "data": ("palm_platform.data.data_cli", "prepare a job's token store on Ray, or look inside one"),
-    "cluster": ("palm_platform.cluster.local", "bring a local fake-TPU Ray cluster up, down, or show it"),
+    "data": (
+        "palm_platform.data.data_cli",
+        "prepare a job's token store on Ray, or look inside one",
+    ),
+    "cluster": (
+        "palm_platform.cluster.local",
+        "bring a local fake-TPU Ray cluster up, down, or show it",
+    ),
     "wandb": ("palm_platform.metrics.wandb.cli", "create the project's W&B workspace (dashboards)"),
-    "gcs-emulator": ("palm_platform.storage.emulator", "a local GCS server for gs:// paths (tests, demo)"),
+    "gcs-emulator": (
+        "palm_platform.storage.emulator",
+        "a local GCS server for gs:// paths (tests, demo)",
+    ),
     "generate": ("palm_platform.eval.generate_cli", "continue prompts with a trained checkpoint"),
-    "eval": ("palm_platform.eval.eval_cli", "score a checkpoint on lm-eval-harness tasks, or memorization"),
+    "eval": (
+        "palm_platform.eval.eval_cli",
+        "score a checkpoint on lm-eval-harness tasks, or memorization",
+    ),
 }
 
 

@@ -31,7 +31,8 @@ class DefaultFlag:
 DEFAULTS: dict[str, dict[str, DefaultFlag]] = {
     "tpu-v4": {
         # Without it every FSDP weight all-gather runs synchronously: on palm540b 870 GB per
-        # chip per step, 3.22 s of a 15.72 s scheduled step (palm plan, before/after in README).
+        # chip per step, 3.22 s of a 15.72 s scheduled step (palm plan, before/after in
+        # docs/operations.md).
         "xla_enable_async_all_gather": DefaultFlag(
             True, "MaxText MaxText/configs/2xv4-128.sh (and its other v4 configs): "
             'LIBTPU_INIT_ARGS="--xla_enable_async_all_gather=true"'),
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, dict[str, DefaultFlag]] = {
 }
 
 # Tried for palm540b's remaining exposed all-reduce (weight gradients all-reduced over `data`,
-# README "Compiler flags"), each alone over the default, on 540B with 2 layers (libtpu
+# docs/operations.md, "Compiler flags"), each alone over the default, on 540B with 2 layers (libtpu
 # 0.0.52): xla_tpu_enable_all_reduce_scatter_fusion, xla_enable_async_all_reduce,
 # xla_tpu_assign_all_reduce_scatter_layout: the same collectives, still synchronous. Tried
 # over the default, 2026-12-04 (palm plan with the reduce-scatter fusions counted):

@@ -38,10 +38,14 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 # Inside the per-pod computation (vmapped over `pod` in train/step.py) a batch is one pod's.
-IN_POD_RULES = tuple((name, "data" if name == "batch" else axes) for name, axes in LOGICAL_AXIS_RULES)
+IN_POD_RULES = tuple(
+    (name, "data" if name == "batch" else axes) for name, axes in LOGICAL_AXIS_RULES
+)
 
 
-def make_mesh(pods: int, data: int, model: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    pods: int, data: int, model: int, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A (pod, data, model) mesh over `devices` (default: every device of every process).
 
     Devices are grouped by pod first: on TPU, by `slice_index` (one slice per pod, a hybrid

@@ -4,7 +4,8 @@ One place that turns "H hosts x C chips per host" into the strings Ray matches o
 fake cluster (cluster/) and the launcher (ray/launch.py) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
-  `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup` reject it.
+  `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup`
+  reject it.
 - pod type: "v4-<TensorCores>", and a v4 chip has 2 TensorCores, so 8 chips -> "v4-16"
   (Ray's `infer_tpu_pod_type_from_topology`). Worker 0 of a slice carries the resource
   "TPU-v4-16-head", which `reserve_tpu_slice` claims to gang-schedule that slice.

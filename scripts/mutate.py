@@ -38,13 +38,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # module (under platform/) -> (tests that existed before issue 19, tests added by it).
 # Fast tests only; each list is what covers that module's behaviour.
 STEP_OLD = ["tests/test_train_step.py"]
-STEP_NEW = ["tests/test_train_step_reference.py::test_two_pod_step_gradient_is_the_whole_batch_gradient"]
+STEP_NEW = [
+    "tests/test_train_step_reference.py::test_two_pod_step_gradient_is_the_whole_batch_gradient"
+]
 OPT_OLD = ["tests/test_train_step.py::test_learning_rate_is_constant_then_inverse_sqrt",
            "tests/test_train_step.py::test_weight_decay_is_lr_squared",
            "tests/test_train_step.py::test_update_is_clipped_and_scaled_by_parameter_rms"]
-OPT_NEW = ["tests/test_train_step_reference.py::test_optimizer_clips_the_global_norm_before_adafactor",
-           "tests/test_train_step_reference.py::test_optimizer_leaves_a_gradient_under_the_limit_alone",
-           "tests/test_train_step_reference.py::test_optimizer_follows_the_recipe_written_in_numpy"]
+OPT_NEW = [
+    "tests/test_train_step_reference.py::test_optimizer_clips_the_global_norm_before_adafactor",
+    "tests/test_train_step_reference.py::test_optimizer_leaves_a_gradient_under_the_limit_alone",
+    "tests/test_train_step_reference.py::test_optimizer_follows_the_recipe_written_in_numpy",
+]
 SUPERVISE_OLD = ["tests/test_supervise_spike.py", "tests/test_supervise_rollback.py",
                  "tests/test_supervise_ledger.py", "tests/test_supervise_faults.py",
                  "tests/test_supervise_goodput.py", "tests/test_supervise_watchdog.py"]
@@ -54,30 +58,59 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "train/optimizer.py": (OPT_OLD, OPT_NEW),
     # No fast test used the check before issue 19 (only the slow loop test, which sees True).
     "train/consistency.py": ([], ["tests/test_train_consistency.py"]),
-    "supervise/spike.py": (["tests/test_supervise_spike.py"], ["tests/test_supervise_spike_boundary.py"]),
-    "supervise/positions.py": (["tests/test_supervise_faults.py", "tests/test_supervise_rollback.py"],
-                               ["tests/test_skip_ranges.py"]),
-    "supervise/rollback.py": (["tests/test_supervise_rollback.py"],
-                              ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
-    "supervise/ledger.py": (["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
-                            ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW]),
-    "supervise/goodput.py": (["tests/test_supervise_goodput.py"],
-                             ["tests/test_supervise_goodput_edges.py"]),
-    "supervise/faults.py": (["tests/test_supervise_faults.py"],
-                            [*SUPERVISE_NEW, "tests/test_faults_multihost.py"]),
-    "supervise/watchdog.py": (["tests/test_supervise_watchdog.py"],
-                              ["tests/test_supervise_watchdog_edges.py"]),
+    "supervise/spike.py": (
+        ["tests/test_supervise_spike.py"],
+        ["tests/test_supervise_spike_boundary.py"],
+    ),
+    "supervise/positions.py": (
+        ["tests/test_supervise_faults.py", "tests/test_supervise_rollback.py"],
+        ["tests/test_skip_ranges.py"],
+    ),
+    "supervise/rollback.py": (
+        ["tests/test_supervise_rollback.py"],
+        ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
+    ),
+    "supervise/ledger.py": (
+        ["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
+        ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
+    ),
+    "supervise/goodput.py": (
+        ["tests/test_supervise_goodput.py"],
+        ["tests/test_supervise_goodput_edges.py"],
+    ),
+    "supervise/faults.py": (
+        ["tests/test_supervise_faults.py"],
+        [*SUPERVISE_NEW, "tests/test_faults_multihost.py"],
+    ),
+    "supervise/watchdog.py": (
+        ["tests/test_supervise_watchdog.py"],
+        ["tests/test_supervise_watchdog_edges.py"],
+    ),
     "data/pipeline.py": (["tests/test_data_pipeline.py"], ["tests/test_skip_ranges.py"]),
     # The skip-range arithmetic of pipeline.py and positions.py, one type since issue 15.
-    "data/skips.py": (["tests/test_data_pipeline.py", "tests/test_supervise_faults.py",
-                       "tests/test_supervise_rollback.py"], ["tests/test_skip_ranges.py"]),
-    "checkpoint/verification.py": (["tests/test_checkpoint_integrity.py"],
-                                   ["tests/test_checkpoint_verify_defaults.py"]),
+    "data/skips.py": (
+        [
+            "tests/test_data_pipeline.py",
+            "tests/test_supervise_faults.py",
+            "tests/test_supervise_rollback.py",
+        ],
+        ["tests/test_skip_ranges.py"],
+    ),
+    "checkpoint/verification.py": (
+        ["tests/test_checkpoint_integrity.py"],
+        ["tests/test_checkpoint_verify_defaults.py"],
+    ),
 }
 # Mutants per module in a default run (a seeded sample): on 2 shared cores a fast test file
 # takes 10-20 s, and the step's tests take minutes per mutant. --module M runs --max of M.
-DEFAULT_MAX = {"train/step.py": 5, "supervise/ledger.py": 6, "supervise/goodput.py": 6,
-               "supervise/faults.py": 6, "supervise/watchdog.py": 6, "checkpoint/verification.py": 8}
+DEFAULT_MAX = {
+    "train/step.py": 5,
+    "supervise/ledger.py": 6,
+    "supervise/goodput.py": 6,
+    "supervise/faults.py": 6,
+    "supervise/watchdog.py": 6,
+    "checkpoint/verification.py": 8,
+}
 
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
               ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult}
@@ -85,7 +118,8 @@ SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
             ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,
             ast.Is: ast.IsNot, ast.IsNot: ast.Is}
 SWAP_NAME = {"min": "max", "max": "min", "all": "any", "any": "all"}
-SWAP_METHOD = {"sum": "mean", "mean": "sum", "astype": None}  # None: drop the call (x.astype(t) -> x)
+# None: drop the call (x.astype(t) -> x)
+SWAP_METHOD = {"sum": "mean", "mean": "sum", "astype": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +135,22 @@ def _skipped_lines(tree: ast.Module) -> set[int]:
     skip: set[int] = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             skip.update(range(body[0].lineno, body[0].end_lineno + 1))
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip.update(range(node.lineno, node.end_lineno + 1))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id in ("log", "logger"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in ("log", "logger")
+        ):
             skip.update(range(node.lineno, node.end_lineno + 1))
         if isinstance(node, ast.JoinedStr):  # messages
             skip.update(range(node.lineno, node.end_lineno + 1))
@@ -138,7 +181,9 @@ class _Mutator(ast.NodeTransformer):
     def visit_FunctionDef(self, node):  # annotations and decorators are not behaviour
         node.body = self._visit_body(node.body)
         node.args.defaults = [self.visit(d) for d in node.args.defaults]
-        node.args.kw_defaults = [None if d is None else self.visit(d) for d in node.args.kw_defaults]
+        node.args.kw_defaults = [
+            None if d is None else self.visit(d) for d in node.args.kw_defaults
+        ]
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -183,7 +228,9 @@ class _Mutator(ast.NodeTransformer):
 
     def visit_UnaryOp(self, node):
         self.generic_visit(node)
-        if isinstance(node.op, (ast.Not, ast.USub)) and self._point(node, f"drop {type(node.op).__name__}"):
+        if isinstance(node.op, (ast.Not, ast.USub)) and self._point(
+            node, f"drop {type(node.op).__name__}"
+        ):
             return node.operand
         return node
 
@@ -204,7 +251,9 @@ class _Mutator(ast.NodeTransformer):
     def visit_Call(self, node):
         self.generic_visit(node)
         for i, keyword in enumerate(list(node.keywords)):  # e.g. drop spmd_axis_name="pod"
-            if keyword.arg and self._point(node, f"drop {keyword.arg}= in {ast.unparse(node.func)}()"):
+            if keyword.arg and self._point(
+                node, f"drop {keyword.arg}= in {ast.unparse(node.func)}()"
+            ):
                 node.keywords = node.keywords[:i] + node.keywords[i + 1:]
         if isinstance(node.func, ast.Attribute) and node.func.attr == "chain":  # optax.chain
             for i in range(len(node.args)):
@@ -227,7 +276,9 @@ class _Mutator(ast.NodeTransformer):
     def visit_Expr(self, node):
         """A statement that is a call (e.g. `pipeline.add_skip_range(a, b)`): drop it."""
         self.generic_visit(node)
-        if isinstance(node.value, ast.Call) and self._point(node, f"drop `{ast.unparse(node)[:50]}`"):
+        if isinstance(node.value, ast.Call) and self._point(
+            node, f"drop `{ast.unparse(node)[:50]}`"
+        ):
             return ast.copy_location(ast.Pass(), node)
         return node
 
@@ -288,7 +339,9 @@ def main() -> int:
         every = mutants_of(module)
         limit = min(args.max, DEFAULT_MAX.get(module, args.max)) if not args.module else args.max
         rng = random.Random(f"{args.seed}:{module}")  # the same sample whatever else runs
-        chosen = sorted(rng.sample(every, limit), key=lambda m: m.index) if len(every) > limit else every
+        chosen = (
+            sorted(rng.sample(every, limit), key=lambda m: m.index) if len(every) > limit else every
+        )
         if args.index:
             chosen = [every[i] for i in args.index]
         if args.list:
@@ -311,12 +364,20 @@ def main() -> int:
                 (package / "data" / "corpus").symlink_to(ROOT / "platform" / "data" / "corpus")
                 (package / m.module).write_text(mutated_source(m))
                 caught_before = bool(old) and not run_tests(old, Path(tmp), timeout)[0]
-                caught_after = caught_before or (bool(new) and not run_tests(new, Path(tmp), timeout)[0])
+                caught_after = caught_before or (
+                    bool(new) and not run_tests(new, Path(tmp), timeout)[0]
+                )
             killed_before += caught_before
             killed_after += caught_after
             if not caught_after:
                 survivors.append(m)
-            mark = "killed (old tests)" if caught_before else "killed (new tests)" if caught_after else "SURVIVED"
+            mark = (
+                "killed (old tests)"
+                if caught_before
+                else "killed (new tests)"
+                if caught_after
+                else "SURVIVED"
+            )
             print(f"  {module}:{m.line} {m.description}: {mark}", flush=True)
         n = len(chosen)
         totals.append((module, n, len(every), killed_before, killed_after, survivors))

@@ -85,7 +85,8 @@ def libtpu():
     require_libtpu()
 
 
-# -- Ray's token (platform/cluster/auth.py): one of the test session's own, never ~/.ray/auth_token --
+# -- Ray's token (platform/cluster/auth.py): one of the test session's own, never ~/.ray/auth_token
+# --
 # `palm cluster up` starts its nodes in token mode and makes a token where Ray reads it when
 # none is at hand. A token appearing at the real ~/.ray/auth_token would turn token mode on for
 # every later Ray process of this user on the machine (other sessions' clusters and tests), so

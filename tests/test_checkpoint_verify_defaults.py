@@ -22,7 +22,9 @@ def _save(directory: Path, steps=(10, 20)) -> None:
 
 def test_a_flipped_byte_of_the_same_size_is_found_by_default(tmp_path):
     _save(tmp_path)
-    chunk = max((tmp_path / "20" / "state").glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size)
+    chunk = max(
+        (tmp_path / "20" / "state").glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size
+    )
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))

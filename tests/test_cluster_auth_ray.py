@@ -133,7 +133,9 @@ def test_a_new_shell_submits_runs_and_reads_status_and_the_token_stays_out_of_fi
                              "--working-dir", ".", "--", "python", "-c", script],
                             cwd=tmp_path, env={**shell, "RAY_AUTH_MODE": "token"},
                             capture_output=True, text=True, timeout=240)
-    assert submit.returncode == 0 and "TPU 4.0" in submit.stdout, submit.stdout[-2000:] + submit.stderr[-2000:]
+    assert submit.returncode == 0 and "TPU 4.0" in submit.stdout, (
+        submit.stdout[-2000:] + submit.stderr[-2000:]
+    )
 
     spec = yaml.safe_load((ROOT / "tests" / "jobs" / "ray-2host.yaml").read_text())
     spec["topology"].update(hosts_per_pod=1, chips_per_host=4)

@@ -42,7 +42,9 @@ def test_v4_jobs_get_async_all_gather_and_the_job_overrides_a_default_by_name():
 
 
 def test_a_flag_that_is_not_a_flag_name_fails_at_load_naming_the_field(tmp_path):
-    path = job_file(tmp_path, "plan-tiny.yaml", compiler_flags={"--xla_enable_async_all_gather": True})
+    path = job_file(
+        tmp_path, "plan-tiny.yaml", compiler_flags={"--xla_enable_async_all_gather": True}
+    )
     with pytest.raises(JobError) as error:
         load_job(path)
     assert "topology" in str(error.value) and "without the leading --" in str(error.value)

@@ -34,8 +34,14 @@ def step_metrics(step: int, attempt: int) -> dict:
 
 
 def open_sink(run_dir: Path, replay: str = "xaxis") -> MetricsSink:
-    return MetricsSink(run_dir, job_name="demo", config={"name": "demo", "metrics": {"wandb_replay": replay}},
-                       enabled=True, wandb_project="palm-test", wandb_mode="offline")
+    return MetricsSink(
+        run_dir,
+        job_name="demo",
+        config={"name": "demo", "metrics": {"wandb_replay": replay}},
+        enabled=True,
+        wandb_project="palm-test",
+        wandb_mode="offline",
+    )
 
 
 def drive(run_dir: Path, replay: str = "xaxis") -> None:
@@ -44,7 +50,9 @@ def drive(run_dir: Path, replay: str = "xaxis") -> None:
     sink.event("start", 0, attempt=0, hosts=1, devices=4, cross_pod_bytes_per_step=4096)
     for step in range(1, SPIKE_STEP + 1):
         sink.log(step, step_metrics(step, 0))
-    sink.event("spike", SPIKE_STEP, alert=True, loss=9.5, rule="zscore", limit=6.0, description="z 8")
+    sink.event(
+        "spike", SPIKE_STEP, alert=True, loss=9.5, rule="zscore", limit=6.0, description="z 8"
+    )
     sink.event("rollback", SPIKE_STEP, alert=True, to_step=ROLLBACK_TO, note="")
     sink.event("skip", SPIKE_STEP, first_sequence=60, end_sequence=90, batches=15)
     for step in range(ROLLBACK_TO + 1, REPLAY_END + 1):
@@ -86,7 +94,9 @@ def test_restart_resumes_the_same_wandb_run_and_no_step_is_ignored(job_run):
     assert len(runs) == 2 and all(run.finished for run in runs)  # one segment per process start
     assert runs[0].run_id == runs[1].run_id
     for run in runs:
-        assert "will be ignored" not in run.output and "less than the current step" not in run.output
+        assert (
+            "will be ignored" not in run.output and "less than the current step" not in run.output
+        )
 
 
 def test_wandb_step_only_grows_across_rollback_and_restart(job_run):
@@ -116,8 +126,16 @@ def test_rollback_and_restart_are_markers_at_their_step(job_run):
 def test_metric_names_are_grouped(job_run):
     _, runs, _ = job_run
     logged = {key for row in history(runs) for key in row if not key.startswith("_")}
-    assert {"train/loss", "train/mfu", "train/tokens_per_s", "eval/loss", "goodput/goodput",
-            "goodput/badput/recomputation_s", "events/rollback", "train/cross_pod_bytes_per_step"} <= logged
+    assert {
+        "train/loss",
+        "train/mfu",
+        "train/tokens_per_s",
+        "eval/loss",
+        "goodput/goodput",
+        "goodput/badput/recomputation_s",
+        "events/rollback",
+        "train/cross_pod_bytes_per_step",
+    } <= logged
     assert all(key.split("/")[0] in ("train", "eval", "goodput", "events") for key in logged)
 
 
@@ -216,12 +234,19 @@ def test_rewind_and_fork_reopen_the_run_before_each_replayed_step(server_replay)
         assert {run.run_id for run in runs} == {base}
         assert moments[3] == f"{base}?_step={RESTORED}"
     else:
-        assert [run.run_id for run in runs] == [base, f"{base}-fork1", f"{base}-fork1", f"{base}-fork2"]
+        assert [run.run_id for run in runs] == [
+            base,
+            f"{base}-fork1",
+            f"{base}-fork1",
+            f"{base}-fork2",
+        ]
         assert moments[3] == f"{base}-fork1?_step={RESTORED}"
     for run in runs:  # W&B's step is the train step, and only grows inside a segment
         steps = [row["_step"] for row in run.history]
         assert steps == sorted(steps) and "will be ignored" not in run.output
-        assert all(row["_step"] == row[keys.STEP_METRIC] for row in run.history if "train/loss" in row)
+        assert all(
+            row["_step"] == row[keys.STEP_METRIC] for row in run.history if "train/loss" in row
+        )
 
 
 def test_rewind_and_fork_keep_the_markers_on_the_first_replayed_step(server_replay):
@@ -255,8 +280,13 @@ def test_wandb_itself_drops_replayed_steps_logged_at_their_own_step(tmp_path, mo
 
 def test_mapping_table_groups_loop_and_eval_names():
     assert keys.step_key("loss") == "train/loss" and keys.step_key("mfu") == "train/mfu"
-    assert keys.step_key("eval_loss") == "eval/loss" and keys.step_key("new_metric") == "train/new_metric"
-    assert keys.event_keys("eval", {"hellaswag_acc": 0.3, "task": "hellaswag"}) == {"eval/hellaswag_acc": 0.3}
+    assert (
+        keys.step_key("eval_loss") == "eval/loss"
+        and keys.step_key("new_metric") == "train/new_metric"
+    )
+    assert keys.event_keys("eval", {"hellaswag_acc": 0.3, "task": "hellaswag"}) == {
+        "eval/hellaswag_acc": 0.3
+    }
     # The held-out eval hook's fields are already grouped (platform/eval/heldout.py).
     assert keys.event_keys("eval", {"eval/code/loss": 4.6, "eval/code/bpb": 3.1}) == {
         "eval/code/loss": 4.6, "eval/code/bpb": 3.1}
@@ -264,11 +294,15 @@ def test_mapping_table_groups_loop_and_eval_names():
         "goodput/goodput": 0.9, "goodput/badput/data_s": 1.5}
     assert keys.event_keys("rollback", {"to_step": 30, "note": "x"}) == {
         "events/rollback": 1, "events/rollback/to_step": 30}
-    assert [keys.summary_of(k) for k in ("eval/loss", "eval/hellaswag_acc", "goodput/wall_s", "train/mfu")] == [
-        "min,last", "max,last", "last", None]
+    assert [
+        keys.summary_of(k)
+        for k in ("eval/loss", "eval/hellaswag_acc", "goodput/wall_s", "train/mfu")
+    ] == ["min,last", "max,last", "last", None]
 
 
-def test_the_loop_never_waits_for_wandb_and_wandb_still_gets_every_row_in_order(tmp_path, monkeypatch):
+def test_the_loop_never_waits_for_wandb_and_wandb_still_gets_every_row_in_order(
+    tmp_path, monkeypatch
+):
     # wandb's import and init take seconds on every start and restart: while they run, the
     # loop's calls return at once (the JSONL has them), and W&B gets them all afterwards.
     import threading

@@ -19,7 +19,9 @@ def logged_keys(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         wandb_env(env)
         drive(run_dir)
-    return {key for run in read_job_runs(run_dir, wait_s=WAIT_S) for row in run.history for key in row}
+    return {
+        key for run in read_job_runs(run_dir, wait_s=WAIT_S) for row in run.history for key in row
+    }
 
 
 def test_every_panel_names_keys_the_sink_logs(logged_keys):
@@ -33,7 +35,10 @@ def test_every_panel_names_keys_the_sink_logs(logged_keys):
         elif set(metrics) & badput:  # one bar per cause
             assert badput <= set(metrics) and all(m.startswith(keys.BADPUT_GROUP) for m in metrics)
         else:
-            assert metrics and not set(metrics) - logged_keys - {keys.marker_key("stop")}, (title, metrics)
+            assert metrics and not set(metrics) - logged_keys - {keys.marker_key("stop")}, (
+                title,
+                metrics,
+            )
 
 
 def test_panels_cover_loss_eval_throughput_goodput_markers_and_cross_pod_bytes():
@@ -60,7 +65,9 @@ def test_definition_serialises_for_the_api():
     spec = json.loads(workspace_json(workspace))
     assert (spec["entity"], spec["project"], spec["displayName"]) == ("me", "palm-test", "runs")
     text = json.dumps(spec)
-    line_plots = sum(hasattr(panel, "x") for section in workspace.sections for panel in section.panels)
+    line_plots = sum(
+        hasattr(panel, "x") for section in workspace.sections for panel in section.panels
+    )
     assert text.count('"viewType": "Run History Line Plot"') == line_plots > 0
     assert '"xAxis": "train/step"' in text
 

@@ -61,7 +61,9 @@ def test_demo_script_parses_as_bash():
 def test_every_palm_command_of_the_demo_exists_with_its_flags(demo):
     _, commands, _ = demo
     # status (is a cluster up?), up, down on exit, the run, and the hint it prints at the end
-    assert {"cluster status", "cluster up", "cluster down", "status runs/local-cpu"} <= set(commands)
+    assert {"cluster status", "cluster up", "cluster down", "status runs/local-cpu"} <= set(
+        commands
+    )
     assert any(key.startswith("run ") for key in commands), commands
 
 

@@ -187,9 +187,12 @@ def test_resizes_are_events_and_steps_say_their_pod_count(runs):
 def _tpu_node(pod: int) -> dict:
     from palm_platform.topology import POD_TYPE_LABEL, SLICE_NAME_LABEL, WORKER_ID_LABEL
 
-    return {"Alive": True, "NodeID": f"node{pod}",
-            "Resources": {"TPU": 4.0, "accelerator_type:TPU-V4": 1.0, "TPU-v4-8-head": 1.0},
-            "Labels": {SLICE_NAME_LABEL: f"pod-{pod}", WORKER_ID_LABEL: "0", POD_TYPE_LABEL: "v4-8"}}
+    return {
+        "Alive": True,
+        "NodeID": f"node{pod}",
+        "Resources": {"TPU": 4.0, "accelerator_type:TPU-V4": 1.0, "TPU-v4-8-head": 1.0},
+        "Labels": {SLICE_NAME_LABEL: f"pod-{pod}", WORKER_ID_LABEL: "0", POD_TYPE_LABEL: "v4-8"},
+    }
 
 
 def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():

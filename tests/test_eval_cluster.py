@@ -2,11 +2,10 @@
 --cluster` (restore sharded over the job's mesh, SPMD on every host), each checked against
 one process.
 
-The conftest's local Ray cluster (1 pod x 2 hosts x 2 chips) and one 8-step 2-host run for the module.
-Tolerances, stated once: held-out losses are logged rounded to 4 decimals and two runs
-differ only in how gloo and one process order their float32 sums, so they agree to
-EVAL_ATOL nats; greedy tokens are compared exactly; the corpus bits-per-byte (a sum of
-loglikelihoods) to BPB_RTOL.
+The conftest's local Ray cluster (1 pod x 2 hosts x 2 chips) and one 8-step 2-host run for the
+module. Tolerances, stated once: held-out losses are logged rounded to 4 decimals and two runs
+differ only in how gloo and one process order their float32 sums, so they agree to EVAL_ATOL nats;
+greedy tokens are compared exactly; the corpus bits-per-byte (a sum of loglikelihoods) to BPB_RTOL.
 """
 
 import json
@@ -76,14 +75,21 @@ def one_process(tmp_path_factory) -> Path:
     return folder / "run" / "ray-2host"
 
 
-def test_two_hosts_held_out_losses_equal_one_process_and_compile_once_per_host(two_hosts, one_process):
+def test_two_hosts_held_out_losses_equal_one_process_and_compile_once_per_host(
+    two_hosts, one_process
+):
     run_dir, _ = two_hosts
     sharded, single = evals(run_dir), evals(one_process)
     assert sorted(sharded) == sorted(single) == [4, 8]
     for step, fields in sharded.items():
         assert fields.keys() == single[step].keys() and any(k.endswith("/loss") for k in fields)
         for key, value in fields.items():
-            assert abs(value - single[step][key]) <= EVAL_ATOL, (step, key, value, single[step][key])
+            assert abs(value - single[step][key]) <= EVAL_ATOL, (
+                step,
+                key,
+                value,
+                single[step][key],
+            )
     # host 0 says it compiled once; any host that compiled more than once would say so too
     # (the workers' log lines go to the run's workers.log, not to the terminal)
     from palm_platform.ray.worker_output import LOG_FILE
@@ -95,10 +101,14 @@ def test_two_hosts_held_out_losses_equal_one_process_and_compile_once_per_host(t
 
 def test_generate_on_the_cluster_gives_the_single_process_tokens(local_cluster, two_hosts):
     run_dir, _ = two_hosts
-    args = ["generate", run_dir, "--max-new-tokens", "12"] + [a for p in PROMPTS for a in ("--prompt", p)]
+    args = ["generate", run_dir, "--max-new-tokens", "12"] + [
+        a for p in PROMPTS for a in ("--prompt", p)
+    ]
     alone = palm(*args, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
     sharded = palm(*args, "--cluster", env=env_for(local_cluster))
-    assert alone.returncode == 0 and sharded.returncode == 0, sharded.stdout[-2000:] + sharded.stderr[-3000:]
+    assert alone.returncode == 0 and sharded.returncode == 0, (
+        sharded.stdout[-2000:] + sharded.stderr[-3000:]
+    )
     # Ray forwards the workers' log lines to the driver's stdout, coloured "(RayTrainWorker ...)".
     plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in sharded.stdout.splitlines())
     texts = [line for line in plain if line and not line.startswith("(")]
@@ -106,12 +116,29 @@ def test_generate_on_the_cluster_gives_the_single_process_tokens(local_cluster, 
     assert "step 8" in sharded.stderr and "KV cache" in sharded.stderr
 
 
-def test_eval_on_the_cluster_gives_the_single_process_loglikelihoods(local_cluster, two_hosts, tmp_path):
+def test_eval_on_the_cluster_gives_the_single_process_loglikelihoods(
+    local_cluster, two_hosts, tmp_path
+):
     run_dir, _ = two_hosts
-    args = ["eval", run_dir, "--tasks", "palm_corpus_ppl,palm_cloze", "--limit", "6", "--batch-size", "4"]
-    alone = palm(*args, "--output", tmp_path / "alone.json", env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
-    sharded = palm(*args, "--cluster", "--output", tmp_path / "sharded.json", env=env_for(local_cluster))
-    assert alone.returncode == 0 and sharded.returncode == 0, sharded.stdout[-2000:] + sharded.stderr[-3000:]
+    args = [
+        "eval",
+        run_dir,
+        "--tasks",
+        "palm_corpus_ppl,palm_cloze",
+        "--limit",
+        "6",
+        "--batch-size",
+        "4",
+    ]
+    alone = palm(
+        *args, "--output", tmp_path / "alone.json", env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    )
+    sharded = palm(
+        *args, "--cluster", "--output", tmp_path / "sharded.json", env=env_for(local_cluster)
+    )
+    assert alone.returncode == 0 and sharded.returncode == 0, (
+        sharded.stdout[-2000:] + sharded.stderr[-3000:]
+    )
     one, many = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("alone", "sharded"))
     assert many["run"]["step"] == one["run"]["step"] == 8
     bpb = [r["results"]["palm_corpus_ppl"]["bits_per_byte,none"] for r in (one, many)]

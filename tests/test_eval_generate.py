@@ -71,9 +71,13 @@ def test_prompts_of_different_lengths_in_one_batch_decode_as_each_alone(restored
     # The padded rows really decode at their own positions: shifting a short prompt to the
     # longest one's length (as a batch without per-row positions would) changes its tokens.
     longest = max(len(p) for p in prompts)
-    shifted = generate(restored.params, np.asarray([[tok.eos_id] * (longest - len(prompts[0])) + prompts[0]],
-                                                   np.int32), jax.random.key(0), config=cfg,
-                       max_new_tokens=16)
+    shifted = generate(
+        restored.params,
+        np.asarray([[tok.eos_id] * (longest - len(prompts[0])) + prompts[0]], np.int32),
+        jax.random.key(0),
+        config=cfg,
+        max_new_tokens=16,
+    )
     assert np.asarray(shifted)[0, longest:].tolist() != together[0]
 
 

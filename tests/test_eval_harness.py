@@ -65,9 +65,13 @@ def test_the_greedy_flag_and_batching(lm):
 def test_rolling_equals_scoring_the_whole_text_after_eos(lm):
     text = "import os\nprint(os.getcwd())\n"
     (whole, _), = lm.loglikelihood([request("loglikelihood", "", text)])
-    assert lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])[0] == pytest.approx(whole, rel=1e-5)
+    assert lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])[0] == pytest.approx(
+        whole, rel=1e-5
+    )
     long_text = text * 20  # longer than the 64-token context: several windows
-    assert lm.loglikelihood_rolling([request("loglikelihood_rolling", long_text)])[0] < 20 * whole / 2
+    assert (
+        lm.loglikelihood_rolling([request("loglikelihood_rolling", long_text)])[0] < 20 * whole / 2
+    )
 
 
 def test_generate_until_is_the_decode_cut_at_the_stop_sequence(lm):
@@ -75,7 +79,9 @@ def test_generate_until_is_the_decode_cut_at_the_stop_sequence(lm):
     raw = tok.decode(generate_ids(lm.params, lm.config, [[tok.eos_id, *tok.encode("x = ")]],
                                   Sampling(max_new_tokens=8), tok.eos_id)[0])
     stop = raw[3:5] if len(raw) > 5 else raw
-    out = lm.generate_until([request("generate_until", "x = ", {"until": [stop], "max_gen_toks": 8})])
+    out = lm.generate_until(
+        [request("generate_until", "x = ", {"until": [stop], "max_gen_toks": 8})]
+    )
     assert out == [cut_at(raw, [stop])] and cut_at("ab\ncd", ["\n"]) == "ab"
 
 
@@ -128,7 +134,9 @@ def test_scores_go_to_the_runs_own_wandb_run(run_dir, tmp_path, capsys):
     assert palm(["eval", str(tmp_path), "--tasks", "palm_cloze", "--limit", "2"]) == 0
     err = capsys.readouterr().err
     run_id = err.split("logged to W&B run ")[1].split()[0]
-    assert run_id.startswith("eval-tiny-") and list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert run_id.startswith("eval-tiny-") and list(
+        (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    )
 
 
 def test_flattened_scores_keep_metrics_and_drop_stderr():

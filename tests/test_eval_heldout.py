@@ -28,7 +28,9 @@ EOS = 1
 
 def source(name: str, documents: int, length: int = 40, first: int = 10) -> SourceTokens:
     """Document d is `length` copies of token first + d, then EOS: a token names its document."""
-    tokens = np.concatenate([[first + d] * length + [EOS] for d in range(documents)]).astype(np.int32)
+    tokens = np.concatenate([[first + d] * length + [EOS] for d in range(documents)]).astype(
+        np.int32
+    )
     return SourceTokens(name, tokens, {}, Path("/dev/null"))
 
 
@@ -78,7 +80,9 @@ def test_a_recorded_split_wins_and_a_changed_source_is_an_error():
 def test_the_training_pipeline_never_yields_a_held_out_document():
     sources = [source("a", 30), source("b", 20, first=100)]
     split = split_sources(sources, EOS, 0.1, seed=0, recorded=None)
-    config = DataConfig(sources=[SourceConfig(name=s.name, paths=["x"], weight=1.0) for s in sources])
+    config = DataConfig(
+        sources=[SourceConfig(name=s.name, paths=["x"], weight=1.0) for s in sources]
+    )
     pipeline = Pipeline(config, split.train, load_tokenizer("builtin:default"), seq_len=16,
                         process_index=0, process_count=1)
     seen = set(np.unique(pipeline.local_batch(512)))
@@ -136,5 +140,7 @@ def test_palm_status_shows_the_latest_held_out_eval():
          "eval/web/loss": 4.0, "eval/web/bpb": 1.125},
     ]
     lines = summarize(records).lines()
-    assert lines[-1] == "held-out eval at step 2: code loss 5.250 bpb 2.500, web loss 4.000 bpb 1.125"
+    assert (
+        lines[-1] == "held-out eval at step 2: code loss 5.250 bpb 2.500, web loss 4.000 bpb 1.125"
+    )
     assert not any("held-out" in line for line in summarize(records[:1]).lines())

@@ -34,8 +34,13 @@ def overfit_run(tmp_path_factory):
     (folder / "secrets.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return train_run(
         folder,
-        data={"tokenizer": "builtin:default", "cache_dir": str(folder / "cache"),
-              "sources": [{"name": "secrets", "paths": [str(folder / "secrets.jsonl")], "weight": 1.0}]},
+        data={
+            "tokenizer": "builtin:default",
+            "cache_dir": str(folder / "cache"),
+            "sources": [
+                {"name": "secrets", "paths": [str(folder / "secrets.jsonl")], "weight": 1.0}
+            ],
+        },
         train={"steps": 250, "seq_len": 32, "batch_schedule": [{"sequences": 8}]},
         optimizer={"constant_steps": 1000},  # no lr decay: overfit fast
         checkpoint={"directory": "ckpt", "every_steps": 250, "keep_last": 1},
@@ -45,7 +50,9 @@ def overfit_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_an_overfit_model_repeats_what_it_trained_on_and_not_held_out_text(overfit_run, tmp_path, capsys):
+def test_an_overfit_model_repeats_what_it_trained_on_and_not_held_out_text(
+    overfit_run, tmp_path, capsys
+):
     out = tmp_path / "mem.json"
     rc = palm(["eval", str(overfit_run), "--memorization", "16", "--prompt-tokens", "12",
                "--continuation-tokens", "12", "--output", str(out)])

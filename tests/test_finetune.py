@@ -56,7 +56,9 @@ def run(job, run_dir: Path | None = None):
 
 def mean_loss(params, model_cfg, tokens_BxL1) -> float:
     """Next-token cross-entropy of `params` on these rows (no z-loss: the `loss` metric)."""
-    logits, _ = jax.jit(lambda p, t: PaLM(model_cfg).apply({"params": p}, t))(params, tokens_BxL1[:, :-1])
+    logits, _ = jax.jit(lambda p, t: PaLM(model_cfg).apply({"params": p}, t))(
+        params, tokens_BxL1[:, :-1]
+    )
     return float(cross_entropy_and_z_loss(logits, jnp.asarray(tokens_BxL1[:, 1:]), 0.0)[0])
 
 
@@ -93,7 +95,9 @@ def test_finetune_restores_the_source_parameters_onto_another_mesh(source, finet
     job = finetuned[0]
     state, used = load_initial_state(job, *_state_for(job))
     assert used == source[0].train.steps and int(state.step) == 0
-    assert state.params["layers"]["mlp"]["gate"].sharding.spec == PartitionSpec(None, "data", "model")
+    assert state.params["layers"]["mlp"]["gate"].sharding.spec == PartitionSpec(
+        None, "data", "model"
+    )
     for a, b in zip(jax.tree.leaves(source[1]), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     event = next(r for r in finetuned[3] if r["kind"] == "init_from")
@@ -139,7 +143,9 @@ def test_a_restart_resumes_from_the_runs_own_checkpoint_not_init_from(source, fi
 
 def test_a_missing_init_from_directory_is_a_clear_error(source, tmp_path):
     job = finetune_job(tmp_path, source[0], checkpoint=str(tmp_path / "nowhere"))
-    with pytest.raises(InitFromError, match=r"init_from.checkpoint: .*nowhere does not exist\. Fix"):
+    with pytest.raises(
+        InitFromError, match=r"init_from.checkpoint: .*nowhere does not exist\. Fix"
+    ):
         preflight(job)
 
 
@@ -156,7 +162,9 @@ def test_palm_run_rejects_a_bad_init_from_before_starting_with_exit_code_2(tmp_p
 
 def test_a_checkpoint_from_another_preset_is_rejected_naming_both_shapes(source, tmp_path):
     job = finetune_job(tmp_path, source[0])
-    other = job.model_copy(update={"model": job.model.model_copy(update={"overrides": {"d_model": 64}})})
+    other = job.model_copy(
+        update={"model": job.model.model_copy(update={"overrides": {"d_model": 64}})}
+    )
     with pytest.raises(InitFromError) as error:
         preflight(other)
     message = str(error.value)
@@ -168,8 +176,11 @@ def test_another_embedding_padding_is_rejected(source, tmp_path):
     job = finetune_job(tmp_path, source[0])
     padded = job.model_copy(update={"model": job.model.model_copy(
         update={"overrides": {"vocab_pad_multiple": 768}})})
-    with pytest.raises(InitFromError, match=r"params/embedding of shape \[1024, 128\], model .* needs "
-                       r"\[1536, 128\]\. Fix: set init_from.new_vocab_rows"):
+    with pytest.raises(
+        InitFromError,
+        match=r"params/embedding of shape \[1024, 128\], model .* needs "
+        r"\[1536, 128\]\. Fix: set init_from.new_vocab_rows",
+    ):
         preflight(padded)
 
 
@@ -184,19 +195,25 @@ def _state_for(job):
 @pytest.mark.parametrize("how", ["mean", "normal"])
 def test_a_grown_vocabulary_keeps_old_rows_and_initialises_new_ones(source, tmp_path, how):
     job = finetune_job(tmp_path, source[0], new_vocab_rows=how)
-    job = job.model_copy(update={"model": job.model.model_copy(update={"overrides": {"vocab_size": 1040}})})
+    job = job.model_copy(
+        update={"model": job.model.model_copy(update={"overrides": {"vocab_size": 1040}})}
+    )
     state, _ = load_initial_state(job, *_state_for(job))
     embedding = np.asarray(state.params["embedding"])
     old = source[1]["embedding"]
     np.testing.assert_array_equal(embedding[:1024], old)
     if how == "mean":
-        np.testing.assert_allclose(embedding[1024:], np.broadcast_to(old.mean(0), (16, 128)), atol=1e-6)
+        np.testing.assert_allclose(
+            embedding[1024:], np.broadcast_to(old.mean(0), (16, 128)), atol=1e-6
+        )
     else:
         assert 0.7 < embedding[1024:].std() < 1.3 and np.all(embedding[1024:] != 0)
 
 
 def _truncate_a_state_file(step_dir: Path) -> None:
-    victim = max((p for p in (step_dir / STATE).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim = max(
+        (p for p in (step_dir / STATE).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
 
@@ -206,9 +223,13 @@ def test_a_damaged_step_is_an_error_unless_the_job_allows_an_older_one(source, t
     newest = max(int(p.name) for p in copy.iterdir() if p.name.isdigit())
     _truncate_a_state_file(copy / str(newest))
     job = finetune_job(tmp_path, source[0], checkpoint=str(copy))
-    with pytest.raises(InitFromError, match=rf"damaged, step {newest}: .*Fix: set init_from.fallback_to_older"):
+    with pytest.raises(
+        InitFromError, match=rf"damaged, step {newest}: .*Fix: set init_from.fallback_to_older"
+    ):
         load_initial_state(job, *_state_for(job))
-    allowed = job.model_copy(update={"init_from": job.init_from.model_copy(update={"fallback_to_older": True})})
+    allowed = job.model_copy(
+        update={"init_from": job.init_from.model_copy(update={"fallback_to_older": True})}
+    )
     _, used = load_initial_state(allowed, *_state_for(allowed))
     assert used < newest
 
@@ -229,6 +250,10 @@ def test_params_and_optimizer_also_restores_the_optimizer_state(source, tmp_path
         return sorted((np.shape(x), np.asarray(x).tobytes()) for x in jax.tree.leaves(tree))
 
     assert arrays(saved["opt_state"]) == arrays(state.opt_state)
-    other = job.model_copy(update={"optimizer": job.optimizer.model_copy(update={"frozen": ["embedding"]})})
-    with pytest.raises(InitFromError, match=r"init_from.load: .* optimizer state .*Fix: use load: params"):
+    other = job.model_copy(
+        update={"optimizer": job.optimizer.model_copy(update={"frozen": ["embedding"]})}
+    )
+    with pytest.raises(
+        InitFromError, match=r"init_from.load: .* optimizer state .*Fix: use load: params"
+    ):
         load_initial_state(other, *_state_for(other))

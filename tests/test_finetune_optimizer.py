@@ -20,7 +20,8 @@ TOKENS = np.random.RandomState(0).randint(0, 64, (8, 17)).astype(np.int32)
 
 
 @functools.cache
-def compiled_step(cfg, optimizer_json: str, seed: int):  # compiled once per (model, optimizer, seed)
+# compiled once per (model, optimizer, seed)
+def compiled_step(cfg, optimizer_json: str, seed: int):
     optimizer = OptimizerConfig.model_validate_json(optimizer_json)
     tx, mesh = optimizer.build()[0], make_mesh(2, 2, 2)
     _, shardings = state_shardings(cfg, tx, mesh)

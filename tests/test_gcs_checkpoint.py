@@ -39,13 +39,17 @@ def test_save_and_restore_on_gs_commit_with_a_marker_and_a_manifest(gcs_bucket):
     checkpointer = _checkpointer(directory)
     mesh = jax.make_mesh(*worker.SAVE_MESH)
     for step in (10, 20):
-        checkpointer.save(step, worker.sharded_state(mesh, 2), {"next_index": step}, {"skipped": []})
+        checkpointer.save(
+            step, worker.sharded_state(mesh, 2), {"next_index": step}, {"skipped": []}
+        )
     restored = checkpointer.restore(worker.abstract_state(jax.make_mesh(*worker.SAVE_MESH)))
     checkpointer.close()
     assert (restored.step, restored.data_state) == (20, {"next_index": 20})
     worker.check_restored(restored.train_state)
     objects = _objects(directory)
-    assert {"10/commit_success.txt", "20/commit_success.txt", "20/palm_manifest.json"} <= set(objects)
+    assert {"10/commit_success.txt", "20/commit_success.txt", "20/palm_manifest.json"} <= set(
+        objects
+    )
     assert not [o for o in objects if "tmp" in o], objects  # nothing left under a temporary name
 
 

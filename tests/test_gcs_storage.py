@@ -87,7 +87,10 @@ def test_a_bucket_that_does_not_exist_fails_before_any_worker(gcs_bucket, tmp_pa
     start = time.monotonic()
     run = _palm_run(job, dict(os.environ))
     assert run.returncode == 2, run.stderr
-    assert "checkpoint.directory" in run.stderr and "gs://palm-no-such-bucket does not exist" in run.stderr
+    assert (
+        "checkpoint.directory" in run.stderr
+        and "gs://palm-no-such-bucket does not exist" in run.stderr
+    )
     assert "Fix:" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert time.monotonic() - start < 30

@@ -1,7 +1,8 @@
 """Hardening on a real local Ray cluster (1 pod x 2 fake hosts x 2 chips): which sockets
-the cluster listens on (not loopback only with Ray 2.60: xfail; platform/cluster/auth.py), Ctrl-C on `palm run` stops at a step, keeps the checkpoints,
-and the re-run is counted as a resume, not a restart; a SIGSTOPped host in that re-run is
-named with its step by the watchdog and the group restarts.
+the cluster listens on (not loopback only with Ray 2.60: xfail; platform/cluster/auth.py), Ctrl-C on
+`palm run` stops at a step, keeps the checkpoints, and the re-run is counted as a resume, not a
+restart; a SIGSTOPped host in that re-run is named with its step by the watchdog and the group
+restarts.
 """
 
 import signal
@@ -47,7 +48,9 @@ def write_job(folder: Path, steps: int) -> Path:
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes_past_a_sigstopped_host(local_cluster, tmp_path):
+def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes_past_a_sigstopped_host(
+    local_cluster, tmp_path
+):
     # One job, two runs (each `palm run` costs ~30 s of start-up here, so the two hardening
     # scenarios share them): Ctrl-C stops the first at a step; the re-run resumes, loses a
     # host to SIGSTOP (the watchdog names it and restarts the group) and ends.
@@ -93,4 +96,6 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes_past_a_sigstopped_host(loc
     assert "resume" in kinds and kinds.count("restart") == 1, kinds
     assert kinds.index("resume") < kinds.index("restart")  # the restart is the SIGSTOP's
     resumed_from = next(r["step"] for r in records if r["kind"] == "resume")
-    assert resumed_from <= stopped_at and max(r["step"] for r in records if r["kind"] == "step") == 40
+    assert (
+        resumed_from <= stopped_at and max(r["step"] for r in records if r["kind"] == "step") == 40
+    )

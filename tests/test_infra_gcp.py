@@ -184,7 +184,9 @@ def test_dashboard_listens_on_the_head_only(path: Path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_cpu_workers_for_the_data_prepare_job_scale_from_zero(path: Path, gcp_provider_config_module):
+def test_cpu_workers_for_the_data_prepare_job_scale_from_zero(
+    path: Path, gcp_provider_config_module
+):
     gcp = gcp_provider_config_module
     config = prepare_config(copy.deepcopy(_load(path)))
     node_type = config["available_node_types"]["cpu_prepare"]

@@ -49,8 +49,11 @@ def _containers(spec: dict) -> list[dict]:
 
 
 def _tpu_groups(spec: dict) -> list[dict]:
-    return [g for g in spec["workerGroupSpecs"]
-            if "cloud.google.com/gke-tpu-accelerator" in g["template"]["spec"].get("nodeSelector", {})]
+    return [
+        g
+        for g in spec["workerGroupSpecs"]
+        if "cloud.google.com/gke-tpu-accelerator" in g["template"]["spec"].get("nodeSelector", {})
+    ]
 
 
 def _strings(node) -> list[str]:

@@ -19,9 +19,20 @@ def test_shipped_job_files_load(name):
 
 def test_540b_job_is_the_papers_layout():
     job = load_job(ROOT / "jobs" / "palm540b.yaml")
-    assert (job.topology.pods, job.topology.chips_per_pod, job.mesh.model, job.data_parallel) == (2, 3072, 12, 256)
+    assert (job.topology.pods, job.topology.chips_per_pod, job.mesh.model, job.data_parallel) == (
+        2,
+        3072,
+        12,
+        256,
+    )
     assert [p.sequences for p in job.train.batch_schedule] == [512, 1024, 2048]
-    assert [job.train.batch_size_at(s) for s in (0, 49_999, 50_000, 114_999, 115_000)] == [512, 512, 1024, 1024, 2048]
+    assert [job.train.batch_size_at(s) for s in (0, 49_999, 50_000, 114_999, 115_000)] == [
+        512,
+        512,
+        1024,
+        1024,
+        2048,
+    ]
     assert {s.name: s.weight for s in job.data.sources} == {
         "social_media_conversations": 0.50, "filtered_webpages": 0.27, "books": 0.13,
         "github": 0.05, "wikipedia": 0.04, "news": 0.01}
@@ -46,20 +57,37 @@ def write(tmp_path, mutate) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mutate,field,words", [
-    (lambda s: s["train"].update(steps=0), "train.steps", "greater than or equal to 1"),
-    (lambda s: s["mesh"].update(modle=2), "mesh.modle", "remove it or fix its spelling"),
-    (lambda s: s["model"].update(preset="palm-9b"), "model", "unknown preset"),
-    (lambda s: s["model"].update(overrides={"layers": 3}), "model", "unknown override"),
-    (lambda s: s["mesh"].update(model=3), "mesh.model, topology.hosts_per_pod", "does not divide the 8 chips"),
-    (lambda s: s["topology"].update(ici_topology="4x4x4"), "topology", "has 64 chips"),
-    (lambda s: s["train"].update(batch_schedule=[{"sequences": 12}]), "train.batch_schedule[0].sequences, topology.pods", "do not split over"),
-    (lambda s: s.pop("checkpoint"), "checkpoint", "Fix: add it"),
-    (lambda s: s["data"].update(sources=[{"name": "x", "paths": ["a"], "weight": -1}]),
-     "data.sources[0].weight", "greater than 0"),
-    (lambda s: s["checkpoint"].update(rollback_steps=20), "checkpoint.rollback_steps, "
-     "faults.spike.rollback_steps", "remove checkpoint.rollback_steps"),
-])
+@pytest.mark.parametrize(
+    "mutate,field,words",
+    [
+        (lambda s: s["train"].update(steps=0), "train.steps", "greater than or equal to 1"),
+        (lambda s: s["mesh"].update(modle=2), "mesh.modle", "remove it or fix its spelling"),
+        (lambda s: s["model"].update(preset="palm-9b"), "model", "unknown preset"),
+        (lambda s: s["model"].update(overrides={"layers": 3}), "model", "unknown override"),
+        (
+            lambda s: s["mesh"].update(model=3),
+            "mesh.model, topology.hosts_per_pod",
+            "does not divide the 8 chips",
+        ),
+        (lambda s: s["topology"].update(ici_topology="4x4x4"), "topology", "has 64 chips"),
+        (
+            lambda s: s["train"].update(batch_schedule=[{"sequences": 12}]),
+            "train.batch_schedule[0].sequences, topology.pods",
+            "do not split over",
+        ),
+        (lambda s: s.pop("checkpoint"), "checkpoint", "Fix: add it"),
+        (
+            lambda s: s["data"].update(sources=[{"name": "x", "paths": ["a"], "weight": -1}]),
+            "data.sources[0].weight",
+            "greater than 0",
+        ),
+        (
+            lambda s: s["checkpoint"].update(rollback_steps=20),
+            "checkpoint.rollback_steps, faults.spike.rollback_steps",
+            "remove checkpoint.rollback_steps",
+        ),
+    ],
+)
 def test_bad_job_names_file_field_and_fix(tmp_path, mutate, field, words):
     path = write(tmp_path, mutate)
     with pytest.raises(JobError) as error:

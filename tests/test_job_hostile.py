@@ -43,8 +43,12 @@ print(json.dumps([os.waitstatus_to_exitcode(status), time.monotonic() - start,
 def run_loader(path) -> tuple[int, float, float, float, str]:
     """exit code, wall s, CPU s, peak RSS MB and stderr of the loader on `path`."""
     err_path = path.with_suffix(".err")
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(err_path), str(HANG_GUARD_S)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), str(err_path), str(HANG_GUARD_S)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     code, wall, cpu, rss_mb = json.loads(out.stdout)
     return code, wall, cpu, rss_mb, err_path.read_text(errors="replace")
 

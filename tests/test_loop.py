@@ -70,8 +70,13 @@ def test_poisoned_batches_are_detected_rolled_back_and_skipped(poisoned, clean):
     assert [s["step"] for s in spikes] == [25]
     assert rollbacks[0]["to_step"] <= 25 - job.faults.spike.rollback_steps
     # The skipped data covers every poisoned sequence: they are never trained on again.
-    poisoned_ranges = json.loads((Path(job.run_dir) / "faults").joinpath(
-        next(p.name for p in (Path(job.run_dir) / "faults").iterdir() if "poison" in p.name)).read_text())
+    poisoned_ranges = json.loads(
+        (Path(job.run_dir) / "faults")
+        .joinpath(
+            next(p.name for p in (Path(job.run_dir) / "faults").iterdir() if "poison" in p.name)
+        )
+        .read_text()
+    )
     assert skips[0]["first_sequence"] <= poisoned_ranges["first_sequence"]
     assert skips[0]["end_sequence"] >= poisoned_ranges["end_sequence"]
     # After the rollback no step's loss spikes, and the run ends close to a clean run.

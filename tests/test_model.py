@@ -38,7 +38,9 @@ def test_parameter_counts_match_paper_table_1(cfg, paper_params):
 def test_paper_shapes():
     assert (PALM_540B.num_layers, PALM_540B.d_model, PALM_540B.num_heads) == (118, 18432, 48)
     assert PALM_540B.attention_width == 12288 and PALM_540B.d_ff == 4 * 18432
-    assert all(c.head_dim == 256 and c.vocab_size == 256_000 for c in (PALM_8B, PALM_62B, PALM_540B))
+    assert all(
+        c.head_dim == 256 and c.vocab_size == 256_000 for c in (PALM_8B, PALM_62B, PALM_540B)
+    )
 
 
 def test_param_count_formula_matches_initialised_model():
@@ -63,7 +65,10 @@ def test_logits_shape_and_dtypes():
 
 def test_no_biases_and_one_kv_head():
     params = init()
-    names = {"/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    names = {
+        "/".join(str(k.key) for k in path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    }
     assert not any("bias" in n for n in names)
     assert "output" not in str(names) and "lm_head" not in str(names)  # embedding is shared
     H, Q, D, N = CFG.num_heads, CFG.head_dim, CFG.d_model, CFG.num_layers
@@ -99,7 +104,9 @@ def test_causality_through_gradients():
     t = 9
 
     def logit_sum_before_t(perturbations):
-        return model.apply({"params": params, "perturbations": perturbations}, tokens)[0][:, :t].sum()
+        return model.apply({"params": params, "perturbations": perturbations}, tokens)[0][
+            :, :t
+        ].sum()
 
     grad_1xLxD = jax.grad(logit_sum_before_t)(perturbations)["embedded"]
     assert np.all(np.asarray(grad_1xLxD[:, t:]) == 0.0)  # no path from position >= t backwards
@@ -132,11 +139,17 @@ def test_scan_and_unrolled_layers_agree():
     unrolled = dataclasses.replace(CFG, scan_layers=False)
     params = init()
     per_layer = {
-        "embedding": params["embedding"], "final_norm": params["final_norm"],
-        **{f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(CFG.num_layers)},
+        "embedding": params["embedding"],
+        "final_norm": params["final_norm"],
+        **{
+            f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], params["layers"])
+            for i in range(CFG.num_layers)
+        },
     }
     tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, CFG.vocab_size)
-    np.testing.assert_allclose(logits_of(params, tokens), logits_of(per_layer, tokens, unrolled), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(params, tokens), logits_of(per_layer, tokens, unrolled), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
@@ -146,7 +159,9 @@ def test_remat_policies_give_the_same_gradients(remat):
 
     def grads(cfg):
         def loss(p):
-            ce, z = cross_entropy_and_z_loss(logits_of(p, tokens[:, :-1], cfg), tokens[:, 1:], cfg.z_loss)
+            ce, z = cross_entropy_and_z_loss(
+                logits_of(p, tokens[:, :-1], cfg), tokens[:, 1:], cfg.z_loss
+            )
             return ce + z
         return jax.jit(jax.grad(loss))(params)
 
@@ -188,7 +203,9 @@ def test_tiny_model_overfits_a_repeated_text():
     @jax.jit
     def step(params, opt):
         def loss(p):
-            return cross_entropy_and_z_loss(logits_of(p, tokens[:, :-1], cfg), tokens[:, 1:], cfg.z_loss)[0]
+            return cross_entropy_and_z_loss(
+                logits_of(p, tokens[:, :-1], cfg), tokens[:, 1:], cfg.z_loss
+            )[0]
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, value

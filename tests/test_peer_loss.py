@@ -27,5 +27,7 @@ def test_other_errors_are_not_peer_losses():
     # The same words outside a JAX runtime error, a gloo error of another kind, a real bug.
     assert peer_loss_reason(RuntimeError(CLOSED)) is None
     assert peer_loss_reason(JaxRuntimeError("UNKNOWN: Gloo AllGather failed: invalid size")) is None
-    assert peer_loss_reason(JaxRuntimeError("RESOURCE_EXHAUSTED: Connection closed by peer")) is None
+    assert (
+        peer_loss_reason(JaxRuntimeError("RESOURCE_EXHAUSTED: Connection closed by peer")) is None
+    )
     assert peer_loss_reason(ValueError("shapes (4,) and (8,) differ")) is None

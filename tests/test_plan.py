@@ -15,8 +15,13 @@ PALM = Path(sys.executable).parent / "palm"
 
 
 def plan(job: Path, *extra: str):
-    return subprocess.run([PALM, "plan", str(job), "--json", *extra], capture_output=True, text=True,
-                          timeout=900, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [PALM, "plan", str(job), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops(tmp_path):
@@ -36,7 +41,9 @@ def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops(tmp_path):
     # Compiled FLOPs, every loop counted (2 microbatches x 2 layers, forward and backward),
     # are the program's matmuls: the formula's plus what full remat recomputes.
     assert [trips for _, trips in report["loops"]] == [2, 2, 2]
-    assert report["compiled_flops_per_step"] == pytest.approx(report["program_flops_per_step"], rel=0.02)
+    assert report["compiled_flops_per_step"] == pytest.approx(
+        report["program_flops_per_step"], rel=0.02
+    )
     assert 1.05 < report["compiled_flops_per_step"] / report["formula_flops_per_step"] < 1.4
     assert report["cost_analysis_flops_per_step"] < 0.5 * report["compiled_flops_per_step"]
     assert not report["warnings"]
@@ -49,16 +56,28 @@ def test_tiny_job_fits_two_v4_slices_and_reports_memory_and_flops(tmp_path):
     assert 1.0 <= sent / (report["cross_pod_bytes_per_step"] / 8) < 1.1
     assert any(key.startswith("ici/") for key in report["collectives"])
     t, mfu = report["step_time"], report["mfu_range"]
-    assert 0 < t["compute_at_peak_s"] <= t["compute_s"] <= t["best_s"] <= t["scheduled_s"] <= t["worst_s"]
+    assert (
+        0
+        < t["compute_at_peak_s"]
+        <= t["compute_s"]
+        <= t["best_s"]
+        <= t["scheduled_s"]
+        <= t["worst_s"]
+    )
     assert 0 < mfu["worst"] <= mfu["scheduled"] <= mfu["best"] <= 1.0
     assert report["predicted_mfu"] == mfu["best"]
 
 
 def test_job_that_cannot_fit_exits_1_naming_what_to_change(tmp_path):
     spec = yaml.safe_load((JOBS / "plan-tiny.yaml").read_text())
-    spec["model"] = {"preset": "palm-540b", "overrides": {"num_layers": 1, "embed_lookup": "one_hot"}}
+    spec["model"] = {
+        "preset": "palm-540b",
+        "overrides": {"num_layers": 1, "embed_lookup": "one_hot"},
+    }
     spec["topology"] = {"pods": 1, "hosts_per_pod": 1, "chips_per_host": 4, "ici_topology": "2x2x1"}
-    spec["train"].update(seq_len=2048, batch_schedule=[{"sequences": 16}], microbatch_sequences=None)
+    spec["train"].update(
+        seq_len=2048, batch_schedule=[{"sequences": 16}], microbatch_sequences=None
+    )
     job = tmp_path / "too-big.yaml"
     job.write_text(yaml.safe_dump(spec))
     result = plan(job)

@@ -81,8 +81,12 @@ def test_collectives_bytes_per_chip_by_kind_and_network():
 
     shard = 1024 * 4  # bytes of one device's input
     reduced = summary(analyze(compiled(total, x).as_text(), PEAK, HBM, pods=2, devices_per_pod=4))
-    assert reduced == {"dcn/all-reduce": {"bytes": 2 * 7 / 8 * shard, "count": 1, "overlapped_bytes": 0.0}}
-    gathered = summary(analyze(compiled(per_pod, x).as_text(), PEAK, HBM, pods=2, devices_per_pod=4))
+    assert reduced == {
+        "dcn/all-reduce": {"bytes": 2 * 7 / 8 * shard, "count": 1, "overlapped_bytes": 0.0}
+    }
+    gathered = summary(
+        analyze(compiled(per_pod, x).as_text(), PEAK, HBM, pods=2, devices_per_pod=4)
+    )
     assert gathered == {"ici/all-gather": {"bytes": 3 * shard, "count": 1, "overlapped_bytes": 0.0}}
 
 

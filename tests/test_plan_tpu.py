@@ -41,12 +41,18 @@ def test_windowed_einsum_loop_on_a_12_way_model_axis_is_counted_in_full():
     B, D, F = 96, 1536, 6144  # an MLP: [B, D] @ [D, F] then [B, F] @ [F, D], F split 12 ways
 
     def sharded(shape, spec):
-        return jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec(*spec)))
+        return jax.ShapeDtypeStruct(
+            shape, jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec(*spec))
+        )
 
     def mlp(x, w_in, w_out):
-        h = jax.lax.with_sharding_constraint(jax.nn.relu(x @ w_in), NamedSharding(mesh, PartitionSpec(None, "model")))
+        h = jax.lax.with_sharding_constraint(
+            jax.nn.relu(x @ w_in), NamedSharding(mesh, PartitionSpec(None, "model"))
+        )
         # The output reduce-scattered over `model`: the compiler makes it a collective matmul.
-        return jax.lax.with_sharding_constraint(h @ w_out, NamedSharding(mesh, PartitionSpec(None, "model")))
+        return jax.lax.with_sharding_constraint(
+            h @ w_out, NamedSharding(mesh, PartitionSpec(None, "model"))
+        )
 
     compiled = jax.jit(mlp).lower(sharded((B, D), (None, None)), sharded((D, F), (None, "model")),
                                   sharded((F, D), ("model", None))).compile()

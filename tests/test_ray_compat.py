@@ -69,7 +69,9 @@ def _printed(lines: list[str]) -> list[str]:
 
 
 def test_the_driver_drops_gloo_connection_lines_whole_or_torn_and_keeps_ours():
-    gloo = "[Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3"
+    gloo = (
+        "[Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3"
+    )
     ours = ["2026-12-01 21:33:24,258 palm step 4/35 loss 7.1 tokens/s 2000 mfu 0.25%",
             "2026-12-01 21:33:25,001 palm host 2/4: lost a peer during step 25 (gloo: Read error)"]
     torn = [gloo[:30] + gloo, "1 peer ranks. Expected number of connected peer ranks is : 1",

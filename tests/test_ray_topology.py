@@ -98,7 +98,9 @@ def test_a_malformed_ici_topology_in_a_job_names_the_field(tmp_path):
 
     from palm_platform.job import JobError, load_job
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text())
+    spec = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml").read_text()
+    )
     spec["topology"]["ici_topology"] = "2x4"
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))

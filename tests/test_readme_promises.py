@@ -23,7 +23,9 @@ PALM = Path(sys.executable).parent / "palm"
 @pytest.mark.parametrize(("preset", "config", "paper_billions"),
                          [("palm-8b", PALM_8B, 8.63), ("palm-62b", PALM_62B, 62.50),
                           ("palm-540b", PALM_540B, 540.35)])
-def test_model_info_prints_the_papers_parameter_count_and_training_flops(preset, config, paper_billions):
+def test_model_info_prints_the_papers_parameter_count_and_training_flops(
+    preset, config, paper_billions
+):
     out = subprocess.run([PALM, "model-info", preset], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     fields = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())

@@ -59,7 +59,9 @@ def reference(local_cluster, tmp_path_factory):
          "--working-dir", str(folder), "--", "./job.yaml"],
         capture_output=True, text=True, timeout=600, env=driver_env(local_cluster),
     )
-    assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-3000:] + submit.stderr[-2000:]
+    assert submit.returncode == 0 and "succeeded" in submit.stdout, (
+        submit.stdout[-3000:] + submit.stderr[-2000:]
+    )
     (folder / "submit.log").write_text(submit.stdout)
     return folder
 
@@ -114,7 +116,9 @@ def test_submitted_job_file_trains_to_its_last_step(reference):
     records = read_records(reference / "run" / "ray-2host")
     steps = [r for r in records if r["kind"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 13))
-    assert {"loss", "z_loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "step_s"} <= set(steps[0])
+    assert {"loss", "z_loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "step_s"} <= set(
+        steps[0]
+    )
     assert any(r["kind"] == "start" for r in records)
 
 
@@ -183,7 +187,9 @@ def test_job_that_needs_more_pods_than_the_cluster_has_fails_fast(local_cluster,
 
 def test_malformed_job_file_names_file_field_and_fix(tmp_path):
     job = write_job(tmp_path, train={"steps": -1}, mesh={"modle": 2})
-    run = subprocess.run([BIN / "palm", "run", str(job)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [BIN / "palm", "run", str(job)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 2
     assert str(job) in run.stderr
     assert "field train.steps" in run.stderr and "field mesh.modle" in run.stderr
@@ -191,8 +197,19 @@ def test_malformed_job_file_names_file_field_and_fix(tmp_path):
 
 
 def test_missing_data_path_fails_before_any_worker_starts(tmp_path):
-    job = write_job(tmp_path, data={"sources": [{"name": "web", "paths": ["nothere/*.jsonl"], "weight": 1}]})
-    run = subprocess.run([BIN / "palm", "run", str(job)], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # no cluster is needed
+    job = write_job(
+        tmp_path, data={"sources": [{"name": "web", "paths": ["nothere/*.jsonl"], "weight": 1}]}
+    )
+    run = subprocess.run(
+        [BIN / "palm", "run", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
+    )  # no cluster is needed
     assert run.returncode == 2
-    assert "data.sources[0].paths[0]" in run.stderr and "nothere" in run.stderr and "Fix:" in run.stderr
+    assert (
+        "data.sources[0].paths[0]" in run.stderr
+        and "nothere" in run.stderr
+        and "Fix:" in run.stderr
+    )

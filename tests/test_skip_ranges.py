@@ -48,8 +48,11 @@ def pipeline_factory(tmp_path_factory):
     root = tmp_path_factory.mktemp("skips")
     # One long document: every packed sequence is distinct, so equal batches mean equal indices.
     write_pretokenized_shard(str(root / "numbers.arrayrecord"), [np.arange(3, 503)])
-    config = DataConfig(sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
-                        seed=0, shuffle_window=1)
+    config = DataConfig(
+        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
+        seed=0,
+        shuffle_window=1,
+    )
 
     def make():
         return build_pipeline(config, seq_len=SEQ_LEN, base_dir=root, process_index=0,

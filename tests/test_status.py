@@ -7,8 +7,17 @@ from palm_platform.metrics.status import main, summarize
 
 
 def records():
-    steps = [{"kind": "step", "step": s, "time": 100.0 + s, "loss": 5.0 - s / 10, "tokens": 10, "step_s": 0.5}
-             for s in (1, 2, 3, 2, 3, 4)]  # steps 2-3 replayed after a rollback
+    steps = [
+        {
+            "kind": "step",
+            "step": s,
+            "time": 100.0 + s,
+            "loss": 5.0 - s / 10,
+            "tokens": 10,
+            "step_s": 0.5,
+        }
+        for s in (1, 2, 3, 2, 3, 4)
+    ]  # steps 2-3 replayed after a rollback
     return [
         {"kind": "start", "step": 0, "time": 100.0},
         *steps[:3],
@@ -18,14 +27,26 @@ def records():
         {"kind": "restart", "step": 1, "time": 104.5},
         *steps[3:],
         {"kind": "checkpoint_saved", "step": 4, "time": 105.0},
-        {"kind": "goodput", "step": 4, "time": 106.0, "wall_s": 12.0, "productive_s": 3.0, "goodput": 0.25},
+        {
+            "kind": "goodput",
+            "step": 4,
+            "time": 106.0,
+            "wall_s": 12.0,
+            "productive_s": 3.0,
+            "goodput": 0.25,
+        },
     ]
 
 
 def test_summary_counts_each_step_once_and_every_event():
     summary = summarize(records(), total_steps=4)
     assert summary.steps == 4 and summary.tokens == 40
-    assert (summary.restarts, summary.rollbacks, summary.skipped_batches, summary.checkpoints) == (1, 1, 5, 1)
+    assert (summary.restarts, summary.rollbacks, summary.skipped_batches, summary.checkpoints) == (
+        1,
+        1,
+        5,
+        1,
+    )
     assert summary.final_loss == 5.0 - 4 / 10
     assert summary.goodput == 0.25 and summary.wall_s == 12.0  # the run's own accounting
 
@@ -40,7 +61,13 @@ def test_status_command_prints_the_summary_and_the_spikes(tmp_path, capsys):
 
 
 def test_events_read_as_sentences_with_rounded_numbers():
-    spike = {"kind": "spike", "step": 45, "time": 1.0, "loss": 9.123456789012345, "limit": 6.5012345678}
+    spike = {
+        "kind": "spike",
+        "step": 45,
+        "time": 1.0,
+        "loss": 9.123456789012345,
+        "limit": 6.5012345678,
+    }
     rollback = {"kind": "rollback", "step": 45, "time": 1.0, "to_step": 35, "note": ""}
     compiled = {"kind": "compiled", "step": 1, "time": 1.0, "batch_size": 16, "seconds": 12.345678,
                 "cache_hits": 3, "cache_misses": 0}
@@ -54,10 +81,23 @@ def test_events_read_as_sentences_with_rounded_numbers():
 
 
 def test_mfu_line_says_a_tiny_model_is_overhead_bound():
-    steps = [{"kind": "step", "step": s, "time": 100.0 + s, "loss": 5.0, "tokens": 10, "step_s": 0.2,
-              "mfu": mfu, "compiled": s == 1} for s, mfu in ((1, 0.0001), (2, 0.006), (3, 0.006))]
+    steps = [
+        {
+            "kind": "step",
+            "step": s,
+            "time": 100.0 + s,
+            "loss": 5.0,
+            "tokens": 10,
+            "step_s": 0.2,
+            "mfu": mfu,
+            "compiled": s == 1,
+        }
+        for s, mfu in ((1, 0.0001), (2, 0.006), (3, 0.006))
+    ]
     tiny = summarize(steps).mfu_line()
-    assert tiny.startswith("MFU 0.6% at 200 ms per step (overhead-bound") and "1.2 ms at peak" in tiny
+    assert (
+        tiny.startswith("MFU 0.6% at 200 ms per step (overhead-bound") and "1.2 ms at peak" in tiny
+    )
     big = summarize([{**r, "mfu": 0.45} for r in steps]).mfu_line()
     assert big == "MFU 45.0% at 200 ms per step"
 

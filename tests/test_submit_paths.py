@@ -64,7 +64,11 @@ def test_palm_run_in_a_ray_package_exits_2_before_touching_ray(package):
                          cwd=package, capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "RAY_ADDRESS": "127.0.0.1:1"})
     assert run.returncode == 2, run.stderr
-    assert run.stderr.count("\n") == 1 and "checkpoint.directory" in run.stderr and "Traceback" not in run.stderr
+    assert (
+        run.stderr.count("\n") == 1
+        and "checkpoint.directory" in run.stderr
+        and "Traceback" not in run.stderr
+    )
 
 
 

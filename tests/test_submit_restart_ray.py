@@ -31,7 +31,9 @@ SUBMIT = ('RAY_AUTH_MODE=token ray job submit --working-dir . -- palm run --subm
 
 
 def cluster_cli(action: str, state_dir: Path) -> cluster.ClusterState | None:
-    shape = ["--pods", "1", "--hosts-per-pod", "2", "--chips-per-host", "2"] if action == "up" else []
+    shape = (
+        ["--pods", "1", "--hosts-per-pod", "2", "--chips-per-host", "2"] if action == "up" else []
+    )
     done = subprocess.run([BIN / "palm", "cluster", action, *shape, "--dir", str(state_dir)],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -94,4 +96,6 @@ def test_submit_twice_across_a_cluster_restart_resumes_from_the_checkpoint(tmp_p
     assert second_steps == list(range(resumed[0] + 1, STEPS + 1)), second_steps
     status = subprocess.run([BIN / "palm", "status", "runs/ray-2host"], cwd=project,
                             capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and f"steps {STEPS}" in status.stdout, status.stdout + status.stderr
+    assert status.returncode == 0 and f"steps {STEPS}" in status.stdout, (
+        status.stdout + status.stderr
+    )

@@ -194,8 +194,10 @@ def test_poison_record_is_json_in_state_dir(tmp_path):
 
 def test_batch_indices_from_a_recorded_state_match_the_pipeline(tmp_path):
     write_pretokenized_shard(str(tmp_path / "numbers.arrayrecord"), [np.arange(3, 1003)])
-    config = DataConfig(sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
-                        shuffle_window=16)
+    config = DataConfig(
+        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
+        shuffle_window=16,
+    )
     pipeline = build_pipeline(config, seq_len=8, base_dir=tmp_path, process_index=0,
                               process_count=1, cache_dir=tmp_path / "cache")
     pipeline.add_skip_range(20, 30)

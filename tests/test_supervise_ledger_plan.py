@@ -50,7 +50,9 @@ def test_save_creates_missing_folders(tmp_path):
 def test_a_batch_of_one_sequence_is_a_valid_plan_and_zero_is_not():
     plan = plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                          batch_size=1)
-    assert plan.action == "rollback" and plan.end_sequence - plan.first_sequence == plan.skip_batches
+    assert (
+        plan.action == "rollback" and plan.end_sequence - plan.first_sequence == plan.skip_batches
+    )
     with pytest.raises(ValueError, match="batch_size must be positive"):
         plan_rollback(SPIKE, [300], SpikeConfig(), Ledger(), data_state={"next_sequence": 7},
                       batch_size=0)

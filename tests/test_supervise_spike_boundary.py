@@ -21,8 +21,10 @@ def _just_above(x: float) -> float:
     return math.nextafter(x, math.inf)
 
 
-@pytest.mark.parametrize(("window", "median"), [([3.0] * 10, 3.0), ([1.0, 4.0, 2.0, 3.0, 6.0, 5.0], 3.5),
-                                                ([1.0, 5.0, 2.0, 3.0, 4.0], 3.0)])
+@pytest.mark.parametrize(
+    ("window", "median"),
+    [([3.0] * 10, 3.0), ([1.0, 4.0, 2.0, 3.0, 6.0, 5.0], 3.5), ([1.0, 5.0, 2.0, 3.0, 4.0], 3.0)],
+)
 def test_ratio_rule_boundary_is_threshold_times_median(window, median):
     cfg = SpikeConfig(rule="ratio", window=len(window), min_history=len(window), threshold=2.0)
     limit = 2.0 * median
@@ -40,7 +42,9 @@ def test_zscore_boundary_on_a_flat_window_is_the_relative_floor():
     limit = 2.0 + 6.0 * floor
     assert _fed(cfg, [2.0] * 10).observe(10, limit) is None
     spike = _fed(cfg, [2.0] * 10).observe(10, _just_above(limit))
-    assert spike is not None and spike.limit == limit and spike.scale == floor and spike.factor == 6.0
+    assert (
+        spike is not None and spike.limit == limit and spike.scale == floor and spike.factor == 6.0
+    )
 
 
 def test_zscore_boundary_with_noise_matches_numpy():

@@ -24,7 +24,8 @@ def test_the_shard_holds_each_documents_token_ids_in_order(tmp_path, capsys):
     for tokens, text in zip(read, TEXTS, strict=True):
         np.testing.assert_array_equal(tokens, tokenizer.encode(text))
         assert tokenizer.decode(tokens.tolist()) == text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.arrayrecord", "docs.jsonl"]  # no partial left
+    # no partial left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.arrayrecord", "docs.jsonl"]
 
 
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):

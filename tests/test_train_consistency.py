@@ -1,7 +1,7 @@
 """The pods-identical check returns False when one pod's copy differs by a single bit.
 
-The loop trusts `pod_checksum_array` + `checksums_agree` every step; these tests build parameters whose
-pods hold purpose-made different copies (one bit flipped in one element of one pod's shard)
+The loop trusts `pod_checksum_array` + `checksums_agree` every step; these tests build parameters
+whose pods hold purpose-made different copies (one bit flipped in one element of one pod's shard)
 and show the check notices, for float32 and bfloat16 leaves, sharded and replicated ones.
 """
 
@@ -45,7 +45,9 @@ def _params(mesh, flip=None):
             bits[flip[2]] ^= 1
         pod_of = {d: p for p in range(mesh.shape["pod"]) for d in mesh.devices[p].flat}
         buffers = [
-            jax.device_put((changed if flip is not None and pod_of[d] == flip[1] else values)[index], d)
+            jax.device_put(
+                (changed if flip is not None and pod_of[d] == flip[1] else values)[index], d
+            )
             for d, index in sharding.addressable_devices_indices_map(shape).items()
         ]
         params[name] = jax.make_array_from_single_device_arrays(shape, sharding, buffers)
@@ -87,7 +89,9 @@ def test_the_same_change_on_every_pod_moves_the_checksums_together(two_pods):
     # still pass after the change.
     before = pod_checksums(_params(two_pods), two_pods)
     shape, dtype, spec = LEAVES["kernel"]
-    values = np.asarray(jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape) * 0.37 + 1.0, dtype).copy()
+    values = np.asarray(
+        jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape) * 0.37 + 1.0, dtype
+    ).copy()
     values.reshape(-1).view(np.uint32)[31] ^= 1
     changed = {**_params(two_pods),
                "kernel": jax.device_put(values, NamedSharding(two_pods, PartitionSpec(*spec)))}

@@ -17,9 +17,14 @@ def batch_size_at(step: int) -> int:
 
 @pytest.fixture
 def pipeline(tmp_path):
-    write_pretokenized_shard(str(tmp_path / "numbers.arrayrecord"), [np.arange(3, 1003) for _ in range(3)])
-    config = DataConfig(sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1)],
-                        seed=0, shuffle_window=16)
+    write_pretokenized_shard(
+        str(tmp_path / "numbers.arrayrecord"), [np.arange(3, 1003) for _ in range(3)]
+    )
+    config = DataConfig(
+        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1)],
+        seed=0,
+        shuffle_window=16,
+    )
     return build_pipeline(config, seq_len=SEQ_LEN, base_dir=tmp_path, process_index=0,
                           process_count=1, cache_dir=tmp_path / "cache")
 
@@ -58,7 +63,9 @@ def test_a_failure_on_the_thread_surfaces_with_its_cause(pipeline):
     def place(local):
         raise MemoryError("no room on the devices")
 
-    prefetcher = Prefetcher(pipeline, first_step=0, last_step=4, batch_size_at=batch_size_at, place=place)
+    prefetcher = Prefetcher(
+        pipeline, first_step=0, last_step=4, batch_size_at=batch_size_at, place=place
+    )
     with pytest.raises(PrefetchError, match="MemoryError: no room on the devices") as caught:
         prefetcher.next()
     assert isinstance(caught.value.__cause__, MemoryError)

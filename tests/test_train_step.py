@@ -76,7 +76,9 @@ def test_sharded_step_matches_single_device(single, sharded):
     # Different reduction orders (sums split over devices) change float32 rounding by about
     # 1e-7 relative per step; Adafactor divides by the RMS of the update, which can amplify
     # that on near-zero moments. After 3 steps, 1e-4 of the largest parameter bounds both.
-    for a, b in zip(jax.tree.leaves(single[0].params), jax.tree.leaves(sharded[0].params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(single[0].params), jax.tree.leaves(sharded[0].params), strict=True
+    ):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(a).max())
     for ma, mb in zip(single[1], sharded[1], strict=True):
@@ -104,7 +106,9 @@ def test_parameters_are_sharded_over_data_and_model_not_pod(sharded):
 
 def test_gradient_accumulation_matches_one_big_batch(single):
     accumulated, metrics, _ = run(1, 1, 1, microbatches=2)
-    for a, b in zip(jax.tree.leaves(single[0].params), jax.tree.leaves(accumulated.params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(single[0].params), jax.tree.leaves(accumulated.params), strict=True
+    ):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(a).max())
     assert metrics[0]["loss"] == pytest.approx(single[1][0]["loss"], rel=1e-5)

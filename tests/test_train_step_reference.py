@@ -38,7 +38,9 @@ def whole_batch_loss(params, tokens):
 
 
 def global_norm(tree) -> float:
-    return float(np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(tree))))
+    return float(
+        np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(tree)))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,9 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-3}
 
 @pytest.mark.parametrize(("microbatches", "cross_pod_dtype"),
                          [(1, "float32"), (2, "float32"), (1, "bfloat16"), (2, "bfloat16")])
-def test_two_pod_step_gradient_is_the_whole_batch_gradient(reference, microbatches, cross_pod_dtype):
+def test_two_pod_step_gradient_is_the_whole_batch_gradient(
+    reference, microbatches, cross_pod_dtype
+):
     ref_params, ref_grads, (ref_ce, ref_z) = reference
     tx = optax.sgd(1.0)  # update == -gradient: the step's gradient, observable exactly
     mesh = make_mesh(2, 2, 2, jax.devices()[:8])

@@ -37,14 +37,21 @@ def worker_line(level: str, name: str, message: str) -> str:
 def test_terminal_gets_palm_warnings_as_messages_and_the_log_gets_everything(tmp_path):
     terminal = io.StringIO()
     output = WorkerOutput(tmp_path / "logs", stream=terminal)
-    output.handle(batch(
-        11,
-        worker_line("INFO", "palm", "step 24/60 loss 5.6483 tokens/s 1350 mfu 0.53%"),
-        worker_line("INFO", "palm_platform.checkpoint.checkpointer", "checkpoint step 20 committed"),
-        worker_line("WARNING", "palm_platform.supervise.faults", "FAULT step 25 host 1: kill_host"),
-        "WARNING:2026-12-04 07:37:10 jax._src.xla_bridge: An NVIDIA GPU may be present",
-        "[Gloo] Rank 1 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3",
-    ))
+    output.handle(
+        batch(
+            11,
+            worker_line("INFO", "palm", "step 24/60 loss 5.6483 tokens/s 1350 mfu 0.53%"),
+            worker_line(
+                "INFO", "palm_platform.checkpoint.checkpointer", "checkpoint step 20 committed"
+            ),
+            worker_line(
+                "WARNING", "palm_platform.supervise.faults", "FAULT step 25 host 1: kill_host"
+            ),
+            "WARNING:2026-12-04 07:37:10 jax._src.xla_bridge: An NVIDIA GPU may be present",
+            "[Gloo] Rank 1 is connected to 3 peer ranks. Expected number of connected peer ranks "
+            "is : 3",
+        )
+    )
     output.close()
     assert terminal.getvalue().splitlines() == ["FAULT step 25 host 1: kill_host"]
     logged = (tmp_path / "logs" / LOG_FILE).read_text().splitlines()

@@ -155,7 +155,9 @@ class Checkpointer:
         self._saver.start()
         return True
 
-    def _save_in_background(self, step: int, train_state: Any, data_state: dict, ledger: dict) -> None:
+    def _save_in_background(
+        self, step: int, train_state: Any, data_state: dict, ledger: dict
+    ) -> None:
         try:
             self._save_now(step, train_state, data_state, ledger)
         except BaseException as error:  # noqa: BLE001 - re-raised by the next save or wait
@@ -167,7 +169,9 @@ class Checkpointer:
             self._saver = None
         if self._save_error is not None:
             error, self._save_error = self._save_error, None
-            raise RuntimeError(f"{self.directory}: a background checkpoint save failed: {error}") from error
+            raise RuntimeError(
+                f"{self.directory}: a background checkpoint save failed: {error}"
+            ) from error
 
     def _save_now(self, step: int, train_state: Any, data_state: dict, ledger: dict) -> None:
         # Orbax may delete the previous step when this save finalises; hash it first.

@@ -1,10 +1,10 @@
 """Who may use the local cluster's ports: Ray 2.60's token authentication, from the environment.
 
-Ray 2.60's GCS, raylet, object manager and agent servers listen on every interface, and the
-local cluster cannot bind them to loopback (tests/support/listening.py): `ray start` replaces a loopback
-node address with the machine's, and the servers bind loopback only for a loopback node
-address. Upstream work on binding: ray-project/ray#55484, #55732 (bind the node IP),
-#59852 (no 0.0.0.0 binds; merged in 2026-01), #65867 (closed).
+Ray 2.60's GCS, raylet, object manager and agent servers listen on every interface, and the local
+cluster cannot bind them to loopback (tests/support/listening.py): `ray start` replaces a loopback
+node address with the machine's, and the servers bind loopback only for a loopback node address.
+Upstream work on binding: ray-project/ray#55484, #55732 (bind the node IP), #59852 (no 0.0.0.0
+binds; merged in 2026-01), #65867 (closed).
 
 What keeps other machines from running code here is Ray 2.60's token authentication: with
 `RAY_AUTH_MODE=token`, every Ray gRPC server (GCS, raylet, object manager, workers, agents,
@@ -49,7 +49,10 @@ def default_token_path() -> Path:
 
 
 def _token() -> str | None:
-    """The token, looked up in Ray's order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    """The token, looked up in Ray's order.
+
+    RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token.
+    """
     if os.environ.get(TOKEN_VAR):
         return os.environ[TOKEN_VAR].strip()
     path = os.environ.get(TOKEN_PATH_VAR)

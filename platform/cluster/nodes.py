@@ -165,7 +165,10 @@ def _node_env(temp_dir: str, auth_mode: str | None) -> dict[str, str]:
 
 
 def up(
-    shape: SliceShape, *, object_store_mb: int = 150, run_state_dir: str | os.PathLike | None = None,
+    shape: SliceShape,
+    *,
+    object_store_mb: int = 150,
+    run_state_dir: str | os.PathLike | None = None,
     no_auth: bool = False,
 ) -> ClusterState:
     """Start the head and one node per fake TPU host; return the recorded state.

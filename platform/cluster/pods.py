@@ -49,7 +49,9 @@ def remove_pod(pod: int, run_state_dir: str | None = None) -> list[int]:
     name = state.shape.slice_name(pod)
     hosts = [n for n in state.nodes if n.slice_name == name]
     if not hosts:
-        raise PodChangeError(f"pod {pod} ({name}) is already removed. Fix: `palm cluster add-pod {pod}`")
+        raise PodChangeError(
+            f"pod {pod} ({name}) is already removed. Fix: `palm cluster add-pod {pod}`"
+        )
     pids = nodes.stop_nodes(hosts)
     state.nodes = [n for n in state.nodes if n.slice_name != name]
     save_state(path, state)
@@ -63,7 +65,9 @@ def add_pod(pod: int, run_state_dir: str | None = None) -> int:
     shape = state.shape
     name = shape.slice_name(pod)
     if any(n.slice_name == name for n in state.nodes):
-        raise PodChangeError(f"pod {pod} ({name}) is already up. Fix: `palm cluster remove-pod {pod}` first")
+        raise PodChangeError(
+            f"pod {pod} ({name}) is already up. Fix: `palm cluster remove-pod {pod}` first"
+        )
     if not nodes.cluster_alive(state):
         raise PodChangeError(f"the local cluster recorded in {path} is not healthy (a recorded "
                              "process is gone). Fix: `palm cluster down` then `palm cluster up`")

@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lines sampled for training (SentencePiece input_sentence_size)",
     )
     train.add_argument("--num-threads", type=int, default=None, help="default: all cores")
-    encode = sub.add_parser("encode", help="tokenise documents into a pre-tokenised ArrayRecord shard")
+    encode = sub.add_parser(
+        "encode", help="tokenise documents into a pre-tokenised ArrayRecord shard"
+    )
     encode.add_argument("--model", required=True, help=".model path or builtin:default")
     encode.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders, globs, fsspec URLs or builtin:default-corpus")
@@ -98,7 +100,10 @@ def _encode(args: argparse.Namespace) -> int:
         return 2
     documents = _documents(args.input, args.format, args.text_field)
     count = readers.write_pretokenized_shard(args.output, (tokenizer.encode(d) for d in documents))
-    print(f"{args.output}: {count} documents, tokenizer {tokenizer.path} (sha256 {tokenizer.sha256[:12]})")
+    print(
+        f"{args.output}: {count} documents, tokenizer {tokenizer.path} (sha256 "
+        f"{tokenizer.sha256[:12]})"
+    )
     return 0
 
 

@@ -35,7 +35,10 @@ def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, param_shardings) -> Calla
 
     def eval_step(params, tokens_BxL1, weights_BxL):
         # Whole-batch rules (batch over pod x data): no per-pod vmap without a gradient.
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        with (
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+            nn.logical_axis_rules(LOGICAL_AXIS_RULES),
+        ):
             logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL1[:, :-1])
         nats_BxL = token_nats(logits_BxLxV, tokens_BxL1[:, 1:])
         return {"nats": (nats_BxL * weights_BxL).sum(), "tokens": weights_BxL.sum()}

@@ -33,7 +33,9 @@ def kv_cache_bytes(config: ModelConfig, batch: int, length: int, itemsize: int =
     return 2 * config.num_layers * batch * length * config.head_dim * itemsize
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_len: int, max_new_tokens: int) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: list[str], max_len: int, max_new_tokens: int
+) -> list[list[int]]:
     """EOS + tokens of each prompt; a one-line error for an empty or too long prompt."""
     out = []
     for i, prompt in enumerate(prompts):
@@ -42,8 +44,10 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int, max_new_tokens: 
         ids = [tokenizer.eos_id, *tokenizer.encode(prompt)]
         if len(ids) + max_new_tokens > max_len:
             raise EvalInputError(
-                f"prompt {i + 1} has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} that "
-                f"exceeds the model's context of {max_len}. Fix: shorten it or lower --max-new-tokens")
+                f"prompt {i + 1} has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} "
+                f"that exceeds the model's context of {max_len}. Fix: shorten it or lower "
+                "--max-new-tokens"
+            )
         out.append(ids)
     return out
 

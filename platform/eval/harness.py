@@ -112,11 +112,18 @@ class PalmLM(LM):
                 prompts.append(ids[-(self.max_length - max_new):])
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                new = generate_ids(self.params, self.config, prompts[start : start + self.batch_size],
-                                   Sampling(max_new_tokens=max_new, temperature=temperature),
-                                   self.eos, self.placement)
+                new = generate_ids(
+                    self.params,
+                    self.config,
+                    prompts[start : start + self.batch_size],
+                    Sampling(max_new_tokens=max_new, temperature=temperature),
+                    self.eos,
+                    self.placement,
+                )
                 for i, ids in zip(chunk, new, strict=True):
-                    out[i] = cut_at(self.tokenizer.decode(ids), requests[i].args[1].get("until") or [])
+                    out[i] = cut_at(
+                        self.tokenizer.decode(ids), requests[i].args[1].get("until") or []
+                    )
         return out
 
 

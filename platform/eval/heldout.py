@@ -38,8 +38,9 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     table = np.zeros(tokenizer.vocab_size, np.int64)
     for i in range(tokenizer.vocab_size):
         piece = tokenizer.id_to_piece(i)
-        if i in (tokenizer.eos_id, tokenizer.pad_id) or (piece.startswith("<") and piece.endswith(">")
-                                                         and not _BYTE_PIECE.match(piece)):
+        if i in (tokenizer.eos_id, tokenizer.pad_id) or (
+            piece.startswith("<") and piece.endswith(">") and not _BYTE_PIECE.match(piece)
+        ):
             continue
         table[i] = 1 if _BYTE_PIECE.match(piece) else len(piece.replace("\u2581", " ").encode())
     return table

@@ -49,7 +49,11 @@ class Memorization:
                 f"{self.continuation_tokens} tokens after {self.prompt_tokens}; {held}")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "trained_rate": self.trained_rate, "heldout_rate": self.heldout_rate}
+        return {
+            **asdict(self),
+            "trained_rate": self.trained_rate,
+            "heldout_rate": self.heldout_rate,
+        }
 
 
 def sample_trained_indices(data_state: dict, count: int, seed: int) -> np.ndarray:
@@ -59,11 +63,17 @@ def sample_trained_indices(data_state: dict, count: int, seed: int) -> np.ndarra
     kept = SkipRanges.of_state(data_state).kept_spans(int(data_state["next_sequence"]))
     total = sum(b - a for a, b in kept)
     if total == 0:
-        raise EvalInputError("this checkpoint has trained on no sequence yet. Fix: pick a later --step")
-    ranks = np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))
+        raise EvalInputError(
+            "this checkpoint has trained on no sequence yet. Fix: pick a later --step"
+        )
+    ranks = np.sort(
+        np.random.default_rng(seed).choice(total, size=min(count, total), replace=False)
+    )
     starts = np.cumsum([0] + [b - a for a, b in kept])
     segment = np.searchsorted(starts, ranks, side="right") - 1
-    return np.asarray([kept[s][0] + r - starts[s] for s, r in zip(segment, ranks, strict=True)], np.int64)
+    return np.asarray(
+        [kept[s][0] + r - starts[s] for s, r in zip(segment, ranks, strict=True)], np.int64
+    )
 
 
 def _pipeline_and_heldout(run):
@@ -96,10 +106,14 @@ def sample_heldout(packed: list, count: int, seed: int) -> np.ndarray:
     total = int(sizes.sum())
     if total == 0:
         return np.zeros((0, 0), np.int32)
-    ranks = np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))
+    ranks = np.sort(
+        np.random.default_rng(seed).choice(total, size=min(count, total), replace=False)
+    )
     starts = np.concatenate([[0], np.cumsum(sizes)])
     which = np.searchsorted(starts, ranks, side="right") - 1
-    return np.stack([np.asarray(packed[w][int(r - starts[w])]) for w, r in zip(which, ranks, strict=True)])
+    return np.stack(
+        [np.asarray(packed[w][int(r - starts[w])]) for w, r in zip(which, ranks, strict=True)]
+    )
 
 
 def exact_continuations(params, config, sequences_NxS: np.ndarray, prompt: int, continuation: int,
@@ -127,7 +141,12 @@ def memorization(run, count: int, *, prompt_tokens: int = 50, continuation_token
     pipeline, held_packed = _pipeline_and_heldout(run)
     trained = pipeline.sequences(sample_trained_indices(run.data_state, count, seed))
     heldout = sample_heldout(held_packed, count, seed)
-    score = lambda rows: exact_continuations(run.params, run.model_cfg, rows, prompt_tokens,  # noqa: E731
-                                             continuation_tokens, batch_size, run.placement or LOCAL) if len(rows) else 0
+
+    def score(rows) -> int:
+        if not len(rows):
+            return 0
+        return exact_continuations(run.params, run.model_cfg, rows, prompt_tokens,
+                                   continuation_tokens, batch_size, run.placement or LOCAL)
+
     return Memorization(run.step, prompt_tokens, continuation_tokens, len(trained), score(trained),
                         len(heldout), score(heldout))

@@ -28,7 +28,9 @@ class Placement:
         if self._replicated is None:
             return array
         array = np.asarray(array)
-        return jax.make_array_from_callback(array.shape, self._replicated, lambda index: array[index])
+        return jax.make_array_from_callback(
+            array.shape, self._replicated, lambda index: array[index]
+        )
 
     def get(self, tree):
         """Outputs as numpy on this host (gathered across hosts when not all local)."""

@@ -80,7 +80,9 @@ def read_job_record(record: Path) -> Job:
     try:
         raw = json.loads(record.read_bytes().decode("utf-8"), object_pairs_hook=_refuse_duplicates)
     except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, duplicates, `[[[[...`
-        raise EvalInputError(one_line(f"{record}: not a job record ({error}). {fix}", 400)) from None
+        raise EvalInputError(
+            one_line(f"{record}: not a job record ({error}). {fix}", 400)
+        ) from None
     try:
         return parse_job(raw, record)
     except JobError as error:
@@ -136,7 +138,9 @@ def check_run_storage(target: str | Path, job_file: str | Path | None, job: Job 
             "checkpoint directory with --job FILE")
 
 
-def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bool = False) -> Restored:
+def restore_job(
+    job: Job, run_dir: Path, *, step: int | None = None, sharded: bool = False
+) -> Restored:
     import jax
 
     if job.topology.local and not os.environ.get("JAX_PLATFORMS"):
@@ -157,8 +161,10 @@ def restore_job(job: Job, run_dir: Path, *, step: int | None = None, sharded: bo
         raise EvalInputError(f"data.tokenizer of {job.name}: {error}") from None
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise EvalInputError(
-            f"tokenizer {job.data.tokenizer} has {tokenizer.vocab_size} pieces but the checkpoint's "
-            f"model has vocab_size {model_cfg.vocab_size}. Fix: use the tokenizer the run trained with")
+            f"tokenizer {job.data.tokenizer} has {tokenizer.vocab_size} pieces but the "
+            f"checkpoint's model has vocab_size {model_cfg.vocab_size}. Fix: use the tokenizer "
+            "the run trained with"
+        )
     directory = Path(job.checkpoint.directory)
     if "://" not in job.checkpoint.directory and not directory.is_dir():
         raise EvalInputError(f"{directory}: checkpoint directory not found (from {job.name}'s "

@@ -1,13 +1,13 @@
 """The held-out split: whole documents of each source, chosen by seed, never trained on.
 
-A source's token stream is every document followed by EOS (data/store.py), so document d is
-the d-th EOS-terminated run. The token store records each document's end (its `ends`
-arrays), so the split reads the bounds of the held-out documents only, never the tokens. Held out: a seeded permutation's first k documents
-(k = fraction x documents, at least 1 when a source has two or more). The choice depends on
-the seed and the document count only, never on hosts or shards; it is recorded in the run
-folder (`eval_split.json`) at the first start and read back at every restart, so a restart
-or a different host count uses exactly the same documents, and a source whose document
-count changed is an error rather than a silent new split.
+A source's token stream is every document followed by EOS (data/store.py), so document d is the d-th
+EOS-terminated run. The token store records each document's end (its `ends` arrays), so the split
+reads the bounds of the held-out documents only, never the tokens. Held out: a seeded permutation's
+first k documents (k = fraction x documents, at least 1 when a source has two or more). The choice
+depends on the seed and the document count only, never on hosts or shards; it is recorded in the run
+folder (`eval_split.json`) at the first start and read back at every restart, so a restart or a
+different host count uses exactly the same documents, and a source whose document count changed is
+an error rather than a silent new split.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class SpanTokens:
         """Futures of the pieces of [a, b) (the pipeline reads a batch's windows at once)."""
         from palm_platform.data.store_sources import read_async
 
-        return [f for start, stop in self._ranges(a, b) for f in read_async(self._tokens, start, stop)]
+        return [
+            f for start, stop in self._ranges(a, b) for f in read_async(self._tokens, start, stop)
+        ]
 
     def __getitem__(self, key: slice) -> np.ndarray:
         a, b, _ = key.indices(len(self))

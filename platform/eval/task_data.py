@@ -28,7 +28,9 @@ def arithmetic(rng: random.Random, count: int) -> list[dict]:
     return rows
 
 
-def _passages(rng: random.Random, documents: list[str], count: int, length: int) -> list[tuple[str, int]]:
+def _passages(
+    rng: random.Random, documents: list[str], count: int, length: int
+) -> list[tuple[str, int]]:
     """(document, start) of `count` random windows of `length` characters."""
     usable = [d for d in documents if len(d) > 2 * length]
     out = []
@@ -50,7 +52,9 @@ def cloze(rng: random.Random, documents: list[str], count: int) -> list[dict]:
 
 
 def corpus_ppl(rng: random.Random, documents: list[str], count: int) -> list[dict]:
-    return [{"text": doc[start : start + 400]} for doc, start in _passages(rng, documents, count, 400)]
+    return [
+        {"text": doc[start : start + 400]} for doc, start in _passages(rng, documents, count, 400)
+    ]
 
 
 def store_documents(data_config=None, base_dir: Path | None = None) -> Iterator[str]:

@@ -149,7 +149,11 @@ def read_records(run_dir: Path) -> list[dict]:
             continue
         # Every record this sink writes has a kind, a step and a time; anything else in the
         # file (an edited or foreign line) is skipped rather than crash `palm status`.
-        if (isinstance(record, dict) and isinstance(record.get("kind"), str)
-                and type(record.get("step")) is int and isinstance(record.get("time"), int | float)):
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("kind"), str)
+            and type(record.get("step")) is int
+            and isinstance(record.get("time"), int | float)
+        ):
             records.append(record)
     return records

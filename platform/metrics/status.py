@@ -45,7 +45,8 @@ class Summary:
         loss = f"{self.final_loss:.4f}" if self.final_loss is not None else "-"
         lines = [
             f"steps {done}  tokens {self.tokens:,}  final loss {loss}",
-            f"wall {self.wall_s:.1f} s  productive {self.productive_s:.1f} s  goodput {self.goodput:.1%}",
+            f"wall {self.wall_s:.1f} s  productive {self.productive_s:.1f} s  goodput "
+            f"{self.goodput:.1%}",
         ]
         causes = sorted(((s, c) for c, s in self.badput_s.items() if s >= 0.05), reverse=True)
         if causes:
@@ -55,7 +56,9 @@ class Summary:
         if self.resizes or (self.pods or 0) > 1:
             lines.append(f"pods {self.pods} now  resizes {self.resizes}")
         if self.last_eval:
-            lines.append(f"held-out eval at step {self.last_eval['step']}: {eval_text(self.last_eval)}")
+            lines.append(
+                f"held-out eval at step {self.last_eval['step']}: {eval_text(self.last_eval)}"
+            )
         if self.mfu is not None:
             lines.append(self.mfu_line())
         return lines
@@ -124,7 +127,11 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     quality = [r for r in records if r["kind"] == EVENT]
     if quality:  # the newest launch's count (each launch reports its pipeline once)
         console.print("  " + one_line(describe(quality[-1]), 300), markup=False, soft_wrap=True)
-    events = [r for r in records if r["kind"] in ("restart", "compiled", "spike", "rollback", "skip", "stop")]
+    events = [
+        r
+        for r in records
+        if r["kind"] in ("restart", "compiled", "spike", "rollback", "skip", "stop")
+    ]
     for r in events[-12:]:
         console.print("  " + describe_event(r), highlight=False)
     return summary
@@ -151,9 +158,14 @@ class Progress:
         from rich.progress import Progress as Bar
 
         offset = self.path.stat().st_size if self.path.exists() else 0
-        columns = (TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                   TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  checkpoint {task.fields[ckpt]}"),
-                   TimeRemainingColumn())
+        columns = (
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  {task.fields[tps]} tok/s  checkpoint {task.fields[ckpt]}"
+            ),
+            TimeRemainingColumn(),
+        )
         with Bar(*columns, transient=False) as bar:
             task = bar.add_task("train", total=self.total, loss="-", tps="-", ckpt="-")
             stopping = False
@@ -173,7 +185,8 @@ class Progress:
                     if record["kind"] == "step":
                         bar.update(task, completed=record["step"], loss=f"{record['loss']:.3f}",
                                    tps=f"{record['tokens_per_s']:.0f}")
-                    elif record["kind"] == "checkpoint_saved":  # routine: on the bar, not a line each
+                    elif record["kind"] == "checkpoint_saved":
+                        # routine: on the bar, not a line each
                         bar.update(task, ckpt=str(record["step"]))
                     elif record["kind"] == "eval":
                         bar.console.print(f"step {record['step']}: held-out {eval_text(record)}",

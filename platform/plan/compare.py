@@ -46,7 +46,9 @@ def comparison(base, other, flags_text: str) -> str:
     rows.append(("fits in HBM", "yes" if base.fits else "NO", "yes" if other.fits else "NO"))
     width = max(len(r[0]) for r in rows) + 2
     column = max(12, *(len(r[1]) + 2 for r in rows))
-    lines = [f"compare (predictions from the compiled schedules): the job's flags vs + {flags_text}",
-             f"  {'':<{width}}{'job':<{column}}+ flags"]
+    lines = [
+        f"compare (predictions from the compiled schedules): the job's flags vs + {flags_text}",
+        f"  {'':<{width}}{'job':<{column}}+ flags",
+    ]
     lines += [f"  {name:<{width}}{a:<{column}}{b}" for name, a, b in rows]
     return "\n".join(lines)

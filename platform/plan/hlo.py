@@ -32,7 +32,13 @@ _ARRAY = re.compile(r"\b(pred|token|bf16|[fsuc]\d+|f8\w+)\[([\d,]*)\](\{[^}]*\})
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) \(.*\) -> .* \{$")
 _NAME = re.compile(r"%([\w.\-]+)")
 
-COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+COLLECTIVE_KINDS = (
+    "all-gather",
+    "reduce-scatter",
+    "all-reduce",
+    "all-to-all",
+    "collective-permute",
+)
 # Instructions that move no data of their own (views, tuples, control flow, markers).
 _NO_TRAFFIC = {
     "parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "call",
@@ -109,7 +115,9 @@ def _parse_instruction(line: str) -> tuple[Instruction, bool] | None:
     opcode = rest[:paren]
     close = _matching(rest, paren)
     operands = _NAME.findall(rest[paren:close])
-    return Instruction(name, shape, opcode, operands, rest[close:], rest[paren + 1:close - 1]), is_root
+    return Instruction(
+        name, shape, opcode, operands, rest[close:], rest[paren + 1 : close - 1]
+    ), is_root
 
 
 def parse_module(text: str) -> tuple[dict[str, Computation], str, int]:
@@ -148,7 +156,9 @@ def arrays(shape: str, hbm_only: bool = False) -> list[tuple[str, tuple[int, ...
 
 
 def shape_bytes(shape: str, hbm_only: bool = False) -> float:
-    return sum(math.prod(dims) * DTYPE_BYTES.get(dtype, 4) for dtype, dims in arrays(shape, hbm_only))
+    return sum(
+        math.prod(dims) * DTYPE_BYTES.get(dtype, 4) for dtype, dims in arrays(shape, hbm_only)
+    )
 
 
 def _dims(shape: str) -> tuple[int, ...]:
@@ -182,7 +192,11 @@ def _window_taps(size: int, in_size: int, out_size: int, stride: int, pad_low: i
         return out_size
     position = (np.arange(out_size)[:, None] * stride + np.arange(size)[None, :] * rhs_dilation
                 - pad_low)
-    real = (position >= 0) & (position <= (in_size - 1) * lhs_dilation) & (position % lhs_dilation == 0)
+    real = (
+        (position >= 0)
+        & (position <= (in_size - 1) * lhs_dilation)
+        & (position % lhs_dilation == 0)
+    )
     return int(real.sum())
 
 
@@ -206,7 +220,9 @@ def _convolution_flops(inst: Instruction, comp: Computation) -> float:
     spatial = sum(c.isdigit() for c in kernel_labels)
     stride, pad = field("stride", spatial, 1), field("pad", spatial, 0)
     lhs_dilate, rhs_dilate = field("lhs_dilate", spatial, 1), field("rhs_dilate", spatial, 1)
-    macs = out[out_labels.index("b")] * out[out_labels.index("f")] * kernel[kernel_labels.index("i")]
+    macs = (
+        out[out_labels.index("b")] * out[out_labels.index("f")] * kernel[kernel_labels.index("i")]
+    )
     for d in range(spatial):
         macs *= _window_taps(kernel[kernel_labels.index(str(d))], lhs[lhs_labels.index(str(d))],
                              out[out_labels.index(str(d))], stride[d], pad[d], lhs_dilate[d],
@@ -266,7 +282,10 @@ def _replica_groups(inst: Instruction, partitions: int) -> list[list[int]]:
         return ids.reshape(groups_shape).tolist()
     listed = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", text)
     if listed and listed.group(1):
-        return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", listed.group(1))]
+        return [
+            [int(x) for x in g.split(",") if x]
+            for g in re.findall(r"\{([\d,]*)\}", listed.group(1))
+        ]
     pairs = re.search(r"source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}", text)
     if pairs:
         return [[int(a), int(b)] for a, b in re.findall(r"\{(\d+),(\d+)\}", pairs.group(1))]
@@ -324,7 +343,9 @@ class _Walker:
             return int(known.group(1))
         condition = self.computations[inst.attr("condition").lstrip("%")]
         limit, direction, index = self._loop_limit(condition)
-        init = None if index is None else self._constant(comp, comp.by_name[inst.operands[0]], index)
+        init = (
+            None if index is None else self._constant(comp, comp.by_name[inst.operands[0]], index)
+        )
         body = self.computations[inst.attr("body").lstrip("%")]
         step = None if index is None else self._loop_step(body, index)
         if limit is None or init is None or step is None or direction not in ("LT", "LE"):
@@ -351,7 +372,9 @@ class _Walker:
                 return step if step else None
         return None
 
-    def _constant(self, comp: Computation, inst: Instruction, tuple_index: int | None) -> int | None:
+    def _constant(
+        self, comp: Computation, inst: Instruction, tuple_index: int | None
+    ) -> int | None:
         """The integer constant an instruction evaluates to, through tuples, copies and bitcasts."""
         for _ in range(16):
             if inst.opcode == "constant":
@@ -424,7 +447,11 @@ class _Walker:
     def traffic(self, inst: Instruction, comp: Computation) -> float:
         """HBM bytes an instruction reads and writes; slices of big buffers count as slices."""
         out = shape_bytes(inst.shape, hbm_only=True)
-        fused = self.computations.get(inst.attr("calls").lstrip("%")) if inst.opcode == "fusion" else None
+        fused = (
+            self.computations.get(inst.attr("calls").lstrip("%"))
+            if inst.opcode == "fusion"
+            else None
+        )
         if inst.opcode == "dynamic-update-slice" or (
                 fused is not None and fused.root_instruction().opcode == "dynamic-update-slice"):
             # Updated in place: only the update is written.
@@ -433,7 +460,11 @@ class _Walker:
             out = shape_bytes(owner.by_name[updater.operands[1]].shape, hbm_only=True)
         reads = 0.0
         for k, operand in enumerate(inst.operands):
-            full = shape_bytes(comp.by_name[operand].shape, hbm_only=True) if operand in comp.by_name else 0
+            full = (
+                shape_bytes(comp.by_name[operand].shape, hbm_only=True)
+                if operand in comp.by_name
+                else 0
+            )
             if fused is not None:
                 full = min(full, _parameter_read_bytes(fused, k, full))
             elif inst.opcode in ("dynamic-slice", "slice") and k == 0:
@@ -449,8 +480,15 @@ class _Walker:
             kind = _MEGASCALE_KIND.get(transfer.group(1) if transfer else "", "collective-permute")
             size = shape_bytes(comp.by_name[inst.operands[0]].shape)
             done = self._done(comp, inst, "send-done")
-            return Collective(inst.name, kind, "dcn", self.pods, size * _RING_FACTOR[kind](self.pods),
-                              multiplier, self._overlapped(comp, inst, done, order))
+            return Collective(
+                inst.name,
+                kind,
+                "dcn",
+                self.pods,
+                size * _RING_FACTOR[kind](self.pods),
+                multiplier,
+                self._overlapped(comp, inst, done, order),
+            )
         kind = inst.opcode.removesuffix("-start")
         if kind not in COLLECTIVE_KINDS:
             return None
@@ -492,7 +530,9 @@ class _Walker:
 
     @staticmethod
     def _done(comp: Computation, start: Instruction, opcode: str) -> Instruction | None:
-        return next((i for i in comp.instructions if i.opcode == opcode and start.name in i.operands), None)
+        return next(
+            (i for i in comp.instructions if i.opcode == opcode and start.name in i.operands), None
+        )
 
     @staticmethod
     def _overlapped(comp: Computation, start: Instruction, done: Instruction | None,
@@ -506,14 +546,19 @@ class _Walker:
 
 def _parameter_read_bytes(fused: Computation, index: int, full: float) -> float:
     """Bytes a fusion reads of its parameter `index`: a slice's size if it is only sliced."""
-    param = next((i for i in fused.instructions if i.opcode == "parameter" and i.args == str(index)),
-                 None)
+    param = next(
+        (i for i in fused.instructions if i.opcode == "parameter" and i.args == str(index)), None
+    )
     if param is None:
         return full
     users = [i for i in fused.instructions if param.name in i.operands]
-    if users and all(u.opcode in ("dynamic-slice", "slice") and u.operands[0] == param.name for u in users):
+    if users and all(
+        u.opcode in ("dynamic-slice", "slice") and u.operands[0] == param.name for u in users
+    ):
         return sum(shape_bytes(u.shape, hbm_only=True) for u in users)
-    if users and all(u.opcode == "dynamic-update-slice" and u.operands[0] == param.name for u in users):
+    if users and all(
+        u.opcode == "dynamic-update-slice" and u.operands[0] == param.name for u in users
+    ):
         return 0.0  # the buffer updated in place is not read
     return full
 

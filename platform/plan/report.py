@@ -85,8 +85,8 @@ class PlanReport:
         gib = 2**30
         lines = [
             f"job {self.job}: {self.devices} TPU v4 chips ({self.topology}), mesh {self.mesh}",
-            f"  batch {self.global_batch} x {self.seq_len} tokens, {self.microbatches} microbatch(es), "
-            f"{self.params / 1e9:.3f}B params",
+            f"  batch {self.global_batch} x {self.seq_len} tokens, {self.microbatches} "
+            f"microbatch(es), {self.params / 1e9:.3f}B params",
             f"  per-chip memory: arguments {self.argument_bytes / gib:.2f} GiB + temporaries "
             f"{self.temp_bytes / gib:.2f} GiB + outputs {self.output_bytes / gib:.2f} GiB "
             f"- donated {self.alias_bytes / gib:.2f} GiB = {self.per_chip_bytes / gib:.2f} GiB "
@@ -94,19 +94,21 @@ class PlanReport:
         ]
         if not self.step_time:  # refused by the compiler, or unreadable: no FLOPs or times
             return "\n".join(lines + [f"  WARNING: {w}" for w in self.warnings])
-        trips = ", ".join(str(n) for n in sorted({n for _, n in self.loops}, reverse=True)) or "none"
+        loop_trips = sorted({n for _, n in self.loops}, reverse=True)
+        trips = ", ".join(str(n) for n in loop_trips) or "none"
         t, m = self.step_time, self.mfu_range
+        compiled, program = self.compiled_flops_per_step, self.program_flops_per_step
+        formula = self.formula_flops_per_step
         lines += [
-            f"  FLOPs per step: compiled {self.compiled_flops_per_step:.4g} (through {len(self.loops)} "
-            f"loops, trip counts {trips}), {self.compiled_flops_per_step / self.program_flops_per_step:.3f}x "
-            f"the program's matmuls",
-            f"  vs formula 6N+12LHQT {self.formula_flops_per_step:.4g}: ratio "
-            f"{self.compiled_flops_per_step / self.formula_flops_per_step:.3f} (the remat policy and "
-            f"embedding lookup explain {self.program_flops_per_step / self.formula_flops_per_step:.3f}; "
-            f"XLA's cost analysis, loop bodies once, says {self.cost_analysis_flops_per_step:.4g})",
+            f"  FLOPs per step: compiled {compiled:.4g} (through {len(self.loops)} loops, trip "
+            f"counts {trips}), {compiled / program:.3f}x the program's matmuls",
+            f"  vs formula 6N+12LHQT {formula:.4g}: ratio {compiled / formula:.3f} (the remat "
+            f"policy and embedding lookup explain {program / formula:.3f}; XLA's cost analysis, "
+            f"loop bodies once, says {self.cost_analysis_flops_per_step:.4g})",
             f"  per chip per step: HBM traffic {format_bytes(self.hbm_bytes_per_chip)}",
             *[f"  {network.upper()} per chip per step: " + ", ".join(
-                f"{kind} {format_bytes(v['bytes'])} ({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
+                f"{kind} {format_bytes(v['bytes'])} "
+                f"({v['overlapped_bytes'] / max(v['bytes'], 1):.0%} overlapped)"
                 for kind, v in rows) for network, rows in self._collective_rows()],
             f"  step time parts: matmuls at peak {_seconds(t['compute_at_peak_s'])}, HBM "
             f"{_seconds(t['hbm_s'])}, roofline of both {_seconds(t['compute_s'])}, ICI "
@@ -119,27 +121,30 @@ class PlanReport:
         if self.paper:
             p = self.paper
             lines.append(
-                f"  paper (measured): MFU {p['mfu']:.1%}, {p['tokens_per_s'] / 1e3:.1f}k tokens/s = "
-                f"{_seconds(p['step_s'])} per step at this batch")
+                f"  paper (measured): MFU {p['mfu']:.1%}, {p['tokens_per_s'] / 1e3:.1f}k tokens/s "
+                f"= {_seconds(p['step_s'])} per step at this batch")
             if p["step_s"] > t["worst_s"]:
                 lines.append(
-                    f"  the gap to the paper: {1 - t['worst_s'] / p['step_s']:.0%} of its step is not "
-                    "explained by this program's FLOPs, HBM bytes and collectives at peak rates")
+                    f"  the gap to the paper: {1 - t['worst_s'] / p['step_s']:.0%} of its step is "
+                    "not explained by this program's FLOPs, HBM bytes and collectives at peak "
+                    "rates")
             else:
                 exposed = self._exposed_seconds()
                 top = ", ".join(f"{key} {_seconds(v)}" for key, v in exposed[:2])
                 lines.append(
-                    f"  the gap from our best case to the paper: {_seconds(p['step_s'] - t['best_s'])}; "
-                    f"the schedule leaves {_seconds(t['exposed_s'])} of collectives not overlapped "
-                    f"({top})")
+                    "  the gap from our best case to the paper: "
+                    f"{_seconds(p['step_s'] - t['best_s'])}; the schedule leaves "
+                    f"{_seconds(t['exposed_s'])} of collectives not overlapped ({top})")
         lines += [
             f"  inside the range, beyond matmuls at peak, most time goes to {self.dominant}",
-            f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM {V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, "
-            f"ICI 6 links x {V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per chip "
-            "(sources in platform/plan/step_time.py)",
+            f"  hardware: {V4_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, HBM "
+            f"{V4_HBM_BANDWIDTH / 1e9:.0f} GB/s, ICI 6 links x "
+            f"{V4_ICI_LINK_BANDWIDTH / 1e9:.0f} GB/s, DCN {V4_DCN_PER_CHIP / 1e9:.2f} GB/s per "
+            "chip (sources in platform/plan/step_time.py)",
             f"  compiler flags: {init_args(self.compiler_flags) or 'none'}",
             *[f"  WARNING: {w}" for w in self.warnings],
-            f"  cross-pod gradient exchange: {format_bytes(self.cross_pod_bytes_per_step)} per pod per step",
+            f"  cross-pod gradient exchange: {format_bytes(self.cross_pod_bytes_per_step)} per "
+            "pod per step",
             f"  compiled in {self.compile_s:.1f} s",
         ]
         return "\n".join(lines)
@@ -212,7 +217,9 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
                                        job.data_parallel)
     spec = StepSpec(cfg, pods, microbatches, job.mesh.cross_pod_dtype)
     step = make_train_step(spec, tx, mesh, shardings, lr_schedule)
-    tokens = jax.ShapeDtypeStruct((batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh))
+    tokens = jax.ShapeDtypeStruct(
+        (batch, job.seq_len + 1), jax.numpy.int32, sharding=batch_sharding(mesh)
+    )
 
     flags = {**topo.effective_compiler_flags, **(extra_flags or {})}
     # The job's flags are in LIBTPU_INIT_ARGS when main() set them before libtpu loaded (the
@@ -303,8 +310,10 @@ def add_step_analysis(report: PlanReport, hlo_text: str, program_flops: float,
     warning = flops_warning(report.job, compiled, program_flops, formula)
     report.warnings += [warning] if warning else []
     if compiled < formula:
-        report.warnings.append(f"{report.job}: compiled FLOPs {compiled:.4g} are below the formula's "
-                               f"{formula:.4g}; MFU is computed with the formula's time at peak")
+        report.warnings.append(
+            f"{report.job}: compiled FLOPs {compiled:.4g} are below the formula's "
+            f"{formula:.4g}; MFU is computed with the formula's time at peak"
+        )
 
     def mfu(seconds: float) -> float:
         return formula / (max(seconds, floor_s) * n * V4_PEAK_BF16_FLOPS)
@@ -336,7 +345,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-cache", action="store_true",
                         help="write the TPU executables to the job's train.compile_cache, so TPU "
                         "hosts with the same jax/jaxlib/libtpu versions and XLA flags can load "
-                        "them instead of compiling (unverified on real hosts; see README)")
+                        "them instead of compiling (unverified on real hosts; see "
+                        "docs/operations.md)")
     parser.add_argument("--compare", metavar="FLAGS", default=None,
                         help='compile once more with these libtpu/XLA flags over the job\'s '
                         '(e.g. "--xla_enable_async_all_gather=false") and print both plans side '

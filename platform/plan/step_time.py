@@ -36,8 +36,11 @@ V4_ICI_ONE_AXIS = 2 * V4_ICI_LINK_BANDWIDTH  # worst case: a ring on one torus a
 V4_DCN_PER_CHIP = 81e12 / 8 / 6144
 
 HARDWARE = {
-    "peak_bf16_flops": V4_PEAK_BF16_FLOPS, "hbm_bandwidth": V4_HBM_BANDWIDTH,
-    "ici_all_links": V4_ICI_ALL_LINKS, "ici_one_axis": V4_ICI_ONE_AXIS, "dcn_per_chip": V4_DCN_PER_CHIP,
+    "peak_bf16_flops": V4_PEAK_BF16_FLOPS,
+    "hbm_bandwidth": V4_HBM_BANDWIDTH,
+    "ici_all_links": V4_ICI_ALL_LINKS,
+    "ici_one_axis": V4_ICI_ONE_AXIS,
+    "dcn_per_chip": V4_DCN_PER_CHIP,
 }
 
 

@@ -7,8 +7,8 @@ for (the versions uv.lock pins) and fails with one line naming both, so an upgra
 deliberate step (re-check each function below against the new source, then update
 `WRITTEN_FOR`) instead of a silent change of behaviour somewhere in a run.
 
-Not a touch point, but measured against Ray 2.60 and recorded in tests/support/listening.py: `ray start`
-replaces a loopback node IP (`services.resolve_ip_for_localhost`), so the GCS and raylet bind
+Not a touch point, but measured against Ray 2.60 and recorded in tests/support/listening.py: `ray
+start` replaces a loopback node IP (`services.resolve_ip_for_localhost`), so the GCS and raylet bind
 every interface whatever we pass.
 """
 
@@ -39,7 +39,8 @@ def _minor(version: str) -> tuple[str, ...]:
 
 
 def check_versions(installed: dict[str, str] | None = None) -> None:
-    """Raise IncompatibleVersionError unless ray and jax are the minor releases we were written for."""
+    """Raise IncompatibleVersionError unless ray and jax are the minor releases we were written
+    for."""
     if installed is None:
         installed = {name: importlib.metadata.version(name) for name in WRITTEN_FOR}
     wrong = [f"{name} {installed[name]}" for name, pinned in WRITTEN_FOR.items()
@@ -66,8 +67,10 @@ check_versions()  # before touching anything private below
 # leaves an empty line: no worker line without text is worth printing). Also Ray 2.60's
 # error line at every worker-group start about its own PreemptionWatcher actor (harmless,
 # ray-project/ray#53727).
-NEVER_PRINTED = (r"^\s*$|\[Gloo\] Rank \d|is connected to \d+ peer ranks|connected peer ranks is :"
-                 r"|class name: 'PreemptionWatcher' .* has constructor arguments in the object store")
+NEVER_PRINTED = (
+    r"^\s*$|\[Gloo\] Rank \d|is connected to \d+ peer ranks|connected peer ranks is :"
+    r"|class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+)
 
 
 def drop_never_printed_lines() -> None:
@@ -407,7 +410,9 @@ class _BoundedJaxBackend(_JaxBackend):
 
 
 def _not_a_dead_actor_shutdown(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Error during JAX distributed shutdown: The actor died")
+    return not record.getMessage().startswith(
+        "Error during JAX distributed shutdown: The actor died"
+    )
 
 
 # -- Ray re-points the session's libtpu log link at the driver's TPU_LOG_DIR ------------------

@@ -105,7 +105,8 @@ def check_feasible(nodes: list[dict], request: SliceShape) -> list[SliceView]:
         raise InfeasibleTopologyError(
             f"topology {request.topology} has {chips} chips per pod but hosts_per_pod x "
             f"chips_per_host = {request.hosts_per_pod} x {request.chips_per_host} = "
-            f"{request.hosts_per_pod * request.chips_per_host}. Fix: make them agree in the job file."
+            f"{request.hosts_per_pod * request.chips_per_host}. Fix: make them agree in the job "
+            "file."
         )
     views = tpu_slices(nodes, request.accelerator_type)
     matching = [v for v in views if matches(v, request)]

@@ -115,7 +115,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def gcs_emulator(bucket: str = DEFAULT_BUCKET, *, log_path: str | None = None) -> Iterator[Emulator]:
+def gcs_emulator(
+    bucket: str = DEFAULT_BUCKET, *, log_path: str | None = None
+) -> Iterator[Emulator]:
     """Start an in-memory emulator on 127.0.0.1 (a free port) with `bucket`; stop it on exit.
 
     Its request log (tracebacks of clients closing connections early included: harmless)

@@ -31,8 +31,11 @@ class StorageConfigError(ValueError):
 
 def gcs_paths(job) -> dict[str, str]:
     """job field -> gs:// path, for every storage path of the job that is on GCS."""
-    fields = {"checkpoint.directory": job.checkpoint.directory, "data.tokenizer": job.data.tokenizer,
-              "run_dir": job.run_dir}
+    fields = {
+        "checkpoint.directory": job.checkpoint.directory,
+        "data.tokenizer": job.data.tokenizer,
+        "run_dir": job.run_dir,
+    }
     if job.data.cache_dir:
         fields["data.cache_dir"] = job.data.cache_dir
     for i, source in enumerate(job.data.sources):

@@ -22,7 +22,9 @@ class BatchPhase(BaseModel):
 class TrainConfig(BaseModel):
     model_config = STRICT
     steps: int = Field(ge=1, description="total optimizer steps")
-    seq_len: int | None = Field(default=None, ge=2, description="tokens per sequence; default the model's")
+    seq_len: int | None = Field(
+        default=None, ge=2, description="tokens per sequence; default the model's"
+    )
     batch_schedule: list[BatchPhase] = Field(
         min_length=1, description="global batch size by step (PaLM 540B: 512 -> 1024 -> 2048)"
     )
@@ -103,7 +105,9 @@ class OptimizerConfig(BaseModel):
     def _known_groups(cls, frozen: list[str]) -> list[str]:
         unknown = [name for name in frozen if name not in PARAMETER_GROUPS]
         if unknown:
-            raise ValueError(f"unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}")
+            raise ValueError(
+                f"unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}"
+            )
         return frozen
 
     @model_validator(mode="after")

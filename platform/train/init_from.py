@@ -59,7 +59,9 @@ def _path(keys) -> str:
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
-    return {_path(keys): tuple(leaf.shape) for keys, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        _path(keys): tuple(leaf.shape) for keys, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def saved_state_metadata(step_dir) -> dict:
@@ -226,17 +228,25 @@ def load_initial_state(job, abstract_state: TrainState, tx, shardings: TrainStat
                 break
             except Exception as error:  # noqa: BLE001 - any read failure means damage
                 if jax.process_count() > 1:  # falling back alone would deadlock the others
-                    raise InitFromError(f"init_from: reading {step_dir} failed on host "
-                                        f"{jax.process_index()}: {describe_error(error)}") from error
+                    raise InitFromError(
+                        f"init_from: reading {step_dir} failed on host "
+                        f"{jax.process_index()}: {describe_error(error)}"
+                    ) from error
                 damage = [Damage(str(step_dir), f"read failed: {describe_error(error)}")]
-        problems.append(f"step {step}: {damage[0]}" + (f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""))
+        problems.append(
+            f"step {step}: {damage[0]}" + (f" (+{len(damage) - 1} more)" if len(damage) > 1 else "")
+        )
         log.error("init_from: checkpoint step %d is damaged: %s", step, problems[-1])
     else:
-        fix = ("restore the files from a copy, or pick another init_from.step" if cfg.fallback_to_older
-               else "set init_from.fallback_to_older: true to use an older step, or pick another "
-               "init_from.step")
-        raise InitFromError(f"init_from.checkpoint: {plan.directory}: damaged, {'; '.join(problems)}. "
-                            f"Fix: {fix}")
+        fix = (
+            "restore the files from a copy, or pick another init_from.step"
+            if cfg.fallback_to_older
+            else "set init_from.fallback_to_older: true to use an older step, or pick another "
+            "init_from.step"
+        )
+        raise InitFromError(
+            f"init_from.checkpoint: {plan.directory}: damaged, {'; '.join(problems)}. Fix: {fix}"
+        )
     params = restored["params"]
     if plan.saved_rows is not None:
         params = {**params, EMBEDDING: _fill_new_rows(
@@ -258,7 +268,10 @@ def preflight(job) -> None:
     be able to read its `init_from` checkpoint, with matching shapes. Raises InitFromError."""
     if job.init_from is None:
         return
-    source, own = checkpoint_path(job.init_from.checkpoint), checkpoint_path(job.checkpoint.directory)
+    source, own = (
+        checkpoint_path(job.init_from.checkpoint),
+        checkpoint_path(job.checkpoint.directory),
+    )
     if str(source).rstrip("/") == str(own).rstrip("/"):
         raise InitFromError(
             f"init_from.checkpoint: {source} is this job's own checkpoint.directory. Fix: give "

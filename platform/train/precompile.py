@@ -62,7 +62,9 @@ class Precompiler:
             self._thread.join(timeout)
 
 
-def compile_train_step(step_fn, abstract_state, batch_sharding, batch_size: int, seq_len: int) -> None:
+def compile_train_step(
+    step_fn, abstract_state, batch_sharding, batch_size: int, seq_len: int
+) -> None:
     """Lower and compile one train step for [batch_size, seq_len + 1] tokens (AOT)."""
     tokens = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32, sharding=batch_sharding)
     step_fn.lower(abstract_state, tokens).compile()

@@ -87,7 +87,9 @@ class Prefetcher:
         """The next step's batch; waits for the thread if it is behind."""
         item = self._queue.get()
         if isinstance(item, BaseException):
-            raise PrefetchError(f"reading the next batch failed: {type(item).__name__}: {item}") from item
+            raise PrefetchError(
+                f"reading the next batch failed: {type(item).__name__}: {item}"
+            ) from item
         if item is _DONE:
             raise PrefetchError("no batch left: the loop asked past its last step")
         return item

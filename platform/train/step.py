@@ -101,8 +101,13 @@ def make_train_step(spec: StepSpec, tx: optax.GradientTransformation, mesh: Mesh
         if dropout:  # restart-safe: the masks depend on the step, never on a carried key
             step_key = jax.random.fold_in(jax.random.key(spec.dropout_seed), state.step)
             args, in_axes = (*args, jax.random.split(step_key, (P, M))), (None, 0, 0)
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(IN_POD_RULES):
-            grads_P, ce_P, z_P = jax.vmap(pod_gradients, in_axes=in_axes, spmd_axis_name="pod")(*args)
+        with (
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+            nn.logical_axis_rules(IN_POD_RULES),
+        ):
+            grads_P, ce_P, z_P = jax.vmap(pod_gradients, in_axes=in_axes, spmd_axis_name="pod")(
+                *args
+            )
         grads_P = jax.lax.with_sharding_constraint(
             grads_P, jax.tree.map(per_pod_sharding, param_shardings)
         )

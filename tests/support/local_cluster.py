@@ -30,8 +30,9 @@ def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per
                     timeout_s: float = 300, own_token: bool = True) -> Iterator[ClusterState]:
     """`palm cluster up` in `state_dir`; on exit `down` and its Ray temp folder removed.
 
-    The cluster is in token mode (platform/cluster/auth.py). With `own_token` and no token at hand, it gets a
-    throwaway one (RAY_AUTH_TOKEN_PATH in a temporary folder for the duration, inherited by
+    The cluster is in token mode (platform/cluster/auth.py). With `own_token` and no token at hand,
+    it gets a throwaway one (RAY_AUTH_TOKEN_PATH in a temporary folder for the duration, inherited
+    by
     `palm cluster up` and the drivers): `palm cluster up` would otherwise make the user's
     ~/.ray/auth_token, which turns token mode on for every later Ray process of the user.
     """
@@ -107,7 +108,8 @@ def wait_for_step(run_dir: Path, step: int, run: subprocess.Popen, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (Path(run_dir) / METRICS_FILE).exists() and any(
-                r.get("kind") == "step" and r.get("step", 0) >= step for r in read_records(run_dir)):
+            r.get("kind") == "step" and r.get("step", 0) >= step for r in read_records(run_dir)
+        ):
             return
         if run.poll() is not None:
             output = run.stdout.read()[-4000:] if run.stdout else ""
