@@ -72,7 +72,8 @@ def steps_of(folder: Path, name: str) -> list[dict]:
 
 def steady_rates(steps: list[dict]) -> tuple[float, float, int]:
     """(loop steps/s, step-only steps/s, steps counted) over non-compile steps."""
-    gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if not b["compiled"]]
+    gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False)
+            if not b["compiled"]]
     step_s = [r["step_s"] for r in steps if not r["compiled"]]
     return len(gaps) / sum(gaps), len(step_s) / sum(step_s), len(step_s)
 
@@ -153,7 +154,8 @@ def kill_and_recover(root: Path, steps: int, kill_after: int,
     for r in records:
         if r["kind"] in ("startup", "compiled"):
             spans = {k: v for k, v in r.items() if k not in ("kind", "time", "step")}
-            print(f"  {r['kind']} at step {r['step']} ({r['time'] - killed:+.1f} s from the kill): {spans}")
+            print(f"  {r['kind']} at step {r['step']} ({r['time'] - killed:+.1f} s from the kill): "
+                  f"{spans}")
     return first["time"] - launched, after["time"] - killed
 
 
@@ -196,7 +198,8 @@ def main() -> None:
             direct_loops.append(direct[0])
     print(f"  ratio palm run / direct (median of {args.rounds} rounds, cluster up for both): "
           f"loop {statistics.median(loop_ratios):.3f} (rounds "
-          f"{', '.join(f'{r:.3f}' for r in loop_ratios)})   step alone {statistics.median(step_ratios):.3f}")
+          f"{', '.join(f'{r:.3f}' for r in loop_ratios)})   "
+          f"step alone {statistics.median(step_ratios):.3f}")
     print(f"  ratio direct with the idle cluster up / without: "
           f"{statistics.median(direct_loops) / alone[0]:.3f}")
 
@@ -206,7 +209,8 @@ def main() -> None:
 def restart_figures(root: Path, args: argparse.Namespace) -> None:
     print(f"(b, c) 1 pod x 2 hosts x 2 chips: palm run to step 1 (cache cold, warm); kill one "
           f"RayTrainWorker after step {args.kill_after}")
-    cold_s, recover_s = kill_and_recover(root, max(args.steps // 2, args.kill_after + 6), args.kill_after)
+    cold_s, recover_s = kill_and_recover(root, max(args.steps // 2, args.kill_after + 6),
+                                         args.kill_after)
     print(f"  cold start (palm run launch -> first step)  {cold_s:7.1f} s")
     print(f"  recovery (kill -> next completed step)       {recover_s:7.1f} s")
     print(f"  ratio recovery / cold start: {recover_s / cold_s:.3f} (goal <= 0.3, <= 10 s)")

@@ -108,7 +108,8 @@ def write_job(folder: Path, steps: int, faults: list[dict], *, persistent_every:
     spec["train"]["steps"] = steps
     spec["train"]["compile_cache"] = str(folder.parent / "compile-cache")
     spec["metrics"]["wandb_mode"] = "disabled"
-    spec["faults"]["max_restarts"] = sum(f["kind"] in ("kill_host", "hang_host") for f in faults) + 2
+    kills = sum(f["kind"] in ("kill_host", "hang_host") for f in faults)
+    spec["faults"]["max_restarts"] = kills + 2
     spec["faults"]["inject"] = faults
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "job.yaml"
@@ -131,7 +132,8 @@ def report(label: str, run_dir: Path, steps: int, goal: float = GOAL) -> bool:
     records = read_records(run_dir)
     trained = max((r["step"] for r in records if r["kind"] == "step"), default=0)
     goodput = [r for r in records if r["kind"] == "goodput"]
-    count = {k: sum(r["kind"] == k for r in records) for k in ("restart", "spike", "rollback", "skip")}
+    count = {k: sum(r["kind"] == k for r in records)
+             for k in ("restart", "spike", "rollback", "skip")}
     print(f"{label}: trained to step {trained}/{steps}; restarts {count['restart']}, spikes "
           f"{count['spike']}, rollbacks {count['rollback']}, skips {count['skip']}")
     if not goodput:
@@ -146,7 +148,8 @@ def report(label: str, run_dir: Path, steps: int, goal: float = GOAL) -> bool:
     first_compile = sum(r.get("seconds", 0.0) for r in records
                         if r["kind"] == "compiled" and r["time"] < first_restart)
     excluded = g["productive_s"] / max(g["wall_s"] - first_compile, 1e-9)
-    print(f"  goodput with the first compile ({first_compile:.1f} s) excluded: {100 * excluded:.1f}% "
+    print(f"  goodput with the first compile ({first_compile:.1f} s) excluded: "
+          f"{100 * excluded:.1f}% "
           f"(goal >= {100 * goal:.0f}%: {'met' if excluded >= goal else 'MISSED'})")
     accounts = [r for r in records if r["kind"] == "restart" and "recovery_s" in r]
     if accounts:
@@ -159,10 +162,12 @@ def report(label: str, run_dir: Path, steps: int, goal: float = GOAL) -> bool:
             for k in causes))
     restarts = seconds_per_restart(run_dir, records)
     if restarts:
-        print(f"  host kill -> next completed step: mean {sum(restarts) / len(restarts):.1f} s over "
+        print(f"  host kill -> next completed step: mean "
+              f"{sum(restarts) / len(restarts):.1f} s over "
               f"{len(restarts)} kills ({', '.join(f'{s:.1f}' for s in restarts)})")
     if count["restart"]:
-        print(f"  restart badput per restart: {g.get('badput_restart_s', 0.0) / count['restart']:.1f} s")
+        per_restart = g.get("badput_restart_s", 0.0) / count["restart"]
+        print(f"  restart badput per restart: {per_restart:.1f} s")
     return trained == steps
 
 
@@ -194,7 +199,8 @@ def main() -> int:
         faults = plan_faults(args.steps, args.kills, args.seed)
         jobs = [write_job(root / name, args.steps, faults) for name in ("run", "replay")]
     name = jobs[0][1]["name"]
-    print(f"work folder {root}; {name}: {args.steps} steps; faults (seed {args.seed}): " + ", ".join(
+    print(f"work folder {root}; {name}: {args.steps} steps; "
+          f"faults (seed {args.seed}): " + ", ".join(
         f"{f['kind']} at {f['step']}" for f in faults))
 
     ok, start = True, time.monotonic()
@@ -205,7 +211,8 @@ def main() -> int:
             done = subprocess.run([BIN / "palm", "run", str(job)], env=driver_env(state),
                                   capture_output=True, text=True, timeout=1500)
             (job.parent / "palm-run.log").write_text(done.stdout + done.stderr)
-            print(f"{label}: palm run exit {done.returncode} after {time.monotonic() - start:.1f} s "
+            print(f"{label}: palm run exit {done.returncode} after "
+                  f"{time.monotonic() - start:.1f} s "
                   f"(log {job.parent / 'palm-run.log'})")
             ok &= done.returncode == 0 and report(label, job.parent / "run" / name, args.steps,
                                                       KILL_EVERY_GOAL if args.kill_every else GOAL)

@@ -54,7 +54,8 @@ class ModelSection(BaseModel):
         fields = {f.name for f in dataclasses.fields(ModelConfig)}
         unknown = sorted(set(self.overrides) - fields)
         if unknown:
-            raise ValueError(f"unknown override(s) {unknown}; ModelConfig fields are {sorted(fields)}")
+            raise ValueError(f"unknown override(s) {unknown}; "
+                             f"ModelConfig fields are {sorted(fields)}")
         try:  # a wrong type (num_layers: two) fails inside ModelConfig, not as a traceback
             self.build()
         except (TypeError, ValueError) as err:
@@ -203,7 +204,8 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         else:
             fix = "correct the value"
         value = e.get("input")
-        got = "" if e["type"] == "missing" or isinstance(value, dict) else f" (got {short_repr(value)})"
+        got = ("" if e["type"] == "missing" or isinstance(value, dict)
+               else f" (got {short_repr(value)})")
         lines.append(one_line(f"  field {field}: {msg}{got}. Fix: {fix}.", 400))
     if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
@@ -253,7 +255,8 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
         "tokenizer": resolve_path(job.data.tokenizer, base_dir),
         "sources": [s.model_copy(update={"paths": [resolve_path(p, base_dir) for p in s.paths]})
                     for s in job.data.sources],
-        "cache_dir": None if job.data.cache_dir is None else resolve_path(job.data.cache_dir, base_dir),
+        "cache_dir": (None if job.data.cache_dir is None
+                      else resolve_path(job.data.cache_dir, base_dir)),
         "store": None if job.data.store is None else resolve_path(job.data.store, base_dir),
     })
     local = job.checkpoint.local

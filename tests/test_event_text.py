@@ -16,7 +16,8 @@ def test_goodput_event_is_a_percentage_with_seconds_to_one_decimal():
 
 
 def test_checkpoint_saved_says_how_long_the_loop_waited():
-    line = describe_event({"kind": "checkpoint_saved", "step": 20, "time": 1.0, "blocked_s": 0.38234})
+    line = describe_event({"kind": "checkpoint_saved", "step": 20, "time": 1.0,
+                           "blocked_s": 0.38234})
     assert line == "step 20: checkpoint saved (the loop waited 0.38 s)"
 
 
@@ -51,7 +52,8 @@ def test_startup_and_restore_events_are_sentences_with_seconds_to_one_decimal():
                            "trainer_ready_s": 0.75, "restored_s": 0.61})
     assert line == ("step 30: started (attempt 1): process to train function 7.5 s, imports 1.3 s, "
                     "set-up 0.1 s, trainer built 0.8 s, restore or init 0.6 s")
-    restored = describe_event({"kind": "checkpoint_restored", "step": 30, "time": 1.0, "attempt": 1})
+    restored = describe_event({"kind": "checkpoint_restored", "step": 30, "time": 1.0,
+                               "attempt": 1})
     assert restored == "step 30: restored the checkpoint (attempt 1)"
 
 
@@ -69,7 +71,8 @@ def test_launch_and_data_quality_events_are_sentences_without_empty_fields():
     bad = describe_event({"kind": "data_quality", "step": 0, "time": 1.0, "bad_records": 2,
                           "documents": 10, "bad_by_source": {"docs": {"bad_json": 2}},
                           "first_bad": ["a.jsonl:7 bad_json"]})
-    assert bad == "step 0: data: 2 bad records of 10 documents (docs: bad_json 2); first: a.jsonl:7 bad_json"
+    assert bad == ("step 0: data: 2 bad records of 10 documents (docs: bad_json 2); "
+                   "first: a.jsonl:7 bad_json")
 
 
 def test_a_restore_says_which_tier_it_read_and_how_much():

@@ -22,7 +22,8 @@ def describe_event(r: dict) -> str:
     if kind == "stop":
         return at + f"stopped: {r.get('reason')}"
     if kind == "resize":
-        return at + f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) ({r.get('cause')})"
+        return at + (f"resized from {r.get('from_pods')} to {r.get('to_pods')} pod(s) "
+                     f"({r.get('cause')})")
     if kind == "preempt":
         return at + "preemption notice (SIGTERM): every host saved this step; restarting"
     if kind == "restart":
@@ -31,14 +32,17 @@ def describe_event(r: dict) -> str:
         cache = ""
         if "cache_hits" in r:
             cache = f"; compilation cache: {r['cache_hits']} hits, {r['cache_misses']} misses"
-        return at + f"compiled the step for batch {r.get('batch_size')} in {_num(r.get('seconds'))} s{cache}"
+        return at + (f"compiled the step for batch {r.get('batch_size')} in "
+                     f"{_num(r.get('seconds'))} s{cache}")
     if kind == "goodput":
         causes = sorted(((k[len("badput_"):-2], v) for k, v in r.items()
-                         if k.startswith("badput_") and k.endswith("_s") and v), key=lambda kv: -kv[1])
+                         if k.startswith("badput_") and k.endswith("_s") and v),
+                        key=lambda kv: -kv[1])
         badput = "; badput " + ", ".join(f"{k} {v:.1f} s" for k, v in causes) if causes else ""
         cache = (f"; compilation cache {r['cache_hits']} hits, {r['cache_misses']} misses"
                  if "cache_hits" in r else "")
-        return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% ({r.get('productive_s', 0.0):.1f} s "
+        return at + (f"goodput {100 * r.get('goodput', 0.0):.1f}% "
+                     f"({r.get('productive_s', 0.0):.1f} s "
                      f"productive of {r.get('wall_s', 0.0):.1f} s){badput}{cache}")
     if kind == "data_quality":
         from palm_platform.data.quality import describe
@@ -46,7 +50,8 @@ def describe_event(r: dict) -> str:
         return at + describe(r)
     if kind == "start":
         where = f"{r.get('hosts')} host(s), {r.get('pods')} pod(s), {r.get('devices')} devices"
-        exchange = (f"; the cross-pod gradient exchange moves {format_bytes(r['cross_pod_bytes_per_step'])} "
+        exchange = (f"; the cross-pod gradient exchange moves "
+                    f"{format_bytes(r['cross_pod_bytes_per_step'])} "
                     "per step" if r.get("cross_pod_bytes_per_step") else "")
         return at + f"launched (attempt {r.get('attempt')}) on {where}{exchange}"
     if kind == "checkpoint_restored":
@@ -105,5 +110,6 @@ def eval_text(record: dict) -> str:
         if key.startswith("eval/"):
             _, source, metric = key.split("/", 2)
             per_source.setdefault(source, {})[metric] = value
-    return ", ".join(f"{source} loss {m.get('loss', float('nan')):.3f} bpb {m.get('bpb', float('nan')):.3f}"
+    return ", ".join(f"{source} loss {m.get('loss', float('nan')):.3f} "
+                     f"bpb {m.get('bpb', float('nan')):.3f}"
                      for source, m in per_source.items())

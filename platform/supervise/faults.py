@@ -137,7 +137,8 @@ class FaultInjector:
         job file and the step alone (markers are per host on real pods); a replay of the
         step after a restart waits once more, which is harmless.
         """
-        return any(fault.kind == "damage_checkpoint" and fault.step == step for fault in self.faults)
+        return any(fault.kind == "damage_checkpoint" and fault.step == step
+                   for fault in self.faults)
 
     def maybe_fire(self, step: int, *, checkpoint_dir: str | Path | None = None) -> list[str]:
         """Call before each step. Fires due kill/hang/damage faults of this host, once each.
