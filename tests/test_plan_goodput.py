@@ -65,6 +65,21 @@ def test_goodput_json_from_the_compiled_step_then_from_the_plan_cache(tmp_path):
     again = json.loads(second.stdout.strip().splitlines()[-1])
     assert "plan cache" in again["step_source"] and again["step_s"] == out["step_s"]
     assert again["mtbf_h"] > 1000  # the per-chip default for 16 chips
+    # A RAM tier (checkpoint.local) does not change the step: the cache still serves it, and
+    # the tier gets its own, shorter interval; the persistent tier then sees only the
+    # failures that lose every RAM copy, so its recommended interval grows.
+    spec["checkpoint"]["local"] = {"directory": str(tmp_path / "shm"), "every_steps": 10**7}
+    job.write_text(yaml.safe_dump(spec))
+    tiered = palm_plan(job, cache, "--goodput", "--json", "--mtbf-hours", "2")
+    assert tiered.returncode == 0, tiered.stderr[-3000:]
+    two = json.loads(tiered.stdout.strip().splitlines()[-1])
+    assert "plan cache" in two["step_source"]
+    by_name = {t["name"]: t for t in two["tiers"]}
+    assert set(by_name) == {"persistent", "local"}
+    assert (by_name["local"]["recommended_interval_steps"]
+            < by_name["persistent"]["recommended_interval_steps"])
+    assert (by_name["persistent"]["recommended_interval_steps"]
+            > tier["recommended_interval_steps"])
     text = palm_plan(job, cache, "--goodput")
     assert text.returncode == 0 and "expected goodput" in text.stdout
     assert "Young/Daly" in text.stdout and "Llama 3" in text.stdout

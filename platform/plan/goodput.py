@@ -105,7 +105,8 @@ def goodput_plan(job, report, mtbf_hours: float | None, preemptions_per_day: flo
     shape = job_shape(job, report)
     unexpected, notices, u_source, p_source = gi.failure_rates(shape, mtbf_hours,
                                                                preemptions_per_day)
-    inputs = gi.inputs_for(shape, unexpected, notices, V4_DCN_PER_CHIP * CHIPS_PER_HOST)
+    inputs = gi.inputs_for(shape, unexpected, notices, V4_DCN_PER_CHIP * CHIPS_PER_HOST,
+                           first_compile_s=report.compile_s)
     job_iv = {t.name: t.interval_steps for t in inputs.tiers}
     rec = recommended(inputs)
     plan = GoodputPlan(
@@ -147,7 +148,8 @@ def text(plan: GoodputPlan, step_source: str) -> str:
          f"{c.hosts})) + program start-up {_s(c.program_startup_s)} + data loading "
          f"{_s(c.data_loading_s)}: {src['restart']}"),
         ("start-up (once)", _s(i.startup_s), f"initialization + first compile "
-         f"{_s(c.first_compile_s)} (measured)"),
+         f"{_s(i.startup_s - gi.initialization_at(s.hosts))} (the plan's compile of this step, "
+         "here)"),
     ]
     for t in i.tiers:
         nbytes = s.local_bytes_per_host
