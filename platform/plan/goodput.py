@@ -58,7 +58,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 def job_shape(job, report) -> gi.JobShape:
     hosts = max(report.devices // CHIPS_PER_HOST, 1)
     pods = job.topology.pods
-    local = getattr(job.checkpoint, "local", None)  # the RAM tier, when the job has one
+    local = job.checkpoint.local  # the RAM tier, when the job has one
     return gi.JobShape(
         step_s=report.step_time["scheduled_s"], hosts=hosts, hosts_per_pod=hosts // pods,
         pods=pods, chips=report.devices, job_steps=job.train.steps,
