@@ -241,12 +241,18 @@ def test_remove_pod_without_a_cluster_or_a_pod_number_says_what_to_do(tmp_path):
 
 def test_an_elastic_start_up_waits_in_short_placement_attempts_filling_the_same_window():
     from palm_platform.ray.launch import ELASTIC_ATTEMPT_S, _start_attempts
+    from palm_platform.ray.launch_spec import LaunchSpec
+
+    def spec(shape, window_s, limit, restarts):
+        return LaunchSpec(shape=shape, run_name="t", storage_path="/tmp", max_failures=restarts,
+                          feasibility_timeout_s=window_s, controller_failure_limit=limit)
 
     fixed = SliceShape(2, 2, 4)
-    assert _start_attempts(fixed, 60, 1, 3) == (60, 1)
+    assert _start_attempts(spec(fixed, 60, 1, 3)) == (60, 1)
     elastic = SliceShape(2, 2, 4, min_pods=1)
-    attempt_s, limit = _start_attempts(elastic, 60, 1, 3)
+    attempt_s, limit = _start_attempts(spec(elastic, 60, 1, 3))
     assert attempt_s == ELASTIC_ATTEMPT_S < 60
     # every allowed restart (3) may spend the whole 60 s window, in 20 s attempts
     assert limit * attempt_s == 3 * 60
-    assert _start_attempts(elastic, 10, 1, 2) == (10, 2)  # a shorter window is one attempt
+    # a shorter window is one attempt
+    assert _start_attempts(spec(elastic, 10, 1, 2)) == (10, 2)
