@@ -153,9 +153,9 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     ]
     for t in i.tiers:
         nbytes = s.local_bytes_per_host
-        bw = src["ram"] if t.name == "local" else src["gcs"]
+        bw = "" if t.name == "local" else f"; {src['gcs']}"
         rows.append((f"{t.name} tier save", f"{_s(t.save_s)} blocking + {_s(t.write_s)} "
-                     f"background", f"{format_bytes(int(nbytes))} per host; {src['ram']}; {bw}"))
+                     f"background", f"{format_bytes(int(nbytes))} per host; {src['ram']}{bw}"))
         rows.append((f"{t.name} tier restore", _s(t.restore_s),
                      src["dcn"] if t.name == "local" else src["gcs"]))
         rows.append((f"{t.name} tier interval", f"job {plan.job_intervals[t.name]} steps, "
@@ -171,10 +171,11 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     for label, e in (("job's", plan.at_job), ("recommended", plan.at_recommended)):
         lost = ", ".join(f"{cause} {_s(e.lost_s_per_day[cause])}" for cause in CAUSES)
         lines.append(f"  lost per day at the {label} intervals: {lost}")
-    if min(plan.at_job.goodput, plan.at_recommended.goodput) == 0:
+    startup_bound = i.startup_s > s.job_steps * i.step_s
+    if min(plan.at_job.goodput, plan.at_recommended.goodput) == 0 and not startup_bound:
         lines.append("  note: failures come faster than the job can progress between them: the "
                      "first-order model does not hold there (try --simulate)")
-    if i.startup_s > s.job_steps * i.step_s:
+    if startup_bound:
         lines.append(f"  note: the job's {s.job_steps} steps take less than its start-up; "
                      "goodput is start-up bound")
     if plan.simulated is not None:
