@@ -21,7 +21,7 @@ from palm_platform.plan.goodput_model import (
     recommended,
     simulate,
 )
-from palm_platform.plan.step_time import V4_DCN_PER_CHIP
+from palm_platform.plan.step_time import V4_DCN_PER_CHIP, format_seconds
 
 CHIPS_PER_HOST = 4  # TPU v4: 4 chips per host VM
 CAUSES = ("saves", "restarts", "restores", "recomputation", "start-up", "infrastructure")
@@ -123,13 +123,13 @@ def goodput_plan(job, report, mtbf_hours: float | None, preemptions_per_day: flo
 
 
 def _s(seconds: float) -> str:
-    if seconds < 0.1:
-        return f"{seconds * 1e3:.1f} ms"
+    """The plan's seconds (format_seconds), in hours or minutes past a minute: MTBFs and
+    start-ups are long."""
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 60:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    return format_seconds(seconds)
 
 
 def text(plan: GoodputPlan, step_source: str) -> str:
