@@ -7,7 +7,6 @@ and the other way round.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,10 @@ import jax
 import pytest
 
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer, verify
+from tests.support.processes import free_port, outputs_of
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cluster(mode: str, directory: Path, step: int, num_processes: int = 2) -> list[str]:
@@ -33,7 +27,7 @@ def run_cluster(mode: str, directory: Path, step: int, num_processes: int = 2) -
     env = dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"
     )
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [
@@ -53,18 +47,7 @@ def run_cluster(mode: str, directory: Path, step: int, num_processes: int = 2) -
         )
         for i in range(num_processes)
     ]
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            outputs.append(out)
-            assert proc.returncode == 0, out[-4000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outputs
+    return outputs_of(procs, timeout=120)
 
 
 def _data_bytes(process_dir: Path) -> int:

@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.processes import free_port, outputs_of
 
 WORKER = Path(__file__).with_name("local_tier_worker.py")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -25,14 +26,8 @@ TWO_PODS = ["pod-0-w0", "pod-1-w0"]  # 2 pods x 1 host: each process is one pod
 ONE_POD = ["pod-0-w0", "pod-0-w1"]  # 1 pod x 2 hosts: a ring of two
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(mode: str, root: Path, pods: int, hosts: list[str], **env) -> list[subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     procs = []
     for i, host in enumerate(hosts):
         slice_name, worker = host.rsplit("-w", 1)
@@ -46,18 +41,7 @@ def _start(mode: str, root: Path, pods: int, hosts: list[str], **env) -> list[su
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=180)
-            outputs.append(out)
-            assert proc.returncode == 0, out[-4000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outputs
+    return outputs_of(procs, timeout=180)
 
 
 def run(mode: str, root: Path, pods: int, hosts: list[str]) -> list[str]:
