@@ -66,12 +66,9 @@ class TieredCheckpoints:
     # -- saving -------------------------------------------------------------------------
 
     def due(self, step: int) -> frozenset[str]:
-        tiers = set(self.schedule.due(step))
-        if self.persistent.is_due(step):
-            tiers.add(PERSISTENT)
-        if self.local is None:
-            tiers.discard(LOCAL)
-        return frozenset(tiers)
+        """The schedule's tiers at `step` (the one cadence), the RAM tier only if there is one."""
+        tiers = self.schedule.due(step)
+        return tiers if self.local is not None else tiers - {LOCAL}
 
     def save_local(self, step: int, train_state: Any, data_state: dict, ledger: dict) -> None:
         self.local.save(step, train_state, data_state, ledger)

@@ -112,7 +112,7 @@ class CheckpointHook(Hook):
         self.setup, self.supervision = setup, supervision
 
     def due(self, step: int) -> bool:
-        return step == self.setup.job.train.steps or bool(self.setup.tiers.due(step))
+        return bool(self.setup.tiers.due(step))  # the last step is on the schedule too
 
     def on_step(self, info: StepInfo) -> None:
         from palm_platform.checkpoint.tiers import LOCAL, PERSISTENT
@@ -120,7 +120,7 @@ class CheckpointHook(Hook):
         due = self.setup.tiers.due(info.step)
         if LOCAL in due:  # first: its device copy is dispatched before the persistent one's
             self.save_local(info)
-        if PERSISTENT in due or info.step == self.setup.job.train.steps:
+        if PERSISTENT in due:
             self.save_persistent(info)
 
     def save_local(self, info: StepInfo) -> None:
