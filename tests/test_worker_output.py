@@ -125,3 +125,22 @@ def test_the_restart_sentence_says_what_died(tmp_path):
         "step 20: worker group restarted (attempt 1), resumed from this step; host 1 (worker pid "
         "10427) died: Worker unexpectedly exits with a connection error code 2. End of file")
     assert progress._sentence(restart).endswith("resumed from this step")  # said once
+
+
+def test_prepare_json_sends_every_forwarded_worker_line_to_stderr(capsys):
+    """`palm data prepare --json`: its stdout is the JSON alone, whatever a worker prints."""
+    from ray._private import worker as ray_worker
+
+    from palm_platform.data.data_cli import _worker_lines_to_stderr
+
+    before = ray_worker.print_to_stdstream
+    try:
+        _worker_lines_to_stderr()
+        ray_worker.print_to_stdstream({"pid": "", "ip": "127.0.0.1", "task_name": None,
+                                       "actor_name": None, "is_err": False,
+                                       "lines": ["W1204 compiler_backend.cc] a late XLA line"]},
+                                      ignore_prefix=False)
+    finally:
+        ray_worker.print_to_stdstream = before
+    out, err = capsys.readouterr()
+    assert out == "" and "a late XLA line" in err

@@ -54,6 +54,20 @@ def _fail(error: BaseException) -> int:
     return 2
 
 
+def _worker_lines_to_stderr() -> None:
+    """With --json, stdout holds the one JSON object alone: Ray forwards the lines of the
+    cluster's workers (ours, and those of no job yet, such as an XLA log line flushed late)
+    to every driver's stdout or stderr, and a script reading the last stdout line would read
+    one of theirs."""
+    from palm_platform.cluster import auth
+
+    auth.enable_from_environment()  # before Ray is imported (prepare_ray.connect says why)
+    from palm_platform.ray.compat import route_worker_output
+
+    route_worker_output(lambda data, ignore_prefix, ray_print:
+                        ray_print({**data, "is_err": True}, ignore_prefix))
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from palm_platform.data import prepare, quality
     from palm_platform.job import load_job_or_exit
@@ -61,6 +75,8 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         return _fail(ValueError(f"--workers {args.workers}: give at least 1"))
     job = load_job_or_exit(args.job)
+    if args.json:
+        _worker_lines_to_stderr()
     try:
         result = prepare.prepare_store(job.data, Path(args.job).parent.resolve(),
                                        address=args.address, workers=args.workers,
