@@ -54,13 +54,15 @@ class RestartConstants:
     """One restart's seconds on the local fake-TPU cluster, by the badput names of
     ml-goodput-measurement, as the `restart` record of metrics.jsonl splits them
     (supervise/restart_account.py); `measured` names the run. The restore is not taken from
-    here: a pod's restore is modelled per tier from its bytes; nor is the first compile: a
-    pod job's is the plan's own compile of its step."""
+    here for a pod job: its restore is modelled per tier from its bytes (`checkpoint_restore_s`
+    is the local run's, for validating the model on this machine: plan/goodput_check.py); nor
+    is the first compile: a pod job's is the plan's own compile of its step."""
 
     infrastructure_recovery_s: float  # failure -> the new worker process started
     initialization_s: float  # process start -> trainer ready (imports, jax.distributed, mesh)
     program_startup_s: float  # the first step's compile from the compilation cache, and run
     data_loading_s: float  # waiting for the first batch
+    checkpoint_restore_s: float  # the local run's restore (palm-tiny, RAM tier)
     hosts: int
     measured: str
 
@@ -74,6 +76,7 @@ MEASURED = RestartConstants(
     initialization_s=7.1,
     program_startup_s=1.2,
     data_loading_s=0.0,
+    checkpoint_restore_s=0.7,
     hosts=2,
     measured="bench_soak.py --kill-every 30 restart records (2 fake hosts, 2 cores)",
 )
