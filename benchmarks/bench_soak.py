@@ -23,6 +23,10 @@ replay (the Ray tests check bitwise equality). The persistent tier saves every
 (`checkpoint.local`, every 2 steps, in /dev/shm) is on unless `--no-local-tier`. Prints
 goodput with the first compile excluded (goal >= 85% at K=30), recomputed steps per failure,
 and each restart's seconds by cause from its `restart` record (supervise/restart_account.py).
+
+Every run that finishes also prints the goodput model's prediction of it (issue 29's
+validation, plan/goodput_check.py): from its step time, start-up and saves, its faults, and the
+restart constants `palm plan --goodput` uses; then with this run's own restart seconds.
 """
 
 from __future__ import annotations
@@ -168,7 +172,27 @@ def report(label: str, run_dir: Path, steps: int, goal: float = GOAL) -> bool:
     if count["restart"]:
         per_restart = g.get("badput_restart_s", 0.0) / count["restart"]
         print(f"  restart badput per restart: {per_restart:.1f} s")
+    if trained == steps:
+        predict(run_dir)
     return trained == steps
+
+
+def predict(run_dir: Path) -> None:
+    """The goodput model's prediction of this run (plan/goodput_check.py): its restarts at the
+    measured constants `palm plan --goodput` uses, then at this run's own mean."""
+    from statistics import mean
+
+    from palm_platform.job import load_job
+    from palm_platform.plan import goodput_check
+
+    job = load_job(run_dir.parent.parent / "job.yaml")
+    figures = goodput_check.run_figures(read_records(run_dir))
+    sources = [(goodput_check.restart_constant_s(), "goodput_inputs.MEASURED")]
+    if figures.restart_s:
+        sources.append((mean(figures.restart_s), "this run's mean restart"))
+    for restart_s, source in sources:
+        prediction = goodput_check.predict(job, figures, restart_s=restart_s)
+        print("  " + goodput_check.describe(prediction, figures, source).replace("\n", "\n  "))
 
 
 def main() -> int:

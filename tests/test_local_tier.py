@@ -120,3 +120,20 @@ def test_a_relative_ram_folder_resolves_against_the_job_file(tmp_path):
     path = tmp_path / "jobs" / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert load_job(path).checkpoint.local.directory == str(tmp_path / "jobs" / "ram")
+
+
+def test_a_new_launch_removes_the_steps_another_launch_left_and_a_restart_keeps_them(tmp_path):
+    """The demo's bug: a fresh `palm run` of a job found the step 60 an earlier run of the
+    same job name had left in /dev/shm, and resumed there, training nothing."""
+    mesh = make_mesh(1, 2, 2, jax.devices()[:4])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=a.sharding),
+                            _state(mesh, 0))
+    earlier = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0", launch=100.0)
+    earlier.save(60, _state(mesh, 60), {}, {})
+    earlier.wait_until_finished()
+    restart = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0", launch=100.0)
+    assert restart.complete_steps() == [60]  # the same launch's restart reads it
+    fresh = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0", launch=200.0)
+    assert fresh.complete_steps() == []
+    assert plan_ram_restore(gather_holdings(fresh), pods_of_processes(mesh)) is None

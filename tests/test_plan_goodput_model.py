@@ -3,6 +3,7 @@ accounting, and the simulation agreeing with the expectation (pure arithmetic, f
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
@@ -87,18 +88,51 @@ def test_a_job_without_failures_simulates_to_its_expectation():
                for d in days)
 
 
-def test_a_finite_run_pays_start_up_saves_and_each_failure_with_its_lost_steps():
-    from palm_platform.plan.goodput_model import predict_run
+def _run_records(steps: int, step_s: float, startup_s: float, restarts: list[float]) -> list:
+    """A finished run's metrics.jsonl as the loop writes it (the figures that matter)."""
+    t0 = 1000.0
+    records = [{"kind": "startup", "step": 0, "time": t0 + 1},
+               {"kind": "step", "step": 1, "time": t0 + startup_s + step_s, "step_s": 9.0},
+               {"kind": "compiled", "step": 1, "time": t0 + startup_s + step_s, "seconds": 9.0}]
+    records += [{"kind": "checkpoint_saved", "step": s, "time": t0 + 50, "blocked_s": 0.5}
+                for s in range(5, steps + 1, 5)]
+    records += [{"kind": "restart", "step": 0, "time": t0 + 60, "recovery_s": r} for r in restarts]
+    wall, productive = 200.0, steps * step_s
+    records.append({"kind": "goodput", "step": steps, "time": t0 + wall, "wall_s": wall,
+                    "productive_s": productive, "goodput": productive / wall,
+                    "badput_eval_s": 3.0, "badput_other_s": 1.0, "badput_recomputation_s": 5.0})
+    return records
 
-    # 60 steps of 1 s, saves every 5 steps (0.5 s each), a failure during step 13 restores
-    # step 10 (steps 11 and 12 run again), start-up 20 s, restart 10 s, restore 2 s
-    g = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
-                    restore_s={"persistent": 2.0}, save_s={"persistent": 0.5},
-                    intervals={"persistent": 5}, failures=[(13, "persistent")])
-    assert g == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 2 + 2))
-    # the same failure restoring a RAM tier saved every step loses nothing
-    g2 = predict_run(steps=60, step_s=1.0, startup_s=20.0, restart_s=10.0,
-                     restore_s={"persistent": 2.0, "local": 1.0},
-                     save_s={"persistent": 0.5, "local": 0.0},
-                     intervals={"persistent": 5, "local": 1}, failures=[(13, "local")])
-    assert g2 == pytest.approx(60 / (20 + 60 + 12 * 0.5 + 10 + 1))
+
+def test_a_finished_runs_prediction_pays_start_up_saves_and_each_fault_with_its_lost_steps(
+        tmp_path):
+    import yaml
+
+    from palm_platform.job import load_job
+    from palm_platform.plan import goodput_check
+
+    spec = yaml.safe_load((Path(__file__).parent / "jobs" / "loop-2pod.yaml").read_text())
+    spec["train"]["steps"] = 60
+    spec["faults"]["inject"] = [
+        {"kind": "damage_checkpoint", "step": 11},  # truncates the step-10 save
+        {"kind": "kill_host", "step": 13, "host": 1},  # restarts from step 5: 8 steps again
+        {"kind": "poison_batches", "step": 27},  # rolls back 10+ steps: to 15, 12 steps again
+        {"kind": "hang_host", "step": 40, "host": 1},  # from 35 after the hang timeout
+    ]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = load_job(tmp_path / "job.yaml")
+    figures = goodput_check.run_figures(_run_records(60, 1.0, 20.0, [10.0, 14.0]))
+    assert (figures.steps, figures.step_s, figures.startup_s) == (60, 1.0, 20.0)
+    assert figures.save_s == {"persistent": 0.5} and figures.unmodelled_s == 4.0
+    prediction = goodput_check.predict(job, figures, restart_s=12.0, restore_s=2.0)
+    assert prediction.resumes == [("kill_host", 13, 5), ("poison_batches", 27, 15),
+                                  ("hang_host", 40, 35)]
+    assert prediction.recomputed_steps == 8 + 12 + 5
+    lost = 20 + 12 * 0.5 + 2 * 12 + job.faults.hang_timeout_s + 2 + 25 * 1.0 + 4.0
+    assert prediction.goodput == pytest.approx(60 / (60 + lost))
+    # with a RAM tier every 2 steps a host's loss resumes from its newest RAM save before it
+    spec["checkpoint"]["local"] = {"every_steps": 2}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    ram = goodput_check.predict(load_job(tmp_path / "job.yaml"), figures, restart_s=12.0)
+    assert [resume for _, _, resume in ram.resumes] == [12, 15, 38]
+    assert ram.goodput > prediction.goodput

@@ -184,3 +184,21 @@ def test_2pod_run_with_damaged_checkpoint_and_killed_host_ends_bitwise_equal(
                if ln.startswith("step") and "worker group restarted" in ln]
     assert len(restart) == 1 and "died" in restart[0], restart
     assert_bitwise_equal(final_params(folder / "job.yaml", STEPS), final_params(job, STEPS))
+    # The goodput model (issue 29's validation, plan/goodput_check.py) on this run: from its
+    # faults it names the steps the run resumed from, and from its measured components (step
+    # time, start-up, saves, and on this shared machine the run's own restart seconds) it
+    # predicts the goodput the run measured within 5 points.
+    from palm_platform.job import load_job
+    from palm_platform.plan import goodput_check
+
+    figures = goodput_check.run_figures(records)
+    prediction = goodput_check.predict(load_job(job), figures,
+                                       restart_s=sum(figures.restart_s) / len(figures.restart_s))
+    assert [(kind, resume) for kind, _, resume in prediction.resumes] == \
+        [("kill_host", 5), ("poison_batches", records_rollback_to(records))]
+    assert abs(prediction.goodput - figures.goodput) <= 0.05, \
+        goodput_check.describe(prediction, figures, "the run's restarts")
+
+
+def records_rollback_to(records: list[dict]) -> int:
+    return next(r["to_step"] for r in records if r["kind"] == "rollback")

@@ -168,8 +168,14 @@ class LocalTier:
     """Saves this host's shards (and its ring neighbour's, on 1-pod jobs) into host RAM."""
 
     def __init__(self, root: Path, abstract_state: Any, mesh: jax.sharding.Mesh, *,
-                 pods: int, host: str | None = None):
+                 pods: int, host: str | None = None, launch: float | None = None):
+        """`launch`: the `palm run` this process belongs to (its start time, WorkerConfig's
+        `launched_at`): steps another launch saved are removed, never restored. A restart
+        within one launch (Ray Train's worker group again) reads them; a new `palm run` of the
+        same job name (a fresh run folder, or another run's leftovers in /dev/shm) starts
+        from its own checkpoint directory. None: no launch (one process), every step counts."""
         self.root = Path(root)
+        self.launch = launch
         self.host = host or host_identity()
         self.folder = self.root / self.host
         self.layout = BlockLayout(abstract_state, mesh)
@@ -197,7 +203,7 @@ class LocalTier:
         shifted = self._shift(snapshot) if self._shift is not None else None
         self._saves += 1
         extras = {"step": step, "data_state": data_state, "ledger": ledger,
-                  "hosts": jax.process_count(), "host": self.host}
+                  "hosts": jax.process_count(), "host": self.host, "launch": self.launch}
         self._saver = threading.Thread(
             target=self._write, args=(step, snapshot, shifted, extras, self._saves),
             name=f"palm-local-save-{step}", daemon=True)
@@ -259,11 +265,20 @@ class LocalTier:
             shutil.rmtree(self.folder / str(step), ignore_errors=True)
 
     def _remove_unfinished(self) -> None:
-        """Hidden folders and steps without `COMPLETE`: saves a killed process left behind."""
+        """Hidden folders and steps without `COMPLETE`: saves a killed process left behind;
+        and the steps of another launch."""
         for path in self.folder.iterdir():
-            if path.name.startswith(".tmp-") or (path.name.isdigit()
-                                                 and not (path / COMPLETE).exists()):
+            if path.name.startswith(".tmp-") or (path.name.isdigit() and (
+                    not (path / COMPLETE).exists() or not self._this_launch(path))):
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _this_launch(self, step_dir: Path) -> bool:
+        if self.launch is None:
+            return True
+        try:
+            return json.loads((step_dir / EXTRAS).read_text()).get("launch") == self.launch
+        except (OSError, ValueError, AttributeError):  # unreadable: not a step of ours
+            return False
 
     def discard_after(self, step: int) -> None:
         """Drop steps newer than `step` (after a rollback they hold the abandoned trajectory)."""

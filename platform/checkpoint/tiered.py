@@ -56,11 +56,13 @@ class TieredCheckpoints:
 
     @classmethod
     def build(cls, job: Any, persistent: Checkpointer, abstract_state: Any,
-              mesh: jax.sharding.Mesh, pods: int) -> TieredCheckpoints:
+              mesh: jax.sharding.Mesh, pods: int,
+              launch: float | None = None) -> TieredCheckpoints:
         config = job.checkpoint
         local = None
         if config.local is not None:
-            local = LocalTier(root_for(config.local, job.name), abstract_state, mesh, pods=pods)
+            local = LocalTier(root_for(config.local, job.name), abstract_state, mesh, pods=pods,
+                              launch=launch)
         return cls(persistent, local, TierSchedule.from_config(config, last_step=job.train.steps))
 
     # -- saving -------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def run_figures(records: list[dict]) -> RunFigures:
         raise ValueError("the run has no goodput event: it did not finish")
     g = goodput[-1]
     steps = [r for r in records if r["kind"] == "step"]
-    trained = max(r["step"] for r in steps)
+    trained = g["step"]  # the last step: the run finished there
     step_s = g["productive_s"] / trained
     started = g["time"] - g["wall_s"]  # the first process's tracker started here
     saves: dict[str, list[float]] = {}
@@ -119,6 +119,7 @@ def predict(job, figures: RunFigures, *, restart_s: float,
             every = local or persistent
             resume = _newest(fault.step - 1, every, damaged if local is None else set())
             recomputed += fault.step - resume
+            damaged = {d for d in damaged if d <= resume}  # the steps after are saved anew
             restarts += 1
             waits += job.faults.hang_timeout_s if fault.kind == "hang_host" else 0.0
             resumes.append((fault.kind, fault.step, resume))

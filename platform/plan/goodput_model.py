@@ -170,22 +170,3 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     """(10th percentile, median)."""
     ordered = sorted(values)
     return ordered[int(0.1 * (len(ordered) - 1))], median(ordered)
-
-
-def predict_run(*, steps: int, step_s: float, startup_s: float, restart_s: float,
-                restore_s: dict[str, float], save_s: dict[str, float],
-                intervals: dict[str, int], failures: list[tuple[int, str]]) -> float:
-    """Goodput of one finite run with its faults known: `failures` are (step, tier) pairs, a
-    failure during `step` that restores `tier`'s newest save (its last multiple of the tier's
-    interval below the step), so the steps after that save run again.
-
-    The validation of the model against a measured run: the same accounting as `expected`,
-    with the run's own fault steps instead of rates.
-    """
-    saves = sum(steps // intervals[name] * seconds for name, seconds in save_s.items())
-    lost = 0.0
-    for step, tier in failures:
-        recomputed = step - 1 - (step - 1) // intervals[tier] * intervals[tier]
-        lost += restart_s + restore_s[tier] + recomputed * step_s
-    productive = steps * step_s
-    return productive / (startup_s + productive + saves + lost)

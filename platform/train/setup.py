@@ -98,7 +98,7 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
         cross_pod_bytes=cross_pod_bytes_per_step(abstract_state.params, pods,
                                                  job.mesh.cross_pod_dtype),
         check_pods=job.metrics.check_pods_identical and pods > 1,
-        tiers=_tiers(job, checkpointer, abstract_state, mesh, pods),
+        tiers=_tiers(job, checkpointer, abstract_state, mesh, pods, launched_at),
     )
     if process_index == 0:  # `palm generate` / `palm eval` read the job from here
         record_job(run_dir, job)
@@ -137,11 +137,13 @@ def _checkpointer(job: Job):
     return Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
 
 
-def _tiers(job: Job, checkpointer, abstract_state, mesh, pods: int):
-    """Both checkpoint tiers on one cadence: the RAM tier with `checkpoint.local`."""
+def _tiers(job: Job, checkpointer, abstract_state, mesh, pods: int, launched_at: float | None):
+    """Both checkpoint tiers on one cadence: the RAM tier with `checkpoint.local`, holding
+    this launch's steps only (local_tier.LocalTier)."""
     from palm_platform.checkpoint.tiered import TieredCheckpoints
 
-    return TieredCheckpoints.build(job, checkpointer, abstract_state, mesh, pods)
+    return TieredCheckpoints.build(job, checkpointer, abstract_state, mesh, pods,
+                                   launch=launched_at)
 
 
 def _sink(job: Job, run_dir: Path) -> MetricsSink:
