@@ -187,7 +187,8 @@ def predict(run_dir: Path) -> None:
 
     job = load_job(run_dir.parent.parent / "job.yaml")
     figures = goodput_check.run_figures(read_records(run_dir))
-    sources = [(goodput_check.restart_constant_s(), "goodput_inputs.MEASURED")]
+    sources = [(goodput_check.restart_constant_s(job.topology.num_hosts),
+                "goodput_inputs.MEASURED")]
     if figures.restart_s:
         sources.append((mean(figures.restart_s), "this run's mean restart"))
     for restart_s, source in sources:

@@ -2,7 +2,7 @@
 components and its injected faults, and set the prediction beside what the run measured.
 
     figures = run_figures(read_records(run_dir))
-    prediction = predict(job, figures, restart_s=restart_constant_s())   # or the run's own
+    prediction = predict(job, figures, restart_s=restart_constant_s(hosts))  # or the run's
     prediction.goodput, figures.goodput
 
 What is taken from the run (inputs the model does not predict): the productive seconds of a
@@ -12,7 +12,8 @@ save, and the seconds the model has no term for (waiting for data,
 held-out evals, "other"). What the model predicts: the saves' total from the tiers'
 cadences, and for each injected fault the step it resumes from and so the steps computed
 again, plus the restarts' seconds (`restart_s`: the measured constants of
-`goodput_inputs.MEASURED`, as `palm plan --goodput` uses them, or a run's own mean). The
+`goodput_inputs.MEASURED` scaled to the job's hosts, as `palm plan --goodput` uses them, or a
+run's own mean). The
 fault rules are the platform's:
 - kill_host / hang_host at step s (s completed): the group restarts from the newest save
   below s of the RAM tier when the job has one (the save of step s itself is still being
@@ -80,9 +81,10 @@ def run_figures(records: list[dict]) -> RunFigures:
     )
 
 
-def restart_constant_s(constants: gi.RestartConstants = gi.MEASURED) -> float:
-    """One restart on the local cluster by the measured constants, the restore included."""
-    return (constants.infrastructure_recovery_s + constants.initialization_s
+def restart_constant_s(hosts: int, constants: gi.RestartConstants = gi.MEASURED) -> float:
+    """One restart of a local job of `hosts` hosts by the measured constants, the restore
+    included, initialization scaled as `palm plan --goodput` scales it (`initialization_at`)."""
+    return (constants.infrastructure_recovery_s + gi.initialization_at(hosts, constants)
             + constants.checkpoint_restore_s + constants.program_startup_s
             + constants.data_loading_s)
 
