@@ -83,3 +83,12 @@ def test_goodput_json_from_the_compiled_step_then_from_the_plan_cache(tmp_path):
     text = palm_plan(job, cache, "--goodput")
     assert text.returncode == 0 and "expected goodput" in text.stdout
     assert "Young/Daly" in text.stdout and "Llama 3" in text.stdout
+    assert text.stdout.count("lost per day") == 2  # at the job's and the recommended intervals
+    # A job at the recommended intervals gets one line for both, not the same line twice.
+    spec["checkpoint"]["every_steps"] = by_name["persistent"]["recommended_interval_steps"]
+    spec["checkpoint"]["local"]["every_steps"] = by_name["local"]["recommended_interval_steps"]
+    job.write_text(yaml.safe_dump(spec))
+    same = palm_plan(job, cache, "--goodput", "--mtbf-hours", "2")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "which are the recommended ones" in same.stdout
+    assert same.stdout.count("lost per day") == 1, same.stdout

@@ -82,6 +82,14 @@ def test_a_dead_worker_is_one_cause_for_the_restart_sentence_not_a_paragraph(tmp
                                       "exits with a connection error code 2. End of file")
     assert output.restart_cause() is None  # said once, with the restart it caused
     assert "(raylet) A worker died" in (tmp_path / LOG_FILE).read_text()
+    # The killed host takes the others down with the same error: one clause names them all.
+    output.handle(batch(10431, worker_line("WARNING", "palm", "host 2/4: lost a peer")))
+    for pid in (10427, 10430, 10431):
+        output.handle({"pid": "raylet", "is_err": False,
+                       "lines": [DIED.replace("10427", str(pid))]})
+    assert output.restart_cause() == (
+        "host 1/4 (worker pid 10427), worker pid 10430 and host 2/4 (worker pid 10431) died: "
+        "Worker unexpectedly exits with a connection error code 2. End of file")
 
 
 def test_verbose_prints_what_ray_prints_and_still_logs(tmp_path):

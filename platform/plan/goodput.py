@@ -166,9 +166,14 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     lines = [f"goodput plan for {s.chips} chips, {s.job_steps} steps "
              f"({_s(s.job_steps * i.step_s)} of steps)"]
     lines += [f"  {name:<{width}}  {value:<{vwidth}}  {source}" for name, value, source in rows]
-    lines.append(f"  expected goodput: {plan.at_job.goodput:.1%} at the job's intervals, "
-                 f"{plan.at_recommended.goodput:.1%} at the recommended ones")
-    for label, e in (("job's", plan.at_job), ("recommended", plan.at_recommended)):
+    same = plan.job_intervals == plan.recommended_intervals
+    if same:
+        lines.append(f"  expected goodput: {plan.at_job.goodput:.1%} at the job's intervals, "
+                     "which are the recommended ones")
+    else:
+        lines.append(f"  expected goodput: {plan.at_job.goodput:.1%} at the job's intervals, "
+                     f"{plan.at_recommended.goodput:.1%} at the recommended ones")
+    for label, e in (("job's", plan.at_job), ("recommended", plan.at_recommended))[:2 - same]:
         lost = ", ".join(f"{cause} {_s(e.lost_s_per_day[cause])}" for cause in CAUSES)
         lines.append(f"  lost per day at the {label} intervals: {lost}")
     startup_bound = i.startup_s > s.job_steps * i.step_s

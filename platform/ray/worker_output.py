@@ -51,7 +51,7 @@ class WorkerOutput:
         self._lock = threading.Lock()
         self._hosts: dict[str, str] = {}  # worker pid -> "1/4", from the palm lines it wrote
         self._recent: dict[str, float] = {}
-        self._deaths: list[str] = []
+        self._deaths: list[tuple[str, str]] = []
         self._file = None
 
     def handle(self, data: dict[str, Any], ignore_prefix: bool = False,
@@ -69,7 +69,14 @@ class WorkerOutput:
         """What died since the last call, in one line (None if Ray reported nothing)."""
         with self._lock:
             deaths, self._deaths = self._deaths, []
-        return "; ".join(deaths) or None
+        # Workers that died of the same cause share one clause: a killed host takes the
+        # group's other processes down with the same connection error, which once read as the
+        # same sentence four times.
+        by_cause: dict[str, list[str]] = {}
+        for who, why in deaths:
+            by_cause.setdefault(why, []).append(who)
+        clauses = [f"{_and(whos)} died: {why}" for why, whos in by_cause.items()]
+        return "; ".join(clauses) or None
 
     def close(self) -> None:
         with self._lock:
@@ -106,8 +113,8 @@ class WorkerOutput:
         stream = self._stream or sys.stderr
         print(message, file=stream, flush=True)
 
-    def _death(self, report: str) -> str:
-        """'host 1/4 (worker pid 10427) died: Worker unexpectedly exits with ... code 2'."""
+    def _death(self, report: str) -> tuple[str, str]:
+        """('host 1/4 (worker pid 10427)', 'Worker unexpectedly exits with ... code 2')."""
         fields = {name: (m[1] if (m := pattern.search(report)) else None)
                   for name, pattern in _FIELD.items()}
         pid = fields["pid"]
@@ -116,7 +123,11 @@ class WorkerOutput:
             who = f"host {self._hosts[pid]} ({who})"
         detail = _DETAIL.search(report)
         why = detail[1].rstrip(". ") if detail else (fields["exit"] or "no reason given")
-        return f"{who} died: {why}"
+        return who, why
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _ray_prefix(data: dict[str, Any]) -> str:
