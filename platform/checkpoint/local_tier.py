@@ -159,9 +159,9 @@ def _barrier(name: str) -> None:
     communicator, so it may run on a thread beside the train step's collectives)."""
     if jax.process_count() == 1:
         return
-    from jax._src import distributed  # jax 0.10: the client has no public accessor
+    from palm_platform.jax_private import coordination_client
 
-    distributed.global_state.client.wait_at_barrier(name, BARRIER_TIMEOUT_MS)
+    coordination_client().wait_at_barrier(name, BARRIER_TIMEOUT_MS)
 
 
 class LocalTier:

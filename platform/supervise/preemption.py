@@ -42,9 +42,9 @@ class Preempted(Exception):
 
 def jax_preemption_service() -> object | None:
     """The preemption sync manager of this process's jax.distributed, or None."""
-    from jax._src import distributed  # the state object has no public accessor
+    from palm_platform.jax_private import preemption_sync_manager
 
-    return getattr(distributed.global_state, "preemption_sync_manager", None)
+    return preemption_sync_manager()
 
 
 class PreemptionNotice:
