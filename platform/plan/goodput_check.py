@@ -8,13 +8,12 @@ components and its injected faults, and set the prediction beside what the run m
 What is taken from the run (inputs the model does not predict): the productive seconds of a
 step (the goodput tracker's, over the steps that count), the start-up (the first process's
 start to its first step, plus the compiles of new batch shapes), each tier's mean blocking
-save, and the seconds the model has no term for (waiting for data,
-held-out evals, "other"). What the model predicts: the saves' total from the tiers'
-cadences, and for each injected fault the step it resumes from and so the steps computed
-again, plus the restarts' seconds (`restart_s`: the measured constants of
-`goodput_inputs.MEASURED` scaled to the job's hosts, as `palm plan --goodput` uses them, or a
-run's own mean). The
-fault rules are the platform's:
+save, and the seconds the model has no term for (waiting for data, held-out evals, "other").
+What the model predicts: the saves' total from the tiers' cadences, and for each injected
+fault the step it resumes from and so the steps computed again, plus the restarts' seconds
+(`restart_s`: the measured constants of `goodput_inputs.MEASURED` scaled to the job's hosts,
+as `palm plan --goodput` uses them, or a run's own mean). The fault rules are the
+platform's:
 - kill_host / hang_host at step s (s completed): the group restarts from the newest save
   below s of the RAM tier when the job has one (the save of step s itself is still being
   written when the host dies), else of the persistent tier, skipping a checkpoint a

@@ -3,7 +3,8 @@ trains, how often to checkpoint to each tier, and what a failure costs; before i
 
 Pure arithmetic over named inputs (no JAX): the step time comes from the plan's compiled
 schedule, the bytes from its shardings, the restart constants from measurements on the local
-cluster (`restart_model.py`), the failure rates from published figures (`failure_rates.py`).
+cluster and the failure rates from published figures (`goodput_inputs.py`); checked against
+finished local runs by `goodput_check.py`.
 
 Expected goodput, per day of wall time D (first order: a failure during a recovery is not
 modelled, and failures arrive as a Poisson process):
