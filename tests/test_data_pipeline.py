@@ -100,7 +100,7 @@ def test_process_shares_concatenate_to_the_single_process_batch(data_dir):
 
 
 def test_batch_size_must_divide_among_processes(data_dir):
-    with pytest.raises(ValueError, match="multiple of the process count 2"):
+    with pytest.raises(ValueError, match="multiple of 2, the blocks"):
         _pipeline(data_dir, MIXED, process_count=2).local_batch(3)
 
 

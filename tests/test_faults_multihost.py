@@ -41,6 +41,6 @@ def test_poison_beside_other_faults_still_poisons_every_host_share(tmp_path):
         rows = np.arange(24 + 4 * host, 28 + 4 * host)  # this host's half of step 3's batch
         clean = np.repeat(rows.astype(np.int32)[:, None], 9, axis=1)
         out = injector.poison(3, clean, data_state={"next_sequence": 24}, global_batch_size=8,
-                              process_index=host, process_count=2, vocab_size=1024)
+                              rows=np.arange(4 * host, 4 * host + 4), vocab_size=1024)
         for row, g in enumerate(rows):
             np.testing.assert_array_equal(out[row], poison_tokens(int(g), 9, 1024))

@@ -134,7 +134,7 @@ def _run_poisoned(injector, step, state, size=8, process_index=0, process_count=
     mine = indices[process_index * per : (process_index + 1) * per]
     tokens = np.repeat(mine.astype(np.int32)[:, None], SEQ, axis=1)
     return tokens, injector.poison(step, tokens, data_state=state, global_batch_size=size,
-                                   process_index=process_index, process_count=process_count,
+                                   rows=np.arange(process_index * per, (process_index + 1) * per),
                                    vocab_size=VOCAB)
 
 

@@ -3,7 +3,8 @@
 pipeline = build_pipeline(data_config, seq_len=2048, base_dir=job_dir,
                           process_index=jax.process_index(),
                           process_count=jax.process_count())
-local = pipeline.local_batch(global_batch_size)      # int32 [B / processes, L + 1]
+pipeline.read_blocks(*process_blocks(batch_sharding(mesh)))  # this host's batch blocks
+local = pipeline.local_batch(global_batch_size)      # int32 [its blocks' rows, L + 1]
 batch = to_global_array(local, batch_sharding(mesh))
 checkpoint_extra["data"] = pipeline.get_state()       # pipeline.set_state(...) on resume
 """
@@ -26,6 +27,7 @@ _EXPORTS = {
     "load_tokenizer": "tokenizer",
     "train_tokenizer": "tokenizer",
     "to_global_array": "global_array",
+    "process_blocks": "global_array",
     "batch_sharding": "global_array",
 }
 __all__ = sorted(_EXPORTS)

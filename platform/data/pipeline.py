@@ -87,6 +87,10 @@ class Pipeline:
         self.seq_len = seq_len
         self.process_index = process_index
         self.process_count = process_count
+        # (blocks, mine): the global batch is cut into `blocks` equal blocks and this process
+        # reads `mine` (global_array.process_blocks of the mesh's batch sharding, set by the
+        # trainer with `read_blocks`); without a mesh, the contiguous 1 / processes share.
+        self.blocks: tuple[int, tuple[int, ...]] = (process_count, (process_index,))
         self._sources = list(sources)
         per_source = []
         for i, (source_config, source) in enumerate(zip(config.sources, sources, strict=True)):
@@ -160,21 +164,31 @@ class Pipeline:
         """int32 [len(indices), seq_len + 1]: the sequences at these global indices."""
         return read_windows([self._dataset[int(index)] for index in indices], self.seq_len + 1)
 
-    def local_batch(self, global_batch_size: int) -> np.ndarray:
-        """This process's rows of the next global batch: int32 [B / processes, seq_len + 1].
+    def read_blocks(self, blocks: int, mine: tuple[int, ...]) -> None:
+        """Read the rows of batch blocks `mine` of `blocks` (global_array.process_blocks)."""
+        self.blocks = (blocks, tuple(mine))
 
-        The global batch is the next `global_batch_size` unskipped sequences; process p holds
-        its p-th contiguous slice and reads only those sequences.
-        """
-        if global_batch_size <= 0 or global_batch_size % self.process_count:
+    def local_rows(self, global_batch_size: int) -> np.ndarray:
+        """Which rows of a `global_batch_size` batch this process reads, in order."""
+        blocks, mine = self.blocks
+        if global_batch_size <= 0 or global_batch_size % blocks:
             raise ValueError(
-                f"global batch size {global_batch_size} must be a positive multiple of the "
-                f"process count {self.process_count}"
+                f"global batch size {global_batch_size} must be a positive multiple of "
+                f"{blocks}, the blocks the batch is cut into (the mesh's pod x data, or the "
+                f"process count)"
             )
+        per = global_batch_size // blocks
+        return np.concatenate([np.arange(b * per, (b + 1) * per) for b in mine])
+
+    def local_batch(self, global_batch_size: int) -> np.ndarray:
+        """This process's rows of the next global batch: int32 [rows, seq_len + 1].
+
+        The global batch is the next `global_batch_size` unskipped sequences; a process reads
+        the rows of its batch blocks (`local_rows`) and only those sequences.
+        """
+        rows = self.local_rows(global_batch_size)
         indices, self._next_sequence = self._skips.take(self._next_sequence, global_batch_size)
-        per_process = global_batch_size // self.process_count
-        mine = indices[self.process_index * per_process : (self.process_index + 1) * per_process]
-        return self.sequences(mine)
+        return self.sequences(np.asarray(indices)[rows])
 
     def stats(self) -> dict:
         """Per source: tokens, packed sequences, documents read and bad records skipped."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from palm_platform.data.global_array import to_global_array
+from palm_platform.data.global_array import process_rows, to_global_array
 from palm_platform.data.packing import PackedSequences
 from palm_platform.eval.config import EvalConfig
 from palm_platform.eval.eval_step import make_eval_step
@@ -63,10 +63,10 @@ class HeldOutEvaluator:
     def __init__(self, config: EvalConfig, *, run_dir: Path, mesh, model_cfg, param_shardings,
                  seq_len: int, batch_sequences: int, process_index: int, process_count: int):
         replicas = mesh.shape["pod"] * mesh.shape["data"]
-        if batch_sequences % replicas or batch_sequences % process_count:
+        if batch_sequences % replicas:
             raise ValueError(
                 f"eval.batch_sequences={batch_sequences} must be a multiple of pods x data = "
-                f"{replicas} (and of the {process_count} hosts). Fix: set eval.batch_sequences")
+                f"{replicas}. Fix: set eval.batch_sequences")
         self.config, self.run_dir, self.mesh = config, Path(run_dir), mesh
         self.seq_len, self.batch = seq_len, batch_sequences
         self.process_index, self.process_count = process_index, process_count
@@ -123,14 +123,13 @@ class HeldOutEvaluator:
     def evaluate(self, params, sequences_SxL1: np.ndarray) -> tuple[float, float]:
         """(mean next-token loss in nats, bits per byte) over held-out sequences."""
         nats = tokens = 0.0
-        per_host = self.batch // self.process_count
         sharding = batch_sharding(self.mesh)
+        mine = np.concatenate([np.arange(a, b) for a, b in process_rows(sharding, self.batch)])
         for start in range(0, len(sequences_SxL1), self.batch):
             rows = sequences_SxL1[start : start + self.batch]
             padded = np.zeros((self.batch, self.seq_len + 1), np.int32)
             weights = np.zeros((self.batch, self.seq_len), np.float32)
             padded[: len(rows)], weights[: len(rows)] = rows, 1.0
-            mine = slice(self.process_index * per_host, (self.process_index + 1) * per_host)
             out = self.step_fn(params, to_global_array(padded[mine], sharding),
                                to_global_array(weights[mine], sharding))
             out = jax.device_get(out)

@@ -7,7 +7,7 @@
         data_state = pipeline.get_state()
         tokens = pipeline.local_batch(batch_size)
         tokens = injector.poison(step, tokens, data_state=data_state, global_batch_size=...,
-                                 process_index=..., process_count=..., vocab_size=...)
+                                 rows=pipeline.local_rows(...), vocab_size=...)
 
 Once only, across restarts: before a fault acts, its marker file is written (and fsynced) in
 `state_dir`, so the restarted host does not die again at the same step. A fault fires at the
@@ -209,26 +209,24 @@ class FaultInjector:
         *,
         data_state: dict,
         global_batch_size: int,
-        process_index: int,
-        process_count: int,
+        rows: np.ndarray,
         vocab_size: int,
     ) -> np.ndarray:
-        """This host's rows [B / processes, L + 1] of the batch read from `data_state`,
-        with every row whose global sequence lies in a poisoned range replaced."""
+        """This host's rows [len(rows), L + 1] of the batch read from `data_state` (`rows`:
+        which rows of the global batch, Pipeline.local_rows), with every row whose global
+        sequence lies in a poisoned range replaced."""
         if not any(f.kind == "poison_batches" for f in self.faults):
             return tokens
         self.record_poison(step, data_state=data_state, global_batch_size=global_batch_size)
         ranges = self.poisoned_ranges()
         if not ranges:
             return tokens
-        per_process = global_batch_size // process_count
         indices = batch_sequence_indices(data_state, global_batch_size)
-        mine = indices[process_index * per_process : (process_index + 1) * per_process]
+        mine = np.asarray(indices)[rows]
         if len(mine) != tokens.shape[0]:
             raise ValueError(
-                f"tokens has {tokens.shape[0]} rows but this host's share of a "
-                f"{global_batch_size}-sequence batch over {process_count} processes is "
-                f"{len(mine)}"
+                f"tokens has {tokens.shape[0]} rows but this host reads {len(mine)} rows of a "
+                f"{global_batch_size}-sequence batch"
             )
         hit = np.zeros(len(mine), bool)
         for start, end in ranges:

@@ -53,8 +53,7 @@ class FaultInjectionHook(Hook):
         self.injector.maybe_fire(step, checkpoint_dir=s.job.checkpoint.directory)
         local = self.injector.poison(
             step, batch.local, data_state=batch.data_state, global_batch_size=batch.batch_size,
-            process_index=s.process_index, process_count=s.process_count,
-            vocab_size=s.pipeline.vocab_size,
+            rows=s.pipeline.local_rows(batch.batch_size), vocab_size=s.pipeline.vocab_size,
         )
         return array if local is batch.local else to_global_array(local, batch_sharding(s.mesh))
 

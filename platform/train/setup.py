@@ -18,10 +18,11 @@ from typing import Any
 import jax
 
 from palm.flops import train_flops_per_token
+from palm_platform.data.global_array import process_blocks
 from palm_platform.eval.heldout import build_evaluator
 from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
-from palm_platform.mesh import make_mesh
+from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics.sink import MetricsSink
 from palm_platform.pod_count import ElasticShapeError, pods_in_group
 from palm_platform.run_dir import RunDir
@@ -86,6 +87,7 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
     abstract_state, shardings = state_shardings(model_cfg, tx, mesh)
     evaluator = build_evaluator(job, run_dir, mesh, model_cfg, shardings.params)
     pipeline = _pipeline(job, model_cfg, evaluator.training_sources)
+    pipeline.read_blocks(*process_blocks(batch_sharding(mesh)))  # this host's rows
     checkpointer = _checkpointer(job)
     setup = TrainSetup(
         job=job, run_dir=run_dir, compile_cache=compile_cache, process_index=process_index,
