@@ -124,9 +124,13 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
     sources = [SourceConfig(name="t", paths=["data"], weight=1)]
     driver = _palm_prepare(local_cluster, _job(tmp_path, _config(
         tmp_path, sources, "store", unit_mb=0.0001), "job"), workers=1)
-    deadline, pid = time.monotonic() + 180, None
+    # Up to 300 s: on 2 loaded cores Ray took 3 minutes to start the actor. The driver is
+    # killed before its stderr is read (a live driver's stderr would block the read forever).
+    deadline, pid = time.monotonic() + 300, None
     while pid is None:
-        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
+        if time.monotonic() > deadline or driver.poll() is not None:
+            driver.kill()
+            pytest.fail(f"no worker blocked mid-shard: {driver.communicate()[1][-3000:]}")
         pid = _blocked_worker(local_cluster)
         time.sleep(0.3)
     assert len(list((tmp_path / "store" / "t").glob("*.json"))) == 3  # committed before it
