@@ -6,20 +6,20 @@ Its own module because both the plan (report.py) and the compiler-flag check
 
 from __future__ import annotations
 
-import math
 import os
 
 
 def tpu_devices(ici_topology: str, pods: int):
     """Abstract TPU v4 devices of `pods` slices of `ici_topology` chips (megacore: 1 per chip)."""
+    from palm_platform.topology import v4_pod_type
+
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's host probe
-    # ... and its "could not determine TPU accelerator type" line on a machine without one:
-    # the slice's own type (v4-N counts TensorCores, 2 per chip), which no compile reads.
-    chips = math.prod(int(n) for n in ici_topology.split("x") if n.isdigit())
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"v4-{2 * chips}")
     # Planning touches no TPU: let several planners (or a test beside a run) load libtpu.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
+        # libtpu's "could not determine TPU accelerator type" line on a machine without a
+        # TPU, quieted by the slice's own type (which no compile reads)
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", v4_pod_type(ici_topology))
         from jax.experimental import topologies
 
         topology = topologies.get_topology_desc(
