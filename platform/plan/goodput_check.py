@@ -43,9 +43,6 @@ class RunFigures:
     save_s: dict[str, float]  # tier -> mean blocking seconds of one save
     unmodelled_s: float  # data waits, evals, other
     restart_s: list[float]  # each restart's recovery (the `restart` records)
-    recomputation_s: float
-    wall_s: float
-    productive_s: float
     goodput: float
 
 
@@ -75,8 +72,7 @@ def run_figures(records: list[dict]) -> RunFigures:
         unmodelled_s=sum(g.get(f"badput_{cause}_s", 0.0) for cause in UNMODELLED),
         restart_s=[r["recovery_s"] for r in records if r["kind"] == "restart"
                    and "recovery_s" in r],
-        recomputation_s=g.get("badput_recomputation_s", 0.0),
-        wall_s=g["wall_s"], productive_s=g["productive_s"], goodput=g["goodput"],
+        goodput=g["goodput"],
     )
 
 
