@@ -26,7 +26,8 @@ def main() -> None:
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh
 
-    from palm_platform.data.global_array import process_blocks, process_rows, to_global_array
+    from palm_platform.data.global_array import process_blocks, to_global_array
+    from palm_platform.data.pipeline import block_rows
     from palm_platform.mesh import batch_sharding
 
     a = sorted((d for d in jax.devices() if d.process_index == 0), key=lambda d: d.id)
@@ -35,12 +36,12 @@ def main() -> None:
     mesh = Mesh(np.array([grid], dtype=object), ("pod", "data", "model"))
     sharding = batch_sharding(mesh)
     blocks, mine = process_blocks(sharding)
-    rows = process_rows(sharding, 4)
+    rows = block_rows(blocks, mine, 4)
     batch = np.arange(4 * 3, dtype=np.int32).reshape(4, 3)  # row g holds 3g, 3g+1, 3g+2
-    local = np.concatenate([batch[start:stop] for start, stop in rows])
+    local = batch[rows]
     array = to_global_array(local, sharding)
     whole = multihost_utils.process_allgather(array, tiled=True)
-    print("RESULT " + json.dumps({"blocks": blocks, "mine": list(mine), "rows": rows,
+    print("RESULT " + json.dumps({"blocks": blocks, "mine": list(mine), "rows": rows.tolist(),
                                   "shape": list(array.shape), "gathered": whole.tolist()}),
           flush=True)
 

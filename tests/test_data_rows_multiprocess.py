@@ -33,12 +33,12 @@ def _run(layout: str) -> list[dict]:
 
 def test_a_model_axis_across_hosts_gives_both_hosts_every_block_and_the_same_batch():
     for result in _run("spanning"):
-        assert (result["blocks"], result["mine"], result["rows"]) == (2, [0, 1], [[0, 4]])
+        assert (result["blocks"], result["mine"], result["rows"]) == (2, [0, 1], [0, 1, 2, 3])
         assert result["shape"] == [4, 3] and result["gathered"] == BATCH
 
 
 def test_the_local_layout_splits_the_batch_in_halves_as_before():
     first, second = _run("contiguous")
-    assert (first["mine"], first["rows"]) == ([0], [[0, 2]])
-    assert (second["mine"], second["rows"]) == ([1], [[2, 4]])
+    assert (first["mine"], first["rows"]) == ([0], [0, 1])
+    assert (second["mine"], second["rows"]) == ([1], [2, 3])
     assert first["gathered"] == second["gathered"] == BATCH

@@ -11,6 +11,8 @@ blocks, which the hosts beside it on the model axis read too.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -18,6 +20,7 @@ from jax.sharding import NamedSharding
 from palm_platform.mesh import batch_sharding  # noqa: F401  (re-exported for data users)
 
 
+@functools.lru_cache(maxsize=16)  # once per mesh, not each step's batch (to_global_array)
 def process_blocks(sharding: NamedSharding) -> tuple[int, tuple[int, ...]]:
     """(blocks, mine): how many blocks the batch axis is cut into, and which of them this
     process's devices hold, in order."""
@@ -29,26 +32,9 @@ def process_blocks(sharding: NamedSharding) -> tuple[int, tuple[int, ...]]:
     return blocks, tuple(mine)
 
 
-def process_rows(sharding: NamedSharding, global_batch: int) -> list[tuple[int, int]]:
-    """This process's rows of a `global_batch`-row batch: [start, stop) ranges, merged."""
-    blocks, mine = process_blocks(sharding)
-    if global_batch % blocks:
-        raise ValueError(f"a batch of {global_batch} rows does not split into the mesh's "
-                         f"{blocks} (pod x data) blocks")
-    per = global_batch // blocks
-    ranges: list[tuple[int, int]] = []
-    for block in mine:
-        start = block * per
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], start + per)
-        else:
-            ranges.append((start, start + per))
-    return ranges
-
-
 def to_global_array(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """One global array from every process's local rows: the rows of its blocks
-    (`process_blocks`), in block order, as `process_rows` names them."""
+    (`process_blocks`), in block order, as `pipeline.block_rows` names them."""
     blocks, mine = process_blocks(sharding)
     if local.shape[0] % len(mine):
         raise ValueError(f"{local.shape[0]} local rows do not split over this process's "

@@ -170,15 +170,7 @@ class Pipeline:
 
     def local_rows(self, global_batch_size: int) -> np.ndarray:
         """Which rows of a `global_batch_size` batch this process reads, in order."""
-        blocks, mine = self.blocks
-        if global_batch_size <= 0 or global_batch_size % blocks:
-            raise ValueError(
-                f"global batch size {global_batch_size} must be a positive multiple of "
-                f"{blocks}, the blocks the batch is cut into (the mesh's pod x data, or the "
-                f"process count)"
-            )
-        per = global_batch_size // blocks
-        return np.concatenate([np.arange(b * per, (b + 1) * per) for b in mine])
+        return block_rows(*self.blocks, global_batch_size)
 
     def local_batch(self, global_batch_size: int) -> np.ndarray:
         """This process's rows of the next global batch: int32 [rows, seq_len + 1].
@@ -199,6 +191,19 @@ class Pipeline:
         bad_total = sum(sum(s["bad"].values()) for s in per_source.values())
         first_bad = [where for s in per_source.values() for where in s.get("first_bad", [])]
         return {"sources": per_source, "bad_records": bad_total, "first_bad": first_bad[:5]}
+
+
+def block_rows(blocks: int, mine: tuple[int, ...], global_batch_size: int) -> np.ndarray:
+    """The rows of batch blocks `mine` when a `global_batch_size` batch is cut into `blocks`
+    equal blocks (global_array.process_blocks), in order."""
+    if global_batch_size <= 0 or global_batch_size % blocks:
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of "
+            f"{blocks}, the blocks the batch is cut into (the mesh's pod x data, or the "
+            f"process count)"
+        )
+    per = global_batch_size // blocks
+    return np.concatenate([np.arange(b * per, (b + 1) * per) for b in mine])
 
 
 def check_data(data_config: DataConfig, base_dir: Path) -> tuple[Tokenizer, list[SourceConfig]]:

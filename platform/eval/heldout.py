@@ -21,8 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from palm_platform.data.global_array import process_rows, to_global_array
+from palm_platform.data.global_array import process_blocks, to_global_array
 from palm_platform.data.packing import PackedSequences
+from palm_platform.data.pipeline import block_rows
 from palm_platform.eval.config import EvalConfig
 from palm_platform.eval.eval_step import make_eval_step
 from palm_platform.eval.split import read_recorded_split, split_sources, write_split
@@ -124,7 +125,7 @@ class HeldOutEvaluator:
         """(mean next-token loss in nats, bits per byte) over held-out sequences."""
         nats = tokens = 0.0
         sharding = batch_sharding(self.mesh)
-        mine = np.concatenate([np.arange(a, b) for a, b in process_rows(sharding, self.batch)])
+        mine = block_rows(*process_blocks(sharding), self.batch)
         for start in range(0, len(sequences_SxL1), self.batch):
             rows = sequences_SxL1[start : start + self.batch]
             padded = np.zeros((self.batch, self.seq_len + 1), np.int32)
