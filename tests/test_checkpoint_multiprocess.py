@@ -7,8 +7,6 @@ and the other way round.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import checkpoint_worker as worker
@@ -16,7 +14,7 @@ import jax
 import pytest
 
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer, verify
-from tests.support.processes import free_port, outputs_of
+from tests.support.processes import free_port, outputs_of, spawn
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -28,25 +26,8 @@ def run_cluster(mode: str, directory: Path, step: int, num_processes: int = 2) -
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"
     )
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                mode,
-                str(directory),
-                str(step),
-                str(num_processes),
-                str(i),
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(num_processes)
-    ]
+    procs = [spawn(WORKER, mode, directory, step, num_processes, i, port, env=env)
+             for i in range(num_processes)]
     return outputs_of(procs, timeout=120)
 
 

@@ -5,15 +5,12 @@ its half, as before. Two real JAX processes (gloo) of 2 CPU devices each."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port, outputs_of
+from tests.support.processes import free_port, outputs_of, result_of, spawn
 
 WORKER = Path(__file__).with_name("rows_worker.py")
 pytestmark = [pytest.mark.multiprocess]
@@ -24,11 +21,8 @@ def _run(layout: str) -> list[dict]:
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, str(WORKER), layout, str(i), str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    return [json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
-            for out in outputs_of(procs, timeout=120)]
+    procs = [spawn(WORKER, layout, i, port, env=env) for i in range(2)]
+    return [result_of(out) for out in outputs_of(procs, timeout=120)]
 
 
 def test_a_model_axis_across_hosts_gives_both_hosts_every_block_and_the_same_batch():

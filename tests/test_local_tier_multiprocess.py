@@ -6,18 +6,16 @@ data state and ledger that came with the step (tests/local_tier_worker.py).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port, outputs_of
+from tests.support.processes import free_port, outputs_of, result_of, spawn
 
 WORKER = Path(__file__).with_name("local_tier_worker.py")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -34,9 +32,7 @@ def _start(mode: str, root: Path, pods: int, hosts: list[str], **env) -> list[su
         environ = dict(os.environ, JAX_PLATFORMS="cpu", TPU_NAME=slice_name,
                        TPU_WORKER_ID=worker, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                        **env)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), mode, str(root), str(pods), str(len(hosts)), str(i),
-             str(port)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(spawn(WORKER, mode, root, pods, len(hosts), i, port, env=environ))
     return procs
 
 
@@ -50,7 +46,7 @@ def run(mode: str, root: Path, pods: int, hosts: list[str]) -> list[str]:
 
 def results(root: Path, pods: int, hosts: list[str]) -> list[dict]:
     outputs = run("restore", root, pods, hosts)
-    return [json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) for out in outputs]
+    return [result_of(out) for out in outputs]
 
 
 def test_a_pod_that_lost_its_ram_takes_the_newest_step_from_the_other_pod(tmp_path):
@@ -90,7 +86,7 @@ def test_a_save_torn_by_a_kill_is_never_restored(tmp_path):
         # host 0 committed its part of step 4 and waits for host 1, which never commits
         while not (tmp_path / "pod-0-w0" / "4").exists():
             assert time.monotonic() < deadline, "host 0 never committed its part of step 4"
-            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+            assert all(p.poll() is None for p in procs), "".join(procs[0].communicate())[-3000:]
             time.sleep(0.2)
     finally:
         for proc in procs:
