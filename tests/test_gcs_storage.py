@@ -129,8 +129,11 @@ def test_palm_gcs_emulator_serves_its_bucket_on_loopback_until_interrupted():
     import signal
     import urllib.request
 
+    # Ctrl-C as a terminal delivers it: the SIGINT default, whatever this pytest inherited
+    # (a runner in the background of a non-interactive shell passes SIGINT down ignored)
     proc = subprocess.Popen([str(BIN / "palm"), "gcs-emulator", "--bucket", "palm-cli"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         exports = {}
         for line in proc.stdout:

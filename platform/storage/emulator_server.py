@@ -21,6 +21,7 @@ turned into the absolute range it serves.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from http import HTTPStatus
 
@@ -102,4 +103,9 @@ objects.insert = insert_with_preconditions
 if __name__ == "__main__":
     from gcp_storage_emulator.__main__ import main  # builds the router from the handlers above
 
+    # SIGINT is how `emulator._stop` (and Ctrl-C) ends the server. A parent started in the
+    # background by a non-interactive shell (`nohup scripts/demo.sh &`, a CI runner) passes
+    # SIGINT down as ignored, and Python then keeps it ignored: every stop waited its 10 s
+    # patience and killed the server. Take Python's own handler back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
