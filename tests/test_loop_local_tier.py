@@ -3,6 +3,7 @@ RAM save newer than the persistent checkpoint resumes from the RAM step and read
 persistent storage; with the RAM folder lost too, the next resume takes the persistent step;
 the run ends with the parameters of the uninterrupted run, bit for bit."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from palm_platform.checkpoint.config import LocalTierConfig
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
+from palm_platform.run_dir import RunDir
 from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
@@ -77,6 +79,12 @@ def test_a_crash_after_a_ram_save_resumes_from_ram_and_without_ram_from_persiste
     first = _restored(tmp_path / "run")[-1]
     assert first["step"] == 8 and first["tier"] == "local"
     assert first["bytes_persistent"] == 0 and first["bytes_local"] > 0 and first["bytes_peer"] == 0
+    # The goodput file was saved with RAM step 8 too: batches 6 and 7 (states 7 and 8), which
+    # the restore kept, stay productive; saved with persistent step 6 only, their seconds
+    # were charged to "restart". Batch 8 (state 9, lost with the crash) is not in it.
+    goodput = json.loads(RunDir(tmp_path / "run").goodput.read_text())
+    kept = {s for s, _ in goodput["step_seconds"]}
+    assert {6, 7} <= kept and 8 not in kept, sorted(kept)
 
     # Both copies of step 8 lost (this host's RAM folder cleared): persistent step 6.
     (tmp_path / "step-6-state").rename(ckpt / "6" / "state")
