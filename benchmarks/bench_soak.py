@@ -3,6 +3,7 @@ ranges at seeded random steps; goodput, badput by cause, seconds per restart, an
 
     python benchmarks/bench_soak.py [--steps 200] [--kills 3] [--seed 0] [--dir DIR]
     python benchmarks/bench_soak.py --kill-every 30 [--steps 150] [--no-local-tier]
+        [--sequences 8] [--seq-len 64]
 
 Runs tests/jobs/ray-2host.yaml (1 pod x 2 fake hosts x 2 chips, palm-tiny) with absolute paths,
 W&B off, `--steps` steps and the faults of supervise/faults.py: `--kills` kill_host (host 1), one
@@ -23,6 +24,14 @@ replay (the Ray tests check bitwise equality). The persistent tier saves every
 (`checkpoint.local`, every 2 steps, in /dev/shm) is on unless `--no-local-tier`. Prints
 goodput with the first compile excluded (goal >= 85% at K=30), recomputed steps per failure,
 and each restart's seconds by cause from its `restart` record (supervise/restart_account.py).
+
+`--sequences` and `--seq-len` set the batch (default the job's 8 x 64 tokens, a 0.2 s step on 2
+cores). A kill every K steps costs a restart of about 10 s here whatever the step, so the
+goodput at K=30 depends on how much work 30 steps hold: at 0.2 s a step they are 6 s, and no
+restart of Ray workers brings that near 85%. On the pods 30 steps of palm540b are 340 s
+against a restart of minutes. `--sequences 64 --seq-len 128` (16 times the tokens) gives
+steps of a few seconds, so the same restarts are weighed against a step as long, relative to
+them, as a pod step is.
 
 Every run that finishes also prints the goodput model's prediction of it (issue 29's
 validation, plan/goodput_check.py): from its step time, start-up and saves, its faults, and the
@@ -100,8 +109,13 @@ def local_tier_available() -> bool:
 
 
 def write_job(folder: Path, steps: int, faults: list[dict], *, persistent_every: int | None = None,
-              local_tier: bool = False) -> tuple[Path, dict]:
+              local_tier: bool = False, sequences: int | None = None,
+              seq_len: int | None = None) -> tuple[Path, dict]:
     spec = yaml.safe_load((ROOT / "tests" / "jobs" / "ray-2host.yaml").read_text())
+    if sequences is not None:
+        spec["train"]["batch_schedule"] = [{"sequences": sequences}]
+    if seq_len is not None:
+        spec["train"]["seq_len"] = seq_len
     spec["run_dir"] = str(folder / "run")
     spec["checkpoint"]["directory"] = str(folder / "ckpt")
     if persistent_every is not None:
@@ -208,6 +222,10 @@ def main() -> int:
                         help="with --kill-every: persistent checkpoint cadence in steps")
     parser.add_argument("--no-local-tier", action="store_true",
                         help="with --kill-every: without the RAM tier (checkpoint.local)")
+    parser.add_argument("--sequences", type=int, default=None,
+                        help="sequences per batch (default: the job's 8)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="tokens per sequence (default: the job's 64; palm-tiny's most: 128)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     root = args.dir or Path(tempfile.mkdtemp(prefix="palm-bench-soak-"))
@@ -217,14 +235,17 @@ def main() -> int:
             print("the RAM tier (checkpoint.local) is not in this build: running without it")
         faults = kill_every(args.steps, args.kill_every)
         jobs = [write_job(root / "run", args.steps, faults, local_tier=tier,
-                          persistent_every=args.persistent_every)]
+                          persistent_every=args.persistent_every, sequences=args.sequences,
+                          seq_len=args.seq_len)]
         print(f"RAM tier {'on (every 2 steps)' if tier else 'off'}; persistent tier every "
               f"{args.persistent_every} steps")
     else:
         faults = plan_faults(args.steps, args.kills, args.seed)
-        jobs = [write_job(root / name, args.steps, faults) for name in ("run", "replay")]
-    name = jobs[0][1]["name"]
-    print(f"work folder {root}; {name}: {args.steps} steps; "
+        jobs = [write_job(root / name, args.steps, faults, sequences=args.sequences,
+                          seq_len=args.seq_len) for name in ("run", "replay")]
+    name, train = jobs[0][1]["name"], jobs[0][1]["train"]
+    print(f"work folder {root}; {name}: {args.steps} steps of "
+          f"{train['batch_schedule'][0]['sequences']} x {train['seq_len']} tokens; "
           f"faults (seed {args.seed}): " + ", ".join(
         f"{f['kind']} at {f['step']}" for f in faults))
 
