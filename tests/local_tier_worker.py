@@ -12,12 +12,12 @@ folder name comes from TPU_NAME / TPU_WORKER_ID, as on a TPU host.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 import numpy as np
+from support.processes import print_result  # tests/ is this script's sys.path[0]
 
 # leaf -> (shape, spec): parameters replicated over `pod` (data parallel across pods), an
 # optimizer leaf, a scalar step
@@ -112,7 +112,7 @@ def restore(root: str, pods: int) -> None:
     tier = _tier(root, mesh, pods)
     plan = plan_ram_restore(gather_holdings(tier), pods_of_processes(mesh))
     if plan is None:
-        print("RESULT", json.dumps({"step": None}), flush=True)
+        print_result({"step": None})
         return
     restored = restore_from_ram(tier, plan)
     expected = state_at(plan.step)
@@ -122,10 +122,8 @@ def restore(root: str, pods: int) -> None:
             assert got.tobytes() == want.tobytes(), (name, shard.device)  # bitwise, -0.0 too
     assert restored.data_state == {"next_sequence": plan.step * 8}, restored.data_state
     assert restored.ledger == {"skips": [plan.step]}, restored.ledger
-    print("RESULT", json.dumps({"step": plan.step, "tier": restored.tier,
-                                "bytes_local": restored.bytes_local,
-                                "bytes_peer": restored.bytes_peer,
-                                "process": jax.process_index()}), flush=True)
+    print_result({"step": plan.step, "tier": restored.tier, "bytes_local": restored.bytes_local,
+                  "bytes_peer": restored.bytes_peer, "process": jax.process_index()})
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ holds, gathered.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
+from support.processes import print_result  # tests/ is this script's sys.path[0]
 
 
 def main() -> None:
@@ -41,9 +41,8 @@ def main() -> None:
     local = batch[rows]
     array = to_global_array(local, sharding)
     whole = multihost_utils.process_allgather(array, tiled=True)
-    print("RESULT " + json.dumps({"blocks": blocks, "mine": list(mine), "rows": rows.tolist(),
-                                  "shape": list(array.shape), "gathered": whole.tolist()}),
-          flush=True)
+    print_result({"blocks": blocks, "mine": list(mine), "rows": rows.tolist(),
+                  "shape": list(array.shape), "gathered": whole.tolist()})
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ def test_a_restart_after_a_kill_misses_no_train_step(tmp_path):
 # Each process of a 2-process CPU run (gloo), started twice as a restart would: compiles one
 # sharded step with the persistent cache on, and prints its hits and misses.
 CACHE_WORKER = """
+import os
 import sys
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,9 @@ mesh = jax.sharding.Mesh([jax.local_devices(process_index=p)[0] for p in (0, 1)]
 sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 x = jax.make_array_from_process_local_data(sharding, np.ones((2, 8), np.float32))
 jax.block_until_ready(jax.jit(lambda a: (a * 2).sum())(x))
-print("COUNTS", cache.counts()["hits"], cache.counts()["misses"], flush=True)
+counts = cache.counts()
+sys.stdout.flush()  # one write of a whole line: gloo's C++ lines share this stdout
+os.write(1, f"\\nCOUNTS {counts['hits']} {counts['misses']}\\n".encode())
 """
 
 

@@ -1,12 +1,14 @@
 """Test processes that together form one JAX cluster: a coordinator port and their outputs.
 
-A worker's stdout and stderr are two pipes, never one: gloo and XLA write to stderr from
-their own threads, and merged, one of their lines can land inside a worker's `RESULT` line
-(CI saw `{...}[Gloo] Rank ...` once)."""
+A worker reports with `print_result`: one write(2) of a whole line. gloo writes its `[Gloo]
+Rank ...` lines to the same stdout from C++, each in two writes, and a `RESULT` line printed
+in parts was split by one (CI saw `...: 1RESULT\n {"step": null}` and `{...}[Gloo] Rank`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,9 +27,20 @@ def spawn(script: str, *args: object, env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def print_result(payload: dict) -> None:
+    """In a worker: `RESULT {json}` on a line of its own, in one write (atomic on a pipe
+    below 4 KiB), so no other writer of this stdout can land inside it."""
+    sys.stdout.flush()
+    line = f"\nRESULT {json.dumps(payload)}\n".encode()
+    assert len(line) < 4096, "a RESULT line must fit one atomic pipe write"
+    os.write(1, line)
+
+
 def result_of(output: str) -> dict:
     """The JSON of the worker's `RESULT {json}` stdout line."""
-    return json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
+    found = re.search(r"^RESULT (.*)$", output, re.MULTILINE)
+    assert found is not None, f"no RESULT line in: {output[-3000:]}"
+    return json.loads(found[1])
 
 
 def outputs_of(procs: list[subprocess.Popen], timeout: float) -> list[str]:
