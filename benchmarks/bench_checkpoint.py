@@ -182,7 +182,7 @@ def local_tier_blocking(work: Path, steps: int, every: int) -> None:
 def build_train_step(mesh, d_model: int, seq: int):
     """(jitted step, train state, tokens [8, seq + 1]) of a PaLM-shaped model on `mesh`."""
     from palm.config import ModelConfig
-    from palm_platform.train.config import OptimizerConfig
+    from palm_platform.job.train import OptimizerConfig
     from palm_platform.train.optimizer import learning_rate_schedule
     from palm_platform.train.state import init_train_state, state_shardings
     from palm_platform.train.step import StepSpec, make_train_step

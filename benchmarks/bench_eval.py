@@ -30,8 +30,8 @@ from flax import linen as nn  # noqa: E402
 from palm.config import PRESETS  # noqa: E402
 from palm.decode import generate, generate_uncached  # noqa: E402
 from palm.model import PaLM, cross_entropy_and_z_loss  # noqa: E402
-from palm_platform.eval.eval_step import make_score_step  # noqa: E402
 from palm_platform.eval.generate import kv_cache_bytes  # noqa: E402
+from palm_platform.train.eval_step import make_score_step  # noqa: E402
 
 
 def best_seconds(fn, rounds: int) -> float:

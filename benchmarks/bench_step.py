@@ -33,8 +33,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from palm.config import ModelConfig  # noqa: E402
 from palm.flops import mfu, train_flops_per_token  # noqa: E402
+from palm_platform.job.train import OptimizerConfig  # noqa: E402
 from palm_platform.mesh import make_mesh  # noqa: E402
-from palm_platform.train.config import OptimizerConfig  # noqa: E402
 from palm_platform.train.optimizer import learning_rate_schedule  # noqa: E402
 from palm_platform.train.state import init_train_state, state_shardings  # noqa: E402
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step  # noqa: E402

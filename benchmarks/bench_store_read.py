@@ -48,7 +48,7 @@ def _job(job_file: str):
 
 
 def _split(job):
-    from palm_platform.eval.split import split_sources
+    from palm_platform.data.heldout_split import split_sources
 
     if job.eval is None:
         return None

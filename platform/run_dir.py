@@ -6,7 +6,7 @@
     summary.json      the run's summary, written by process 0 at the end
     attempts          the worker group's start count in this launch (ray/worker.py)
     job.json          the job as trained, for `palm eval|generate` (eval/restore.py)
-    eval_split.json   the held-out split (eval/split.py)
+    eval_split.json   the held-out split (data/heldout_split.py)
     faults/           which injected faults fired (supervise/faults.py)
     compile-cache/    JAX's persistent compilation cache, unless train.compile_cache says
     logs/workers.log  every worker line (ray/worker_output.py)

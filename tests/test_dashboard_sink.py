@@ -287,7 +287,7 @@ def test_mapping_table_groups_loop_and_eval_names():
     assert keys.event_keys("eval", {"hellaswag_acc": 0.3, "task": "hellaswag"}) == {
         "eval/hellaswag_acc": 0.3
     }
-    # The held-out eval hook's fields are already grouped (platform/eval/heldout.py).
+    # The held-out eval hook's fields are already grouped (platform/train/heldout.py).
     assert keys.event_keys("eval", {"eval/code/loss": 4.6, "eval/code/bpb": 3.1}) == {
         "eval/code/loss": 4.6, "eval/code/bpb": 3.1}
     assert keys.event_keys("goodput", {"goodput": 0.9, "badput_data_s": 1.5}) == {

@@ -16,11 +16,11 @@ import pytest
 
 from palm_platform.data.config import PrepareConfig
 from palm_platform.data.corpus import iter_builtin_documents
+from palm_platform.data.heldout_split import split_sources
 from palm_platform.data.pipeline import Pipeline, build_pipeline, check_data
 from palm_platform.data.prepare import store_root
 from palm_platform.data.store import TokenStore
 from palm_platform.data.token_cache import LengthLimit, load_or_build
-from palm_platform.eval.split import split_sources
 from palm_platform.job import load_job
 
 JOB_FILE = Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml"

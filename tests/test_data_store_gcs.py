@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from palm_platform.data.config import DataConfig, SourceConfig
+from palm_platform.data.heldout_split import split_sources
 from palm_platform.data.pipeline import build_pipeline
 from palm_platform.data.prepare import prepare_store
 from palm_platform.data.store import StoreError
-from palm_platform.eval.split import split_sources
 
 
 def _pipeline(config, tmp_path, records):

@@ -9,19 +9,19 @@ import pytest
 from eval_runs import shared_run
 
 from palm_platform.data.config import DataConfig, SourceConfig
-from palm_platform.data.pipeline import Pipeline
-from palm_platform.data.token_cache import SourceTokens
-from palm_platform.data.tokenizer import load_tokenizer
-from palm_platform.eval.heldout import bytes_per_token
-from palm_platform.eval.split import (
+from palm_platform.data.heldout_split import (
     SPLIT_FILE,
     SpanTokens,
     choose_heldout,
     document_ends,
     split_sources,
 )
+from palm_platform.data.pipeline import Pipeline
+from palm_platform.data.token_cache import SourceTokens
+from palm_platform.data.tokenizer import load_tokenizer
 from palm_platform.metrics.sink import read_records
 from palm_platform.metrics.status import summarize
+from palm_platform.train.heldout import bytes_per_token
 
 EOS = 1
 

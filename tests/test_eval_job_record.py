@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from palm_platform.cli import main as palm
-from palm_platform.eval.restore import JOB_RECORD, read_job_record, record_job
+from palm_platform.eval.restore import JOB_RECORD, read_job_record
 from palm_platform.job import load_job
+from palm_platform.job.record import record_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from palm.config import PALM_TEST
+from palm_platform.job.train import OptimizerConfig
 from palm_platform.mesh import make_mesh
-from palm_platform.train.config import OptimizerConfig
 from palm_platform.train.optimizer import learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step

@@ -21,8 +21,8 @@ import pytest
 
 from palm.config import PALM_TEST
 from palm.model import PaLM, cross_entropy_and_z_loss
+from palm_platform.job.train import OptimizerConfig
 from palm_platform.mesh import make_mesh
-from palm_platform.train.config import OptimizerConfig
 from palm_platform.train.optimizer import learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, make_train_step

@@ -257,7 +257,7 @@ def build_pipeline(
     data.cache_dir) is read in place; a library caller whose store is not current prepares
     it in this process first (store_sources.py). `num_threads` is kept for callers; the
     tokenising now happens in the prepare job. `source_filter(sources, tokenizer) ->
-    sources` may take documents out before packing (the held-out split, eval/split.py).
+    sources` may take documents out before packing (the held-out split, data/heldout_split.py).
     """
     del num_threads  # tokenising moved to the prepare job
     tokenizer, resolved = check_data(data_config, base_dir)

@@ -64,7 +64,7 @@ def _split_filter(job, run_dir: Path):
     """The held-out split the trainer applies (the run's recorded one when it exists)."""
     if job.eval is None:
         return None
-    from palm_platform.eval.split import split_sources
+    from palm_platform.data.heldout_split import split_sources
 
     path = RunDir(Path(run_dir)).eval_split
     recorded = json.loads(path.read_text()) if path.exists() else None

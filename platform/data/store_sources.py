@@ -36,7 +36,7 @@ class Source:
     """One source as the pipeline reads it: its tokens and what reading its input found."""
 
     name: str
-    tokens: Any  # store.SourceTokens, or a view of one (eval/split.py's SpanTokens)
+    tokens: Any  # store.SourceTokens, or a view of one (data/heldout_split.py's SpanTokens)
     stats: dict  # merged read stats from the manifest: documents, bad, first_bad
 
 

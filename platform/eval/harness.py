@@ -19,9 +19,9 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from palm_platform.eval.eval_step import make_score_step
 from palm_platform.eval.generate import Sampling, generate_ids
 from palm_platform.eval.placement import LOCAL, Placement
+from palm_platform.train.eval_step import make_score_step
 
 WRITTEN_FOR = "0.4"
 

@@ -79,8 +79,8 @@ def sample_trained_indices(data_state: dict, count: int, seed: int) -> np.ndarra
 def _pipeline_and_heldout(run):
     """The run's training pipeline (one process) and its held-out sources, packed."""
     from palm_platform.data import build_pipeline
+    from palm_platform.data.heldout_split import split_sources
     from palm_platform.data.packing import PackedSequences
-    from palm_platform.eval.split import split_sources
 
     heldout: dict = {}  # source -> SpanTokens of its held-out documents
     config = run.job.eval

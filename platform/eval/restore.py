@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from palm_platform.atomic_write import write_atomic
 from palm_platform.job import Job, JobError, load_job
 from palm_platform.run_dir import RunDir
 
@@ -26,13 +25,6 @@ JOB_RECORD = RunDir(Path()).job_record.name
 
 class EvalInputError(ValueError):
     """Bad input to `palm generate` / `palm eval`: one line that names the thing and the fix."""
-
-
-def record_job(run_dir: Path, job: Job) -> None:
-    """Write the job (paths already resolved) into the run folder, for later commands."""
-    path = RunDir(Path(run_dir)).job_record
-    # Atomic: `palm eval` / `palm generate` may read it while a restarted run rewrites it.
-    write_atomic(path, json.dumps(job.model_dump(mode="json"), indent=1))
 
 
 def find_job(target: str | Path, job_file: str | Path | None = None) -> tuple[Job, Path]:

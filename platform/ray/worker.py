@@ -169,7 +169,7 @@ def _agreed_attempt(run_dir: Path, launch: float | None) -> int:
     folder (on a TPU pod only host 0 has it) and sends its count to the others."""
     import jax
 
-    from palm_platform.train.multihost import broadcast_int
+    from palm_platform.multihost import broadcast_int
 
     return broadcast_int(_next_attempt(run_dir, launch) if jax.process_index() == 0 else 0)
 

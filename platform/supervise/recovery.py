@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palm_platform.multihost import broadcast_text
 from palm_platform.run_dir import RunDir
 from palm_platform.supervise.ledger import Ledger
 from palm_platform.supervise.spike import Spike, SpikeDetector
-from palm_platform.train.multihost import broadcast_text
 from palm_platform.train.setup import TrainSetup
 
 

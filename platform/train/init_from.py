@@ -33,7 +33,7 @@ from palm_platform.checkpoint.manifest import (
     describe_error,
     read_manifest,
 )
-from palm_platform.train.config import InitFromConfig
+from palm_platform.job.train import InitFromConfig
 from palm_platform.train.state import TrainState
 
 log = logging.getLogger("palm")

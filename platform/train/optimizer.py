@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# The job's `optimizer:` section (train/config.py's OptimizerConfig). Not imported here:
+# The job's `optimizer:` section (job/train.py's OptimizerConfig). Not imported here:
 # its `build()` imports this module, and config.py stays free of Optax and JAX.
 OptimizerSection = Any
 

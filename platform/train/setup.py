@@ -19,15 +19,15 @@ import jax
 
 from palm.flops import train_flops_per_token
 from palm_platform.data.global_array import process_blocks
-from palm_platform.eval.heldout import build_evaluator
-from palm_platform.eval.restore import record_job
 from palm_platform.job import Job
+from palm_platform.job.record import record_job
 from palm_platform.mesh import batch_sharding, make_mesh
 from palm_platform.metrics.sink import MetricsSink
 from palm_platform.pod_count import ElasticShapeError, pods_in_group
 from palm_platform.run_dir import RunDir
 from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.compile_cache import CompileCache
+from palm_platform.train.heldout import build_evaluator
 from palm_platform.train.mfu import device_peak_flops
 from palm_platform.train.state import state_shardings
 from palm_platform.train.step import cross_pod_bytes_per_step

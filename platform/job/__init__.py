@@ -1,8 +1,10 @@
 """The job file: one YAML that names the model, topology, data, optimizer, checkpoints, faults.
 
-Each section's config lives with the component that uses it (`train/config.py`,
-`supervise/config.py`, `data/config.py`, `checkpoint/config.py`, `eval/config.py`,
-`metrics/sink.py`); this module composes them into `Job`, checks what spans several sections
+A component below the job in the package layers owns its section's config
+(`data/config.py`, `checkpoint/config.py`, `supervise/config.py`, `metrics/sink.py`); the
+sections of the layers above it, which read the whole job (the train loop's schedule and
+optimizer, the in-loop eval), live here beside it (`job/train.py`, `job/eval.py`), so that
+nothing below the job imports upwards. This module composes them into `Job`, checks what spans several sections
 (`CrossFieldError`) and turns every problem into one message that names the file, the field
 and the fix. Decisions are made when the job is built, not with `if config.x` inside the step.
 """
@@ -17,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.data.config import DataConfig
-from palm_platform.eval.config import EvalConfig
+from palm_platform.job.eval import EvalConfig
+from palm_platform.job.train import InitFromConfig, OptimizerConfig, TrainConfig
 from palm_platform.mesh_config import MeshSection, TopologySection
 from palm_platform.metrics.sink import MetricsConfig
 from palm_platform.supervise.config import FaultsConfig, SpikeConfig
-from palm_platform.train.config import InitFromConfig, OptimizerConfig, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 

@@ -156,7 +156,7 @@ def split_sources(sources: list[Source], eos_id: int, fraction: float, seed: int
 
 def read_recorded_split(run_dir: Path, process_index: int) -> dict | None:
     """Host 0's recorded split, broadcast to every host (only host 0 has the run folder)."""
-    from palm_platform.train.multihost import broadcast_text
+    from palm_platform.multihost import broadcast_text
 
     path = RunDir(Path(run_dir)).eval_split
     local = path.read_text() if process_index == 0 and path.exists() else ""

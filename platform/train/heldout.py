@@ -22,12 +22,12 @@ import jax
 import numpy as np
 
 from palm_platform.data.global_array import process_blocks, to_global_array
+from palm_platform.data.heldout_split import read_recorded_split, split_sources, write_split
 from palm_platform.data.packing import PackedSequences
 from palm_platform.data.pipeline import block_rows
-from palm_platform.eval.config import EvalConfig
-from palm_platform.eval.eval_step import make_eval_step
-from palm_platform.eval.split import read_recorded_split, split_sources, write_split
+from palm_platform.job.eval import EvalConfig
 from palm_platform.mesh import batch_sharding
+from palm_platform.train.eval_step import make_eval_step
 
 log = logging.getLogger("palm")
 
