@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from palm_platform.checkpoint import CheckpointConfig, Checkpointer  # noqa: E402
 from palm_platform.checkpoint.manifest import walk_files, write_manifest  # noqa: E402
 from palm_platform.mesh import make_mesh  # noqa: E402
+from palm_platform.train.optimizer import build_optimizer
 
 BLOCK = 64 << 20
 
@@ -190,7 +191,7 @@ def build_train_step(mesh, d_model: int, seq: int):
     model = ModelConfig(d_model=d_model, num_layers=4, num_heads=d_model // 64, head_dim=64,
                         vocab_size=8192, max_seq_len=seq, compute_dtype="float32", remat="none")
     opt = OptimizerConfig()
-    tx = opt.build()[0]
+    tx = build_optimizer(opt)[0]
     state = init_train_state(model, tx, mesh, seed=0)
     step = make_train_step(StepSpec(model, mesh.shape["pod"]), tx, mesh,
                            state_shardings(model, tx, mesh)[1], learning_rate_schedule(opt))

@@ -35,7 +35,7 @@ from palm.config import ModelConfig  # noqa: E402
 from palm.flops import mfu, train_flops_per_token  # noqa: E402
 from palm_platform.job.train import OptimizerConfig  # noqa: E402
 from palm_platform.mesh import make_mesh  # noqa: E402
-from palm_platform.train.optimizer import learning_rate_schedule  # noqa: E402
+from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule  # noqa: E402
 from palm_platform.train.state import init_train_state, state_shardings  # noqa: E402
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step  # noqa: E402
 
@@ -64,7 +64,7 @@ class Run:
 
     def __init__(self, pods: int, data: int, model: int, tokens_BxL1: jax.Array):
         opt = OptimizerConfig()
-        tx = opt.build()[0]
+        tx = build_optimizer(opt)[0]
         self.devices = pods * data * model
         self.mesh = make_mesh(pods, data, model, jax.devices()[: self.devices])
         self.state = init_train_state(MODEL, tx, self.mesh, seed=0)

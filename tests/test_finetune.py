@@ -23,6 +23,7 @@ from palm_platform.mesh import make_mesh
 from palm_platform.metrics.sink import read_records
 from palm_platform.train.init_from import InitFromError, load_initial_state, preflight
 from palm_platform.train.loop import Trainer
+from palm_platform.train.optimizer import build_optimizer
 from palm_platform.train.state import state_shardings
 
 JOBS = Path(__file__).parent / "jobs"
@@ -186,7 +187,7 @@ def test_another_embedding_padding_is_rejected(source, tmp_path):
 
 def _state_for(job):
     cfg = job.model.build()
-    tx = job.optimizer.build()[0]
+    tx = build_optimizer(job.optimizer)[0]
     mesh = make_mesh(job.topology.pods, job.data_parallel, job.mesh.model)
     abstract, shardings = state_shardings(cfg, tx, mesh)
     return abstract, tx, shardings

@@ -12,7 +12,7 @@ from palm.config import preset
 from palm.model import PaLM
 from palm_platform.job.train import OptimizerConfig
 from palm_platform.mesh import make_mesh
-from palm_platform.train.optimizer import learning_rate_schedule
+from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, make_train_step
 
@@ -23,7 +23,7 @@ TOKENS = np.random.RandomState(0).randint(0, 64, (8, 17)).astype(np.int32)
 # compiled once per (model, optimizer, seed)
 def compiled_step(cfg, optimizer_json: str, seed: int):
     optimizer = OptimizerConfig.model_validate_json(optimizer_json)
-    tx, mesh = optimizer.build()[0], make_mesh(2, 2, 2)
+    tx, mesh = build_optimizer(optimizer)[0], make_mesh(2, 2, 2)
     _, shardings = state_shardings(cfg, tx, mesh)
     step = make_train_step(StepSpec(cfg, pods=2, dropout_seed=seed), tx, mesh, shardings,
                            learning_rate_schedule(optimizer))
@@ -60,7 +60,7 @@ def test_schedules_constant_linear_decay_and_warmup():
 @pytest.mark.slow
 def test_frozen_groups_keep_their_values_and_the_rest_trains():
     cfg = preset("palm-test")
-    start = jax.tree.map(np.asarray, init_train_state(cfg, OptimizerConfig().build()[0],
+    start = jax.tree.map(np.asarray, init_train_state(cfg, build_optimizer(OptimizerConfig())[0],
                                                       make_mesh(2, 2, 2), 0).params)
     state, _ = train(cfg, OptimizerConfig(frozen=["embedding", "norm"], schedule="constant"), 3)
     np.testing.assert_array_equal(np.asarray(state.params["embedding"]), start["embedding"])

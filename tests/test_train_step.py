@@ -8,7 +8,7 @@ import pytest
 from palm.config import PALM_TEST
 from palm_platform.job.train import OptimizerConfig
 from palm_platform.mesh import make_mesh
-from palm_platform.train.optimizer import learning_rate_schedule
+from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
 from palm_platform.train.state import init_train_state, state_shardings
 from palm_platform.train.step import StepSpec, cross_pod_bytes_per_step, make_train_step
 
@@ -18,7 +18,7 @@ BATCH = jnp.stack([jax.random.randint(jax.random.key(1), (8, 17), 0, PALM_TEST.v
 
 
 def run(pods, data, model, microbatches=1, steps=3):
-    tx = OPT.build()[0]
+    tx = build_optimizer(OPT)[0]
     mesh = make_mesh(pods, data, model, jax.devices()[: pods * data * model])
     state = init_train_state(PALM_TEST, tx, mesh, seed=0)
     _, shardings = state_shardings(PALM_TEST, tx, mesh)
@@ -51,14 +51,14 @@ def test_learning_rate_is_constant_then_inverse_sqrt():
 
 def test_weight_decay_is_lr_squared():
     # With zero gradients Adafactor's update is zero, leaving only the decay: p <- p (1 - lr^2).
-    tx = OptimizerConfig(peak_learning_rate=0.1, constant_steps=1).build()[0]
+    tx = build_optimizer(OptimizerConfig(peak_learning_rate=0.1, constant_steps=1))[0]
     params = {"w": jnp.full((4, 4), 2.0)}
     updates, _ = tx.update({"w": jnp.zeros((4, 4))}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -(0.1**2) * 2.0, rtol=1e-6)
 
 
 def test_update_is_clipped_and_scaled_by_parameter_rms():
-    tx = OptimizerConfig(weight_decay="none").build()[0]
+    tx = build_optimizer(OptimizerConfig(weight_decay="none"))[0]
     params = {"w": jnp.full((8, 8), 3.0)}
     grads = {"w": jnp.full((8, 8), 1e3)}
     updates, _ = tx.update(grads, tx.init(params), params)

@@ -4,9 +4,10 @@ A component below the job in the package layers owns its section's config
 (`data/config.py`, `checkpoint/config.py`, `supervise/config.py`, `metrics/sink.py`); the
 sections of the layers above it, which read the whole job (the train loop's schedule and
 optimizer, the in-loop eval), live here beside it (`job/train.py`, `job/eval.py`), so that
-nothing below the job imports upwards. This module composes them into `Job`, checks what spans several sections
-(`CrossFieldError`) and turns every problem into one message that names the file, the field
-and the fix. Decisions are made when the job is built, not with `if config.x` inside the step.
+nothing below the job imports upwards. This module composes them into `Job`, checks what
+spans several sections (`CrossFieldError`) and turns every problem into one message that
+names the file, the field and the fix. Decisions are made when the job is built, not with
+`if config.x` inside the step.
 """
 
 from __future__ import annotations

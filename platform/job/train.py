@@ -1,7 +1,8 @@
 """The `train:`, `optimizer:` and `init_from:` sections of a job file.
 
-Pure pydantic (no JAX), so that job loading stays cheap: `OptimizerConfig.build()` imports
-`optimizer.py` (Optax) only when called; `init_from.py` does the fine-tuning start.
+Pure pydantic (no JAX), so that job loading stays cheap: the train loop builds the optimizer
+from its section (`train/optimizer.py`'s `build_optimizer`, Optax); `train/init_from.py`
+does the fine-tuning start.
 """
 
 from __future__ import annotations
@@ -116,13 +117,6 @@ class OptimizerConfig(BaseModel):
             raise ValueError("schedule linear_decay needs decay_steps (e.g. train.steps minus "
                              "warmup_steps)")
         return self
-
-    def build(self):
-        """(optax transformation, learning-rate schedule): the schedule is built once, here,
-        and the step logs the same function the optimizer applies."""
-        from palm_platform.train.optimizer import build_optimizer
-
-        return build_optimizer(self)
 
 
 class InitFromConfig(BaseModel):

@@ -39,6 +39,7 @@ from palm_platform.plan.step_time import (
 )
 from palm_platform.plan.step_time import format_seconds as _seconds
 from palm_platform.plan.tpu_devices import tpu_devices
+from palm_platform.train.optimizer import build_optimizer
 
 # The paper's measured training throughput (PaLM, arXiv 2204.02311, Table 3), by model preset.
 PAPER_MEASURED = {"palm-540b": {"mfu": 0.462, "tokens_per_s": 238.3e3}}
@@ -209,7 +210,7 @@ def plan(job, microbatches: int | None = None, save_hlo: str | None = None,
     devices = tpu_devices(topo.ici_topology, pods)
     mesh = make_mesh(pods, job.data_parallel, job.mesh.model, devices)
     cfg = job.model.build()
-    tx, lr_schedule = job.optimizer.build()
+    tx, lr_schedule = build_optimizer(job.optimizer)
     abstract_state, shardings = state_shardings(cfg, tx, mesh)
     batch = max(p.sequences for p in job.train.batch_schedule)  # the largest phase is the worst
     if microbatches is None:

@@ -29,6 +29,7 @@ from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.heldout import build_evaluator
 from palm_platform.train.mfu import device_peak_flops
+from palm_platform.train.optimizer import build_optimizer
 from palm_platform.train.state import state_shardings
 from palm_platform.train.step import cross_pod_bytes_per_step
 
@@ -83,7 +84,7 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
     pods = _pods(job, devices)
     mesh = make_mesh(pods, job.data_parallel, job.mesh.model, devices)
     model_cfg = job.model.build()
-    tx, lr = job.optimizer.build()
+    tx, lr = build_optimizer(job.optimizer)
     abstract_state, shardings = state_shardings(model_cfg, tx, mesh)
     evaluator = build_evaluator(job, run_dir, mesh, model_cfg, shardings.params)
     pipeline = _pipeline(job, model_cfg, evaluator.training_sources)
