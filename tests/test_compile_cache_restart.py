@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from palm_platform.hook_protocol import Hook, StepInfo
 from palm_platform.job import load_job
 from palm_platform.job.train import BatchPhase
 from palm_platform.metrics.sink import read_records
-from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 from palm_platform.train.precompile import later_batch_sizes
 

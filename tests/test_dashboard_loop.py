@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from test_dashboard_sink import WAIT_S, wandb_env
 
+from palm_platform.hook_protocol import Hook, StepInfo
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
 from palm_platform.metrics.wandb import keys
 from palm_platform.metrics.wandb.offline import read_job_runs
 from palm_platform.metrics.wandb.workspace import build_workspace, panel_metrics
 from palm_platform.supervise.config import FaultInjection
-from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"

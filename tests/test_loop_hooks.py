@@ -13,9 +13,9 @@ from pathlib import Path
 import jax
 import pytest
 
+from palm_platform.hook_protocol import Hook, StepInfo, StopTraining
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
-from palm_platform.train.hook_protocol import Hook, StepInfo, StopTraining
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from palm_platform.checkpoint.config import LocalTierConfig
+from palm_platform.hook_protocol import Hook, StepInfo
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
 from palm_platform.run_dir import RunDir
-from palm_platform.train.hook_protocol import Hook, StepInfo
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"

@@ -30,8 +30,8 @@ import sys
 import threading
 from pathlib import Path
 
+from palm_platform.hook_protocol import StopTraining
 from palm_platform.run_dir import RunDir
-from palm_platform.train.hook_protocol import StopTraining
 
 STOP_MARGIN_STEPS = 2
 KV_NAMESPACE = "palm"
@@ -68,13 +68,13 @@ def last_logged_step(run_dir: Path) -> int | None:
 
 
 def _kv_get(key: str) -> bytes | None:
-    from palm_platform.ray.compat import kv_get
+    from palm_platform.compat.ray import kv_get
 
     return kv_get(key, KV_NAMESPACE)
 
 
 def _kv_put(key: str, value: str) -> None:
-    from palm_platform.ray.compat import kv_put
+    from palm_platform.compat.ray import kv_put
 
     kv_put(key, value.encode(), KV_NAMESPACE)
 

@@ -1,6 +1,6 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (ray/compat.py, BoundedJaxConfig).
+jax.distributed is already initialised by the worker group (ray/jax_backend.py, BoundedJaxConfig).
 The supervision hook (supervise/heartbeat.py) beats a watchdog (supervise/watchdog.py), which
 turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as a worker
 failure: it restarts the whole group, and the loop resumes from the newest good checkpoint.
@@ -61,11 +61,11 @@ def train_worker(raw_config: dict) -> None:
     import jax
     import psutil
 
+    from palm_platform.hook_protocol import StopTraining
     from palm_platform.job import Job
-    from palm_platform.ray.compat import WORKER_MARKS
+    from palm_platform.ray.jax_backend import WORKER_MARKS
     from palm_platform.ray.worker_config import WorkerConfig
     from palm_platform.supervise.preemption import Preempted
-    from palm_platform.train.hook_protocol import StopTraining
     from palm_platform.train.loop import Trainer
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these

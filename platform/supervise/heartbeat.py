@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from palm_platform.hook_protocol import Hook, StepInfo
 from palm_platform.supervise.watchdog import Watchdog
-from palm_platform.train.hook_protocol import Hook, StepInfo
 
 
 class SupervisionHook(Hook):

@@ -27,7 +27,7 @@ import logging
 import signal
 import threading
 
-from palm_platform.train.hook_protocol import Hook
+from palm_platform.hook_protocol import Hook
 
 logger = logging.getLogger("palm")
 

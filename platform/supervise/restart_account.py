@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from palm_platform.train.hook_protocol import Hook
+from palm_platform.hook_protocol import Hook
 
 # Ours -> ml-goodput-measurement's BadputType (goodput_utils.py), for the goodput event.
 GOODPUT_NAMES = {

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from palm_platform.atomic_write import write_atomic
 from palm_platform.data.global_array import to_global_array
+from palm_platform.hook_protocol import Hook, RunSummary, StepInfo
 from palm_platform.mesh import batch_sharding
 from palm_platform.run_dir import RunDir
-from palm_platform.train.hook_protocol import Hook, RunSummary, StepInfo
 from palm_platform.train.mfu import mfu
 from palm_platform.train.setup import TrainSetup
 

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 
 from palm_platform.data.global_array import to_global_array
+from palm_platform.hook_protocol import Hook, RunSummary, StepInfo, StopTraining
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding
 from palm_platform.pod_count import microbatches_at
@@ -40,7 +41,6 @@ from palm_platform.supervise.recovery import (
 )
 from palm_platform.supervise.spike import Spike
 from palm_platform.train.consistency import checksums_agree, pod_checksum_array
-from palm_platform.train.hook_protocol import Hook, RunSummary, StepInfo, StopTraining
 from palm_platform.train.hooks import build_hooks
 from palm_platform.train.prefetch import Batch, Prefetcher
 from palm_platform.train.setup import build_setup, startup_spans
