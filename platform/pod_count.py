@@ -15,7 +15,7 @@ The gradient is then the mean over the same sequences; only the order of the sum
 (inside a pod's microbatch scan instead of across pods), so results agree to float
 rounding, and two runs with the same resize events are bitwise equal.
 
-Ray's side (`worker_counts`, `MinPodsMonitor`; launch.py uses them): ask Ray Train for
+Ray's side (`worker_counts`; ray/launch.py uses it): ask Ray Train for
 between min_pods and pods whole TPU slices. Ray 2.60's Train v2 does the resizing (checked
 in its source, ray/train/v2/_internal/execution/scaling_policy/elastic.py): with
 `ScalingConfig(num_workers=(min, max), use_tpu=True, topology=..., accelerator_type=...)`
@@ -26,8 +26,8 @@ restarts it larger when slices return. A lost pod is a worker failure (counted a
 `max_failures`), after which the group restarts on the slices left.
 
 What Ray does not do: below `min_workers` its policy waits for resources forever (a
-NoopDecision each poll). `MinPodsMonitor` turns "fewer than min_pods intact slices for
-longer than a grace period" into one clear error by stopping the Train controller.
+NoopDecision each poll). `ray/min_pods.py`'s MinPodsMonitor turns "fewer than min_pods intact
+slices for longer than a grace period" into one clear error by stopping the Train controller.
 
 Losing and regaining a pod of the local fake-TPU cluster (`palm cluster remove-pod/add-pod`)
 is the cluster's business: platform/cluster/pods.py.
@@ -35,14 +35,7 @@ is the cluster's business: platform/cluster/pods.py.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
-
 from palm_platform.topology import SliceShape
-
-logger = logging.getLogger(__name__)
 
 
 class ElasticShapeError(ValueError):
@@ -98,69 +91,3 @@ def worker_counts(shape: SliceShape) -> int | tuple[int, int]:
     if not shape.elastic:
         return shape.num_hosts
     return (shape.fewest_pods * shape.hosts_per_pod, shape.num_hosts)
-
-
-class MinPodsMonitor:
-    """Watches the cluster while an elastic run is up; calls `on_lost(message)` once when it
-    has held fewer than `request.pods` (= min_pods) matching slices for `grace_s` seconds."""
-
-    def __init__(self, request: SliceShape, on_lost: Callable[[str], None], *,
-                 grace_s: float, poll_s: float = 2.0,
-                 nodes: Callable[[], list[dict]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.request, self.on_lost, self.grace_s, self.poll_s = request, on_lost, grace_s, poll_s
-        self._nodes = nodes or _ray_nodes
-        self._clock = clock
-        self._short_since: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: str | None = None
-
-    def check(self) -> bool:
-        """One poll; True once the run was given up on."""
-        if self.error is not None:
-            return True
-        # Imported here: the run's side of this module (job validation, the loop) must not
-        # load the orchestration package.
-        from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
-
-        try:
-            check_feasible(self._nodes(), self.request)
-            self._short_since = None
-            return False
-        except InfeasibleTopologyError as short:
-            now = self._clock()
-            if self._short_since is None:
-                self._short_since = now
-                logger.warning("fewer than topology.min_pods=%d pods alive; giving up in %.0f s "
-                               "unless they return", self.request.pods, self.grace_s)
-            if now - self._short_since < self.grace_s:
-                return False
-            self.error = (f"fewer than topology.min_pods={self.request.pods} pod(s) for "
-                          f"{self.grace_s:.0f} s, so training cannot go on: {short}")
-        self.on_lost(self.error)
-        return True
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                if self.check():
-                    return
-            except Exception as error:  # noqa: BLE001 - a flaky GCS read must not kill the run
-                logger.warning("elastic monitor: could not read the cluster: %s", error)
-
-    def __enter__(self) -> MinPodsMonitor:
-        self._thread = threading.Thread(target=self._loop, name="palm-min-pods", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def _ray_nodes() -> list[dict]:
-    import ray
-
-    return ray.nodes()

@@ -4,8 +4,8 @@ One place that turns "H hosts x C chips per host" into the strings Ray matches o
 fake cluster (cluster/) and the launcher (ray/launch.py) can never disagree:
 
 - topology: chips along (x, y, z), e.g. 8 chips -> "2x2x2"; it must be in Ray's
-  `VALID_TPU_TOPOLOGY["v4"]` (read through compat.py), or `ScalingConfig` / `SlicePlacementGroup`
-  reject it.
+  `VALID_TPU_TOPOLOGY["v4"]` (read through compat/ray.py), or `ScalingConfig` /
+  `SlicePlacementGroup` reject it.
 - pod type: "v4-<TensorCores>", and a v4 chip has 2 TensorCores, so 8 chips -> "v4-16"
   (Ray's `infer_tpu_pod_type_from_topology`). Worker 0 of a slice carries the resource
   "TPU-v4-16-head", which `reserve_tpu_slice` claims to gang-schedule that slice.
@@ -42,7 +42,7 @@ def chips_in_topology(topology: str) -> int:
 
 def v4_topology_for_chips(num_chips: int) -> str:
     """The most cube-like valid v4 topology with `num_chips` chips ("2x2x2" for 8)."""
-    from palm_platform.ray.compat import v4_topologies
+    from palm_platform.compat.ray import v4_topologies
 
     known = v4_topologies()
     candidates = [t for t in known if chips_in_topology(t) == num_chips]
@@ -149,7 +149,7 @@ def ensure_ray_accepts_v4_topology(topology: str) -> bool:
     to a full 16x16x16 pod, and PaLM trained on 3072-chip (12x16x16) pods. A shape of three
     multiples of 4 (at most 16) is a real v4 slice; anything else is left for Ray to reject.
     """
-    from palm_platform.ray.compat import register_v4_topology, v4_topologies
+    from palm_platform.compat.ray import register_v4_topology, v4_topologies
 
     if topology in v4_topologies():
         return False

@@ -205,7 +205,7 @@ def test_an_elastic_job_asks_ray_for_a_range_of_whole_pods():
 
 
 def test_fewer_than_min_pods_for_the_grace_period_gives_up_once_with_the_reason():
-    from palm_platform.pod_count import MinPodsMonitor
+    from palm_platform.ray.min_pods import MinPodsMonitor
 
     nodes, now, reasons = [_tpu_node(0), _tpu_node(1)], [0.0], []
     monitor = MinPodsMonitor(SliceShape(2, 1, 4, "2x2x1"), reasons.append, grace_s=30,

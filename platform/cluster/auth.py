@@ -125,7 +125,7 @@ def prepare_cluster_auth(no_auth: bool = False) -> tuple[str, str | None]:
                 f"folder writable, point {TOKEN_PATH_VAR} elsewhere, or `palm cluster up "
                 "--no-auth`") from None
     os.environ[MODE_VAR] = "token"
-    from palm_platform.ray.compat import reread_auth_mode
+    from palm_platform.compat.ray import reread_auth_mode
 
     reread_auth_mode()  # this process's Ray calls (the state API) now send the token
     return "token", note
@@ -164,7 +164,7 @@ def enable_for_client(recorded_mode: str | None = None) -> bool:
     if os.environ.get(MODE_VAR) is None and recorded_mode in ("token", "disabled"):
         os.environ[MODE_VAR] = recorded_mode
     on = enable_from_environment()
-    from palm_platform.ray.compat import reread_auth_mode
+    from palm_platform.compat.ray import reread_auth_mode
 
     reread_auth_mode()
     return on

@@ -62,9 +62,9 @@ def run_on_cluster(command: str, args: argparse.Namespace, job, run_dir: Path,
     Returns {"ok": result} or {"error": one-line message}; raises ConnectionError when no
     cluster can be reached and InfeasibleTopologyError when it cannot hold the job.
     """
-    # Ray (through compat) is imported only here: `palm generate|eval` registers this
+    # Ray (through its door) is imported only here: `palm generate|eval` registers this
     # module's arguments, and a local run or an input error must not pay Ray's import first.
-    from palm_platform.ray.compat import kv_delete, kv_get
+    from palm_platform.compat.ray import kv_delete, kv_get
     from palm_platform.ray.launch import connect, launch
     from palm_platform.ray.launch_spec import LaunchSpec
 
@@ -103,6 +103,6 @@ def eval_worker(config: dict) -> None:
     except EvalInputError as error:  # every host raises it alike (same inputs, same data)
         payload = {"error": str(error)}
     if jax.process_index() == 0:
-        from palm_platform.ray.compat import kv_put
+        from palm_platform.compat.ray import kv_put
 
         kv_put(config["result_key"], json.dumps(payload, default=str).encode(), KV_NAMESPACE)

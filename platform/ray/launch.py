@@ -18,7 +18,7 @@ Facts about Ray 2.60 this relies on (read from its source, checked on the local 
   `jax.distributed.initialize(rank0_ip:free_port, num_workers, rank)` on "tpu", "cuda" or
   "cpu" alike. With JAX_PLATFORMS=cpu that is the CPU branch: gloo collectives
   (JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo) across the worker processes. No initialization
-  timeout is passed (JAX default 300 s): compat.BoundedJaxConfig bounds it.
+  timeout is passed (JAX default 300 s): jax_backend.BoundedJaxConfig bounds it.
 - FailureConfig has three budgets: `max_failures` (worker-group errors: a host process died),
   `controller_failure_limit` (worker-group start-up failures and timeouts; default -1 =
   unlimited, which is how an infeasible placement retries forever) and
@@ -31,21 +31,19 @@ Facts about Ray 2.60 this relies on (read from its source, checked on the local 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from palm_platform.ray.compat import (
-    BoundedJaxConfig,
-    controller_env,
-    keep_libtpu_logs_out_of_the_terminal,
-    trainer_without_sigint_handler,
-)
+from palm_platform.compat.ray import trainer_without_sigint_handler
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
+from palm_platform.ray.jax_backend import BoundedJaxConfig
 from palm_platform.ray.launch_spec import LaunchSpec
+from palm_platform.ray.worker_output import keep_libtpu_logs_out_of_the_terminal
 from palm_platform.storage.env import forwarded_env
 from palm_platform.topology import SliceShape, ensure_ray_accepts_v4_topology
 
@@ -190,6 +188,28 @@ def _controller_env(attempt_s: float) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def controller_env(values: dict[str, str]) -> Iterator[None]:
+    """`values` in the driver's environment while a Train v2 controller starts, then as before.
+
+    Ray 2.60's controller reads some settings only from environment variables (e.g.
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S), which `DataParallelTrainer` copies from the
+    driver's os.environ into the controller actor's runtime_env when `fit()` starts it
+    (`get_env_vars_to_propagate`); there is no argument for them. Restored afterwards, so a
+    launch leaves the driver's environment as it found it.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _failure_config(spec: LaunchSpec, controller_failure_limit: int):
     from ray.train.v2.api.config import FailureConfig
 
@@ -254,7 +274,7 @@ def _fit(trainer, spec: LaunchSpec, *, attempt_s: float,
     """`trainer.fit()`, watched below min_pods when elastic; a start-up that kept failing
     becomes an InfeasibleTopologyError saying what the cluster lacks now."""
     import ray
-    from palm_platform.pod_count import MinPodsMonitor
+    from palm_platform.ray.min_pods import MinPodsMonitor
     from ray.train.v2.api.exceptions import ControllerError  # start-up kept failing
 
     shape, feasibility_timeout_s = spec.shape, spec.feasibility_timeout_s

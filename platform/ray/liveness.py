@@ -51,7 +51,7 @@ class LivenessBoard:
         self._stop.set()
 
     def _stamp_forever(self) -> None:
-        from palm_platform.ray.compat import kv_put
+        from palm_platform.compat.ray import kv_put
 
         while True:
             value = json.dumps({"step": self.step, "time": time.time(), "name": self._name})
@@ -64,7 +64,7 @@ class LivenessBoard:
 
     def stuck_hosts(self) -> list[str]:
         """`host 3 pod-1/w1 (pid 9) at step 12, silent 41 s` for every stale peer."""
-        from palm_platform.ray.compat import kv_get
+        from palm_platform.compat.ray import kv_get
 
         now, stuck = time.time(), []
         for index in range(self.count):

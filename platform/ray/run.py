@@ -133,9 +133,11 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
 
 def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
                verbose: bool = False) -> int:
-    try:
-        from palm_platform.ray.compat import route_worker_output
-    except RuntimeError as error:  # compat.py: a Ray or JAX release it was not written for
+    try:  # the doors to Ray's, JAX's and Orbax's internals check their releases on import
+        from palm_platform.compat import jax as _jax_door  # noqa: F401
+        from palm_platform.compat import orbax as _orbax_door  # noqa: F401
+        from palm_platform.compat.ray import route_worker_output
+    except RuntimeError as error:  # compat/: a release a door was not written for
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
     from palm_platform.metrics.status import Progress, print_summary

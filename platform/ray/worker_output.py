@@ -3,18 +3,21 @@
 Ray streams every worker's stdout and stderr to the driver, and prints each line behind a
 `(RayTrainWorker pid=N, ip=A)` prefix in colour; the raylet's "worker died" reports arrive
 the same way as a paragraph each. Here every such line goes to the run's log file
-(`RUN_DIR/NAME/logs/workers.log`, Ray's prefix kept, no colour; compat.NEVER_PRINTED lines
+(`RUN_DIR/NAME/logs/workers.log`, Ray's prefix kept, no colour; NEVER_PRINTED lines
 not even there), and the terminal gets only
 palm's own warnings and errors from the workers (a fault injected, a lost peer, a stuck host),
 as their message, once however many hosts say it; palm's routine lines (steps, checkpoints)
 are on the live view's bar already. A dead worker becomes one line, which the live view adds
 to its restart sentence (`restart_cause`). `palm run --verbose` prints as Ray does as well.
 
-The hook into Ray's printing is `compat.route_worker_output` (private API, version-checked).
+The hook into Ray's printing is `compat/ray.py`'s `route_worker_output` (private API,
+version-checked). Also here: the lines a driver never prints (NEVER_PRINTED, which Ray's own
+deduplicator drops too) and the libtpu logs kept out of a fake-TPU driver's terminal.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -22,7 +25,57 @@ import time
 from pathlib import Path
 from typing import Any
 
-from palm_platform.ray.compat import NEVER_PRINTED
+from palm_platform.compat import ray as ray_compat
+
+# --- Lines the driver never prints ----------------------------------------------------------
+# jaxlib's gloo writes "[Gloo] Rank N is connected to M peer ranks. Expected number of connected
+# peer ranks is : M" to stdout for every communicator it builds, unconditionally (no log level):
+# about 40 lines per fake host in the local demo, and again after every restart, which Ray
+# forwards to the driver's terminal. Ray's driver-side log deduplicator drops lines matching
+# RAY_DEDUP_LOGS_SKIP_REGEX (public, but read once, when `ray` is first imported); if `ray` was
+# imported before this module, the pattern goes into its private deduplicators instead
+# (compat/ray.py). Lines written by two threads at once arrive torn, hence the other
+# alternatives (and a torn write leaves an empty line: no worker line without text is worth
+# printing). Also Ray 2.60's error line at every worker-group start about its own
+# PreemptionWatcher actor (harmless, ray-project/ray#53727).
+NEVER_PRINTED = (
+    r"^\s*$|\[Gloo\] Rank \d|is connected to \d+ peer ranks|connected peer ranks is :"
+    r"|class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+)
+
+
+def drop_never_printed_lines() -> None:
+    """Make this driver skip the NEVER_PRINTED worker lines (the user's own pattern is kept)."""
+    own = os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX")
+    if own and NEVER_PRINTED in own:
+        return
+    pattern = f"{own}|{NEVER_PRINTED}" if own else NEVER_PRINTED
+    os.environ["RAY_DEDUP_LOGS_SKIP_REGEX"] = pattern
+    ray_compat.set_dedup_skip_pattern(pattern)
+
+
+drop_never_printed_lines()  # before `ray` reads the variable, if it is not loaded yet
+
+
+# -- Ray re-points the session's libtpu log link at the driver's TPU_LOG_DIR ------------------
+# Every process that joins a Ray session, a driver included, re-points the session's
+# `logs/tpu_logs` link at its own TPU_LOG_DIR, else /tmp/tpu_logs (ray/_private/node.py
+# `_init_temp`), and the head's log monitor streams every file behind that link to the
+# drivers. On a laptop /tmp/tpu_logs holds every libtpu log ever written there (`palm plan`):
+# 15,000 old lines flooded the README demo's terminal before its first step. The fake hosts
+# run on CPU and write no libtpu logs, so for them the link may as well point at an empty
+# folder of the driver's own. Real TPU clusters keep Ray's behaviour (their hosts' logs are
+# worth streaming), so only drivers of fake-TPU clusters call this.
+def keep_libtpu_logs_out_of_the_terminal() -> None:
+    """Give this driver an empty TPU_LOG_DIR of its own, unless one is set."""
+    if "TPU_LOG_DIR" in os.environ:
+        return
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"palm-driver-tpu-logs-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    os.environ["TPU_LOG_DIR"] = str(folder)
+
 
 LOG_FILE = "workers.log"
 
