@@ -29,12 +29,12 @@ MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
 
 def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
     """Orbax 0.12.8's default handlers, the jax.Array one with our replica-parallel floor."""
-    # Private in orbax 0.12.8, and the one private import here: the default ArrayHandler
-    # keeps per-array metadata in this store, and checkpoints must stay in that format.
-    from orbax.checkpoint._src.metadata.array_metadata_store import Store
+    # Private in orbax 0.12.8 (through its door): the default ArrayHandler keeps per-array
+    # metadata in this store, and checkpoints must stay in that format.
+    from palm_platform.compat.orbax import array_metadata_store
 
     th = ocp.type_handlers
-    array = th.ArrayHandler(array_metadata_store=Store(),
+    array = th.ArrayHandler(array_metadata_store=array_metadata_store(),
                             min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)
     return th.create_type_handler_registry(
         (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),

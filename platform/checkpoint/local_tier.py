@@ -159,7 +159,7 @@ def _barrier(name: str) -> None:
     communicator, so it may run on a thread beside the train step's collectives)."""
     if jax.process_count() == 1:
         return
-    from palm_platform.jax_private import coordination_client
+    from palm_platform.compat.jax import coordination_client
 
     coordination_client().wait_at_barrier(name, BARRIER_TIMEOUT_MS)
 
