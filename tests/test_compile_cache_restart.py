@@ -87,7 +87,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                            initialization_timeout=60)
 if every_process_writes:
-    from palm_platform.ray.compat import cache_writes_from_every_process_on_cpu
+    from palm_platform.compat.jax import cache_writes_from_every_process_on_cpu
     cache_writes_from_every_process_on_cpu()
 cache = CompileCache.enable(cache_dir)
 mesh = jax.sharding.Mesh([jax.local_devices(process_index=p)[0] for p in (0, 1)], ("data",))
@@ -129,7 +129,8 @@ def _two_processes(cache_dir: Path, every_process_writes: bool) -> list[tuple[in
 @pytest.mark.parametrize("every_process_writes", [True, False])
 def test_every_process_hits_its_own_entries_after_a_restart_on_cpu(tmp_path, every_process_writes):
     # On CPU each process's cache key differs; JAX writes only process 0's entries, so
-    # without compat.cache_writes_from_every_process_on_cpu process 1 recompiles every restart.
+    # without compat/jax.py's cache_writes_from_every_process_on_cpu process 1 recompiles at
+    # every restart.
     first = _two_processes(tmp_path, every_process_writes)
     assert all(misses >= 1 for _, misses in first), first
     (hits0, misses0), (hits1, misses1) = _two_processes(tmp_path, every_process_writes)

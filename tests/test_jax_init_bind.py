@@ -10,7 +10,7 @@ import pytest
 SCRIPT = """
 import json, os, socket, sys
 import jax
-from palm_platform.ray.compat import bound_jax_initialize
+from palm_platform.ray.jax_backend import bound_jax_initialize
 from tests.support.listening import listeners
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from palm_platform.ray.compat import tpu_pod_type
+from palm_platform.compat.ray import tpu_pod_type
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
 from palm_platform.topology import SliceShape
 
@@ -73,15 +73,14 @@ def test_topology_that_disagrees_with_hosts_and_chips_is_rejected():
 
 
 def test_ray_accepts_paper_pod_topology_after_registration():
-    from ray._private.accelerators.tpu import VALID_TPU_TOPOLOGY
-
+    from palm_platform.compat.ray import v4_topologies  # Ray's own table, through its door
     from palm_platform.topology import ensure_ray_accepts_v4_topology
 
     assert not ensure_ray_accepts_v4_topology("2x2x2")  # already known
     assert not ensure_ray_accepts_v4_topology("3x5x7")  # not a v4 slice: left for Ray to reject
-    assert "3x5x7" not in VALID_TPU_TOPOLOGY["v4"]
+    assert "3x5x7" not in v4_topologies()
     ensure_ray_accepts_v4_topology("12x16x16")  # PaLM's 3072-chip pods
-    assert "12x16x16" in VALID_TPU_TOPOLOGY["v4"]
+    assert "12x16x16" in v4_topologies()
 
 
 def test_one_parser_reads_axbxc_for_the_job_and_for_ray():

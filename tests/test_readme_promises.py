@@ -69,7 +69,7 @@ def test_bounded_jax_initialize_gives_up_after_its_timeout(tmp_path):
     started = tmp_path / "calling"
     script = textwrap.dedent(f"""
         import time, jax
-        from palm_platform.ray.compat import bound_jax_initialize
+        from palm_platform.ray.jax_backend import bound_jax_initialize
         bound_jax_initialize(3)
         open({str(started)!r}, "w").write(repr(time.time()))
         jax.distributed.initialize("127.0.0.1:{_free_port()}", num_processes=2, process_id=1)

@@ -135,7 +135,7 @@ def test_killed_and_hung_hosts_restart_from_gs_and_end_bitwise_equal(
     job = write_job(tmp_path, checkpoint={"directory": directory},
                     faults={"inject": [{"kind": "hang_host", "step": 8, "host": 1}]})
     # An old libtpu log where Ray looks by default (`palm plan` writes there): Ray streams that
-    # folder to every driver unless `palm run` keeps it out (ray/compat.py).
+    # folder to every driver unless `palm run` keeps it out (ray/worker_output.py).
     tpu_logs = Path(tempfile.gettempdir()) / "tpu_logs"
     tpu_logs.mkdir(exist_ok=True)
     old_log = tpu_logs / f"palm-test-{os.getpid()}.log"

@@ -28,7 +28,7 @@ def distributed_probe(config: dict) -> None:
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from palm_platform.ray.compat import bounded_jax_init_timeout_s
+    from palm_platform.ray.jax_backend import bounded_jax_init_timeout_s
 
     num_devices = jax.device_count()
     mesh = jax.make_mesh((num_devices,), ("devices",))
