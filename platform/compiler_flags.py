@@ -9,7 +9,7 @@ program (checked by tests/test_compiler_flags_tpu.py):
     lowered.compile(compiler_options={name: value})   one compile (plan --compare, checks)
 
 Jax-free on purpose: the job file imports it (mesh_config.py). The check that libtpu
-accepts the flags is compiler_flags_check.py.
+accepts the flags is plan/compiler_flags_check.py.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class FlagSyntaxError(ValueError):
 
 
 def check_name_and_value(name: str, value: FlagValue) -> None:
-    """Syntax only; whether libtpu knows the flag is compiler_flags_check's job."""
+    """Syntax only; whether libtpu knows the flag is plan/compiler_flags_check's job."""
     if not _NAME.match(name):
         raise FlagSyntaxError(f"compiler flag {name!r} is not a libtpu/XLA flag name "
                               "(lower case, starting xla_; write it without the leading --)")

@@ -94,7 +94,7 @@ def test_palm_plan_stops_on_a_flag_libtpu_does_not_support_on_v4(tmp_path):
 
 HLO_OF_THE_CHECK_PROGRAM = """
 import sys
-from palm_platform.compiler_flags_check import tiny_step
+from palm_platform.plan.compiler_flags_check import tiny_step
 options = {"xla_enable_async_all_gather": "true"} if sys.argv[1] == "options" else None
 print(tiny_step().compile(compiler_options=options).as_text())
 """

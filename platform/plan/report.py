@@ -375,7 +375,7 @@ def parse_compare_flags(text: str | None) -> dict | None:
 def check_flags_or_raise(job, extra: dict | None = None) -> None:
     """The job's compiler flags (and `extra` over them) accepted by libtpu, or FlagsRejected
     with libtpu's sentence (a tiny compile in a child process: compiler_flags_check.py)."""
-    from palm_platform.compiler_flags_check import LibtpuMissing, rejection_in_subprocess
+    from palm_platform.plan.compiler_flags_check import LibtpuMissing, rejection_in_subprocess
 
     topo = job.topology
     for flags, field in ((topo.effective_compiler_flags, "topology.compiler_flags"),

@@ -3,7 +3,7 @@
 On TPU hosts the flags become `LIBTPU_INIT_ARGS`, and libtpu ends the process at load on a
 flag it does not know: every host would die and Ray Train would restart them until its
 budget is spent. So the flags are compiled once here first, in a child process against a
-small topology of the job's generation (compiler_flags_check.py), and a rejection stops
+small topology of the job's generation (plan/compiler_flags_check.py), and a rejection stops
 `palm run` with libtpu's sentence. On the local fake-TPU cluster the flags are not used
 (JAX runs on CPU), so only flags the job sets itself are checked there, and only where
 libtpu is installed.
@@ -24,7 +24,7 @@ class CompilerFlagsError(ValueError):
 
 def check_compiler_flags(job) -> None:
     """Raise CompilerFlagsError if libtpu rejects the flags the job's TPU hosts would get."""
-    from palm_platform.compiler_flags_check import LibtpuMissing, rejection_in_subprocess
+    from palm_platform.plan.compiler_flags_check import LibtpuMissing, rejection_in_subprocess
 
     topo = job.topology
     if topo.local and not topo.compiler_flags:

@@ -61,11 +61,10 @@ def train_worker(raw_config: dict) -> None:
     import jax
     import psutil
 
-    from palm_platform.hook_protocol import StopTraining
+    from palm_platform.hook_protocol import Preempted, StopTraining
     from palm_platform.job import Job
     from palm_platform.ray.jax_backend import WORKER_MARKS
     from palm_platform.ray.worker_config import WorkerConfig
-    from palm_platform.supervise.preemption import Preempted
     from palm_platform.train.loop import Trainer
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these

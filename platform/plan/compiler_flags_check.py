@@ -75,7 +75,7 @@ def rejection_in_subprocess(flags: dict[str, FlagValue], accelerator: str = "tpu
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("LIBTPU_INIT_ARGS", None)  # the flags under test go as compile options only
     result = subprocess.run(
-        [sys.executable, "-m", "palm_platform.compiler_flags_check", accelerator,
+        [sys.executable, "-m", "palm_platform.plan.compiler_flags_check", accelerator,
          json.dumps(flags)], capture_output=True, text=True, timeout=timeout_s, env=env)
     if result.returncode != 0:  # the check itself broke: say how, do not guess at the flags
         tail = " ".join(result.stderr.strip().splitlines()[-3:])
