@@ -34,8 +34,9 @@ steps of a few seconds, so the same restarts are weighed against a step as long,
 them, as a pod step is.
 
 Every run that finishes also prints the goodput model's prediction of it (issue 29's
-validation, plan/goodput_check.py): from its step time, start-up and saves, its faults, and the
-restart constants `palm plan --goodput` uses; then with this run's own restart seconds.
+validation, plan/goodput_check.py): from its step time, start-up and saves, its faults and the
+steps the run's records say each one resumed from, and the restart constants `palm plan
+--goodput` uses; then with this run's own restart seconds.
 """
 
 from __future__ import annotations

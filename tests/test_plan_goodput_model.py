@@ -88,15 +88,27 @@ def test_a_job_without_failures_simulates_to_its_expectation():
                for d in days)
 
 
-def _run_records(steps: int, step_s: float, startup_s: float, restarts: list[float]) -> list:
-    """A finished run's metrics.jsonl as the loop writes it (the figures that matter)."""
+def _run_records(steps: int, step_s: float, startup_s: float, restarts: list[float],
+                 resumed: list[tuple] = ()) -> list:
+    """A finished run's metrics.jsonl as the loop writes it (the figures that matter).
+    `resumed`: ("restart", to_step, recomputed_steps) or ("rollback", spike step, to_step)."""
     t0 = 1000.0
     records = [{"kind": "startup", "step": 0, "time": t0 + 1},
+               {"kind": "start", "step": 0, "time": t0 + 2, "attempt": 0},
                {"kind": "step", "step": 1, "time": t0 + startup_s + step_s, "step_s": 9.0},
                {"kind": "compiled", "step": 1, "time": t0 + startup_s + step_s, "seconds": 9.0}]
     records += [{"kind": "checkpoint_saved", "step": s, "time": t0 + 50, "blocked_s": 0.5}
                 for s in range(5, steps + 1, 5)]
-    records += [{"kind": "restart", "step": 0, "time": t0 + 60, "recovery_s": r} for r in restarts]
+    attempt = 0
+    for kind, a, b in resumed:
+        if kind == "restart":
+            attempt += 1
+            records.append({"kind": "checkpoint_restored", "step": a, "time": t0 + 60,
+                            "attempt": attempt, "tier": "persistent"})
+            records.append({"kind": "restart", "step": a, "time": t0 + 61, "attempt": attempt,
+                            "recovery_s": restarts[attempt - 1], "recomputed_steps": b})
+        else:
+            records.append({"kind": "rollback", "step": a, "time": t0 + 70, "to_step": b})
     wall, productive = 200.0, steps * step_s
     records.append({"kind": "goodput", "step": steps, "time": t0 + wall, "wall_s": wall,
                     "productive_s": productive, "goodput": productive / wall,
@@ -104,35 +116,86 @@ def _run_records(steps: int, step_s: float, startup_s: float, restarts: list[flo
     return records
 
 
-def test_a_finished_runs_prediction_pays_start_up_saves_and_each_fault_with_its_lost_steps(
-        tmp_path):
+def _job(tmp_path, faults: list[dict], **checkpoint):
     import yaml
 
     from palm_platform.job import load_job
-    from palm_platform.plan import goodput_check
 
     spec = yaml.safe_load((Path(__file__).parent / "jobs" / "loop-2pod.yaml").read_text())
     spec["train"]["steps"] = 60
-    spec["faults"]["inject"] = [
-        {"kind": "damage_checkpoint", "step": 11},  # truncates the step-10 save
-        {"kind": "kill_host", "step": 13, "host": 1},  # restarts from step 5: 8 steps again
-        {"kind": "poison_batches", "step": 27},  # rolls back 10+ steps: to 15, 12 steps again
-        {"kind": "hang_host", "step": 40, "host": 1},  # from 35 after the hang timeout
-    ]
+    spec["faults"]["inject"] = faults
+    spec["checkpoint"].update(checkpoint)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
-    job = load_job(tmp_path / "job.yaml")
-    figures = goodput_check.run_figures(_run_records(60, 1.0, 20.0, [10.0, 14.0]))
+    return load_job(tmp_path / "job.yaml")
+
+
+FAULTS = [
+    {"kind": "damage_checkpoint", "step": 11},  # truncates the step-10 save
+    {"kind": "kill_host", "step": 13, "host": 1},  # the run restarted from step 5: 8 again
+    {"kind": "poison_batches", "step": 27},  # it rolled back to 15: 12 steps again
+    {"kind": "hang_host", "step": 40, "host": 1},  # from 35 after the hang timeout
+]
+RESUMED = [("restart", 5, 8), ("rollback", 27, 15), ("restart", 35, 5)]
+
+
+def test_a_finished_runs_prediction_pays_start_up_saves_and_each_fault_with_its_lost_steps(
+        tmp_path):
+    from palm_platform.plan import goodput_check
+
+    job = _job(tmp_path, FAULTS)
+    figures = goodput_check.run_figures(_run_records(60, 1.0, 20.0, [10.0, 14.0], RESUMED))
     assert (figures.steps, figures.step_s, figures.startup_s) == (60, 1.0, 20.0)
     assert figures.save_s == {"persistent": 0.5} and figures.unmodelled_s == 4.0
+    assert figures.restart_s == [10.0, 14.0]
     prediction = goodput_check.predict(job, figures, restart_s=12.0, restore_s=2.0)
     assert prediction.resumes == [("kill_host", 13, 5), ("poison_batches", 27, 15),
                                   ("hang_host", 40, 35)]
     assert prediction.recomputed_steps == 8 + 12 + 5
     lost = 20 + 12 * 0.5 + 2 * 12 + job.faults.hang_timeout_s + 2 + 25 * 1.0 + 4.0
     assert prediction.goodput == pytest.approx(60 / (60 + lost))
-    # with a RAM tier every 2 steps a host's loss resumes from its newest RAM save before it
-    spec["checkpoint"]["local"] = {"every_steps": 2}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
-    ram = goodput_check.predict(load_job(tmp_path / "job.yaml"), figures, restart_s=12.0)
+
+
+def test_where_each_failure_resumed_is_read_from_the_runs_records_not_derived(tmp_path):
+    # The same faults with a RAM tier every 2 steps: the run resumed from its RAM saves, and
+    # the prediction says so because the records do (no copy of the recovery rules).
+    from palm_platform.plan import goodput_check
+
+    persistent_only = goodput_check.predict(
+        _job(tmp_path, FAULTS), goodput_check.run_figures(
+            _run_records(60, 1.0, 20.0, [10.0, 14.0], RESUMED)), restart_s=12.0)
+    ram_records = _run_records(60, 1.0, 20.0, [10.0, 14.0],
+                               [("restart", 12, 1), ("rollback", 27, 15), ("restart", 38, 2)])
+    ram = goodput_check.predict(_job(tmp_path, FAULTS, local={"every_steps": 2}),
+                                goodput_check.run_figures(ram_records), restart_s=12.0)
     assert [resume for _, _, resume in ram.resumes] == [12, 15, 38]
-    assert ram.goodput > prediction.goodput
+    assert ram.recomputed_steps == 1 + 12 + 2
+    assert ram.goodput > persistent_only.goodput
+
+
+def test_the_resume_points_are_the_attempts_restores_and_the_rollbacks_targets():
+    from palm_platform.plan.goodput_check import Resume, resumes
+
+    records = [
+        {"kind": "checkpoint_restored", "step": 20, "attempt": 0},  # a new launch: no restart
+        {"kind": "checkpoint_restored", "step": 25, "attempt": 1},
+        {"kind": "restart", "step": 25, "attempt": 1, "recomputed_steps": 3},
+        {"kind": "rollback", "step": 31, "to_step": 20},
+        {"kind": "start", "step": 0, "attempt": 2},  # a restart before any checkpoint
+        {"kind": "checkpoint_restored", "step": 30, "attempt": 3},  # died before its 1st step
+    ]
+    assert resumes(records) == (Resume("restart", 25, 3), Resume("rollback", 20, 11),
+                                Resume("restart", 0, None), Resume("restart", 30, None))
+
+
+def test_a_failure_without_an_injected_fault_counts_the_steps_the_run_recorded_lost(tmp_path):
+    from palm_platform.plan import goodput_check
+
+    job = _job(tmp_path, [{"kind": "kill_host", "step": 13, "host": 1}])
+    # the kill, then a host the platform did not kill (4 steps lost), then a spike of its own
+    figures = goodput_check.run_figures(_run_records(
+        60, 1.0, 20.0, [10.0, 14.0], [("restart", 10, 3), ("restart", 40, 4),
+                                      ("rollback", 50, 45)]))
+    prediction = goodput_check.predict(job, figures, restart_s=12.0, restore_s=2.0)
+    assert prediction.resumes == [("kill_host", 13, 10)]
+    assert prediction.recomputed_steps == 3 + 4 + 5
+    assert prediction.lost_s["restarts"] == 2 * 12.0 and prediction.lost_s["rollbacks"] == 2.0

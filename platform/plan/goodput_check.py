@@ -8,19 +8,20 @@ components and its injected faults, and set the prediction beside what the run m
 What is taken from the run (inputs the model does not predict): the productive seconds of a
 step (the goodput tracker's, over the steps that count), the start-up (the first process's
 start to its first step, plus the compiles of new batch shapes), each tier's mean blocking
-save, and the seconds the model has no term for (waiting for data, held-out evals, "other").
-What the model predicts: the saves' total from the tiers' cadences, and for each injected
-fault the step it resumes from and so the steps computed again, plus the restarts' seconds
-(`restart_s`: the measured constants of `goodput_inputs.MEASURED` scaled to the job's hosts,
-as `palm plan --goodput` uses them, or a run's own mean). The fault rules are the
-platform's:
-- kill_host / hang_host at step s (s completed): the group restarts from the newest save
-  below s of the RAM tier when the job has one (the save of step s itself is still being
-  written when the host dies), else of the persistent tier, skipping a checkpoint a
-  damage_checkpoint fault truncated; a hang first waits out `faults.hang_timeout_s`;
-- poison_batches at step s: the loss spikes at s and every host rolls back in place (no
-  restart) to the newest persistent save at least `spike.rollback_steps` before s, a restore
-  of `restore_s`.
+save, the seconds the model has no term for (waiting for data, held-out evals, "other"), and
+where each failure resumed, read from the run's own records instead of re-derived from the
+recovery rules (which change; a copy of them here drifted each time):
+- a restart of the worker group resumed from the step its attempt restored (the
+  `checkpoint_restored` record of that attempt, or `start` when it began afresh);
+- a loss spike rolled back to the `rollback` record's `to_step`.
+What the model predicts: the saves' total from the tiers' cadences, and for each failure the
+steps computed again (from the step its fault hit to the step it resumed from), plus the
+restarts' seconds (`restart_s`: the measured constants of `goodput_inputs.MEASURED` scaled to
+the job's hosts, as `palm plan --goodput` uses them, or a run's own mean), a hang's wait for
+`faults.hang_timeout_s` and a rollback's restore (`restore_s`). The job's injected faults name
+each failure's step: kill_host, hang_host and preempt faults pair in step order with the
+restarts, poison_batches faults with the rollbacks. A restart or rollback with no fault of its
+own (a real failure) counts the steps the run itself recorded as lost.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ from statistics import mean
 from palm_platform.plan import goodput_inputs as gi
 
 UNMODELLED = ("data", "other", "eval")  # badput causes the model has no term for
+
+
+RESTARTING_FAULTS = ("kill_host", "hang_host", "preempt")  # the worker group restarts
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where one failure resumed, as the run recorded it."""
+
+    kind: str  # "restart" (the worker group) or "rollback" (a loss spike, in place)
+    to_step: int  # the step training went on from
+    lost_steps: int | None  # steps the run recorded as computed again (None: not recorded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +57,30 @@ class RunFigures:
     unmodelled_s: float  # data waits, evals, other
     restart_s: list[float]  # each restart's recovery (the `restart` records)
     goodput: float
+    resumes: tuple[Resume, ...] = ()  # each restart and rollback, in the run's order
+
+
+def resumes(records: list[dict]) -> tuple[Resume, ...]:
+    """Where each restart and rollback of a run resumed, from its records.
+
+    A restart is an attempt > 0 that restored a checkpoint (`checkpoint_restored`) or began
+    afresh (`start`); its lost steps are its `restart` record's `recomputed_steps`, written
+    at the attempt's first finished step. A rollback is a `rollback` record: from its step
+    (the spike's) back to `to_step`.
+    """
+    found: list[Resume] = []
+    waiting: dict[int, int] = {}  # attempt -> its restart in `found`, until its `restart` record
+    for r in records:
+        if r["kind"] in ("checkpoint_restored", "start") and r.get("attempt", 0) > 0:
+            waiting[r["attempt"]] = len(found)
+            found.append(Resume("restart", r["step"], None))
+        elif r["kind"] == "restart" and r.get("attempt") in waiting:
+            index = waiting.pop(r["attempt"])
+            found[index] = dataclasses.replace(found[index],
+                                               lost_steps=r.get("recomputed_steps"))
+        elif r["kind"] == "rollback":
+            found.append(Resume("rollback", r["to_step"], r["step"] - r["to_step"]))
+    return tuple(found)
 
 
 def run_figures(records: list[dict]) -> RunFigures:
@@ -73,6 +110,7 @@ def run_figures(records: list[dict]) -> RunFigures:
         restart_s=[r["recovery_s"] for r in records if r["kind"] == "restart"
                    and "recovery_s" in r],
         goodput=g["goodput"],
+        resumes=resumes(records),
     )
 
 
@@ -87,44 +125,47 @@ def restart_constant_s(hosts: int, constants: gi.RestartConstants = gi.MEASURED)
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     goodput: float
-    resumes: list[tuple[str, int, int]]  # (fault kind, its step, the step it resumes from)
+    resumes: list[tuple[str, int, int]]  # (fault kind, its step, the step it resumed from)
     recomputed_steps: int
     lost_s: dict[str, float]  # by cause
 
 
-def _newest(step: int, every: int, damaged: set[int]) -> int:
-    """The newest multiple of `every` at or below `step` that is not damaged (0: the start)."""
-    found = step - step % every
-    while found > 0 and found in damaged:
-        found -= every
-    return max(found, 0)
+def _with_faults(job, figures: RunFigures) -> list[tuple[str, int | None, Resume]]:
+    """Each recorded resume with the injected fault behind it: (fault kind, its step, resume);
+    a resume with no fault of its own: (its kind, None, resume)."""
+    faults = sorted(job.faults.inject, key=lambda f: f.step)
+    queues = {"restart": [f for f in faults if f.kind in RESTARTING_FAULTS],
+              "rollback": [f for f in faults if f.kind == "poison_batches"]}
+    paired = []
+    for resume in figures.resumes:
+        queue = queues[resume.kind]
+        fault = queue.pop(0) if queue else None
+        paired.append((fault.kind, fault.step, resume) if fault is not None
+                      else (resume.kind, None, resume))
+    return paired
 
 
 def predict(job, figures: RunFigures, *, restart_s: float,
             restore_s: float = gi.MEASURED.checkpoint_restore_s) -> Prediction:
-    """The run's goodput by the model's accounting, from `figures`' inputs and `job`'s faults
-    (`restart_s`: the seconds of one restart, restore included; `restore_s`: a rollback's)."""
+    """The run's goodput by the model's accounting, from `figures`' inputs, the resume points
+    it recorded and `job`'s faults (`restart_s`: the seconds of one restart, restore included;
+    `restore_s`: a rollback's)."""
     persistent = job.checkpoint.every_steps
     local = job.checkpoint.local.every_steps if job.checkpoint.local is not None else None
     step_s = figures.step_s
-    damaged: set[int] = set()
     resumes, recomputed, restarts, rollbacks, waits = [], 0, 0, 0, 0.0
-    for fault in sorted(job.faults.inject, key=lambda f: f.step):
-        if fault.kind == "damage_checkpoint":  # the newest persistent save before it
-            damaged.add(_newest(fault.step - 1, persistent, damaged))
-        elif fault.kind in ("kill_host", "hang_host"):
-            every = local or persistent
-            resume = _newest(fault.step - 1, every, damaged if local is None else set())
-            recomputed += fault.step - resume
-            damaged = {d for d in damaged if d <= resume}  # the steps after are saved anew
+    for kind, fault_step, resume in _with_faults(job, figures):
+        if fault_step is not None:
+            recomputed += max(fault_step - resume.to_step, 0)
+            resumes.append((kind, fault_step, resume.to_step))
+        else:
+            recomputed += resume.lost_steps or 0
+        if resume.kind == "restart":
             restarts += 1
-            waits += job.faults.hang_timeout_s if fault.kind == "hang_host" else 0.0
-            resumes.append((fault.kind, fault.step, resume))
-        elif fault.kind == "poison_batches":
-            resume = _newest(fault.step - job.faults.spike.rollback_steps, persistent, damaged)
-            recomputed += fault.step - resume
+            waits += job.faults.hang_timeout_s if kind == "hang_host" else 0.0
+        else:
             rollbacks += 1
-            resumes.append((fault.kind, fault.step, resume))
+    resumes.sort(key=lambda entry: entry[1])
     saves = {"persistent": persistent, **({"local": local} if local else {})}
     lost = {
         "start-up": figures.startup_s,
