@@ -105,7 +105,7 @@ def test_verbose_prints_what_ray_prints_and_still_logs(tmp_path):
 def test_ray_hands_both_of_its_streams_to_the_handler():
     from ray._private import worker as ray_worker
 
-    from palm_platform.ray.compat import route_worker_output
+    from palm_platform.compat.ray import route_worker_output
 
     before = ray_worker.print_to_stdstream
     seen = []
