@@ -74,7 +74,7 @@ def _preflight_error(job) -> Exception | None:
         (lambda: check_storage(job), StorageConfigError),
         (lambda: check_data(job.data, Path.cwd()), DataConfigError),  # a bad data path
         (lambda: preflight(job), InitFromError),  # a fine-tune's source checkpoint and shapes
-        # an unknown flag would end libtpu on every host (compiler_flags_check.py)
+        # an unknown flag would end libtpu on every host (plan/compiler_flags_check.py)
         (lambda: check_compiler_flags(job), CompilerFlagsError),
     )
     for check, errors in checks:
