@@ -10,9 +10,9 @@ first (in this process; not timed as read path). Then, each case in a fresh subp
 that its peak RSS is its own), with the job's seq_len, held-out split and first global
 batch, as process 0 of the job's hosts:
   - store, 1x and 20x: seconds from `build_pipeline` to the first batch, and peak RSS;
-  - today's read path (token_cache.load_or_build: tokenise into a local flat file, then
-    memory-map; a fresh cache, as every host has on its first start), 1x and 20x: the
-    "before" figures;
+  - the read path before the store (tests/support/token_cache_reference.py: tokenise into
+    a local flat file, then memory-map; a fresh cache, as every host has on its first
+    start), 1x and 20x: the "before" figures;
   - `palm data sample JOB --step 45 --rows 2` on both stores: seconds and peak RSS.
 Goals: store 20x/1x ratio <= 1.1 for both time and RSS.
 Then the 1x store is prepared again on gs:// (`palm gcs-emulator`, in memory, 127.0.0.1):
@@ -70,14 +70,15 @@ def _child_store(job_file: str) -> dict:
 
 def _child_cache(job_file: str, cache_dir: str) -> dict:
     """Today's read path, as build_pipeline did it before the token store."""
+    from palm_platform.data.documents import LengthLimit
     from palm_platform.data.pipeline import Pipeline, check_data
-    from palm_platform.data.token_cache import LengthLimit, load_or_build
+    from tests.support.token_cache_reference import load_or_build  # the cache before the store
 
     job = _job(job_file)
     start = time.perf_counter()
     tokenizer, resolved = check_data(job.data, Path.cwd())
     limit = LengthLimit(job.data.max_document_chars, job.data.long_documents)
-    sources = [load_or_build(s, tokenizer, Path(cache_dir), 1, limit) for s in resolved]
+    sources = [load_or_build(s, tokenizer, Path(cache_dir), limit) for s in resolved]
     split = _split(job)
     pipeline = Pipeline(job.data.model_copy(update={"sources": resolved}),
                         split(sources, tokenizer) if split else sources, tokenizer,
@@ -93,7 +94,8 @@ def _child_sample(job_file: str) -> dict:
     import io
 
     from palm_platform.cli import main
-    from palm_platform.data import data_cli, pipeline, prepare, sample  # noqa: F401
+    from palm_platform.commands import data, data_sample  # noqa: F401
+    from palm_platform.data import pipeline, prepare  # noqa: F401
     from palm_platform.eval import split  # noqa: F401
 
     # Imported first: the timer counts the command's work, not importing Grain and JAX

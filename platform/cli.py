@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "data": (
-        "palm_platform.data.data_cli",
+        "palm_platform.commands.data",
         "prepare a job's token store on Ray, or look inside one",
     ),
     "cluster": (

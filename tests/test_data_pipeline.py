@@ -7,7 +7,7 @@ import pytest
 
 from palm_platform.data import DataConfig, DataConfigError, SourceConfig, build_pipeline
 from palm_platform.data.packing import PackedSequences
-from palm_platform.data.readers import write_pretokenized_shard
+from tests.support.token_store import write_token_store
 
 EOS = 1
 SEQ_LEN = 8
@@ -21,24 +21,26 @@ def data_dir(tmp_path_factory):
     "low"/"high": documents of ids below / above 500, to tell the sources apart.
     """
     root = tmp_path_factory.mktemp("data")
-    write_pretokenized_shard(str(root / "numbers.arrayrecord"), [np.arange(3, 1003)])
     rng = np.random.default_rng(0)
-    write_pretokenized_shard(
-        str(root / "low.arrayrecord"), [rng.integers(3, 500, 50) for _ in range(40)]
-    )
-    write_pretokenized_shard(
-        str(root / "high.arrayrecord"), [rng.integers(500, 1024, 50) for _ in range(40)]
-    )
+    write_token_store(root / "store", {
+        "numbers": [np.arange(3, 1003)],
+        "low": [rng.integers(3, 500, 50) for _ in range(40)],
+        "high": [rng.integers(500, 1024, 50) for _ in range(40)]})
     docs = ["Hello world.", "Zweites Dokument\n\tmit Tab.", "第三个文档", "def f():\n    pass\n"]
     (root / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs * 10))
     return root
 
 
+PRETOKENISED = {"numbers", "low", "high"}  # sources of data_dir's store, by name
+
+
 def _config(*sources: tuple[str, float], seed: int = 0, window: int = 64) -> DataConfig:
+    names = {n.split(".")[0] for n, _ in sources}
     return DataConfig(
         sources=[SourceConfig(name=n.split(".")[0], paths=[n], weight=w) for n, w in sources],
         seed=seed,
         shuffle_window=window,
+        store="store" if names <= PRETOKENISED else None,  # relative to the data folder
     )
 
 
@@ -49,7 +51,7 @@ def _pipeline(data_dir, config, process_index=0, process_count=1, seq_len=SEQ_LE
     )  # fmt: skip
 
 
-MIXED = _config(("low.arrayrecord", 3.0), ("high.arrayrecord", 1.0), ("numbers.arrayrecord", 1.0))
+MIXED = _config(("low", 3.0), ("high", 1.0), ("numbers", 1.0))
 
 
 def test_packing_joins_documents_with_eos_into_exact_windows(data_dir):
@@ -116,7 +118,7 @@ def test_restored_state_gives_bitwise_the_same_next_batches(data_dir):
 
 
 def test_skipped_sequences_are_never_yielded_and_survive_a_restart(data_dir):
-    config = _config(("numbers.arrayrecord", 1.0), window=1)
+    config = _config(("numbers", 1.0), window=1)
     reference = _pipeline(data_dir, config)
     pipeline = _pipeline(data_dir, config)
     pipeline.local_batch(4)
@@ -149,57 +151,25 @@ def test_a_source_shorter_than_one_sequence_is_a_clear_error(data_dir):
         _pipeline(data_dir, config, seq_len=100_000)
 
 
-def test_an_edited_input_file_is_read_again_by_the_next_pipeline(tmp_path):
+def test_an_edited_input_file_makes_the_store_stale_on_the_driver_not_in_a_pipeline(tmp_path):
+    from palm_platform.data.prepare import prepare_store, store_status
+
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"first version {i}"}) for i in range(30)))
-    config = _config(("a.jsonl", 1.0))
+    config = _config(("a.jsonl", 1.0)).model_copy(update={"cache_dir": str(tmp_path / "cache")})
     first = _pipeline(tmp_path, config)
     assert first.tokenizer.decode(first._sources[0].tokens[:6]).startswith("first")
     path.write_text(
         "\n".join(json.dumps({"text": f"second, longer version {i}"}) for i in range(30))
     )
-    second = _pipeline(tmp_path, config)  # the store is stale: prepared again
+    # a training process opens the manifest only: it never lists the inputs again
+    again = _pipeline(tmp_path, config)
+    assert again.tokenizer.decode(again._sources[0].tokens[:6]).startswith("first")
+    # the driver (`palm run`, `palm data prepare`) finds it stale and prepares it again
+    assert store_status(config, tmp_path).state == "stale"
+    prepare_store(config, tmp_path, in_process=True, progress=False)
+    second = _pipeline(tmp_path, config)
     assert second.tokenizer.decode(second._sources[0].tokens[:6]).startswith("second")
-
-
-# token_cache.py is today's single-process cache, kept as the reference the token store's
-# streams are compared with (test_data_store_batches.py); these two keep it honest.
-
-
-def _cached(tmp_path, config):
-    from palm_platform.data.pipeline import check_data
-    from palm_platform.data.token_cache import load_or_build
-
-    tokenizer, (source,) = check_data(config, tmp_path)
-    return load_or_build(source, tokenizer, tmp_path / "cache"), tokenizer
-
-
-def test_the_token_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
-    path = tmp_path / "a.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"first version {i}"}) for i in range(30)))
-    config = _config(("a.jsonl", 1.0))
-    first, _ = _cached(tmp_path, config)
-    assert len(list((tmp_path / "cache").glob("*.tokens"))) == 1
-    assert _cached(tmp_path, config)[0].cache_path == first.cache_path
-    path.write_text(
-        "\n".join(json.dumps({"text": f"second, longer version {i}"}) for i in range(30))
-    )
-    second, tokenizer = _cached(tmp_path, config)
-    assert second.cache_path != first.cache_path
-    assert tokenizer.decode(second.tokens[:6]).startswith("second")
-
-
-@pytest.mark.parametrize("sidecar", ["[1]", '{"num_tokens": "12", "stats": {}}', "[" * 100_000,
-                                     '{"num_tokens": 3}', '{"num_tokens": 3, "stats": {}'])
-def test_a_torn_or_edited_cache_sidecar_is_rebuilt_not_a_crash(tmp_path, sidecar):
-    path = tmp_path / "a.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"document {i}"}) for i in range(30)))
-    config = _config(("a.jsonl", 1.0))
-    reference = np.array(_cached(tmp_path, config)[0].tokens)
-    (meta,) = (tmp_path / "cache").glob("*.json")
-    meta.write_text(sidecar)
-    np.testing.assert_array_equal(_cached(tmp_path, config)[0].tokens, reference)
-    assert json.loads(meta.read_text())["num_tokens"] > 0  # written again, whole
 
 
 def test_the_embedded_default_corpus_runs_offline(tmp_path):

@@ -1,4 +1,4 @@
-"""`palm data prepare` in this process: the store is today's token cache, shard by shard.
+"""`palm data prepare` in this process: the store is the reference token cache, shard by shard.
 
 The Ray path (workers, a worker killed mid-shard) is tests/test_data_prepare_ray.py; the
 shard function and the plan are the same there.
@@ -21,11 +21,13 @@ import pytest
 import yaml
 
 from palm_platform.cli import main as palm
-from palm_platform.data import prepare, readers, store, token_cache
+from palm_platform.data import prepare, store
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
+from palm_platform.data.documents import LengthLimit
 from palm_platform.data.prepare_shard import run_unit
 from palm_platform.data.prepare_units import plan_source
 from palm_platform.data.tokenizer import load_tokenizer, train_tokenizer
+from tests.support import token_cache_reference as token_cache
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = load_tokenizer("builtin:default")
@@ -60,11 +62,11 @@ def _prepare(config: DataConfig, tmp_path: Path) -> prepare.PrepareResult:
 
 def _assert_store_is_the_token_cache(config: DataConfig, tmp_path: Path) -> store.TokenStore:
     token_store = store.TokenStore.open(prepare.store_root(config, tmp_path))
-    limit = token_cache.LengthLimit(config.max_document_chars, config.long_documents)
+    limit = LengthLimit(config.max_document_chars, config.long_documents)
     for source in config.sources:
         resolved = source.model_copy(update={"paths": [resolve_path(p, tmp_path)
                                                        for p in source.paths]})
-        reference = token_cache.load_or_build(resolved, TOKENIZER, tmp_path / "cache", 1, limit)
+        reference = token_cache.load_or_build(resolved, TOKENIZER, tmp_path / "cache", limit)
         got = token_store.source(source.name)
         assert len(got) == len(reference.tokens) > 0
         assert np.array_equal(got[:], np.asarray(reference.tokens)), source.name
@@ -110,7 +112,7 @@ def test_parquet_cut_into_runs_of_row_groups(tmp_path):
     config = _config(tmp_path, [SourceConfig(name="pq", paths=["a.parquet"], weight=1)],
                      unit_mb=0.004)
     units = plan_source(config.sources[0].model_copy(
-        update={"paths": [str(tmp_path / "a.parquet")]}), 4000, token_cache.LengthLimit())
+        update={"paths": [str(tmp_path / "a.parquet")]}), 4000, LengthLimit())
     assert len(units) > 2 and {u.kind for u in units} == {"rows"}
     assert _prepare(config, tmp_path).shards == len(units)
     _assert_store_is_the_token_cache(config, tmp_path)
@@ -127,19 +129,14 @@ def test_big_jsonl_cut_into_byte_ranges_with_absolute_bad_lines(tmp_path):
     assert first_bad and all("@" not in location for location in first_bad)  # absolute lines
 
 
-def test_gz_file_is_one_unit_and_arrayrecord_pretokenised(tmp_path):
+def test_gz_file_is_one_unit(tmp_path):
     with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
         f.write(_jsonl_lines(_documents(200), bad_every=11))
-    token_docs = [np.arange(3, 50), np.array([5, 6, 7]),
-                  np.array([TOKENIZER.vocab_size + 3])]  # the last: ids out of range
-    readers.write_pretokenized_shard(str(tmp_path / "pre.arrayrecord"), token_docs)
-    config = _config(tmp_path, [SourceConfig(name="gz", paths=["a.jsonl.gz"], weight=1),
-                                SourceConfig(name="pre", paths=["pre.arrayrecord"], weight=1)],
+    config = _config(tmp_path, [SourceConfig(name="gz", paths=["a.jsonl.gz"], weight=1)],
                      unit_mb=0.001)
     result = _prepare(config, tmp_path)
-    assert result.shards == 2  # a compressed file is never cut
-    token_store = _assert_store_is_the_token_cache(config, tmp_path)
-    assert token_store.manifest.sources["pre"]["stats"]["bad"]["bad_tokens"] == 1
+    assert result.shards == 1  # a compressed file is never cut
+    _assert_store_is_the_token_cache(config, tmp_path)
 
 
 def test_builtin_corpus_and_a_rerun_redoes_nothing(tmp_path):
@@ -159,7 +156,7 @@ def test_any_task_order_gives_the_same_store(tmp_path):
     shuffled_root = tmp_path / "b" / "store"
     config = _config(tmp_path / "b", sources, unit_mb=0.002)
     units = plan_source(sources[0].model_copy(update={"paths": [str(tmp_path / "big.jsonl")]}),
-                        2000, token_cache.LengthLimit())
+                        2000, LengthLimit())
     random.Random(1).shuffle(units)
     for unit in units:
         run_unit(str(shuffled_root), unit, TOKENIZER)
@@ -302,7 +299,8 @@ def test_info_names_a_torn_or_missing_shard(prepared, tmp_path, capsys):
     sidecar = json.loads(shards[1].read_text())
     sidecar["tokens"] += 5
     shards[1].write_text(json.dumps(sidecar))
-    _one_line_exit_2(["data", "info", str(root)], capsys, "torn shard", torn.name)
+    _one_line_exit_2(["data", "info", str(root)], capsys, "damaged shard", torn.name,
+                     "the manifest")
     shards[2].unlink()
     shards[1].write_text("{torn")
     _one_line_exit_2(["data", "info", str(root)], capsys, "torn sidecar", torn.name)
@@ -386,10 +384,10 @@ def test_one_file_growing_moves_only_the_groups_next_to_it():
     rng = random.Random(0)
     listing = [(f"/data/part-{i:04d}.jsonl", rng.randint(1000, 3000), "t0") for i in range(400)]
     source = SourceConfig(name="s", paths=["/data"], weight=1)
-    before = plan_source(source, 40_000, token_cache.LengthLimit(), listing)
+    before = plan_source(source, 40_000, LengthLimit(), listing)
     grown = list(listing)
     grown[150] = (grown[150][0], grown[150][1] * 3, "t1")
-    after = plan_source(source, 40_000, token_cache.LengthLimit(), grown)
+    after = plan_source(source, 40_000, LengthLimit(), grown)
     assert len(before) > 20
     changed = {u.name for u in after} - {u.name for u in before}
     assert 1 <= len(changed) <= 3

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
+from palm_platform.commands.data_sample import sample
 from palm_platform.data.heldout_split import split_sources
 from palm_platform.data.pipeline import build_pipeline
 from palm_platform.data.prepare import prepare_store
-from palm_platform.data.sample import sample
 from palm_platform.job import load_job
 from palm_platform.supervise.ledger import Ledger
 

@@ -18,7 +18,7 @@ from palm_platform.data import (
     build_pipeline,
     palm_mixture_sources,
 )
-from palm_platform.data.readers import ReadStats, iter_documents, write_pretokenized_shard
+from palm_platform.data.readers import ReadStats, iter_documents
 
 
 def _read(path: Path, fmt: str = "auto", text_field: str = "text"):
@@ -77,12 +77,16 @@ def test_parquet_without_the_column_is_counted_and_skipped(tmp_path):
     assert documents == [] and stats.bad["missing_field"] == 1
 
 
-def test_arrayrecord_shard_yields_token_arrays(tmp_path):
-    path = tmp_path / "shard.arrayrecord"
-    write_pretokenized_shard(str(path), [[5, 6, 7], [8, 9]])
-    documents, stats = _read(path)
-    assert [d.tolist() for d in documents] == [[5, 6, 7], [8, 9]]
-    assert stats.documents == 2
+@pytest.mark.parametrize("source", [
+    {"name": "web", "paths": ["web-00000.arrayrecord"], "weight": 1},
+    {"name": "web", "paths": ["web.jsonl"], "format": "arrayrecord", "weight": 1}])
+def test_an_arrayrecord_source_is_one_clear_error_naming_the_fix(source):
+    with pytest.raises(pydantic.ValidationError) as error:
+        DataConfig(sources=[source])
+    (problem,) = error.value.errors()
+    assert problem["loc"][:3] == ("sources", 0, "paths" if "format" not in source else "format")
+    assert "ArrayRecord sources were removed" in problem["msg"]
+    assert "palm data prepare JOB.yaml" in problem["msg"]
 
 
 def test_pipeline_counts_bad_records_in_stats(tmp_path):

@@ -1,11 +1,12 @@
 """The token store changes where tokens come from, not what a batch is.
 
 With jobs/local-cpu.yaml's data section, batch schedule and held-out split, the batches of
-steps 0-60 read from the token store are bitwise those of the pipeline over today's
-single-process cache (token_cache.load_or_build, kept as this reference), for one process
-and for the job's four, and the same documents are held out. Twice: on the embedded corpus
-itself (one shard per source), and on the same documents written out as JSONL and prepared
-in small units, so that windows and held-out documents cross shard boundaries.
+steps 0-60 read from the token store are bitwise those of the pipeline over the
+single-process cache the store replaced (tests/support/token_cache_reference.py, kept as this
+reference), for one process and for the job's four, and the same documents are held out.
+Twice: on the embedded corpus itself (one shard per source), and on the same documents
+written out as JSONL and prepared in small units, so that windows and held-out documents
+cross shard boundaries.
 """
 
 import json
@@ -16,12 +17,13 @@ import pytest
 
 from palm_platform.data.config import PrepareConfig
 from palm_platform.data.corpus import iter_builtin_documents
+from palm_platform.data.documents import LengthLimit
 from palm_platform.data.heldout_split import split_sources
 from palm_platform.data.pipeline import Pipeline, build_pipeline, check_data
 from palm_platform.data.prepare import store_root
 from palm_platform.data.store import TokenStore
-from palm_platform.data.token_cache import LengthLimit, load_or_build
 from palm_platform.job import load_job
+from tests.support.token_cache_reference import load_or_build
 
 JOB_FILE = Path(__file__).resolve().parents[1] / "jobs" / "local-cpu.yaml"
 STEPS = range(61)
@@ -60,7 +62,7 @@ def _split(job, sources, tokenizer, records: list):
 def _today(job, base, cache_dir, process_index, process_count, records, split=True):
     tokenizer, resolved = check_data(job.data, base)
     limit = LengthLimit(job.data.max_document_chars, job.data.long_documents)
-    sources = [load_or_build(s, tokenizer, cache_dir, 1, limit) for s in resolved]
+    sources = [load_or_build(s, tokenizer, cache_dir, limit) for s in resolved]
     if split:
         sources = _split(job, sources, tokenizer, records)
     return Pipeline(job.data.model_copy(update={"sources": resolved}), sources, tokenizer,

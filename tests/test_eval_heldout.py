@@ -17,7 +17,7 @@ from palm_platform.data.heldout_split import (
     split_sources,
 )
 from palm_platform.data.pipeline import Pipeline
-from palm_platform.data.token_cache import SourceTokens
+from palm_platform.data.store_sources import Source
 from palm_platform.data.tokenizer import load_tokenizer
 from palm_platform.metrics.sink import read_records
 from palm_platform.metrics.status import summarize
@@ -26,12 +26,12 @@ from palm_platform.train.heldout import bytes_per_token
 EOS = 1
 
 
-def source(name: str, documents: int, length: int = 40, first: int = 10) -> SourceTokens:
+def source(name: str, documents: int, length: int = 40, first: int = 10) -> Source:
     """Document d is `length` copies of token first + d, then EOS: a token names its document."""
     tokens = np.concatenate([[first + d] * length + [EOS] for d in range(documents)]).astype(
         np.int32
     )
-    return SourceTokens(name, tokens, {}, Path("/dev/null"))
+    return Source(name, tokens, {})
 
 
 def test_document_ends_are_the_eos_positions():

@@ -4,9 +4,9 @@ restatement in supervise/positions.py agree with a plain set-difference referenc
 import numpy as np
 import pytest
 
-from palm_platform.data import DataConfig, SourceConfig, build_pipeline
-from palm_platform.data.readers import write_pretokenized_shard
+from palm_platform.data import DataConfig, build_pipeline
 from palm_platform.supervise.positions import batch_sequence_indices, first_unskipped
+from tests.support.token_store import source, write_token_store
 
 SEQ_LEN = 4
 
@@ -47,9 +47,9 @@ def merged(ranges):
 def pipeline_factory(tmp_path_factory):
     root = tmp_path_factory.mktemp("skips")
     # One long document: every packed sequence is distinct, so equal batches mean equal indices.
-    write_pretokenized_shard(str(root / "numbers.arrayrecord"), [np.arange(3, 503)])
     config = DataConfig(
-        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
+        store=write_token_store(root / "store", {"numbers": [np.arange(3, 503)]}),
+        sources=[source("numbers")],
         seed=0,
         shuffle_window=1,
     )

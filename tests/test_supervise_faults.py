@@ -9,11 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from palm_platform.data import DataConfig, SourceConfig, build_pipeline
-from palm_platform.data.readers import write_pretokenized_shard
+from palm_platform.data import DataConfig, build_pipeline
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.faults import FaultInjector, poison_tokens
 from palm_platform.supervise.positions import batch_sequence_indices
+from tests.support.token_store import source, write_token_store
 
 VOCAB = 1024
 SEQ = 9  # seq_len 8 + 1
@@ -193,9 +193,9 @@ def test_poison_record_is_json_in_state_dir(tmp_path):
 
 
 def test_batch_indices_from_a_recorded_state_match_the_pipeline(tmp_path):
-    write_pretokenized_shard(str(tmp_path / "numbers.arrayrecord"), [np.arange(3, 1003)])
     config = DataConfig(
-        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1.0)],
+        store=write_token_store(tmp_path / "store", {"numbers": [np.arange(3, 1003)]}),
+        sources=[source("numbers")],
         shuffle_window=16,
     )
     pipeline = build_pipeline(config, seq_len=8, base_dir=tmp_path, process_index=0,

@@ -4,9 +4,9 @@ and a failure on the thread reaches the loop with its cause."""
 import numpy as np
 import pytest
 
-from palm_platform.data import DataConfig, SourceConfig, build_pipeline
-from palm_platform.data.readers import write_pretokenized_shard
+from palm_platform.data import DataConfig, build_pipeline
 from palm_platform.train.prefetch import Prefetcher, PrefetchError
+from tests.support.token_store import source, write_token_store
 
 SEQ_LEN = 8
 
@@ -17,11 +17,10 @@ def batch_size_at(step: int) -> int:
 
 @pytest.fixture
 def pipeline(tmp_path):
-    write_pretokenized_shard(
-        str(tmp_path / "numbers.arrayrecord"), [np.arange(3, 1003) for _ in range(3)]
-    )
     config = DataConfig(
-        sources=[SourceConfig(name="numbers", paths=["numbers.arrayrecord"], weight=1)],
+        store=write_token_store(tmp_path / "store",
+                                {"numbers": [np.arange(3, 1003) for _ in range(3)]}),
+        sources=[source("numbers")],
         seed=0,
         shuffle_window=16,
     )

@@ -139,7 +139,7 @@ def test_prepare_json_sends_every_forwarded_worker_line_to_stderr(capsys):
     """`palm data prepare --json`: its stdout is the JSON alone, whatever a worker prints."""
     from ray._private import worker as ray_worker
 
-    from palm_platform.data.data_cli import _worker_lines_to_stderr
+    from palm_platform.commands.data import _worker_lines_to_stderr
 
     before = ray_worker.print_to_stdstream
     try:

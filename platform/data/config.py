@@ -18,7 +18,28 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_TOKENIZER = "builtin:default"
 BUILTIN_SOURCES = ("builtin:default-corpus", "builtin:code", "builtin:docs", "builtin:multilingual")
 
-SourceFormat = Literal["jsonl", "text", "parquet", "arrayrecord", "auto"]
+SourceFormat = Literal["jsonl", "text", "parquet", "auto"]
+
+# Pre-tokenised ArrayRecord shards (`palm tokenizer encode`) were a source format until the
+# token store made them redundant: ArrayRecord cannot open gs:// (array_record #120), so they
+# never fitted a pod run, and `palm data prepare` tokenises once into a store every host
+# reads in place. A job naming one gets this sentence.
+ARRAYRECORD_REMOVED = ("ArrayRecord sources were removed: the token store replaced them "
+                       "(ArrayRecord cannot open gs://). Fix: point the source at its text "
+                       "(jsonl, parquet or text files) and run `palm data prepare JOB.yaml`")
+
+
+def is_arrayrecord(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    return name.endswith((".arrayrecord", ".array_record")) or ".array_record-" in name
+
+
+class DataConfigError(ValueError):
+    """A data config that cannot be used; `field` is its path, e.g. data.sources[0].paths[1]."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class SourceConfig(BaseModel):
@@ -35,8 +56,7 @@ class SourceConfig(BaseModel):
     format: SourceFormat = Field(
         default="auto",
         description="jsonl (one JSON object per line), text (one document per file), parquet "
-        "(a text column), arrayrecord (pre-tokenised: one int32 little-endian record per "
-        "document), or auto (from the file extension).",
+        "(a text column), or auto (from the file extension).",
     )
     weight: float = Field(
         gt=0, description="Relative sampling weight of this source in the mixture (unitless)."
@@ -51,6 +71,21 @@ class SourceConfig(BaseModel):
         if not name.strip():
             raise ValueError("source name must not be empty")
         return name
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _no_arrayrecord_format(cls, value):
+        if value == "arrayrecord":
+            raise ValueError(f"format arrayrecord: {ARRAYRECORD_REMOVED}")
+        return value
+
+    @field_validator("paths")
+    @classmethod
+    def _no_arrayrecord_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if is_arrayrecord(path):
+                raise ValueError(f"{path}: {ARRAYRECORD_REMOVED}")
+        return paths
 
 
 class PrepareConfig(BaseModel):

@@ -1,11 +1,12 @@
 """Packing: fixed-length training sequences cut from a source's flat token array.
 
-The flat array is every document followed by the end-of-document (EOS) token (see
-token_cache.py). Sequence i is the window tokens[i*L : i*L + L + 1] for sequence length L:
-inputs are window[:-1], targets window[1:]. Windows overlap by one token so that every token
-transition is trained exactly once (with non-overlapping L+1 windows, one transition per
-sequence would never be a target). No padding: a document continues into the next window,
-and a window may hold the end of one document, EOS, and the start of the next.
+The flat array is every document followed by the end-of-document (EOS) token (a source of
+the token store, store.SourceTokens). Sequence i is the window tokens[i*L : i*L + L + 1] for
+sequence length L: inputs are window[:-1], targets window[1:]. Windows overlap by one token
+so that every token transition is trained exactly once (with non-overlapping L+1 windows,
+one transition per sequence would never be a target). No padding: a document continues into
+the next window, and a window may hold the end of one document, EOS, and the start of the
+next.
 
 Attention may cross document boundaries inside a window, as in PaLM (and GPT-3, T5's
 decoder-only pretraining): the EOS token tells the model that a new document starts, no

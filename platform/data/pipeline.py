@@ -39,24 +39,22 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
+from palm_platform.data.config import DataConfig, DataConfigError, SourceConfig, resolve_path
 from palm_platform.data.packing import PackedSequences, PackedWindows
 from palm_platform.data.skips import SkipRanges
-from palm_platform.data.store_sources import Source, open_sources, read_windows
+from palm_platform.data.store_sources import (
+    Source,
+    check_inputs,
+    open_sources,
+    read_windows,
+    store_is_complete,
+)
 from palm_platform.data.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _MIN_SHUFFLE_DOMAIN = 1 << 16
-
-
-class DataConfigError(ValueError):
-    """A data config that cannot be used; `field` is its path, e.g. data.sources[0].paths[1]."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def derive_seed(seed: int, *parts: str) -> int:
@@ -206,9 +204,14 @@ def block_rows(blocks: int, mine: tuple[int, ...], global_batch_size: int) -> np
     return np.concatenate([np.arange(b * per, (b + 1) * per) for b in mine])
 
 
-def check_data(data_config: DataConfig, base_dir: Path) -> tuple[Tokenizer, list[SourceConfig]]:
+def check_data(data_config: DataConfig, base_dir: Path, *, inputs: bool = True,
+               ) -> tuple[Tokenizer, list[SourceConfig]]:
     """Load the tokenizer and resolve every source path, or raise DataConfigError naming the
-    field. Cheap (nothing is tokenised): `palm run` calls it before it starts any worker."""
+    field. Cheap (nothing is tokenised): `palm run` calls it before it starts any worker.
+
+    `inputs`: also check that every path matches a file (on the driver), unless the job's
+    store is complete, which is all training reads (the raw inputs may be archived or
+    deleted once prepared). Training processes pass False: they never list the inputs."""
     base_dir = Path(base_dir)
     tokenizer_path = resolve_path(data_config.tokenizer, base_dir)
     try:
@@ -219,23 +222,11 @@ def check_data(data_config: DataConfig, base_dir: Path) -> tuple[Tokenizer, list
             f"{e} (from {data_config.tokenizer!r} relative to {base_dir}). Fix: train one "
             "with `palm tokenizer train` or use builtin:default.",
         ) from e
-    resolved: list[SourceConfig] = []
-    for i, source in enumerate(data_config.sources):
-        paths = []
-        for j, path in enumerate(source.paths):
-            absolute = resolve_path(path, base_dir)
-            try:
-                from palm_platform.data.readers import expand_path
-
-                expand_path(absolute)
-            except FileNotFoundError as e:
-                raise DataConfigError(
-                    f"data.sources[{i}].paths[{j}]",
-                    f"{e} (source {source.name!r}, from {path!r} relative to {base_dir}). "
-                    "Fix: correct the path or remove it from the source.",
-                ) from e
-            paths.append(absolute)
-        resolved.append(source.model_copy(update={"paths": paths}))
+    resolved = [source.model_copy(update={"paths": [resolve_path(p, base_dir)
+                                                    for p in source.paths]})
+                for source in data_config.sources]
+    if inputs and not store_is_complete(data_config, base_dir):
+        check_inputs(data_config, base_dir)
     return tokenizer, resolved
 
 
@@ -247,22 +238,20 @@ def build_pipeline(
     process_index: int,
     process_count: int,
     cache_dir: Path | None = None,
-    num_threads: int = 1,
     source_filter=None,
 ) -> Pipeline:
     """Resolve paths against `base_dir` (the job file's folder) and open the job's token store.
 
-    A path that does not exist fails here, before anything is read, with the config field
-    that names it. The store (data.store, else a folder under `cache_dir` or
-    data.cache_dir) is read in place; a library caller whose store is not current prepares
-    it in this process first (store_sources.py). `num_threads` is kept for callers; the
-    tokenising now happens in the prepare job. `source_filter(sources, tokenizer) ->
-    sources` may take documents out before packing (the held-out split, data/heldout_split.py).
+    The store (data.store, else a folder under `cache_dir` or data.cache_dir) is read in
+    place, opened by its manifest alone: whether it is current is decided on the driver
+    (prepare.store_status). A library caller with no store yet prepares it in this process
+    first (store_sources.py), after a path that does not exist fails with the config field
+    that names it. `source_filter(sources, tokenizer) -> sources` may take documents out
+    before packing (the held-out split, data/heldout_split.py).
     """
-    del num_threads  # tokenising moved to the prepare job
-    tokenizer, resolved = check_data(data_config, base_dir)
     if cache_dir is not None and data_config.store is None:
         data_config = data_config.model_copy(update={"cache_dir": str(cache_dir)})
+    tokenizer, resolved = check_data(data_config, base_dir, inputs=False)
     sources = open_sources(data_config, Path(base_dir), tokenizer, resolved,
                            process_count=process_count)
     if source_filter is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +29,14 @@ from typing import Literal
 
 from palm_platform.data import readers, store
 from palm_platform.data.config import DataConfig, SourceConfig, resolve_path
+from palm_platform.data.documents import LengthLimit, default_cache_dir
 from palm_platform.data.prepare_units import PrepareInputError, Unit, plan_source, source_listing
-from palm_platform.data.token_cache import LengthLimit, default_cache_dir
 from palm_platform.data.tokenizer import Tokenizer, read_model
 
-__all__ = ["PrepareInputError", "PrepareResult", "StoreStatus", "prepare_store", "store_root",
-           "store_status"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PrepareInputError", "PrepareInterrupted", "PrepareResult", "StoreStatus",
+           "prepare_store", "store_root", "store_status"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,22 @@ class StoreStatus:
     state: Literal["current", "missing", "incomplete", "stale"]
     root: str
     reason: str  # one line for operators: why it is not current, naming the source
+    # "current" without the inputs re-checked (they are gone or unreadable): one line saying
+    # so, for `palm run` to print; the store is used as it is
+    unchecked: str | None = None
+
+
+class PrepareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a prepare: the workers are stopped; committed shards are kept, and a
+    rerun of the same command skips them."""
+
+    def __init__(self, root: str, committed: int, total: int):
+        super().__init__(f"{root}: stopped; {committed} of {total} shards committed")
+        self.root, self.committed, self.total = root, committed, total
+
+    def message(self, command: str) -> str:
+        return (f"{self.root}: stopped; {self.committed} of {self.total} shards committed "
+                f"(kept). Resume: `{command}`")
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,11 @@ def _changed_file(recorded: list, listing: list) -> str:
 
 def store_status(data_config: DataConfig, base_dir: Path) -> StoreStatus:
     """current / missing / incomplete / stale (tokenizer or an input file changed), from a
-    listing of the inputs and one manifest read; a missing input is PrepareInputError."""
+    listing of the inputs and one manifest read. The one function that decides a store's
+    state, called on the driver only (`palm run`, `palm data prepare`, `palm data sample`):
+    training processes open the manifest and never list the inputs. A complete store whose
+    inputs cannot be listed (archived or deleted after preparing) is current, `unchecked`
+    saying so; without a complete store a missing input is PrepareInputError."""
     root = store_root(data_config, base_dir)
     manifest = store.read_manifest(root)
     if manifest is None:
@@ -129,7 +152,14 @@ def store_status(data_config: DataConfig, base_dir: Path) -> StoreStatus:
         if entry.get("config") != _source_config(source, limit):
             return StoreStatus("stale", root, f"{root}: source {source.name!r}: its paths, "
                                "format, text_field or document-length limit changed")
-        listing = [list(f) for f in source_listing(source)]
+        try:
+            listing = [list(f) for f in source_listing(source)]
+        except PrepareInputError as error:
+            if not manifest.complete:
+                raise
+            return StoreStatus("current", root, f"{root}: current", unchecked=(
+                f"could not re-check the inputs ({str(error).split('. Fix')[0]}); using the "
+                f"store {root} as it is"))
         if entry.get("files") != listing:
             return StoreStatus("stale", root, f"{root}: source {source.name!r}: "
                                + _changed_file(entry.get("files", []), listing))
@@ -181,16 +211,27 @@ def _check_storage(root: str, sources: list[SourceConfig], tokenizer: str) -> No
 
 
 def _committed(root: str, units: list[Unit], sha: str) -> dict[tuple[str, str], dict]:
-    """Sidecars of the planned units already committed (one listing, then their reads)."""
-    names = set(store.list_names(root))
-    found = [u for u in units if f"{u.source}/{u.name}.json" in names]
+    """Sidecars of the planned units already committed and whole (one listing of the store,
+    then their reads). A committed shard whose files differ from its sidecar's sizes (torn,
+    missing) is uncommitted here, its sidecar deleted, so that it is written again: the
+    rest of the store is kept."""
+    listed = store.list_sizes(root)
+    found = [u for u in units if f"{u.source}/{u.name}.json" in listed]
     with ThreadPoolExecutor(16) as pool:
         sidecars = list(pool.map(lambda u: store.read_sidecar(root, u.source, u.name), found))
     from palm_platform.data.prepare_shard import check_committed
 
+    committed = {}
     for unit, sidecar in zip(found, sidecars, strict=True):
         check_committed(root, unit, sidecar, sha)
-    return {(u.source, u.name): s for u, s in zip(found, sidecars, strict=True)}
+        problem = store.file_damage(sidecar, listed, unit.source)
+        if problem:
+            log.warning("%s: damaged shard (%s); writing it again",
+                        store.join(root, unit.source, unit.name), problem)
+            store.delete_prefix(store.join(root, unit.source, unit.name) + ".json")
+            continue
+        committed[(unit.source, unit.name)] = sidecar
+    return committed
 
 
 def _manifest(sha: str, plan: dict[str, list[Unit]], configs: dict, listings: dict,
@@ -247,21 +288,24 @@ def prepare_store(data_config: DataConfig, base_dir: Path, *, address: str | Non
     skipped = len(sidecars)
     store.write_manifest(root, _manifest(sha, plan, configs, listings, None))
     missing = [u for u in units if (u.source, u.name) not in sidecars]
-    with _progress_bar(len(units), skipped, progress and bool(missing)) as advance:
-        if in_process:
-            tokenizer = Tokenizer(model, model_path)
-            from palm_platform.data.prepare_shard import run_unit
+    try:
+        with _progress_bar(len(units), skipped, progress and bool(missing)) as advance:
+            if in_process:
+                tokenizer = Tokenizer(model, model_path)
+                from palm_platform.data.prepare_shard import run_unit
 
-            for unit in missing:
-                sidecars[(unit.source, unit.name)] = run_unit(root, unit, tokenizer)
-                advance(sidecars[(unit.source, unit.name)])
-        elif missing:
-            from palm_platform.data.prepare_ray import run_on_ray
+                for unit in missing:
+                    sidecars[(unit.source, unit.name)] = run_unit(root, unit, tokenizer)
+                    advance(sidecars[(unit.source, unit.name)])
+            elif missing:
+                from palm_platform.data.prepare_ray import run_on_ray
 
-            for sidecar in run_on_ray(root, missing, model, model_path, address=address,
-                                      workers=workers):
-                sidecars[(sidecar["source"], sidecar["shard"])] = sidecar
-                advance(sidecar)
+                for sidecar in run_on_ray(root, missing, model, model_path, address=address,
+                                          workers=workers):
+                    sidecars[(sidecar["source"], sidecar["shard"])] = sidecar
+                    advance(sidecar)
+    except KeyboardInterrupt:  # the workers are stopped (run_on_ray's finally)
+        raise PrepareInterrupted(root, len(sidecars), len(units)) from None
     manifest = _manifest(sha, plan, configs, listings, sidecars)
     store.write_manifest(root, manifest)
     written_tokens = sum(sidecars[(u.source, u.name)]["tokens"] for u in missing)

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from palm_platform.data.prepare_units import Unit
 
 RESTARTS = 3  # per actor: a unit that kills its worker this often is an error, not bad luck
-ADDRESS_HELP = ("the Ray cluster to prepare on (default: RAY_ADDRESS, else the local cluster "
-                "of `palm cluster up`, else a local Ray instance on this machine)")
 
 
 def _first_line(error: BaseException) -> str:
@@ -37,22 +35,33 @@ class PrepareWorkerError(RuntimeError):
 
 
 class ShardWorker:
-    """One worker of the prepare job: a tokenizer, and units to turn into shards."""
+    """One worker of the prepare job: a tokenizer, and units to turn into shards.
 
-    def __init__(self, model: bytes, model_path: str):
-        from palm_platform.data.tokenizer import Tokenizer
+    The constructor takes nothing: Ray logs a C++ warning into the driver's terminal for an
+    actor with max_restarts whose constructor arguments live in the object store (the
+    model's bytes would). The model comes with each unit instead, as a reference inside a
+    list (not resolved by Ray), fetched once per worker process (again after a restart)."""
 
-        self.tokenizer = Tokenizer(model, model_path)
+    def __init__(self):
+        self.tokenizer = None
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, root: str, unit: Unit) -> dict:
+    def run(self, root: str, unit: Unit, model: list) -> dict:
         """The unit's sidecar, or {"error": line} for an input or store error (a typed
-        outcome instead of an exception across processes, as Levanter does)."""
+        outcome instead of an exception across processes, as Levanter does). `model`:
+        [a reference to the model's bytes, its path]."""
         from palm_platform.data.prepare_shard import run_unit
         from palm_platform.data.store import StoreError
 
+        if self.tokenizer is None:
+            import ray
+
+            from palm_platform.data.tokenizer import Tokenizer
+
+            model_ref, model_path = model
+            self.tokenizer = Tokenizer(ray.get(model_ref), model_path)
         try:
             return run_unit(root, unit, self.tokenizer)
         except (OSError, ValueError, StoreError) as e:
@@ -68,21 +77,15 @@ def _worker_env() -> dict[str, str]:
 
 
 def connect(address: str | None, workers: int | None) -> str | None:
-    """Attach to a cluster: `address`, RAY_ADDRESS, `palm cluster`'s, else start a local Ray
-    instance (as `ray.init()` does) sized for `workers`. When this call started Ray: the
-    instance's own temp folder (for the caller to remove after ray.shutdown())."""
-    from palm_platform.cluster import auth
-
-    # A token at hand: the cluster demands it (cluster/auth.py). Before Ray is imported: Ray
-    # reads the mode into its config once, and an explicit address never turns it on.
-    auth.enable_from_environment()
+    """Use the Ray instance this process is attached to, else `address`, else start a local
+    one (as `ray.init()` does) sized for `workers`. Finding the palm cluster and its token
+    is the caller's (commands/data.py, ray/run.py), before Ray is imported. When this call
+    started Ray: the instance's own temp folder (for the caller to remove after
+    ray.shutdown())."""
     import ray
 
     if ray.is_initialized():
         return None
-    from palm_platform.cluster.nodes import ray_address_from_state
-
-    address = address or os.environ.get("RAY_ADDRESS") or ray_address_from_state()
     runtime_env = {"env_vars": _worker_env()}
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -112,15 +115,15 @@ def run_on_ray(root: str, units: list[Unit], model: bytes, model_path: str, *,
                                      "(each takes 1). Fix: add CPU nodes to the cluster")
         actor = ray.remote(num_cpus=1, max_restarts=RESTARTS,
                            max_task_retries=RESTARTS)(ShardWorker)
-        model_ref = ray.put(model)
-        actors = [actor.remote(model_ref, model_path) for _ in range(count)]
+        model_box = [ray.put(model), model_path]
+        actors = [actor.remote() for _ in range(count)]
         pending = list(reversed(units))
         running: dict = {}  # ObjectRef -> (actor, unit)
 
         def submit(worker) -> None:
             if pending:
                 unit = pending.pop()
-                running[worker.run.remote(root, unit)] = (worker, unit)
+                running[worker.run.remote(root, unit, model_box)] = (worker, unit)
 
         for worker in actors:
             submit(worker)

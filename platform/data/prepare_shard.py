@@ -1,8 +1,9 @@
 """The prepare job's one task: read a unit, tokenise it, commit it as a shard of the store.
 
 Runs in a Ray actor (prepare_ray.py) or in the driver's process (`in_process`); the same
-function either way. Tokens come from token_cache.tokenize_documents, the document loop of
-the single-process cache, so a shard's tokens are bitwise that cache's for the same input.
+function either way. Tokens come from documents.tokenize_documents, the one document loop,
+so a shard's tokens are bitwise the same whichever worker builds it (and equal to the
+single-process reference the tests keep, tests/support/token_cache_reference.py).
 A task that finds its shard already committed with the same fingerprint and tokenizer
 returns that sidecar: a task retried after its worker died just after the commit is a no-op.
 """
@@ -14,8 +15,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from palm_platform.data import readers, store
+from palm_platform.data.documents import LengthLimit, tokenize_documents
 from palm_platform.data.prepare_units import Unit
-from palm_platform.data.token_cache import LengthLimit, tokenize_documents
 from palm_platform.data.tokenizer import Tokenizer
 
 

@@ -8,7 +8,7 @@ them. Units:
 - a Parquet file bigger than unit_mb: runs of its row groups up to unit_mb;
 - an uncompressed JSONL file bigger than unit_mb: byte ranges of unit_mb, a line belonging
   to the range it starts in (the shard task finds line starts; readers.iter_jsonl_range);
-- anything else bigger (compressed, ArrayRecord, one-document text) and a builtin corpus
+- anything else bigger (compressed, one-document text) and a builtin corpus
   name: one unit each, since they cannot be cut without reading them.
 
 A shard is named by a hash of its unit (files, ranges, how they are read) and the files'
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from palm_platform.data import readers
 from palm_platform.data.config import BUILTIN_PREFIX, SourceConfig
-from palm_platform.data.token_cache import LengthLimit
+from palm_platform.data.documents import LengthLimit
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 _LISTING_THREADS = 16  # fingerprints and footers of many gs:// objects are latency-bound
@@ -189,7 +189,7 @@ def plan_source(source: SourceConfig, unit_bytes: int, limit: LengthLimit,
                 units.extend(Unit(kind="bytes", files=(path,), fingerprints=(fingerprint,),
                                   start=a, stop=min(size, a + unit_bytes), **common)
                              for a in range(0, size, unit_bytes))
-            else:  # ArrayRecord, or a text file (one document): read whole
+            else:  # a text file (one document): read whole
                 units.append(whole)
             continue
         if group and sum(s for _, s, _ in group) + size > unit_bytes:

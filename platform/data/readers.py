@@ -2,15 +2,14 @@
 
 Formats: JSONL (one JSON object per line, text under `text_field`), plain text (one document
 per file: a file is one document, which keeps every byte of whitespace), Parquet (a text
-column) and pre-tokenised ArrayRecord shards (one record per document: int32 little-endian
-token ids, no end-of-document token). Paths are local paths or fsspec URLs; folders and glob
+column). Paths are local paths or fsspec URLs; folders and glob
 patterns expand to their files in sorted order. Compressed files (.gz, .bz2, .xz, .zst) are
 read through fsspec's compression inference.
 
 Written by hand rather than with Grain's sources: a bad record must be counted, logged with
 its file and line, and skipped without losing the rest of the file, and the documents are
-read once to be tokenised into the random-access cache (see token_cache.py), so a streaming
-reader is all that is needed here.
+read once to be tokenised into the token store (prepare_shard.py), so a streaming reader is
+all that is needed here.
 """
 
 from __future__ import annotations
@@ -18,13 +17,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
-import numpy as np
 
 from palm_platform.data import corpus
 from palm_platform.data.config import BUILTIN_PREFIX
@@ -68,7 +64,7 @@ class ReadStats:
 
 
 def detect_format(path: str) -> str:
-    """Format from the file name: .jsonl/.json, .parquet, .arrayrecord/.array_record, else text."""
+    """Format from the file name: .jsonl/.json, .parquet, else text."""
     name = path.lower()
     for suffix in _COMPRESSION_SUFFIXES:
         name = name.removesuffix(suffix)
@@ -76,8 +72,6 @@ def detect_format(path: str) -> str:
         return "jsonl"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    if name.endswith((".arrayrecord", ".array_record")) or ".array_record-" in name:
-        return "arrayrecord"
     return "text"
 
 
@@ -113,17 +107,15 @@ def file_fingerprint(path: str) -> tuple[str, int, str]:
     return (path, int(info.get("size") or 0), str(mtime))
 
 
-def iter_documents(
-    path: str, fmt: str, text_field: str, stats: ReadStats
-) -> Iterator[str | np.ndarray]:
-    """Documents of one file: str for text formats, int32 token arrays for ArrayRecord."""
+def iter_documents(path: str, fmt: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+    """Documents of one file, as text."""
     if path.startswith(BUILTIN_PREFIX):
         for text in corpus.iter_builtin_documents(path):
             stats.documents += 1
             yield text
         return
     fmt = detect_format(path) if fmt == "auto" else fmt
-    readers = {"jsonl": _jsonl, "text": _text, "parquet": _parquet, "arrayrecord": _arrayrecord}
+    readers = {"jsonl": _jsonl, "text": _text, "parquet": _parquet}
     for document in readers[fmt](path, text_field, stats):
         stats.documents += 1
         yield document
@@ -272,67 +264,3 @@ def iter_jsonl_range(path: str, start: int, end: int, text_field: str, stats: Re
     with fsspec.open(path, "rb") as f:
         yield from jsonl_records(numbered(f), label, text_field, stats)
     stats.lines = lines[0]
-
-
-def _arrayrecord(path: str, text_field: str, stats: ReadStats) -> Iterator[np.ndarray]:
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    local_path, temporary = _local_copy(path)
-    try:
-        reader = ArrayRecordReader(local_path)
-        try:
-            count = reader.num_records()
-            if count == 0:
-                stats.record_bad("empty_file", path, 0, "the shard has no records")
-            chunk = 1024
-            for start in range(0, count, chunk):
-                for offset, record in enumerate(reader.read(start, min(count, start + chunk))):
-                    record_number = start + offset + 1
-                    if len(record) % 4 or not record:
-                        stats.record_bad(
-                            "bad_tokens", path, record_number, f"{len(record)} bytes is not int32s"
-                        )
-                        continue
-                    stats.position = record_number
-                    yield np.frombuffer(record, dtype="<i4")
-        finally:
-            reader.close()
-    finally:
-        if temporary:
-            os.unlink(local_path)
-
-
-def _local_copy(path: str) -> tuple[str, bool]:
-    """ArrayRecord's reader opens local files itself: copy a remote shard to a temp file."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return fs_path, False
-    handle, local_path = tempfile.mkstemp(suffix=".arrayrecord")
-    os.close(handle)
-    fs.get(fs_path, local_path)
-    return local_path, True
-
-
-def write_pretokenized_shard(path: str, documents: Iterable[np.ndarray | list[int]]) -> int:
-    """Write documents' token ids as an ArrayRecord shard a source can read; returns the count.
-
-    `palm tokenizer encode` writes shards with it. The shard appears under `path` only once
-    complete: ArrayRecordWriter opens by path (so atomic_write's file object cannot serve),
-    and it writes a temporary name beside `path` that is renamed in one step.
-    """
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    partial = f"{path}.partial-{os.getpid()}"
-    writer = ArrayRecordWriter(partial, "group_size:1")
-    count = 0
-    try:
-        for tokens in documents:
-            writer.write(np.asarray(tokens, dtype="<i4").tobytes())
-            count += 1
-    except BaseException:
-        writer.close()
-        os.remove(partial)
-        raise
-    writer.close()
-    os.replace(partial, path)
-    return count

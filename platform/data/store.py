@@ -12,13 +12,21 @@ that is a local folder or a gs:// prefix:
     ROOT/SOURCE/SHARD/ends/            zarr3 int64 [documents]: the position of each
                                        document's end-of-document token in the shard
     ROOT/SOURCE/SHARD.json             the sidecar: counts, the input unit and its
-                                       fingerprint, the tokenizer's sha256, the tokens' sha256
-                                       and the unit's read stats. Written last: a shard exists
-                                       (is committed) exactly when its sidecar does
+                                       fingerprint, the tokenizer's sha256, the sha256 of the
+                                       tokens and of the ends, every file's byte size, and the
+                                       unit's read stats. Written last: a shard exists (is
+                                       committed) exactly when its sidecar does
 
 A source's token stream, its shards' tokens concatenated in manifest order, is the flat
-array today's single-process cache holds (token_cache.py), so packing windows, the mixture
-and every batch are unchanged.
+array packing windows slide over (packing.py), so the mixture and every batch are a
+function of the step and the seed alone.
+
+Integrity, cheap and complete (check_store): the cheap check compares every shard's files'
+byte sizes with its sidecar from one listing of the store, reading no data (a truncated or
+missing file, a partial upload); the deep one also reads every shard and compares the
+sha256 of its tokens and ends with the sidecar's (a flipped byte). A reader that meets a
+damaged shard in a run raises ShardDamaged naming it (read_windows), instead of
+TensorStore's DATA_LOSS traceback.
 
 Why TensorStore zarr3 (as Levanter's cache): it reads and writes gs:// in place through its
 gcs driver, and its sharding codec keeps a shard's array in one object while a reader
@@ -104,6 +112,53 @@ def list_names(prefix: str) -> list[str]:
     return sorted(key.decode() for key in kv.list().result())
 
 
+def list_sizes(prefix: str) -> dict[str, int]:
+    """Every file under a folder or gs:// prefix, relative to it, with its byte size: one
+    listing (a few paged list requests on GCS), no data read."""
+    prefix = prefix.rstrip("/")
+    if prefix.startswith("gs://"):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(prefix)
+        fs.invalidate_cache(path)  # a listing cached by an earlier call would hide damage
+        try:
+            found = fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {name[len(path) + 1:]: int(info["size"]) for name, info in found.items()
+                if info.get("type") != "directory"}
+    import os
+
+    sizes = {}
+    for folder, _, files in os.walk(prefix):
+        for name in files:
+            full = os.path.join(folder, name)
+            sizes[os.path.relpath(full, prefix)] = os.path.getsize(full)
+    return sizes
+
+
+def delete_prefix(path: str) -> None:
+    """Delete a file, or a folder and every file under it (local or gs://)."""
+    path = path.rstrip("/")
+    if not path.startswith("gs://"):
+        import os
+        import shutil
+
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    import tensorstore as ts
+
+    parent, _, name = path.rpartition("/")
+    kv = ts.KvStore.open(kvstore_spec(parent)).result()
+    # the folder's keys are [name + "/", name + "0"): "0" is the byte after "/"
+    kv.delete_range(ts.KvStore.KeyRange(inclusive_min=name + "/",
+                                        exclusive_max=name + "0")).result()
+    kv.delete_range(ts.KvStore.KeyRange(inclusive_min=name, exclusive_max=name + "\0")).result()
+
+
 # -- shards --------------------------------------------------------------------------------
 
 
@@ -132,6 +187,10 @@ def tokens_sha256(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, TOKEN_DTYPE).tobytes()).hexdigest()
 
 
+def ends_sha256(ends: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ends, "<i8").tobytes()).hexdigest()
+
+
 def write_shard(root: str, source: str, shard: str, tokens: np.ndarray, ends: np.ndarray,
                 sidecar: dict[str, Any]) -> dict:
     """Write one shard's arrays, then its sidecar (the commit). Returns the sidecar.
@@ -153,9 +212,13 @@ def write_shard(root: str, source: str, shard: str, tokens: np.ndarray, ends: np
         handle = ts.open(spec, create=True, delete_existing=True).result()
         if len(array):
             handle.write(array).result()
+    # Sizes as written, read back from one listing of the shard's folder: the cheap check
+    # compares them with a later listing (a torn upload or a truncated file changes a size).
+    files = {f"{shard}/{name}": size for name, size in list_sizes(base).items()}
     sidecar = {**sidecar, "version": STORE_VERSION, "source": source, "shard": shard,
                "tokens": int(len(tokens)), "documents": int(len(ends)),
-               "tokens_sha256": tokens_sha256(tokens)}
+               "tokens_sha256": tokens_sha256(tokens), "ends_sha256": ends_sha256(ends),
+               "files": files}
     write_text(sidecar_path, json.dumps(sidecar, sort_keys=True))
     return sidecar
 
@@ -299,7 +362,8 @@ class SourceTokens:
         while start < stop:
             n = min(stop, int(self._offsets[i + 1])) - start
             local = start - int(self._offsets[i])
-            futures.append(self._array(i, "tokens")[local:local + n].read())
+            futures.append(_Checked(self._array(i, "tokens")[local:local + n].read(),
+                                    join(self.root, self.source, self._shards[i].name)))
             start, i = start + n, i + 1
         return futures
 
@@ -328,7 +392,9 @@ class SourceTokens:
         for shard in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == shard)
             local = documents[rows] - self._doc_offsets[shard]
-            pending.append((rows, int(shard), self._array(int(shard), "ends")[local].read()))
+            pending.append((rows, int(shard), _Checked(
+                self._array(int(shard), "ends")[local].read(),
+                join(self.root, self.source, self._shards[int(shard)].name))))
         for rows, shard, future in pending:
             out[rows] = np.asarray(future.result(), np.int64) + self._offsets[shard]
         return out
@@ -339,7 +405,24 @@ class SourceTokens:
             raise IndexError(f"document {document} not in [0, {self.num_documents})")
         i = int(np.searchsorted(self._doc_offsets, document, side="right")) - 1
         local = document - int(self._doc_offsets[i])
-        return int(self._offsets[i]) + int(self._array(i, "ends")[local].read().result())
+        read = _Checked(self._array(i, "ends")[local].read(),
+                        join(self.root, self.source, self._shards[i].name))
+        return int(self._offsets[i]) + int(read.result())
+
+
+class _Checked:
+    """A read's future whose error names its shard: TensorStore's DATA_LOSS (a torn shard
+    found by its index checksum) becomes ShardDamaged, one line, no traceback to read."""
+
+    def __init__(self, future, where: str):
+        self.future, self.where = future, where
+
+    def result(self):
+        try:
+            return self.future.result()
+        except ValueError as e:
+            raise ShardDamaged(self.where, f"a read failed ({str(e).splitlines()[0][:160]})",
+                               rewritten_by_prepare=False) from None
 
 
 class TokenStore:
@@ -380,18 +463,102 @@ class TokenStore:
             found = list(pool.map(lambda k: read_sidecar(self.root, *k), keys))
         return dict(zip(keys, found, strict=True))
 
-    def check(self) -> None:
-        """Every shard against its sidecar: StoreError naming the first missing or torn one."""
+    def check(self, deep: bool = False) -> None:
+        """Every shard against its sidecar: ShardDamaged naming the first damaged one (in
+        manifest order), StoreError for a missing one. Cheap: one listing of the store, the
+        files' sizes compared with the sidecars' (no data read). `deep`: also read every
+        shard and compare its tokens' and ends' sha256 with the sidecar's."""
+        if deep and not self.complete:
+            raise StoreError(f"{self.root}: the store is still being prepared (its manifest is "
+                             "not complete); --deep checks a complete store. Fix: let `palm "
+                             "data prepare` finish, then check again")
+        listed = list_sizes(self.root)
+        counts = {(source, entry.name): _count_check(entry) for source in self.manifest.sources
+                  for entry in self.manifest.shards(source)}
         for (source, shard), sidecar in self.sidecars.items():
             where = join(self.root, source, shard)
             if sidecar is None:
                 if self.complete:
                     raise StoreError(f"{where}: shard missing (no sidecar). Fix: run "
-                                     "`palm data prepare` again to rebuild it")
+                                     "`palm data prepare JOB.yaml` again to rebuild it")
                 continue
-            for name, count in (("tokens", sidecar["tokens"]), ("ends", sidecar["documents"])):
-                shape = open_array(join(where, name)).shape
-                if tuple(shape) != (count,):
-                    raise StoreError(f"{where}/{name}: torn shard: {shape[0]:,} entries, "
-                                     f"sidecar says {count:,}. Fix: delete {where}.json and run "
-                                     "`palm data prepare` again")
+            problem = file_damage(sidecar, listed, source) or counts[(source, shard)](sidecar)
+            if problem is None and "files" not in sidecar:  # an older store: shapes only
+                problem = _shape_damage(where, sidecar)
+            if problem:
+                raise ShardDamaged(where, problem, rewritten_by_prepare=True)
+        if deep:
+            from concurrent.futures import ThreadPoolExecutor
+
+            keys = list(self.sidecars)
+            with ThreadPoolExecutor(4) as pool:
+                found = list(pool.map(lambda k: data_damage(self.root, *k, self.sidecars[k]),
+                                      keys))
+            for (source, shard), problem in zip(keys, found, strict=True):
+                if problem:
+                    raise ShardDamaged(join(self.root, source, shard), problem,
+                                       rewritten_by_prepare=False)
+
+
+class ShardDamaged(StoreError):
+    """A committed shard whose files or data differ from its sidecar; names it and the fix."""
+
+    def __init__(self, where: str, problem: str, *, rewritten_by_prepare: bool):
+        fix = ("Fix: `palm data prepare JOB.yaml` rewrites that shard only" if
+               rewritten_by_prepare else f"Fix: delete {where}.json, then `palm data prepare "
+               "JOB.yaml` rewrites that shard only")
+        super().__init__(f"{where}: damaged shard: {problem}. {fix}")
+        self.where = where
+
+
+def file_damage(sidecar: dict, listed: dict[str, int], source: str) -> str | None:
+    """What differs between a shard's files and its sidecar's sizes (`listed`: the store's
+    listing, paths relative to its root); None when they agree or the sidecar has none."""
+    for name, size in sidecar.get("files", {}).items():
+        found = listed.get(f"{source}/{name}")
+        if found is None:
+            return f"file {name} missing"
+        if found != size:
+            return f"file {name} is {found:,} bytes, its sidecar says {size:,} (torn)"
+    return None
+
+
+def _count_check(entry: ShardEntry):
+    """The sidecar's counts against the complete manifest's (an edited or swapped sidecar)."""
+    def check(sidecar: dict) -> str | None:
+        for name, recorded in (("tokens", entry.tokens), ("documents", entry.documents)):
+            if recorded is not None and sidecar.get(name) != recorded:
+                return (f"its sidecar says {sidecar.get(name)} {name}, the manifest "
+                        f"{recorded:,}")
+        return None
+    return check
+
+
+def _shape_damage(where: str, sidecar: dict) -> str | None:
+    for name, count in (("tokens", sidecar["tokens"]), ("ends", sidecar["documents"])):
+        shape = open_array(join(where, name)).shape
+        if tuple(shape) != (count,):
+            return f"{name}: {shape[0]:,} entries, its sidecar says {count:,} (torn)"
+    return None
+
+
+def _read_whole(path: str) -> np.ndarray:
+    import tensorstore as ts
+
+    return np.asarray(ts.open({"driver": "zarr3", "kvstore": kvstore_spec(path)},
+                              read=True).result().read().result())
+
+
+def data_damage(root: str, source: str, shard: str, sidecar: dict) -> str | None:
+    """Read a shard whole and compare its tokens' (and ends') sha256 with the sidecar's."""
+    base = join(root, source, shard)
+    try:
+        tokens = _read_whole(join(base, "tokens")) if sidecar["tokens"] else np.zeros(0)
+        if tokens_sha256(tokens) != sidecar["tokens_sha256"]:
+            return "its tokens' sha256 differs from its sidecar's"
+        ends = _read_whole(join(base, "ends")) if sidecar["documents"] else np.zeros(0)
+        if "ends_sha256" in sidecar and ends_sha256(ends) != sidecar["ends_sha256"]:
+            return "its ends' sha256 differs from its sidecar's"
+    except ValueError as e:  # TensorStore: DATA_LOSS, NOT_FOUND, a torn zarr.json
+        return f"unreadable ({str(e).splitlines()[0][:160]})"
+    return None

@@ -1,10 +1,16 @@
 """The training read path's side of the token store: a job's sources, opened in place.
 
     open_sources(data_config, base_dir, tokenizer, resolved)
-        store_status(...) current?  no -> prepare_store(in_process=True) (library callers)
-        TokenStore.open(root): complete, the job's tokenizer, every source present
+        the manifest (one read): complete -> used as it is (whether it is current, the
+                                 driver decided: prepare.store_status, in `palm run`)
+                                 missing  -> prepare_store(in_process=True) (library callers)
+        TokenStore: the job's tokenizer, every source present
         -> [Source(name, tokens=SourceTokens view over the shards, stats from the manifest)]
     read_windows([(tokens, start, stop), ...]) -> int32 [rows, stop - start]
+
+A training process never lists or reads the raw inputs: a store is opened by its manifest
+alone, so a job trains with its raw corpus archived or deleted, and 1,536 hosts do not each
+list the corpus at every start.
 
 Nothing here copies a source: `tokens` is a view that reads the windows a process asks for
 (store.SourceTokens), so start-up and host memory do not grow with the corpus. `palm run`
@@ -25,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from palm_platform.data.config import DataConfig, SourceConfig
-from palm_platform.data.store import StoreError, TokenStore
+from palm_platform.data.config import DataConfig, DataConfigError, SourceConfig, resolve_path
+from palm_platform.data.store import StoreError, TokenStore, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,54 +65,75 @@ def still_being_prepared(root: str, job_file: str = "JOB.yaml") -> StoreError:
                       f"prepare` finish, or run `palm data prepare {job_file}` to resume it")
 
 
-def _prepare_here(data_config: DataConfig, base_dir: Path, reason: str) -> None:
+def _prepare_here(data_config: DataConfig, base_dir: Path) -> None:
     from palm_platform.data.prepare import prepare_store
 
+    check_inputs(data_config, base_dir)  # a missing path: the field that names it, first
     result = prepare_store(data_config, base_dir, in_process=True, progress=False)
-    log.info("prepared token store %s in this process (%s): %d shards (%d written), %d "
-             "documents, %d tokens", result.root, reason, result.shards, result.written,
-             result.documents, result.tokens)
+    log.info("prepared token store %s in this process (it had none): %d shards, %d "
+             "documents, %d tokens", result.root, result.shards, result.documents,
+             result.tokens)
 
 
-def ensure_current(data_config: DataConfig, base_dir: Path, *, process_count: int = 1) -> str:
-    """The job's store root, prepared in this process first when it is missing or stale.
+def check_inputs(data_config: DataConfig, base_dir: Path) -> None:
+    """Every source path matches a file, else DataConfigError naming the field (a listing of
+    the inputs: for the driver and for a process about to prepare, never a training host)."""
+    from palm_platform.data.readers import expand_path
 
-    A store still being prepared (its manifest not complete) is an error, never a second
-    writer: nothing here can tell a running prepare job from a stopped one. Hosts of a
-    multi-host job never prepare a gs:// store themselves (each would tokenise the whole
-    corpus): `palm run` has prepared it on the cluster before they start.
-    """
-    from palm_platform.data.prepare import store_root, store_status
+    for i, source in enumerate(data_config.sources):
+        for j, path in enumerate(source.paths):
+            try:
+                expand_path(resolve_path(path, base_dir))
+            except FileNotFoundError as e:
+                raise DataConfigError(
+                    f"data.sources[{i}].paths[{j}]",
+                    f"{e} (source {source.name!r}, from {path!r} relative to {base_dir}). "
+                    "Fix: correct the path or remove it from the source.",
+                ) from e
+
+
+def store_is_complete(data_config: DataConfig, base_dir: Path) -> bool:
+    """Whether the job's store exists with a complete manifest (one small read)."""
+    from palm_platform.data.prepare import store_root
+
+    manifest = read_manifest(store_root(data_config, base_dir))
+    return manifest is not None and manifest.complete
+
+
+def open_store(data_config: DataConfig, base_dir: Path, *, process_count: int = 1
+               ) -> TokenStore:
+    """The job's store, opened by its manifest; prepared in this process first only when it
+    has none (library callers, one-host runs). Never a second writer: a store still being
+    prepared is an error (nothing here can tell a running prepare job from a stopped one);
+    hosts of a multi-host job never prepare a gs:// store (each would tokenise the whole
+    corpus): `palm run` has prepared it on the cluster before they start."""
+    from palm_platform.data.prepare import store_root
 
     root = store_root(data_config, base_dir)
-    status = store_status(data_config, base_dir)
-    if status.state == "current":
-        return root
-    if root.startswith("gs://"):
-        if status.state == "incomplete":
-            raise still_being_prepared(root)
-        if process_count == 1:  # one process: no other preparer to race with
-            _prepare_here(data_config, base_dir, status.reason)
-            return root
-        raise StoreError(f"{root}: the job's token store is {status.state} ({status.reason}). "
-                         "Fix: `palm data prepare JOB.yaml` (or `palm run JOB.yaml`, which "
-                         "prepares it on the cluster)")
-    with _prepare_lock(root):  # the processes of this machine: one prepares, the rest wait
-        status = store_status(data_config, base_dir)
-        if status.state == "incomplete":
-            raise still_being_prepared(root)
-        if status.state != "current":
-            _prepare_here(data_config, base_dir, status.reason)
-    return root
+    manifest = read_manifest(root)
+    if manifest is None and root.startswith("gs://"):
+        if process_count != 1:
+            raise StoreError(f"{root}: no token store here. Fix: `palm data prepare JOB.yaml` "
+                             "(or `palm run JOB.yaml`, which prepares it on the cluster)")
+        _prepare_here(data_config, base_dir)
+        manifest = read_manifest(root)
+    elif manifest is None:
+        check_inputs(data_config, base_dir)  # before anything is written, the lock included
+        with _prepare_lock(root):  # the processes of this machine: one prepares, the rest wait
+            manifest = read_manifest(root)
+            if manifest is None:
+                _prepare_here(data_config, base_dir)
+                manifest = read_manifest(root)
+    if manifest is None or not manifest.complete:
+        raise still_being_prepared(root)
+    return TokenStore(root, manifest)
 
 
 def open_sources(data_config: DataConfig, base_dir: Path, tokenizer,
                  resolved: Sequence[SourceConfig], *, process_count: int = 1) -> list[Source]:
     """Every resolved source of the job's store, as a view over its shards (nothing copied)."""
-    root = ensure_current(data_config, base_dir, process_count=process_count)
-    store = TokenStore.open(root)
-    if not store.complete:
-        raise still_being_prepared(root)
+    store = open_store(data_config, base_dir, process_count=process_count)
+    root = store.root
     if store.manifest.tokenizer_sha256 != tokenizer.sha256:
         raise StoreError(f"{root}: prepared with tokenizer sha256 "
                          f"{store.manifest.tokenizer_sha256[:16]}..., the job's "

@@ -1,12 +1,16 @@
 """`palm run`'s data step: prepare the job's token store on the cluster when it is not current.
 
-    store_status(job.data)        cheap: an input listing and one manifest read
-      current                     -> train
+    store_status(job.data)        cheap: an input listing and one manifest read, here on the
+                                  driver only (the one place a store's state is decided;
+                                  training processes open its manifest and nothing else)
+      current                     -> train (inputs gone or unreadable but the store complete:
+                                     one line says so, and the store is used as it is)
       missing | stale             -> prepare_store(address=<the cluster>) on its CPUs
                                      (committed shards are never redone), then train
       incomplete                  -> exit 2: a prepare job is running or stopped; resuming it
                                      is `palm data prepare JOB.yaml` (two writers would collide)
       the cluster has no CPU, or the prepare job fails -> exit 2 with the command to run
+      Ctrl-C during the prepare   -> the workers stop; exit 130 with the command that resumes
 
 Training hosts never tokenise: on a pod each would read the whole corpus (3 TB for
 palm540b) and tokenise it again. The workers then open the prepared store by its manifest.
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _command(job_file: str, address: str | None) -> str:
@@ -32,7 +37,7 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     `on_cluster`: run the prepare job on the Ray cluster this process is attached to (`palm
     run`); otherwise in this process (`palm run --direct`, one host).
     """
-    from palm_platform.data.prepare import prepare_store, store_status
+    from palm_platform.data.prepare import PrepareInterrupted, prepare_store, store_status
     from palm_platform.yaml_safe import one_line
 
     try:
@@ -41,6 +46,8 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
         print(one_line(f"{job_file}: {error}", 400), file=sys.stderr)
         return EXIT_USAGE
     if status.state == "current":
+        if status.unchecked:
+            print(f"{job.name}: {status.unchecked}", file=sys.stderr, flush=True)
         return 0
     fix = _command(job_file, address)
     if status.state == "incomplete":  # a prepare job running now, or stopped: never two writers
@@ -64,6 +71,9 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     try:
         result = prepare_store(job.data, base_dir, address=address if on_cluster else None,
                                in_process=not on_cluster, progress=sys.stderr.isatty())
+    except PrepareInterrupted as stopped:  # Ctrl-C: committed shards are kept
+        print(f"{job.name}: {stopped.message(fix)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ValueError as error:  # bad input, a torn shard, another tokenizer: said in a line
         print(one_line(f"{job_file}: {error}", 500), file=sys.stderr)
         return EXIT_USAGE

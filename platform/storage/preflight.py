@@ -38,6 +38,8 @@ def gcs_paths(job) -> dict[str, str]:
     }
     if job.data.cache_dir:
         fields["data.cache_dir"] = job.data.cache_dir
+    if job.data.store:
+        fields["data.store"] = job.data.store
     for i, source in enumerate(job.data.sources):
         for j, path in enumerate(source.paths):
             fields[f"data.sources[{i}].paths[{j}]"] = path
@@ -94,11 +96,6 @@ def check_storage(job) -> None:
     paths = gcs_paths(job)
     if not paths:
         return
-    if "data.cache_dir" in paths:
-        raise StorageConfigError(
-            f"data.cache_dir: {paths['data.cache_dir']}: the token cache must be local (it is "
-            "memory-mapped). Fix: a local cache_dir; the sources may stay on gs://"
-        )
     if "run_dir" in paths:
         raise StorageConfigError(
             f"run_dir: {paths['run_dir']}: the run folder must be local (metrics are appended "

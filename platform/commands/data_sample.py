@@ -90,6 +90,8 @@ def sample(job, job_file: str, step: int, process: int, rows: int | None,
     if status.state != "current":  # sampling never builds: say what would
         raise StoreError(f"{status.reason}. Fix: `palm data prepare {job_file}` (or `palm run "
                          f"{job_file}`, which prepares it first)")
+    if status.unchecked:  # the raw inputs are gone: the store is all a batch reads
+        print(f"palm data sample: {status.unchecked}", file=sys.stderr)
     run_dir = Path(job.run_dir) / job.name
     skips = run_skips(run_dir, step, before_rollbacks)
     pipeline = build_pipeline(job.data, seq_len=job.seq_len, base_dir=Path.cwd(),
