@@ -59,6 +59,11 @@ class RunDir:
         return self.path / "eval_split.json"
 
     @property
+    def data_error(self) -> Path:
+        """A damaged token store met in this launch: never retried (data/read_failure.py)."""
+        return self.path / "data_error.json"
+
+    @property
     def faults(self) -> Path:
         return self.path / "faults"
 

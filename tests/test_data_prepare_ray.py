@@ -79,6 +79,7 @@ def test_one_and_two_workers_make_the_in_process_store(local_cluster, tmp_path):
         assert (runs[workers]["written"], runs[workers]["shards"]) == (here.shards, here.shards)
         assert runs[workers]["digest"] == here.digest
         assert "bad records" in err and "big.jsonl:" in err
+        assert "core_worker.cc" not in err  # Ray's C++ warning lines stay in its logs
     for a, b, c in zip(_tokens(here.root, names), _tokens(str(tmp_path / "w1"), names),
                        _tokens(str(tmp_path / "w2"), names), strict=True):
         assert np.array_equal(a, b) and np.array_equal(a, c)
@@ -172,4 +173,38 @@ def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_clu
     fifo.unlink()
     fifo.write_text("the last document")
     result, _ = _result(_palm_prepare(local_cluster, job, workers=2))
+    assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)
+
+
+def test_ctrl_c_stops_the_workers_and_says_how_to_resume(local_cluster, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text(_documents(1, 20 + i)[0] * 30)
+    fifo = data / "9-last.txt"
+    os.mkfifo(fifo)  # the last unit's read blocks: the prepare is mid-shard when stopped
+    sources = [SourceConfig(name="t", paths=["data"], weight=1)]
+    job = _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job")
+    driver = subprocess.Popen([BIN / "palm", "data", "prepare", str(job), "--workers", "1"],
+                              env=driver_env(local_cluster), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 \
+            or _blocked_worker(local_cluster) is None:
+        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
+        time.sleep(0.3)
+    driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "core_worker.cc" not in err
+    line = err.strip().splitlines()[-1]
+    assert "3 of 4 shards committed" in line and f"palm data prepare {job}" in line, line
+    deadline = time.monotonic() + 60
+    while _shard_worker_pids(local_cluster):  # stopped, not left running
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    fifo.unlink()
+    fifo.write_text("the last document")
+    result, _ = _result(_palm_prepare(local_cluster, job, workers=1))
     assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)

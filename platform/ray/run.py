@@ -123,6 +123,13 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
         print(f"{job.name}: preempted at step {preempted.step}; re-run the same command to "
               "resume", file=sys.stderr)
         return 143
+    except Exception as error:  # a damaged store: one line and exit 2, no traceback
+        from palm_platform.data.read_failure import store_error_in
+
+        if store_error_in(error) is None:
+            raise
+        print(f"{job.name}: stopped: {store_error_in(error)}", file=sys.stderr)
+        return 2
     finally:
         trainer.close()
     from palm_platform.metrics.status import print_summary
@@ -171,6 +178,8 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
                 preempted_at = step
     except Exception as error:  # noqa: BLE001 - every failure becomes one message, exit 1
         view.finish()  # and let the bar finish its line, so the message gets its own line
+        if _data_error(job, run_dir, launched_at):
+            return 2
         _print_failure(job, run_dir, launched_at, error)
         return 1
     finally:
@@ -179,8 +188,20 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     if interrupt.signum is not None:
         print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
         return exit_code(interrupt.signum)
+    if _data_error(job, run_dir, launched_at):  # the workers stopped on a damaged store
+        return 2
     print_summary(run_dir)
     return 0
+
+
+def _data_error(job, run_dir: Path, launched_at: float) -> bool:
+    """Print the damaged-store line a worker recorded in this launch (data/read_failure.py)."""
+    from palm_platform.data.read_failure import recorded
+
+    line = recorded(run_dir, launched_at)
+    if line:
+        print(f"{job.name}: stopped: {line}", file=sys.stderr)
+    return line is not None
 
 
 def _launch_workers(job, run_dir: Path, launched_at: float, stop_key: str) -> None:

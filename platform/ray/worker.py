@@ -73,11 +73,19 @@ def train_worker(raw_config: dict) -> None:
              "train_fn_entered": entered, "imported": time.time()}
     config = WorkerConfig.model_validate(raw_config)
     job, run_dir = Job.model_validate(config.job), Path(config.run_dir)
+    from palm_platform.data import read_failure
+
+    if read_failure.recorded(run_dir, config.launched_at):  # a damaged store: never retried
+        return
     host = f"host {jax.process_index()}/{jax.process_count()}"
     attempt = _agreed_attempt(run_dir, config.launched_at)
     supervision = _supervision_hook(job, config.stop_key, host)
-    trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
-                      launched_at=config.launched_at, startup_marks=marks)
+    try:
+        trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
+                          launched_at=config.launched_at, startup_marks=marks)
+    except Exception as error:  # noqa: BLE001 - re-raised; a damaged store is recorded first
+        read_failure.record(run_dir, config.launched_at, error)
+        raise
     if attempt == 0:  # once per launch, not again after every restart
         from palm_platform.data.quality import report_data_quality
 
@@ -94,6 +102,7 @@ def train_worker(raw_config: dict) -> None:
         return
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
         _exit_if_peer_lost(error, host, supervision.watchdog.last_step)
+        read_failure.record(run_dir, config.launched_at, error)  # the restart finishes at once
         raise
     finally:
         trainer.close()  # stops the watchdog; waits for an in-flight checkpoint
