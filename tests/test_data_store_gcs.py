@@ -3,6 +3,9 @@ gs:// gives the batches and the held-out split of the same store on local disk (
 reads of zarr3 shards: the emulator serves suffix byte ranges, emulator_server.py)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -42,3 +45,48 @@ def test_batches_and_split_from_a_gs_store_equal_the_local_stores(gcs_bucket, tm
     assert remote_records == local_records and remote_records[0]["sources"]["a"]["heldout"]
     for _ in range(10):
         np.testing.assert_array_equal(on_gcs.local_batch(8), on_disk.local_batch(8))
+
+
+_FIRST_BATCH = r"""
+import json, sys
+from pathlib import Path
+from palm_platform.data import DataConfig, build_pipeline
+config = DataConfig.model_validate(json.loads(sys.argv[1]))
+pipeline = build_pipeline(config, seq_len=32, base_dir=Path(sys.argv[2]), process_index=0,
+                          process_count=2)
+print(pipeline.local_batch(8).shape)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files", [3, 30])
+def test_a_training_process_never_reaches_the_raw_inputs_on_gcs(gcs_emulator, gcs_bucket,
+                                                                 tmp_path, files):
+    """Counted on the emulator (a proxy in front of it): a training process's requests before
+    its first batch go to the store only, whatever the number of input files."""
+    import fsspec
+
+    from tests.support.request_counter import RequestCounter
+
+    fs = fsspec.filesystem("gs")
+    paths = []
+    for i in range(files):
+        lines = [json.dumps({"text": f"file {i} document {d}: " + "some words " * 20})
+                 for d in range(60 // files + 1)]
+        fs.pipe(f"{gcs_bucket}/inputs-{files}/{i:03d}.jsonl".removeprefix("gs://"),
+                ("\n".join(lines) + "\n").encode())
+        paths.append(f"{gcs_bucket}/inputs-{files}/{i:03d}.jsonl")  # each by its own path
+    config = DataConfig(sources=[SourceConfig(name="a", paths=paths, weight=1)],
+                        store=f"{gcs_bucket}/store-{files}")
+    prepare_store(config, tmp_path, in_process=True, progress=False)
+    with RequestCounter(gcs_emulator.url) as counter:
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": counter.url,
+               "TENSORSTORE_GCS_HTTP_URL": counter.url}
+        out = subprocess.run([sys.executable, "-c", _FIRST_BATCH, config.model_dump_json(),
+                              str(tmp_path)], env=env, capture_output=True, text=True,
+                             timeout=300)
+        log = list(counter.log)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not [path for _, path in log if f"inputs-{files}" in path]
+    assert any("manifest.json" in path for _, path in log)
+    assert len(log) < 20  # the manifest, the shard's array metadata, index and chunks

@@ -225,3 +225,19 @@ def test_gc_never_touches_a_store_being_prepared(prepared, tmp_path, capsys):
     (store_dir / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     assert palm(["data", "gc", str(store_dir)]) == 2
     _one_line(capsys.readouterr().err, "still being prepared", "never removes a shard")
+
+
+def test_palm_run_rewrites_a_torn_shard_before_training(prepared, tmp_path, capsys):
+    from palm_platform.job import load_job
+    from palm_platform.ray.prepare_first import prepare_if_needed
+
+    store_dir, shard = _copy(prepared, tmp_path)
+    data = _data_file(shard, "ends")
+    data.write_bytes(data.read_bytes()[:50])
+    job_file = _job(tmp_path)
+    assert prepare_if_needed(load_job(str(job_file)), str(job_file), tmp_path, address=None,
+                             on_cluster=False) == 0
+    err = capsys.readouterr().err
+    assert f"token store damaged ({shard}: damaged shard: file" in err
+    assert "1 written" in err and "Traceback" not in err
+    assert store.TokenStore.open(str(store_dir)).check(deep=True) is None

@@ -242,8 +242,10 @@ def _manifest(sha: str, plan: dict[str, list[Unit]], configs: dict, listings: di
         for unit in units:
             entry = {"name": unit.name, "unit": unit.describe(), "fingerprint": unit.fingerprint}
             if sidecars is not None:
-                entry.update(tokens=sidecars[(name, unit.name)]["tokens"],
-                             documents=sidecars[(name, unit.name)]["documents"])
+                sidecar = sidecars[(name, unit.name)]
+                entry.update(tokens=sidecar["tokens"], documents=sidecar["documents"])
+                if "files" in sidecar:  # the driver's check at each `palm run`: no sidecar read
+                    entry["files"] = sidecar["files"]
             shards.append(entry)
         sources[name] = {"config": configs[name], "files": listings[name],
                          "fingerprint": _hash([configs[name], listings[name]]),

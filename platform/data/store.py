@@ -276,6 +276,7 @@ class ShardEntry:
     fingerprint: str
     tokens: int | None = None
     documents: int | None = None
+    files: dict | None = None  # each file's byte size (from its sidecar), once complete
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,23 @@ class TokenStore:
                 if problem:
                     raise ShardDamaged(join(self.root, source, shard), problem,
                                        rewritten_by_prepare=False)
+
+
+def damage_in_listing(root: str, manifest: Manifest) -> ShardDamaged | StoreError | None:
+    """The first shard of a complete store whose files differ from the sizes its manifest
+    entry records, or whose sidecar is gone: one listing and the manifest, nothing else
+    read (what `palm run` checks on the driver before any worker starts)."""
+    listed = list_sizes(root)
+    for source in manifest.sources:
+        for entry in manifest.shards(source):
+            where = join(root, source, entry.name)
+            if f"{source}/{entry.name}.json" not in listed:
+                return StoreError(f"{where}: shard missing (no sidecar). Fix: run `palm data "
+                                  "prepare JOB.yaml` again to rebuild it")
+            problem = file_damage({"files": entry.files or {}}, listed, source)
+            if problem:
+                return ShardDamaged(where, problem, rewritten_by_prepare=True)
+    return None
 
 
 class ShardDamaged(StoreError):

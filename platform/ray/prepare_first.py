@@ -3,8 +3,11 @@
     store_status(job.data)        cheap: an input listing and one manifest read, here on the
                                   driver only (the one place a store's state is decided;
                                   training processes open its manifest and nothing else)
-      current                     -> train (inputs gone or unreadable but the store complete:
-                                     one line says so, and the store is used as it is)
+      current                     -> its shards' files against the manifest's sizes (one
+                                     listing, no data read): whole -> train (inputs gone or
+                                     unreadable but the store complete: one line says so,
+                                     and the store is used as it is); a torn or missing
+                                     shard -> prepare, which rewrites that shard only
       missing | stale             -> prepare_store(address=<the cluster>) on its CPUs
                                      (committed shards are never redone), then train
       incomplete                  -> exit 2: a prepare job is running or stopped; resuming it
@@ -30,6 +33,15 @@ def _command(job_file: str, address: str | None) -> str:
     return f"palm data prepare {job_file}" + (f" --address {address}" if address else "")
 
 
+def _damage(root: str) -> str | None:
+    """A current store's files against its manifest's sizes: one listing, no data read."""
+    from palm_platform.data import store
+
+    manifest = store.read_manifest(root)
+    damage = None if manifest is None else store.damage_in_listing(root, manifest)
+    return None if damage is None else str(damage).split(". Fix")[0]
+
+
 def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None,
                       on_cluster: bool) -> int:
     """0 when the store is current (prepared here if it was not); else 2, said in one line.
@@ -45,12 +57,16 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     except (ValueError, OSError) as error:  # a missing input file, an unreadable store
         print(one_line(f"{job_file}: {error}", 400), file=sys.stderr)
         return EXIT_USAGE
-    if status.state == "current":
+    state, reason = status.state, status.reason
+    if state == "current":
         if status.unchecked:
             print(f"{job.name}: {status.unchecked}", file=sys.stderr, flush=True)
-        return 0
+        damage = _damage(status.root)
+        if damage is None:
+            return 0
+        state, reason = "damaged", damage  # a torn shard: prepare rewrites it (and only it)
     fix = _command(job_file, address)
-    if status.state == "incomplete":  # a prepare job running now, or stopped: never two writers
+    if state == "incomplete":  # a prepare job running now, or stopped: never two writers
         from palm_platform.data.store_sources import still_being_prepared
 
         print(f"{job.name}: {still_being_prepared(status.root, job_file)}", file=sys.stderr)
@@ -60,12 +76,12 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
 
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < 1:
-            print(f"{job.name}: the token store {status.root} is {status.state} and the Ray "
+            print(f"{job.name}: the token store {status.root} is {state} and the Ray "
                   f"cluster has no CPU to prepare it on. Fix: add a CPU worker type "
                   f"(infra/README.md) or run `{fix}` where Ray has CPUs", file=sys.stderr)
             return EXIT_USAGE
     where = "on the cluster's CPUs" if on_cluster else "in this process"
-    print(f"{job.name}: token store {status.state} ({status.reason}); preparing it {where}",
+    print(f"{job.name}: token store {state} ({reason}); preparing it {where}",
           file=sys.stderr, flush=True)
     started = time.monotonic()
     try:

@@ -110,7 +110,15 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     from palm_platform.train.loop import Trainer
 
     configure_logging()
-    trainer = Trainer(job, run_dir)
+    from palm_platform.data.read_failure import store_error_in
+
+    try:
+        trainer = Trainer(job, run_dir)
+    except Exception as error:  # a damaged store met at set-up: one line and exit 2
+        if store_error_in(error) is None:
+            raise
+        print(f"{job.name}: stopped: {store_error_in(error)}", file=sys.stderr)
+        return 2
     from palm_platform.data.quality import report_data_quality
 
     report_data_quality(trainer.setup)
