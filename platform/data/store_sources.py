@@ -117,8 +117,9 @@ def open_store(data_config: DataConfig, base_dir: Path, *, process_count: int = 
                              "(or `palm run JOB.yaml`, which prepares it on the cluster)")
         _prepare_here(data_config, base_dir)
         manifest = read_manifest(root)
-    elif manifest is None:
-        check_inputs(data_config, base_dir)  # before anything is written, the lock included
+    elif manifest is None or not manifest.complete:  # a process of this machine may be
+        if manifest is None:  # preparing it: wait for its lock, then look again
+            check_inputs(data_config, base_dir)  # before anything is written, the lock too
         with _prepare_lock(root):  # the processes of this machine: one prepares, the rest wait
             manifest = read_manifest(root)
             if manifest is None:
