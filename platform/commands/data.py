@@ -111,6 +111,10 @@ def _prepare(args: argparse.Namespace) -> int:
                            (["--address", args.address] if args.address else []))
         print(f"palm data: {stopped.message(command)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before any worker started: nothing written yet
+        print(f"palm data: stopped before any shard was written. Resume: `palm data prepare "
+              f"{args.job}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except _ERRORS as error:
         return _fail(error)
     bad = sum(n for s in result.stats.values() for n in s["bad"].values())

@@ -90,6 +90,10 @@ def prepare_if_needed(job, job_file: str, base_dir: Path, *, address: str | None
     except PrepareInterrupted as stopped:  # Ctrl-C: committed shards are kept
         print(f"{job.name}: {stopped.message(fix)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before any worker started
+        print(f"{job.name}: stopped before any shard was written. Resume: `{fix}`",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ValueError as error:  # bad input, a torn shard, another tokenizer: said in a line
         print(one_line(f"{job_file}: {error}", 500), file=sys.stderr)
         return EXIT_USAGE
