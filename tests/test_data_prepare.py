@@ -296,14 +296,21 @@ def test_info_names_a_torn_or_missing_shard(prepared, tmp_path, capsys):
     root = _copy(prepared, tmp_path)
     shards = sorted(root.glob("a/*.json"))
     torn = shards[1].with_suffix("")
-    sidecar = json.loads(shards[1].read_text())
+    original = shards[1].read_text()
+    sidecar = json.loads(original)
     sidecar["tokens"] += 5
     shards[1].write_text(json.dumps(sidecar))
-    _one_line_exit_2(["data", "info", str(root)], capsys, "damaged shard", torn.name,
-                     "the manifest")
-    shards[2].unlink()
+    # an edited count: the sidecars are read by --deep (the cheap check reads the manifest)
+    _one_line_exit_2(["data", "info", "--deep", str(root)], capsys, "damaged shard",
+                     torn.name, "the manifest")
     shards[1].write_text("{torn")
-    _one_line_exit_2(["data", "info", str(root)], capsys, "torn sidecar", torn.name)
+    _one_line_exit_2(["data", "info", str(root)], capsys, "damaged shard", torn.name,
+                     "its sidecar is 5 bytes", "(torn)")
+    _one_line_exit_2(["data", "info", "--deep", str(root)], capsys, "torn sidecar", torn.name)
+    shards[1].write_text(original)
+    shards[2].unlink()
+    _one_line_exit_2(["data", "info", str(root)], capsys, "shard missing (no sidecar)",
+                     shards[2].stem)
 
 
 def test_prepare_refuses_bad_input_and_writes_nothing(prepared, tmp_path, capsys):
@@ -330,17 +337,16 @@ def test_prepare_refuses_bad_input_and_writes_nothing(prepared, tmp_path, capsys
         assert (root / "manifest.json").read_bytes() == manifest
 
 
-def test_prepare_refuses_a_torn_sidecar(tmp_path, capsys):
+def test_prepare_rewrites_the_shard_of_a_torn_sidecar(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(_jsonl_lines(_documents(60)))
-    _prepare(_config(tmp_path, [SourceConfig(name="a", paths=["a.jsonl"], weight=1)],
-                     unit_mb=0.002), tmp_path)
-    manifest = (tmp_path / "store" / "manifest.json").read_bytes()
+    config = _config(tmp_path, [SourceConfig(name="a", paths=["a.jsonl"], weight=1)],
+                     unit_mb=0.002)
+    first = _prepare(config, tmp_path)
     sidecar = sorted((tmp_path / "store").glob("a/*.json"))[0]
-    sidecar.write_text("{torn")
-    job = _job(tmp_path, {"store": "store", "sources": [
-        {"name": "a", "paths": ["a.jsonl"], "weight": 1}], "prepare": {"unit_mb": 0.002}})
-    _one_line_exit_2(["data", "prepare", str(job)], capsys, "torn sidecar", sidecar.stem)
-    assert (tmp_path / "store" / "manifest.json").read_bytes() == manifest
+    sidecar.write_text("{torn")  # a partial upload of the commit
+    again = _prepare(config, tmp_path)
+    assert (again.written, again.skipped) == (1, first.shards - 1)
+    assert again.digest == first.digest
 
 
 def test_gs_store_without_credentials_is_refused(tmp_path, capsys, monkeypatch):

@@ -110,8 +110,22 @@ def test_a_flipped_byte_passes_the_cheap_check_and_fails_deep(prepared, tmp_path
     code, out, _ = _info(store_dir, capsys)
     assert code == 0 and "complete" in out
     code, _, err = _info(store_dir, capsys, "--deep")
+    assert code == 2  # each inner chunk's crc32c fails the read (older stores: the sha256)
+    _one_line(err, shard.name, "unreadable (DATA_LOSS", "Digest mismatch",
+              f"delete {shard}.json")
+    tokens = store.TokenStore.open(str(store_dir)).source("a")
+    with pytest.raises(store.ShardDamaged, match="Digest mismatch"):  # and so does a run
+        tokens[int(tokens._offsets[1]):int(tokens._offsets[1]) + 10]
+
+
+def test_deep_compares_the_sha256_of_what_it_reads(prepared, tmp_path, capsys):
+    store_dir, shard = _copy(prepared, tmp_path)
+    sidecar = json.loads(shard.with_suffix(".json").read_text())
+    sidecar["tokens_sha256"] = "0" * 64  # the tokens read no longer match what was written
+    shard.with_suffix(".json").write_text(json.dumps(sidecar))
+    code, _, err = _info(store_dir, capsys, "--deep")
     assert code == 2
-    _one_line(err, shard.name, "sha256 differs", f"delete {shard}.json")
+    _one_line(err, shard.name, "its tokens' sha256 differs from its sidecar's")
 
 
 def test_deep_reads_every_shard_of_a_whole_store(prepared, tmp_path, capsys):

@@ -146,16 +146,23 @@ def _info(args: argparse.Namespace) -> int:
     except _ERRORS as error:
         return _fail(error)
     manifest = token_store.manifest
-    sidecars = {key: s for key, s in token_store.sidecars.items() if s is not None}
-    complete = manifest.complete and len(sidecars) == len(token_store.sidecars)
-    info = {"store": token_store.root, "shards": len(sidecars),
-            "planned": len(token_store.sidecars), "complete": manifest.complete,
+    if manifest.self_contained and not args.deep:  # no sidecar read: the manifest has it all
+        entries = {(s, e.name): {"tokens": e.tokens, "documents": e.documents}
+                   for s in manifest.sources for e in manifest.shards(s)}
+        planned, digest = len(entries), manifest.digest
+    else:
+        entries = {key: s for key, s in token_store.sidecars.items() if s is not None}
+        planned = len(token_store.sidecars)
+        complete = manifest.complete and len(entries) == planned
+        digest = store.digest(manifest, entries) if complete else None
+    info = {"store": token_store.root, "shards": len(entries),
+            "planned": planned, "complete": manifest.complete,
             "checked": "deep" if args.deep else "sizes",
-            "documents": sum(s["documents"] for s in sidecars.values()),
-            "tokens": sum(s["tokens"] for s in sidecars.values()),
+            "documents": sum(s["documents"] for s in entries.values()),
+            "tokens": sum(s["tokens"] for s in entries.values()),
             "tokenizer_sha256": manifest.tokenizer_sha256,
-            "digest": store.digest(manifest, sidecars) if complete else None,
-            "sources": {name: sum(1 for (s, _) in sidecars if s == name)
+            "digest": digest,
+            "sources": {name: sum(1 for (s, _) in entries if s == name)
                         for name in manifest.sources}}
     if args.json:
         print(json.dumps(info))

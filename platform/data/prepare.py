@@ -17,6 +17,7 @@ on every start.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -217,14 +218,23 @@ def _committed(root: str, units: list[Unit], sha: str) -> dict[tuple[str, str], 
     rest of the store is kept."""
     listed = store.list_sizes(root)
     found = [u for u in units if f"{u.source}/{u.name}.json" in listed]
+
+    def read(unit: Unit) -> dict | str:
+        try:
+            return store.read_sidecar(root, unit.source, unit.name)
+        except store.StoreError:  # a torn sidecar: the shard is written again
+            return "its sidecar is torn"
+
     with ThreadPoolExecutor(16) as pool:
-        sidecars = list(pool.map(lambda u: store.read_sidecar(root, u.source, u.name), found))
+        sidecars = list(pool.map(read, found))
     from palm_platform.data.prepare_shard import check_committed
 
     committed = {}
     for unit, sidecar in zip(found, sidecars, strict=True):
-        check_committed(root, unit, sidecar, sha)
-        problem = store.file_damage(sidecar, listed, unit.source)
+        if isinstance(sidecar, dict):
+            check_committed(root, unit, sidecar, sha)
+        problem = sidecar if isinstance(sidecar, str) else \
+            store.file_damage(sidecar, listed, unit.source)
         if problem:
             log.warning("%s: damaged shard (%s); writing it again",
                         store.join(root, unit.source, unit.name), problem)
@@ -246,6 +256,7 @@ def _manifest(sha: str, plan: dict[str, list[Unit]], configs: dict, listings: di
                 entry.update(tokens=sidecar["tokens"], documents=sidecar["documents"])
                 if "files" in sidecar:  # the driver's check at each `palm run`: no sidecar read
                     entry["files"] = sidecar["files"]
+                    entry["sidecar_bytes"] = len(store.sidecar_text(sidecar).encode())
             shards.append(entry)
         sources[name] = {"config": configs[name], "files": listings[name],
                          "fingerprint": _hash([configs[name], listings[name]]),
@@ -309,6 +320,7 @@ def prepare_store(data_config: DataConfig, base_dir: Path, *, address: str | Non
     except KeyboardInterrupt:  # the workers are stopped (run_on_ray's finally)
         raise PrepareInterrupted(root, len(sidecars), len(units)) from None
     manifest = _manifest(sha, plan, configs, listings, sidecars)
+    manifest = dataclasses.replace(manifest, digest=store.digest(manifest, sidecars))
     store.write_manifest(root, manifest)
     written_tokens = sum(sidecars[(u.source, u.name)]["tokens"] for u in missing)
     elapsed = max(time.perf_counter() - started, 1e-9)
@@ -317,7 +329,7 @@ def prepare_store(data_config: DataConfig, base_dir: Path, *, address: str | Non
         documents=sum(s["documents"] for s in sidecars.values()),
         tokens=sum(s["tokens"] for s in sidecars.values()),
         tokens_per_s=written_tokens / elapsed,
-        digest=store.digest(manifest, sidecars),
+        digest=manifest.digest,
         stats={name: manifest.sources[name]["stats"] for name in plan})
 
 

@@ -21,12 +21,13 @@ A source's token stream, its shards' tokens concatenated in manifest order, is t
 array packing windows slide over (packing.py), so the mixture and every batch are a
 function of the step and the seed alone.
 
-Integrity, cheap and complete (check_store): the cheap check compares every shard's files'
-byte sizes with its sidecar from one listing of the store, reading no data (a truncated or
-missing file, a partial upload); the deep one also reads every shard and compares the
-sha256 of its tokens and ends with the sidecar's (a flipped byte). A reader that meets a
-damaged shard in a run raises ShardDamaged naming it (read_windows), instead of
-TensorStore's DATA_LOSS traceback.
+Integrity, cheap and complete (TokenStore.check): the cheap check compares every shard's
+files' byte sizes with its sidecar from one listing of the store, reading no data (a
+truncated or missing file, a partial upload); the deep one also reads every shard and
+compares the sha256 of its tokens and ends with the sidecar's. Each inner chunk carries a
+crc32c (as the shard index does), so a flipped byte fails the read that meets it; a reader
+that meets a damaged shard in a run raises ShardDamaged naming it, instead of TensorStore's
+DATA_LOSS traceback.
 
 Why TensorStore zarr3 (as Levanter's cache): it reads and writes gs:// in place through its
 gcs driver, and its sharding codec keeps a shard's array in one object while a reader
@@ -175,7 +176,10 @@ def _array_spec(path: str, dtype: str, length: int) -> dict:
                            "configuration": {"chunk_shape": [outer]}},
             "codecs": [{"name": "sharding_indexed", "configuration": {
                 "chunk_shape": [_INNER_CHUNK],
-                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+                # a crc32c per inner chunk: a flipped byte fails the read that meets it
+                # (DATA_LOSS, then ShardDamaged), as the index's crc32c does for the index
+                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                           {"name": "crc32c"}],
                 "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                                  {"name": "crc32c"}],
             }}],
@@ -219,8 +223,13 @@ def write_shard(root: str, source: str, shard: str, tokens: np.ndarray, ends: np
                "tokens": int(len(tokens)), "documents": int(len(ends)),
                "tokens_sha256": tokens_sha256(tokens), "ends_sha256": ends_sha256(ends),
                "files": files}
-    write_text(sidecar_path, json.dumps(sidecar, sort_keys=True))
+    write_text(sidecar_path, sidecar_text(sidecar))
     return sidecar
+
+
+def sidecar_text(sidecar: dict) -> str:
+    """A sidecar as written (the manifest records its length: a torn one is found cheaply)."""
+    return json.dumps(sidecar, sort_keys=True)
 
 
 def read_sidecar(root: str, source: str, shard: str) -> dict | None:
@@ -277,6 +286,7 @@ class ShardEntry:
     tokens: int | None = None
     documents: int | None = None
     files: dict | None = None  # each file's byte size (from its sidecar), once complete
+    sidecar_bytes: int | None = None  # the sidecar's own size, once complete
 
 
 @dataclass(frozen=True)
@@ -286,13 +296,24 @@ class Manifest:
     #          "stats": merged read stats (documents, bad, first_bad) once complete}
     sources: dict[str, dict]
     complete: bool = False
+    digest: str | None = None  # digest(...) of the sidecars, written with `complete`
 
     def shards(self, source: str) -> list[ShardEntry]:
         return [ShardEntry(**entry) for entry in self.sources[source]["shards"]]
 
+    @property
+    def self_contained(self) -> bool:
+        """Complete, with its digest and every shard's sizes and counts: what the cheap
+        check and `palm data info` need, without reading a sidecar."""
+        return self.complete and self.digest is not None and all(
+            e.files is not None for s in self.sources for e in self.shards(s))
+
     def to_json(self) -> str:
-        return json.dumps({"version": STORE_VERSION, "tokenizer_sha256": self.tokenizer_sha256,
-                           "complete": self.complete, "sources": self.sources}, sort_keys=True)
+        data = {"version": STORE_VERSION, "tokenizer_sha256": self.tokenizer_sha256,
+                "complete": self.complete, "sources": self.sources}
+        if self.digest is not None:
+            data["digest"] = self.digest
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Manifest:
@@ -300,7 +321,8 @@ class Manifest:
             data = json.loads(text)
             if data.get("version") != STORE_VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {STORE_VERSION}")
-            return cls(data["tokenizer_sha256"], data["sources"], bool(data["complete"]))
+            return cls(data["tokenizer_sha256"], data["sources"], bool(data["complete"]),
+                       data.get("digest"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StoreError(f"{where}: not a token store manifest ({e}). Fix: delete the store "
                              "and run `palm data prepare` again") from e
@@ -411,6 +433,15 @@ class SourceTokens:
         return int(self._offsets[i]) + int(read.result())
 
 
+def tensorstore_reason(error: BaseException) -> str:
+    """TensorStore's error, short: its code and its last two causes ("DATA_LOSS: ... Error
+    decoding shard index: Digest mismatch"), without the file path it repeats."""
+    line = str(error).splitlines()[0] if str(error) else repr(error)
+    parts = line.split(": ")
+    short = f"{parts[0]}: ... {': '.join(parts[-2:])}" if len(parts) > 3 else line
+    return short[:200]
+
+
 class _Checked:
     """A read's future whose error names its shard: TensorStore's DATA_LOSS (a torn shard
     found by its index checksum) becomes ShardDamaged, one line, no traceback to read."""
@@ -422,7 +453,7 @@ class _Checked:
         try:
             return self.future.result()
         except ValueError as e:
-            raise ShardDamaged(self.where, f"a read failed ({str(e).splitlines()[0][:160]})",
+            raise ShardDamaged(self.where, f"a read failed ({tensorstore_reason(e)})",
                                rewritten_by_prepare=False) from None
 
 
@@ -473,6 +504,11 @@ class TokenStore:
             raise StoreError(f"{self.root}: the store is still being prepared (its manifest is "
                              "not complete); --deep checks a complete store. Fix: let `palm "
                              "data prepare` finish, then check again")
+        if not deep and self.manifest.self_contained:  # the manifest and one listing
+            damage = damage_in_listing(self.root, self.manifest)
+            if damage is not None:
+                raise damage
+            return
         listed = list_sizes(self.root)
         counts = {(source, entry.name): _count_check(entry) for source in self.manifest.sources
                   for entry in self.manifest.shards(source)}
@@ -513,6 +549,10 @@ def damage_in_listing(root: str, manifest: Manifest) -> ShardDamaged | StoreErro
                 return StoreError(f"{where}: shard missing (no sidecar). Fix: run `palm data "
                                   "prepare JOB.yaml` again to rebuild it")
             problem = file_damage({"files": entry.files or {}}, listed, source)
+            found = listed[f"{source}/{entry.name}.json"]
+            if problem is None and entry.sidecar_bytes not in (None, found):
+                problem = (f"its sidecar is {found:,} bytes, the manifest says "
+                           f"{entry.sidecar_bytes:,} (torn)")
             if problem:
                 return ShardDamaged(where, problem, rewritten_by_prepare=True)
     return None
@@ -578,5 +618,5 @@ def data_damage(root: str, source: str, shard: str, sidecar: dict) -> str | None
         if "ends_sha256" in sidecar and ends_sha256(ends) != sidecar["ends_sha256"]:
             return "its ends' sha256 differs from its sidecar's"
     except ValueError as e:  # TensorStore: DATA_LOSS, NOT_FOUND, a torn zarr.json
-        return f"unreadable ({str(e).splitlines()[0][:160]})"
+        return f"unreadable ({tensorstore_reason(e)})"
     return None
