@@ -112,16 +112,16 @@ def local_job_blocking(work: Path, steps: int) -> None:
     job = load_job(work / "job.yaml")
     trainer = Trainer(job, Path(job.run_dir) / job.name)
     blocked: list[float] = []
-    save = trainer.setup.checkpointer.save
+    persistent = trainer.setup.checkpoints.persistent
+    save = persistent.save
 
     def timed_save(step, *args, **kwargs):  # the whole call the loop waits for
         begin = time.perf_counter()
-        saved = save(step, *args, **kwargs)
-        if saved and step > 0:
+        save(step, *args, **kwargs)
+        if step > 0:
             blocked.append(time.perf_counter() - begin)
-        return saved
 
-    trainer.setup.checkpointer.save = timed_save
+    persistent.save = timed_save
     try:
         trainer.run()
     finally:

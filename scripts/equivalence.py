@@ -7,7 +7,7 @@ parameters, its optimizer state, its ledger and its metrics records without timi
 
 Run it at the commit before a change and after it: every line must be equal. `--reverse-hooks`
 runs the same job with the Trainer's hooks in reverse order (the order of hooks must never
-change a run). Not a test (it trains 36 steps, about a minute): tests/train/ has the fast ones.
+change a run). tests/test_loop_hook_order.py runs both orders through `train` and compares.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -53,7 +54,10 @@ def _without_timing(value):
     return value
 
 
-def train(folder: Path, reverse_hooks: bool) -> dict[str, str]:
+def train(folder: Path, reverse_hooks: bool,
+          prepare: Callable[[object], None] | None = None) -> dict[str, str]:
+    """The hashes of one run in `folder` (the process moves there); `prepare(trainer)` runs
+    before training (tests use it to observe the run)."""
     from palm_platform.job import load_job
     from palm_platform.supervise.config import FaultInjection
     from palm_platform.train.loop import Trainer
@@ -66,6 +70,8 @@ def train(folder: Path, reverse_hooks: bool) -> dict[str, str]:
     trainer = Trainer(job, Path(job.run_dir))
     if reverse_hooks:
         trainer.hooks.reverse()
+    if prepare is not None:
+        prepare(trainer)
     try:
         trainer.run()
         state = trainer.final_state

@@ -100,6 +100,14 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_checkpoint_integrity.py"],
         ["tests/test_checkpoint_verify_defaults.py"],
     ),
+    # The one save decision (issue 35): each tier's cadence, the last step, a preemption.
+    "checkpoint/checkpoints.py": (
+        [],
+        ["tests/test_local_tier.py::test_the_checkpoints_say_which_tiers_are_due_at_each_step",
+         "tests/test_local_tier.py::test_a_preemption_notice_makes_every_tier_due_at_the_agreed_step",
+         "tests/test_local_tier.py::"
+         "test_a_preempted_save_writes_both_tiers_ram_first_then_waits_for_every_commit"],
+    ),
 }
 # Mutants per module in a default run (a seeded sample): on 2 shared cores a fast test file
 # takes 10-20 s, and the step's tests take minutes per mutant. --module M runs --max of M.
@@ -110,6 +118,7 @@ DEFAULT_MAX = {
     "supervise/faults.py": 6,
     "supervise/watchdog.py": 6,
     "checkpoint/verification.py": 8,
+    "checkpoint/checkpoints.py": 8,
 }
 
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,

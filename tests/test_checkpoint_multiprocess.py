@@ -61,9 +61,7 @@ def test_two_processes_each_write_only_their_shards_and_one_process_restores_on_
 def test_one_process_save_is_restored_by_two_processes_on_another_mesh(tmp_path):
     mesh = jax.make_mesh(*worker.SAVE_MESH)
     checkpointer = Checkpointer(CheckpointConfig(directory=str(tmp_path)), directory=tmp_path)
-    checkpointer.save(
-        5, worker.sharded_state(mesh, 2), {"next_index": 40}, {"rollbacks": []}, force=True
-    )
+    checkpointer.save(5, worker.sharded_state(mesh, 2), {"next_index": 40}, {"rollbacks": []})
     checkpointer.close()
 
     outputs = run_cluster("restore", tmp_path, step=5)

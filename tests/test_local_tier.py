@@ -11,6 +11,8 @@ import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 from test_job import LOCAL
 
+from palm_platform.checkpoint.checkpoints import LOCAL as RAM
+from palm_platform.checkpoint.checkpoints import PERSISTENT, Checkpoints, Due
 from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.checkpoint.local_tier import COMPLETE, LocalTier, clear_host_folder
 from palm_platform.checkpoint.peer_restore import (
@@ -19,19 +21,77 @@ from palm_platform.checkpoint.peer_restore import (
     pods_of_processes,
     restore_from_ram,
 )
-from palm_platform.checkpoint.tiers import LOCAL as RAM
-from palm_platform.checkpoint.tiers import PERSISTENT, TierSchedule
 from palm_platform.job import JobError, load_job
 from palm_platform.mesh import make_mesh
 
 
-def test_the_schedule_says_which_tiers_are_due_at_each_step():
+class Notice:
+    """A preemption notice that agrees on `at` and counts the questions."""
+
+    mechanism = "test"
+
+    def __init__(self, at: int | None = None):
+        self.at, self.asked = at, []
+
+    def reached(self, step: int) -> bool:
+        self.asked.append(step)
+        return step == self.at
+
+    def close(self) -> None:
+        pass
+
+
+class Tier:
+    """A tier that records what it was asked to do."""
+
+    def __init__(self, name: str, calls: list):
+        self.name, self.calls = name, calls
+
+    def save(self, step, train_state, data_state, extras) -> None:
+        self.calls.append((self.name, "save", step))
+
+    def wait_until_finished(self) -> None:
+        self.calls.append((self.name, "wait"))
+
+
+def _checkpoints(config: CheckpointConfig, notice: Notice, *, last_step: int | None = None,
+                 calls: list | None = None) -> Checkpoints:
+    calls = [] if calls is None else calls
+    local = Tier(RAM, calls) if config.local is not None else None
+    return Checkpoints(config, Tier(PERSISTENT, calls), local, None, last_step=last_step,
+                       notice=notice)
+
+
+def test_the_checkpoints_say_which_tiers_are_due_at_each_step():
     config = CheckpointConfig(directory="c", every_steps=10, local={"every_steps": 4})
-    schedule = TierSchedule.from_config(config, last_step=22)
-    due = {step: schedule.due(step) for step in range(1, 23) if schedule.due(step)}
-    assert due == {4: {RAM}, 8: {RAM}, 10: {PERSISTENT}, 12: {RAM}, 16: {RAM},
-                   20: {RAM, PERSISTENT}, 22: {PERSISTENT}}
-    assert not TierSchedule.from_config(CheckpointConfig(directory="c")).due(8)  # tier off
+    checkpoints = _checkpoints(config, Notice(), last_step=22)
+    due = {step: checkpoints.due(step).tiers for step in range(1, 23)}
+    assert {step: tiers for step, tiers in due.items() if tiers} == {
+        4: {RAM}, 8: {RAM}, 10: {PERSISTENT}, 12: {RAM}, 16: {RAM}, 20: {RAM, PERSISTENT},
+        22: {PERSISTENT}}
+    assert checkpoints.notice.asked == list(range(1, 23))  # one question per step
+    assert not _checkpoints(CheckpointConfig(directory="c"), Notice()).due(8)  # tier off
+
+
+def test_a_preemption_notice_makes_every_tier_due_at_the_agreed_step():
+    config = CheckpointConfig(directory="c", every_steps=10, local={"every_steps": 4})
+    checkpoints = _checkpoints(config, Notice(at=7), last_step=22)
+    assert checkpoints.due(7) == Due(frozenset({RAM, PERSISTENT}), preempted=True)
+    without_ram = _checkpoints(CheckpointConfig(directory="c"), Notice(at=7))
+    assert without_ram.due(7) == Due(frozenset({PERSISTENT}), preempted=True)
+
+
+def test_a_preempted_save_writes_both_tiers_ram_first_then_waits_for_every_commit():
+    calls: list = []
+    config = CheckpointConfig(directory="c", every_steps=10, local={"every_steps": 4})
+    checkpoints = _checkpoints(config, Notice(at=7), calls=calls)
+    waited = checkpoints.save(7, checkpoints.due(7), None, {}, {})
+    assert set(waited) == {RAM, PERSISTENT}
+    assert calls == [(RAM, "save", 7), (PERSISTENT, "save", 7), (RAM, "wait"),
+                     (PERSISTENT, "wait")]
+    calls.clear()
+    checkpoints.save(8, checkpoints.due(8), None, {}, {})  # the cadence: no wait
+    assert calls == [(RAM, "save", 8)]
 
 
 def test_the_ram_tier_is_off_unless_the_job_asks_for_it():

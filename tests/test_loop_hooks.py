@@ -50,8 +50,7 @@ def test_a_stop_asked_first_still_lets_the_other_hooks_see_the_step(tmp_path):
         with pytest.raises(StopTraining) as stopped:
             trainer.run()
         trainer.stopped(stopped.value.step)
-        trainer.setup.checkpointer.wait_until_finished()
-        saved = trainer.setup.checkpointer.steps()
+        saved = trainer.setup.checkpoints.persistent_steps()
     finally:
         trainer.close()
     assert stopped.value.step == STOP_AT

@@ -12,7 +12,7 @@ import pytest
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
 from palm_platform.supervise.config import FaultInjection
-from palm_platform.supervise.preemption import Preempted
+from palm_platform.hook_protocol import Preempted
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"

@@ -38,15 +38,12 @@ def rolled_back(tmp_path_factory):
     trainer = Trainer(job, Path(job.run_dir))
     saved: dict[int, tuple] = {}
     after_rollback: list[dict] = []
-    checkpointer = trainer.setup.checkpointer
+    checkpointer = trainer.setup.checkpoints.persistent
     save, recover = checkpointer.save, trainer._recover
 
-    def spy_save(step, state, data_state, ledger, **kwargs):
-        done = save(step, state, data_state, ledger, **kwargs)
-        if done:
-            saved[step] = (jax.tree.map(np.asarray, state.params),
-                           json.loads(json.dumps(data_state)))
-        return done
+    def spy_save(step, state, data_state, ledger):
+        save(step, state, data_state, ledger)
+        saved[step] = (jax.tree.map(np.asarray, state.params), json.loads(json.dumps(data_state)))
 
     def spy_recover(spike, bad):
         state, step = recover(spike, bad)

@@ -5,11 +5,15 @@ import json
 import os
 import signal
 
+from palm_platform.checkpoint.preemption import PreemptionNotice
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.faults import FaultInjector
 from palm_platform.supervise.goodput import GoodputTracker
-from palm_platform.supervise.preemption import PreemptionNotice, preempted_since
-from palm_platform.supervise.restart_account import by_goodput_name, last_sign_of_life
+from palm_platform.supervise.restart_account import (
+    by_goodput_name,
+    last_sign_of_life,
+    preempted_since,
+)
 
 
 def test_the_preempt_fault_notices_its_host_once_and_training_goes_on(tmp_path):

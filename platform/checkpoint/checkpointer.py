@@ -37,32 +37,6 @@ log = logging.getLogger(__name__)
 _barrier_ids = itertools.count()
 
 
-_DISTRIBUTED_BARRIER_FLAG = "experimental_orbax_use_distributed_barrier"
-
-
-def _orbax_barriers_through_the_distributed_client() -> bool:
-    """Turn on Orbax's barriers over JAX's distributed client; False if Orbax lacks the flag.
-
-    Why: by default Orbax's barriers in the synchronous part of a save are
-    `sync_global_devices`, a collective over every device. Started on a thread, they run
-    beside the train step's collectives on the same (gloo, on CPU) communicator, in a
-    different order on each host, and the hosts deadlock (measured: a 2-process save on a
-    thread hung). With Orbax 0.12's absl flag `experimental_orbax_use_distributed_barrier`
-    the barriers are the coordination service's `wait_at_barrier` (gRPC, with timeouts,
-    what Orbax's own background commit already uses), and 10 saves on a thread beside 40
-    steps went through. Absl refuses to read any flag before its flags are parsed, so they
-    are marked parsed (their defaults: nothing else changes) unless the program parsed them.
-    """
-    from absl import flags
-
-    if _DISTRIBUTED_BARRIER_FLAG not in flags.FLAGS:
-        return False
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    setattr(flags.FLAGS, _DISTRIBUTED_BARRIER_FLAG, True)
-    return True
-
-
 @jax.jit
 def _device_copy(tree: Any) -> Any:
     """A copy of every array, on the same devices: the step after a save donates the originals."""
@@ -71,10 +45,21 @@ def _device_copy(tree: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
+    """A restored step, from whichever tier held it (the one restore type of the package)."""
+
     step: int
     train_state: Any
     data_state: dict
-    ledger: dict
+    ledger: dict  # the checkpoint's extras item: ledger, spike detector, pods
+    tier: str = "persistent"  # "persistent", "local" (this host's RAM), "peer" (other hosts')
+    bytes_local: int = 0  # read from RAM folders, every host's summed
+    bytes_peer: int = 0  # received from other hosts, summed
+    bytes_persistent: int = 0  # the step's size in persistent storage (its manifest)
+
+    def record(self) -> dict:
+        """The `checkpoint_restored` record's fields."""
+        return {"tier": self.tier, "bytes_local": self.bytes_local,
+                "bytes_peer": self.bytes_peer, "bytes_persistent": self.bytes_persistent}
 
 
 class Checkpointer:
@@ -83,9 +68,8 @@ class Checkpointer:
     def __init__(self, config: CheckpointConfig, *, directory: epath.PathLike | str):
         self.config = config
         self.directory = checkpoint_path(directory)
-        # No save decision policy: every Orbax save here is forced (`_save_now`); the one
-        # cadence is `is_due` (checkpoint.every_steps); a preemption notice's save is made by
-        # supervise/preemption.py.
+        # No save decision policy: every Orbax save here is forced (`_save_now`); when a
+        # step is saved is decided once, by `Checkpoints.due` (checkpoints.py).
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation_policy(config),
             enable_async_checkpointing=config.async_save,
@@ -101,16 +85,18 @@ class Checkpointer:
         # JAX's preemption sync point needs one caller per step, with that step: Orbax also
         # asks it in its save and, on process 0, in the async finalize thread with the older
         # step just written, which moves that host's step counter back and can leave the
-        # hosts on different sync steps (seen on the local cluster). supervise/preemption.py
-        # asks it; every save here is forced, so Orbax needs no answer.
+        # hosts on different sync steps (seen on the local cluster). preemption.py asks it;
+        # every save here is forced, so Orbax needs no answer.
         self._manager.reached_preemption = lambda step: False
         self._manifest_writer: threading.Thread | None = None
         self._saver: threading.Thread | None = None
         self._save_error: BaseException | None = None
         # Several processes: a save may start on a thread only if Orbax's barriers stay off
-        # the devices' communicator (see the function).
+        # the devices' communicator (see the function, in Orbax's door compat/orbax.py).
+        from palm_platform.compat.orbax import barriers_through_the_distributed_client
+
         self._save_on_a_thread = (jax.process_count() == 1
-                                  or _orbax_barriers_through_the_distributed_client())
+                                  or barriers_through_the_distributed_client())
 
     # -- saving -------------------------------------------------------------------------
 
@@ -120,10 +106,8 @@ class Checkpointer:
         train_state: Any,
         data_state: dict,
         ledger: dict,
-        *,
-        force: bool = False,
-    ) -> bool:
-        """Save if `step` is on the cadence (or `force`); True when a save was started.
+    ) -> None:
+        """Save `step` (the caller decides when: `Checkpoints.due`).
 
         Asynchronous by default. The caller waits only while the arrays are copied on the
         devices (one dispatched copy, so the next step may reuse the donated originals);
@@ -134,16 +118,14 @@ class Checkpointer:
         Checkpoints at or after `step` (an abandoned trajectory, after a rollback) are
         deleted first.
         """
-        if not (force or self.is_due(step)):
-            return False
         if not self.config.async_save:
             self._save_now(step, train_state, data_state, ledger)
             self.wait_until_finished()
-            return True
+            return
         self._join_saver()
         if not self._save_on_a_thread:  # an Orbax without distributed barriers (see above)
             self._save_now(step, train_state, data_state, ledger)
-            return True
+            return
         # Why a thread around Orbax's own async save: its synchronous part starts about a
         # dozen threads, slices every array and (with several processes) waits at barriers
         # for every host, 60-200 ms on a busy 2-core machine against a 100-1000 ms step of
@@ -153,7 +135,6 @@ class Checkpointer:
                                        args=(step, snapshot, data_state, ledger),
                                        name=f"palm-save-{step}", daemon=True)
         self._saver.start()
-        return True
 
     def _save_in_background(
         self, step: int, train_state: Any, data_state: dict, ledger: dict
@@ -199,11 +180,6 @@ class Checkpointer:
                 daemon=True,
             )
             self._manifest_writer.start()
-
-    def is_due(self, step: int) -> bool:
-        """Would `save(step)` save? (On the cadence; a preemption notice saves through
-        supervise/preemption.py.)"""
-        return step % self.config.every_steps == 0
 
     def _write_manifest_when_committed(self, step: int) -> None:
         try:

@@ -44,8 +44,8 @@ class CheckpointConfig(BaseModel):
     every_steps: int = Field(
         default=100,
         ge=1,
-        description="save cadence in train steps (a step that is a multiple "
-        "of it is saved; `save(force=True)` saves any step)",
+        description="persistent save cadence in train steps (a step that is a multiple "
+        "of it is saved, and the run's last step)",
     )
     keep_last: int = Field(default=3, ge=1, description="number of newest checkpoints kept")
     rollback_steps: int = Field(

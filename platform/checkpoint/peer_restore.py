@@ -7,9 +7,9 @@ neighbour's; blocks are named by index, so a host that holds pod 0's blocks can 
 1's: the state is replicated over `pod`). `plan_ram_restore` then picks, the same way on
 every host, the newest step for which every process has a supplier: itself (tier `local`),
 else a host of another pod, else a host of its own pod (tier `peer`). Each supplier sends to
-one process at most (one `ppermute` per restore, `peer_transfer.py`). The caller compares
-the step with the persistent tier's newest and reads persistent storage only when no
-replica holds a step at least as new.
+one process at most (one `ppermute` per restore, `peer_transfer.py`). `Checkpoints.restore`
+(checkpoints.py) compares the step with the persistent tier's newest and reads persistent
+storage only when no replica holds a step at least as new.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from palm_platform.checkpoint import peer_transfer
+from palm_platform.checkpoint.checkpointer import Restored
 from palm_platform.checkpoint.local_tier import LocalTier
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,6 @@ class RamPlan:
     @property
     def tier(self) -> str:
         return "peer" if any(s != p for p, s in self.sources.items()) else "local"
-
-
-@dataclasses.dataclass(frozen=True)
-class RamRestored:
-    step: int
-    train_state: Any
-    data_state: dict
-    ledger: dict
-    tier: str
-    bytes_local: int  # read from RAM folders, every host's summed
-    bytes_peer: int  # received from other hosts, summed
 
 
 def plan_ram_restore(holdings: dict[int, dict[int, set[int]]], pod_of: dict[int, int]
@@ -129,7 +119,7 @@ def _broadcast_json(text: str, is_source: bool) -> str:
     return bytes(np.asarray(out)[:length]).decode()
 
 
-def restore_from_ram(tier: LocalTier, plan: RamPlan) -> RamRestored:
+def restore_from_ram(tier: LocalTier, plan: RamPlan) -> Restored:
     """Build the state of `plan.step` on the tier's layout (the abstract state's shardings):
     loaded where a host holds it, received where not."""
     me, mesh, layout = jax.process_index(), tier.mesh, tier.layout
@@ -174,8 +164,8 @@ def restore_from_ram(tier: LocalTier, plan: RamPlan) -> RamRestored:
         from jax.experimental import multihost_utils
 
         totals = np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
-    return RamRestored(plan.step, state, extras["data_state"], extras["ledger"], plan.tier,
-                       bytes_local=int(totals[0]), bytes_peer=int(totals[1]))
+    return Restored(plan.step, state, extras["data_state"], extras["ledger"], plan.tier,
+                    bytes_local=int(totals[0]), bytes_peer=int(totals[1]))
 
 
 def _placeholder(abstract: Any, sharding: Any, device) -> np.ndarray:

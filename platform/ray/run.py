@@ -122,7 +122,7 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
     from palm_platform.data.quality import report_data_quality
 
     report_data_quality(trainer.setup)
-    from palm_platform.supervise.preemption import Preempted
+    from palm_platform.hook_protocol import Preempted
 
     try:
         trainer.run()
@@ -172,7 +172,7 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     key = stop_key(job.name, launched_at)  # Ctrl-C: every worker stops at one step (interrupt.py)
     # The live view goes on after a Ctrl-C: the last steps and the run's goodput are shown.
     interrupt = InterruptHandler(key, run_dir)
-    from palm_platform.supervise.preemption import preempted_since
+    from palm_platform.supervise.restart_account import preempted_since
 
     try:
         with interrupt:

@@ -64,7 +64,7 @@ def _kill_self() -> None:
 
 def _notice_self() -> None:
     """A preemption notice, as GCE gives it: SIGTERM, and the process carries on until the
-    hosts agree on a step (supervise/preemption.py)."""
+    hosts agree on a step (checkpoint/preemption.py)."""
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -30,9 +30,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from palm_platform.hook_protocol import Hook
+from palm_platform.hook_protocol import Hook, StepInfo
+from palm_platform.supervise.goodput import GoodputTracker
+from palm_platform.supervise.supervision import Supervision
+
+if TYPE_CHECKING:
+    from palm_platform.metrics.sink import MetricsSink
 
 # Ours -> ml-goodput-measurement's BadputType (goodput_utils.py), for the goodput event.
 GOODPUT_NAMES = {
@@ -53,6 +58,25 @@ def by_goodput_name(badput_s: dict[str, float]) -> dict[str, float]:
         name = GOODPUT_NAMES.get(cause, cause)
         out[name] = out.get(name, 0.0) + seconds
     return dict(sorted(out.items()))
+
+
+def preempted_since(run_dir: Path, since_unix: float) -> int | None:
+    """The step of the newest `preempt` record written at or after `since_unix`, or None.
+
+    `palm run` relaunches the worker group after a preemption itself instead of letting Ray
+    Train count it as a failure: a preemption loses nothing (the agreed step is saved), so
+    it must not spend `faults.max_restarts`, which exists to end crash loops; a pod job can
+    see a preemption every few hours for weeks.
+    """
+    from palm_platform.metrics.sink import read_records
+
+    try:
+        records = read_records(run_dir)
+    except FileNotFoundError:  # the workers never got to write one
+        return None
+    steps = [r["step"] for r in records
+             if r.get("kind") == "preempt" and r.get("time", 0.0) >= since_unix]
+    return steps[-1] if steps else None
 
 
 def last_sign_of_life(run_dir: Path, before_unix: float,
@@ -83,35 +107,36 @@ class RestartAccountHook(Hook):
     """Writes the `restart` record of a restarted group (attempt > 0) at its first finished
     step. `marks`: the Trainer's start-up marks (the worker's, then the Trainer's own)."""
 
-    def __init__(self, setup, supervision, marks: dict[str, float], attempt: int):
-        self.setup, self.supervision, self.marks = setup, supervision, marks
-        self.attempt = attempt
-        self.pending = setup.process_index == 0
+    def __init__(self, goodput: GoodputTracker, sink: MetricsSink, run_dir: Path,
+                 supervision: Supervision, marks: dict[str, float], attempt: int):
+        self.goodput, self.sink, self.run_dir = goodput, sink, run_dir
+        self.supervision, self.marks, self.attempt = supervision, marks, attempt
+        self.pending = supervision.writes  # process 0: the one that writes metrics
 
     def on_start(self, step: int) -> None:
         if not self.pending:
             return
-        s, marks = self.setup, self.marks
+        goodput, marks = self.goodput, self.marks
         marks.setdefault("process_started", marks["trainer_init"])  # one-process restarts
         self.failed_at, last_step, self.wasted_s = last_sign_of_life(
-            s.run_dir, marks["process_started"], step)
+            self.run_dir, marks["process_started"], step)
         self.restored_step = step
         self.recomputed = max((last_step or step) - step, 0)
         # The goodput file charged the whole gap since its last save to "restart": the lost
         # steps and this process's start-up are in it; give them their own causes.
         already = self.supervision.rolled_back_s  # lost steps the goodput file had counted
-        s.goodput.move(self.wasted_s - already, from_cause="restart", to_cause="recomputation")
-        s.goodput.move(marks["trainer_ready"] - marks["process_started"], from_cause="restart",
-                       to_cause="startup")
-        self.badput_at_start = dict(s.goodput.summary()["badput_s"])
+        goodput.move(self.wasted_s - already, from_cause="restart", to_cause="recomputation")
+        goodput.move(marks["trainer_ready"] - marks["process_started"], from_cause="restart",
+                     to_cause="startup")
+        self.badput_at_start = dict(goodput.summary()["badput_s"])
 
-    def on_step(self, info: Any) -> None:
+    def on_step(self, info: StepInfo) -> None:
         if not self.pending:
             return
         self.pending = False
-        s, marks, now = self.setup, self.marks, time.time()
+        marks, now = self.marks, time.time()
         failed_at = self.failed_at if self.failed_at is not None else marks["process_started"]
-        badput = s.goodput.summary()["badput_s"]
+        badput = self.goodput.summary()["badput_s"]
         data_s = badput.get("data", 0.0) - self.badput_at_start.get("data", 0.0)
         parts = {
             "infrastructure_recovery_s": marks["process_started"] - failed_at,
@@ -126,5 +151,5 @@ class RestartAccountHook(Hook):
                   **{k: round(max(v, 0.0), 3) for k, v in parts.items()},
                   "wasted_progress_s": round(self.wasted_s, 3),
                   "recomputed_steps": self.recomputed}
-        s.goodput.record_restart(self.restored_step, record)
-        s.sink.event("restart", self.restored_step, attempt=self.attempt, alert=True, **record)
+        self.goodput.record_restart(self.restored_step, record)
+        self.sink.event("restart", self.restored_step, attempt=self.attempt, alert=True, **record)

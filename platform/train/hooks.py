@@ -1,32 +1,42 @@
 """What the train loop does around each step, as hooks built once from the job.
 
 The loop (`loop.py`) is "get batch, step, hooks"; everything that is not the step itself is
-a hook (the contract: `hook_protocol.py`), and a job gets only the hooks it asks for (fault
-injection only when `faults.inject` lists faults, held-out eval only with an `eval:`
-section). Each hook holds what it reads (the set-up, the supervision state), never the
-Trainer. The worker adds its supervision hook (watchdog, liveness, stop check:
-`supervise/heartbeat.py`); a new hook subclasses `Hook` and is added in `build_hooks`.
+a hook (the contract: `palm_platform/hook_protocol.py`), and a job gets only the hooks it asks
+for (fault injection only when `faults.inject` lists faults, held-out eval only with an
+`eval:` section). Each hook is built from the few objects it uses, never from the whole set-up
+or the Trainer, and none holds another hook. A component keeps its own cadence (the
+checkpoints decide when each tier is due, the evaluator when it runs); the hook only asks. The
+worker adds its supervision hook (watchdog, liveness, stop check: `supervise/heartbeat.py`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from palm_platform.atomic_write import write_atomic
+import jax
+
+from palm.flops import train_flops_per_token
+from palm_platform.checkpoint.checkpoints import LOCAL, PERSISTENT, Checkpoints, Due
 from palm_platform.data.global_array import to_global_array
-from palm_platform.hook_protocol import Hook, RunSummary, StepInfo
+from palm_platform.hook_protocol import Hook, Preempted, RunSummary, StepInfo
 from palm_platform.mesh import batch_sharding
+from palm_platform.metrics.sink import MetricsSink
 from palm_platform.run_dir import RunDir
-from palm_platform.train.mfu import mfu
-from palm_platform.train.setup import TrainSetup
+from palm_platform.supervise.goodput import GoodputTracker
+from palm_platform.supervise.supervision import Supervision
+from palm_platform.train.compile_cache import CompileCache
+from palm_platform.train.mfu import device_peak_flops, mfu
+from palm_platform.train.setup import TrainProgram, TrainSetup
 
 if TYPE_CHECKING:
-    from palm_platform.supervise.recovery import Supervision
-    from palm_platform.train.prefetch import Batch
+    from jax.sharding import Mesh
+
+    from palm_platform.data.pipeline import Pipeline
+    from palm_platform.job.train import TrainConfig
+    from palm_platform.supervise.faults import FaultInjector
+    from palm_platform.train.heldout import HeldOutEvaluator
 
 logger = logging.getLogger("palm")
 
@@ -36,54 +46,55 @@ class FaultInjectionHook(Hook):
 
     every = 0  # acts before steps only
 
-    def __init__(self, setup: TrainSetup):
-        from palm_platform.supervise.faults import FaultInjector
+    def __init__(self, injector: FaultInjector, checkpoints: Checkpoints, checkpoint_dir: str,
+                 pipeline: Pipeline, mesh: Mesh):
+        self.injector, self.checkpoints, self.checkpoint_dir = injector, checkpoints, checkpoint_dir
+        self.pipeline, self.mesh = pipeline, mesh
 
-        self.setup = setup
-        local = setup.tiers.local  # kill_host loses this host's RAM tier with it
-        self.injector = FaultInjector(setup.job.faults.inject, host_index=setup.process_index,
-                                      state_dir=RunDir(setup.run_dir).faults,
-                                      batch_size_at=setup.job.train.batch_size_at,
-                                      ram_folder=local.folder if local is not None else None)
-
-    def before_step(self, batch: Batch, array: Any) -> Any:
-        s, step = self.setup, batch.step
+    def before_step(self, batch: Any, array: Any) -> Any:
+        step = batch.step
         if self.injector.damage_due(step):
-            s.checkpointer.wait_until_finished()  # damage the newest checkpoint
-        self.injector.maybe_fire(step, checkpoint_dir=s.job.checkpoint.directory)
+            self.checkpoints.wait_until_finished()  # damage the newest checkpoint
+        self.injector.maybe_fire(step, checkpoint_dir=self.checkpoint_dir)
         local = self.injector.poison(
             step, batch.local, data_state=batch.data_state, global_batch_size=batch.batch_size,
-            rows=s.pipeline.local_rows(batch.batch_size), vocab_size=s.pipeline.vocab_size,
+            rows=self.pipeline.local_rows(batch.batch_size), vocab_size=self.pipeline.vocab_size,
         )
-        return array if local is batch.local else to_global_array(local, batch_sharding(s.mesh))
+        return array if local is batch.local else to_global_array(local, batch_sharding(self.mesh))
 
 
 class MetricsHook(Hook):
     """Each read step: throughput and MFU, the JSONL/W&B record, the progress line."""
 
-    def __init__(self, setup: TrainSetup):
-        self.setup = setup
+    def __init__(self, sink: MetricsSink, compile_cache: CompileCache, *,
+                 flops_per_token: float, peak_flops: float, pods: int | None, log_every: int,
+                 last_step: int):
+        """`peak_flops`: all of this process group's devices; `pods`: each step says its pod
+        count (elastic jobs), None: it does not."""
+        self.sink, self.compile_cache = sink, compile_cache
+        self.flops_per_token, self.peak_flops, self.pods = flops_per_token, peak_flops, pods
+        self.log_every, self.last_step = log_every, last_step
+        self.logs = jax.process_index() == 0
 
     def on_step(self, info: StepInfo) -> None:
-        s, step = self.setup, info.step
+        step = info.step
         record = dict(info.metrics)
         step_s = record["step_s"]
-        if s.job.topology.elastic:  # each step says its pod count
-            record["pods"] = s.pods
+        if self.pods is not None:
+            record["pods"] = self.pods
         tokens_per_s = record["tokens"] / step_s
         record.update(
             tokens_per_s=tokens_per_s, batch_size=info.batch.batch_size,
-            mfu=mfu(tokens_per_s, s.flops_per_token, s.peak_flops), compiled=info.compiled,
+            mfu=mfu(tokens_per_s, self.flops_per_token, self.peak_flops), compiled=info.compiled,
         )
         if info.pods_identical is not None:
             record["pods_identical"] = info.pods_identical
-        s.sink.log(step, record)
+        self.sink.log(step, record)
         if info.compiled:
-            s.sink.event("compiled", step, batch_size=info.batch.batch_size,
-                         seconds=round(step_s, 1), **s.cache_counts())
-        total = s.job.train.steps
-        if s.process_index == 0 and (step % s.job.metrics.log_every == 0 or step == total):
-            logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", step, total,
+            self.sink.event("compiled", step, batch_size=info.batch.batch_size,
+                            seconds=round(step_s, 1), **self.compile_cache.event_fields())
+        if self.logs and (step % self.log_every == 0 or step == self.last_step):
+            logger.info("step %d/%d loss %.4f tokens/s %.0f mfu %.2f%%", step, self.last_step,
                         record["loss"], record["tokens_per_s"], 100 * record["mfu"])
 
 
@@ -91,68 +102,53 @@ class ElasticHook(Hook):
     """`topology.min_pods`: on fewer pods than the job's, the missing pods' share of each
     step's time is badput "degraded" (platform/pod_count.py)."""
 
-    def __init__(self, setup: TrainSetup):
-        self.setup = setup
+    def __init__(self, goodput: GoodputTracker, *, pods: int, job_pods: int):
+        self.goodput, self.missing = goodput, 1 - pods / job_pods
 
     def on_step(self, info: StepInfo) -> None:
-        s = self.setup
-        if s.pods < s.job.topology.pods:
-            s.goodput.reclassify(info.step - 1, 1 - s.pods / s.job.topology.pods,
-                                 cause="degraded")
+        if self.missing > 0:
+            self.goodput.reclassify(info.step - 1, self.missing, cause="degraded")
 
 
 class CheckpointHook(Hook):
-    """Saves on the tiers' cadence (`checkpoint.every_steps`, `checkpoint.local`) and the
-    last step (a preemption notice's step: supervise/preemption.py); waits at the end."""
+    """Saves what the checkpoints say is due (asked once per step: `due` keeps the answer),
+    reports each save, and at a preemption notice's agreed step ends the run (`Preempted`)
+    once every host's save is committed; waits for the last save at the end."""
 
     needs_state = True
 
-    def __init__(self, setup: TrainSetup, supervision: Supervision):
-        self.setup, self.supervision = setup, supervision
+    def __init__(self, checkpoints: Checkpoints, supervision: Supervision, *, pods: int,
+                 goodput: GoodputTracker, sink: MetricsSink):
+        self.checkpoints, self.supervision, self.pods = checkpoints, supervision, pods
+        self.goodput, self.sink = goodput, sink
+        self._due = Due()
 
     def due(self, step: int) -> bool:
-        return bool(self.setup.tiers.due(step))  # the last step is on the schedule too
+        self._due = self.checkpoints.due(step)
+        return bool(self._due)
 
     def on_step(self, info: StepInfo) -> None:
-        from palm_platform.checkpoint.tiers import LOCAL, PERSISTENT
-
-        due = self.setup.tiers.due(info.step)
-        if LOCAL in due:  # first: its device copy is dispatched before the persistent one's
-            self.save_local(info)
-        if PERSISTENT in due:
-            self.save_persistent(info)
-        if due and self.setup.process_index == 0:
-            # The goodput file with every save of either tier: a restart charges the time
-            # since the file's save to "restart". Written with persistent saves only, a
-            # restore from a newer RAM step charged the kept steps between the two as
-            # restart too (11 s of each 30 s restart in a soak of 3.7 s steps).
-            write_atomic(self.setup.goodput_path, json.dumps(self.setup.goodput.state_dict()))
-
-    def save_local(self, info: StepInfo) -> None:
-        """The RAM tier; `blocked_s` is what the loop waited (the on-device copies)."""
-        s = self.setup
-        start = time.monotonic()
-        with s.goodput.phase("checkpoint"):
-            s.tiers.save_local(info.step, info.state, info.batch.data_state_after,
-                               self.supervision.checkpoint_item(s.pods))
-        s.sink.event("checkpoint_saved", info.step, tier="local",
-                     blocked_s=round(time.monotonic() - start, 4))
-
-    def save_persistent(self, info: StepInfo) -> None:
-        s = self.setup
-        start = time.monotonic()
-        with s.goodput.phase("checkpoint"):  # force: the last step may be off the cadence
-            saved = s.checkpointer.save(info.step, info.state, info.batch.data_state_after,
-                                        self.supervision.checkpoint_item(s.pods), force=True)
-        if saved:  # blocked_s: how long the loop waited (the on-device copy of the state)
-            s.sink.event("checkpoint_saved", info.step,
-                         blocked_s=round(time.monotonic() - start, 3))
+        step, due = info.step, self._due
+        with self.goodput.phase("checkpoint"):
+            waited = self.checkpoints.save(step, due, info.state, info.batch.data_state_after,
+                                           self.supervision.checkpoint_item(self.pods))
+        # blocked_s: how long the loop waited (the on-device copies of the state)
+        if LOCAL in waited:
+            self.sink.event("checkpoint_saved", step, tier="local",
+                            blocked_s=round(waited[LOCAL], 4))
+        if PERSISTENT in waited:
+            self.sink.event("checkpoint_saved", step, blocked_s=round(waited[PERSISTENT], 3))
+        self.goodput.save()  # a restart charges the time since this save to "restart"
+        if due.preempted:
+            self.sink.event("preempt", step, alert=True,
+                            mechanism=self.checkpoints.notice.mechanism)
+            raise Preempted(step)
 
     def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
         if summary is None:  # stopped early: Trainer.close() waits for the save
             return
-        with self.setup.goodput.phase("checkpoint"):
-            self.setup.tiers.wait_until_finished()
+        with self.goodput.phase("checkpoint"):
+            self.checkpoints.wait_until_finished()
 
 
 class EvalHook(Hook):
@@ -160,77 +156,46 @@ class EvalHook(Hook):
 
     needs_state = True
 
-    def __init__(self, setup: TrainSetup):
-        self.setup = setup
+    def __init__(self, evaluator: HeldOutEvaluator, sink: MetricsSink, goodput: GoodputTracker):
+        self.evaluator, self.sink, self.goodput = evaluator, sink, goodput
 
     def due(self, step: int) -> bool:
-        return self.setup.evaluator.is_due(step)
+        return self.evaluator.is_due(step)
 
     def on_step(self, info: StepInfo) -> None:
-        s = self.setup
-        s.evaluator.maybe_run(info.step, info.state, s.sink, s.goodput)
+        self.evaluator.maybe_run(info.step, info.state, self.sink, self.goodput)
 
     def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
-        if summary is None:
-            return
-        s = self.setup
-        s.evaluator.maybe_run(step, state, s.sink, s.goodput, final=True)
-
-
-class GoodputHook(Hook):
-    """The run's goodput and badput causes: one event when it ends (or is stopped early),
-    kept in the run folder."""
-
-    every = 0
-
-    def __init__(self, setup: TrainSetup, supervision: Supervision):
-        self.setup, self.supervision = setup, supervision
-
-    def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
-        from palm_platform.supervise.restart_account import by_goodput_name
-
-        s = self.setup
-        goodput = s.goodput.summary()
-        s.sink.event("goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
-                     **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
-                     # the same seconds under ml-goodput-measurement's names
-                     **{f"by_type_{k}_s": v
-                        for k, v in by_goodput_name(goodput["badput_s"]).items()},
-                     **s.cache_counts())
-        if s.process_index == 0:
-            write_atomic(s.goodput_path, json.dumps(s.goodput.state_dict()))
-        self.supervision.save_ledger(s)
         if summary is not None:
-            summary.extra["goodput"] = goodput
+            self.evaluator.maybe_run(step, state, self.sink, self.goodput, final=True)
 
 
 class PrecompileHook(Hook):
     """After the first compiled step, the schedule's later batch sizes compile ahead of time
     into the persistent cache (precompile.py), so a restart before them loads them."""
 
-    def __init__(self, setup: TrainSetup, step_fn: Callable[[int], Any]):
+    def __init__(self, step_fn: Callable[[int], Any], program: TrainProgram,
+                 train: TrainConfig, seq_len: int, compile_cache: CompileCache):
         from palm_platform.train.precompile import Precompiler, compile_train_step
 
-        self.setup = s = setup
-        sharding = batch_sharding(s.mesh)
+        self.train, self.compile_cache = train, compile_cache
+        sharding = batch_sharding(program.mesh)
         self.precompiler = Precompiler(
-            lambda size: compile_train_step(step_fn(size), s.abstract_state, sharding, size,
-                                            s.job.seq_len),
+            lambda size: compile_train_step(step_fn(size), program.abstract_state, sharding,
+                                            size, seq_len),
             [], enabled=False)
 
     def on_start(self, step: int) -> None:
-        import jax
-
         from palm_platform.train.precompile import later_batch_sizes
 
-        s, train = self.setup, self.setup.job.train
+        train = self.train
         self.precompiler.sizes = later_batch_sizes(
             train.batch_size_at, [p.until_step for p in train.batch_schedule if p.until_step],
             step, train.steps)
         # Only process 0 writes JAX's persistent cache, except on CPU, where every process
         # writes its own keys (ray/compat.py, cache_writes_from_every_process_on_cpu).
-        writes = s.process_index == 0 or jax.default_backend() == "cpu"
-        self.precompiler.enabled = (writes and s.compile_cache.directory is not None
+        writes = jax.process_index() == 0 or jax.default_backend() == "cpu"
+        self.precompiler.enabled = (writes and self.compile_cache.directory is not None
                                     and bool(self.precompiler.sizes))
 
     def on_step(self, info: StepInfo) -> None:
@@ -243,24 +208,31 @@ class PrecompileHook(Hook):
 
 def build_hooks(setup: TrainSetup, supervision: Supervision,
                 step_fn: Callable[[int], Any]) -> list[Hook]:
-    """The job's hooks. Their order does not matter for a step (hook_protocol.py); it is
-    the order of `on_end`: the last save's wait, the final eval, then goodput, which
-    counts both."""
-    job = setup.job
+    """The job's hooks, each from the objects it uses. Their order never changes a run
+    (hook_protocol.py); the goodput report at the end is the Trainer's, after every hook."""
+    job, program, s = setup.job, setup.program, setup
     hooks: list[Hook] = []
     if job.faults.inject:
-        hooks.append(FaultInjectionHook(setup))
-    if job.topology.elastic:
-        hooks.append(ElasticHook(setup))
-    hooks.append(MetricsHook(setup))
-    if len(job.train.batch_schedule) > 1:
-        hooks.append(PrecompileHook(setup, step_fn))
-    checkpoint = CheckpointHook(setup, supervision)
-    hooks.append(checkpoint)
-    from palm_platform.supervise.preemption import PreemptionHook
+        from palm_platform.supervise.faults import FaultInjector
 
-    hooks.append(PreemptionHook(setup, checkpoint))  # after the checkpoint hook: completes it
+        injector = FaultInjector(job.faults.inject, host_index=jax.process_index(),
+                                 state_dir=RunDir(s.run_dir).faults,
+                                 batch_size_at=job.train.batch_size_at,
+                                 ram_folder=s.checkpoints.ram_folder)  # kill_host loses it
+        hooks.append(FaultInjectionHook(injector, s.checkpoints, job.checkpoint.directory,
+                                        s.pipeline, program.mesh))
+    if job.topology.elastic:
+        hooks.append(ElasticHook(s.goodput, pods=program.pods, job_pods=job.topology.pods))
+    hooks.append(MetricsHook(
+        s.sink, s.compile_cache,
+        flops_per_token=train_flops_per_token(program.model_cfg, job.seq_len),
+        peak_flops=device_peak_flops() * program.mesh.size,
+        pods=program.pods if job.topology.elastic else None,
+        log_every=job.metrics.log_every, last_step=job.train.steps))
+    if len(job.train.batch_schedule) > 1:
+        hooks.append(PrecompileHook(step_fn, program, job.train, job.seq_len, s.compile_cache))
+    hooks.append(CheckpointHook(s.checkpoints, supervision, pods=program.pods,
+                                goodput=s.goodput, sink=s.sink))
     if job.eval is not None:
-        hooks.append(EvalHook(setup))
-    hooks.append(GoodputHook(setup, supervision))
+        hooks.append(EvalHook(s.evaluator, s.sink, s.goodput))
     return hooks

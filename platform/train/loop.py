@@ -4,7 +4,7 @@ The same loop runs under Ray (one call per TPU host, `platform/ray/worker.py`) a
 directly in one process (`palm run --direct`, tests, benchmarks). Everything that differs
 between steps is data: the batch size (PaLM's ramp) and the data position; behaviour is
 fixed when the loop starts. What the loop uses is built once by `setup.py`; where it starts
-from and the rollback after a spike are `supervise/recovery.py`'s.
+from and the rollback after a spike are `recovery.py`'s; the hooks are `hooks.py`'s.
 
 The host never waits for the device between steps: step k+1 is dispatched (JAX dispatch is
 asynchronous) before step k's metrics are read, so metrics, logging and the spike detector
@@ -29,20 +29,18 @@ from typing import Any
 import jax
 
 from palm_platform.data.global_array import to_global_array
-from palm_platform.hook_protocol import Hook, RunSummary, StepInfo, StopTraining
+from palm_platform.hook_protocol import Hook, Preempted, RunSummary, StepInfo, StopTraining
 from palm_platform.job import Job
 from palm_platform.mesh import batch_sharding
 from palm_platform.pod_count import microbatches_at
-from palm_platform.supervise.recovery import (
-    Supervision,
-    TrainingStopped,
-    restore_or_init,
-    roll_back,
-)
+from palm_platform.run_dir import RunDir
+from palm_platform.supervise.restart_account import by_goodput_name
 from palm_platform.supervise.spike import Spike
+from palm_platform.supervise.supervision import Supervision
 from palm_platform.train.consistency import checksums_agree, pod_checksum_array
 from palm_platform.train.hooks import build_hooks
 from palm_platform.train.prefetch import Batch, Prefetcher
+from palm_platform.train.recovery import TrainingStopped, restore_or_init, roll_back
 from palm_platform.train.setup import build_setup, startup_spans
 from palm_platform.train.step import StepSpec, make_train_step
 
@@ -75,7 +73,10 @@ class Trainer:
         # Unix times of this process's start-up so far (the worker's), reported as spans.
         self.startup_marks = {**(startup_marks or {}), "trainer_init": time.time()}
         self.setup = build_setup(job, Path(run_dir), launched_at=launched_at, devices=devices)
-        self.supervision = Supervision.new(self.setup)
+        self.supervision = Supervision.new(job.faults.spike, RunDir(run_dir).ledger,
+                                           writes=jax.process_index() == 0)
+        pods = self.setup.program.pods
+        self.check_pods = job.metrics.check_pods_identical and pods > 1  # after every step
         self._steps: dict[int, Any] = {}  # jitted step per microbatch count
         self._compiled: set[int] = set()  # batch sizes compiled so far
         self._last_finished_at = time.monotonic()
@@ -84,19 +85,20 @@ class Trainer:
         if attempt > 0:  # a restarted group: its `restart` record, every second by cause
             from palm_platform.supervise.restart_account import RestartAccountHook
 
-            self.hooks.append(RestartAccountHook(self.setup, self.supervision,
-                                                 self.startup_marks, attempt))
+            self.hooks.append(RestartAccountHook(
+                self.setup.goodput, self.setup.sink, Path(run_dir), self.supervision,
+                self.startup_marks, attempt))
         self.startup_marks["trainer_ready"] = time.time()
 
     def step_fn(self, batch_size: int):
         # Fewer pods than the job's full size: more microbatches, same global batch.
-        s = self.setup
-        microbatches = microbatches_at(batch_size, s.job.train.microbatch_sequences,
-                                       s.job.topology.pods, s.pods, s.job.data_parallel)
+        job, p = self.setup.job, self.setup.program
+        microbatches = microbatches_at(batch_size, job.train.microbatch_sequences,
+                                       job.topology.pods, p.pods, job.data_parallel)
         if microbatches not in self._steps:
-            spec = StepSpec(s.model_cfg, s.pods, microbatches, s.job.mesh.cross_pod_dtype,
-                            dropout_seed=s.job.train.seed)
-            self._steps[microbatches] = make_train_step(spec, s.tx, s.mesh, s.shardings, s.lr)
+            spec = StepSpec(p.model_cfg, p.pods, microbatches, job.mesh.cross_pod_dtype,
+                            dropout_seed=job.train.seed)
+            self._steps[microbatches] = make_train_step(spec, p.tx, p.mesh, p.shardings, p.lr)
         return self._steps[microbatches]
 
     def run(self) -> RunSummary:
@@ -143,6 +145,7 @@ class Trainer:
     def _ended(self, step: int, state, summary: RunSummary) -> None:
         for hook in self.hooks:
             hook.on_end(step, state, summary)
+        self._report(step, summary)
         summary.steps = step
         summary.wall_s = time.monotonic() - self.t0
         self.final_state = state
@@ -156,7 +159,7 @@ class Trainer:
 
     def _prefetch(self, first_step: int) -> Prefetcher:
         s = self.setup
-        sharding = batch_sharding(s.mesh)
+        sharding = batch_sharding(s.program.mesh)
         return Prefetcher(s.pipeline, first_step=first_step, last_step=s.job.train.steps,
                           batch_size_at=s.job.train.batch_size_at,
                           place=lambda local: to_global_array(local, sharding))
@@ -173,7 +176,8 @@ class Trainer:
         with s.goodput.phase("compile" if compiling else "step",
                              step=None if compiling else batch.step):
             state, metrics = self.step_fn(batch.batch_size)(state, array)
-            checksums = pod_checksum_array(state.params, s.mesh) if s.check_pods else None
+            checksums = (pod_checksum_array(state.params, s.program.mesh) if self.check_pods
+                         else None)
         return state, _Dispatched(batch, metrics, checksums, compiling, dispatched_at)
 
     def _read(self, done: _Dispatched, summary: RunSummary, state=None,
@@ -199,8 +203,8 @@ class Trainer:
         return None
 
     def _call_hooks(self, info: StepInfo, state, wanting: list[Hook] | tuple) -> None:
-        """The hooks without state first (all of them, even after one asks to stop), then
-        those that wanted the state."""
+        """The hooks without state first, then those that wanted the state; a hook that ends
+        the run lets the others of its kind see the step first (hook_protocol.py)."""
         stop: StopTraining | None = None
         for hook in self.hooks:
             if not hook.needs_state and hook.due(info.step):
@@ -210,17 +214,39 @@ class Trainer:
                     stop = stop or asked
         if stop is not None:
             raise stop
+        preempted: Preempted | None = None
         for hook in wanting:
-            hook.on_step(replace(info, state=state))
+            try:
+                hook.on_step(replace(info, state=state))
+            except Preempted as notice:
+                preempted = preempted or notice
+        if preempted is not None:
+            raise preempted
 
     def stopped(self, step: int) -> None:
         """The run stopped at `step` before its last (Ctrl-C on `palm run`): the hooks that
         report on the whole run (goodput) report up to here."""
         for hook in self.hooks:
             hook.on_end(step, None, None)
+        self._report(step, None)
+
+    def _report(self, step: int, summary: RunSummary | None) -> None:
+        """After every hook's end (the last save's wait, the final eval): the run's goodput and
+        badput causes as one event, the goodput file and the ledger in the run folder."""
+        goodput, cache = self.setup.goodput.summary(), self.setup.compile_cache.event_fields()
+        self.setup.sink.event(
+            "goodput", step, **{k: v for k, v in goodput.items() if k != "badput_s"},
+            **{f"badput_{k}_s": v for k, v in goodput["badput_s"].items()},
+            # the same seconds under ml-goodput-measurement's names
+            **{f"by_type_{k}_s": v for k, v in by_goodput_name(goodput["badput_s"]).items()},
+            **cache)
+        self.setup.goodput.save()
+        self.supervision.save_ledger()
+        if summary is not None:
+            summary.extra["goodput"] = goodput
 
     def close(self) -> None:
         for hook in self.hooks:
             hook.close()
-        self.setup.tiers.close()
+        self.setup.checkpoints.close()
         self.setup.sink.close()

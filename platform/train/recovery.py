@@ -3,68 +3,47 @@
 Two entry points, both called on every host in lock-step (they read and write checkpoints
 through Orbax's collective API):
 
-    restore_or_init(setup, supervision, attempt) -> state   the newest good checkpoint, else
-                                                            a fresh (or fine-tune) start
+    restore_or_init(setup, supervision, attempt) -> state   the newest good checkpoint of
+                                                            either tier, else a fresh (or
+                                                            fine-tune) start
     roll_back(setup, supervision, spike, data_state, batch_size) -> state
                                                             restore an older checkpoint and
                                                             skip the spike's data
 
-`Supervision` is the state they share with the checkpoints: the ledger (spikes, rollbacks,
-skips, restarts, resizes) and the spike detector. It is saved with every checkpoint and the
-ledger also in the run folder, so every host applies the same skips after a restart.
+The supervision state (supervise/supervision.py: the ledger, the spike detector) is saved
+with every checkpoint and the ledger also in the run folder, so every host applies the same
+skips after a restart.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import jax
+
+from palm_platform.checkpoint.checkpoints import PERSISTENT, Due
+from palm_platform.checkpoint.errors import CheckpointNotFound
 from palm_platform.multihost import broadcast_text
-from palm_platform.run_dir import RunDir
 from palm_platform.supervise.ledger import Ledger
-from palm_platform.supervise.spike import Spike, SpikeDetector
+from palm_platform.supervise.rollback import plan_rollback
+from palm_platform.supervise.spike import Spike
+from palm_platform.supervise.supervision import Supervision
 from palm_platform.train.setup import TrainSetup
+from palm_platform.train.step import cross_pod_bytes_per_step
 
 
 class TrainingStopped(RuntimeError):
     """The fault policy stopped the run (e.g. spikes kept recurring); the ledger says why."""
 
 
-@dataclass
-class Supervision:
-    """The ledger and the spike detector: deterministic on every host (all see the same
-    global loss), saved with every checkpoint."""
-
-    ledger: Ledger
-    detector: SpikeDetector
-    ledger_path: Path
-    rolled_back_s: float = 0.0  # a restart's lost steps that the goodput file had counted
-
-    @classmethod
-    def new(cls, setup: TrainSetup) -> Supervision:
-        return cls(Ledger(), SpikeDetector(setup.job.faults.spike), RunDir(setup.run_dir).ledger)
-
-    def checkpoint_item(self, pods: int) -> dict:
-        """What a checkpoint saves besides the train state and the data position."""
-        return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict(),
-                "pods": pods}
-
-    def save_ledger(self, setup: TrainSetup) -> None:
-        if setup.process_index == 0:  # one writer; the others read it through broadcast
-            self.ledger.save(self.ledger_path)
-
-
 def restore_or_init(setup: TrainSetup, supervision: Supervision, attempt: int) -> Any:
     """The newest good checkpoint, or a fresh start; returns the train state."""
-    from palm_platform.checkpoint import CheckpointNotFound
-
     try:
-        restored = setup.tiers.restore(setup.abstract_state)  # the newest of either tier
+        restored = setup.checkpoints.restore()  # the newest of either tier
     except CheckpointNotFound:
         return _fresh_start(setup, supervision, attempt)
-    _load_supervision(setup, supervision, restored.ledger, restored.step)
+    _load_supervision(supervision, restored.ledger, restored.step)
     _note_resize(setup, supervision, restored.ledger, restored.step)
     _resume_data(setup, supervision, restored.data_state)
     setup.sink.event("checkpoint_restored", restored.step, attempt=attempt,
@@ -82,22 +61,24 @@ def restore_or_init(setup: TrainSetup, supervision: Supervision, attempt: int) -
 def _fresh_start(setup: TrainSetup, supervision: Supervision, attempt: int) -> Any:
     from palm_platform.train.state import init_train_state
 
-    job = setup.job
-    setup.sink.event("start", 0, attempt=attempt, hosts=setup.process_count, pods=setup.pods,
-                     devices=setup.mesh.size, cross_pod_bytes_per_step=setup.cross_pod_bytes)
+    job, program = setup.job, setup.program
+    setup.sink.event("start", 0, attempt=attempt, hosts=jax.process_count(), pods=program.pods,
+                     devices=program.mesh.size,
+                     cross_pod_bytes_per_step=cross_pod_bytes_per_step(
+                         program.abstract_state.params, program.pods, job.mesh.cross_pod_dtype))
     if job.init_from is None:
-        state = init_train_state(setup.model_cfg, setup.tx, setup.mesh, job.train.seed,
-                                 setup.shardings)
+        state = init_train_state(program.model_cfg, program.tx, program.mesh, job.train.seed,
+                                 program.shardings)
     else:  # fine-tuning: parameters from another run; a restart resumes from our own
         from palm_platform.train.init_from import load_initial_state
 
-        state, source_step = load_initial_state(job, setup.abstract_state, setup.tx,
-                                                setup.shardings)
+        state, source_step = load_initial_state(job, program.abstract_state, program.tx,
+                                                program.shardings)
         setup.sink.event("init_from", 0, checkpoint=job.init_from.checkpoint,
                          source_step=source_step, load=job.init_from.load)
     # Step 0 is saved so that a spike in the first `rollback_steps` can roll back.
-    setup.checkpointer.save(0, state, setup.pipeline.get_state(),
-                            supervision.checkpoint_item(setup.pods), force=True)
+    setup.checkpoints.save(0, Due(frozenset({PERSISTENT})), state, setup.pipeline.get_state(),
+                           supervision.checkpoint_item(program.pods))
     return state
 
 
@@ -114,18 +95,16 @@ def _note_resize(setup: TrainSetup, supervision: Supervision, item: dict, step: 
     Decided from the checkpoint (saved with the pod count that wrote it), so every host
     records the same event and two runs with the same resizes keep equal ledgers.
     """
-    before = (item or {}).get("pods", setup.job.topology.pods)
-    if before == setup.pods:
+    before, pods = (item or {}).get("pods", setup.job.topology.pods), setup.program.pods
+    if before == pods:
         return
-    cause = "pod lost" if setup.pods < before else "pod returned"
-    supervision.ledger.record_resize(step, from_pods=before, to_pods=setup.pods, cause=cause)
-    setup.sink.event("resize", step, alert=True, from_pods=before, to_pods=setup.pods,
-                     cause=cause)
-    supervision.save_ledger(setup)  # the event above is also its log line
+    cause = "pod lost" if pods < before else "pod returned"
+    supervision.ledger.record_resize(step, from_pods=before, to_pods=pods, cause=cause)
+    setup.sink.event("resize", step, alert=True, from_pods=before, to_pods=pods, cause=cause)
+    supervision.save_ledger()  # the event above is also its log line
 
 
-def _load_supervision(setup: TrainSetup, supervision: Supervision, item: dict,
-                      step: int) -> None:
+def _load_supervision(supervision: Supervision, item: dict, step: int) -> None:
     """The checkpoint's ledger merged with the run folder's, and its spike detector.
 
     The run folder's ledger also holds rollbacks decided after the last save. Only process 0
@@ -134,7 +113,7 @@ def _load_supervision(setup: TrainSetup, supervision: Supervision, item: dict,
     """
     supervision.ledger = Ledger.from_dict((item or {}).get("ledger"))
     path = supervision.ledger_path
-    local = path.read_text() if setup.process_index == 0 and path.exists() else ""
+    local = path.read_text() if supervision.writes and path.exists() else ""
     shared = broadcast_text(local)
     if shared:
         try:
@@ -157,21 +136,17 @@ def roll_back(setup: TrainSetup, supervision: Supervision, spike: Spike, data_st
 
     Raises TrainingStopped when the fault policy stops the run instead.
     """
-    from palm_platform.supervise.rollback import plan_rollback
-
-    checkpointer, sink = setup.checkpointer, setup.sink
-    checkpointer.wait_until_finished()  # every host sees the same checkpoint list
-    plan = plan_rollback(spike, checkpointer.steps(), setup.job.faults.spike, supervision.ledger,
-                         data_state=data_state, batch_size=batch_size)
+    checkpoints, sink = setup.checkpoints, setup.sink
+    plan = plan_rollback(spike, checkpoints.persistent_steps(), setup.job.faults.spike,
+                         supervision.ledger, data_state=data_state, batch_size=batch_size)
     plan.record(supervision.ledger)
-    supervision.save_ledger(setup)
+    supervision.save_ledger()
     sink.event("spike", spike.step, alert=True, loss=spike.loss, rule=spike.rule,
                limit=spike.limit, description=spike.describe())
     if plan.action == "stop":
         sink.event("stop", spike.step, alert=True, reason=plan.reason)
         raise TrainingStopped(f"step {spike.step}: {plan.reason}")
-    restored = checkpointer.restore(setup.abstract_state, step=plan.restore_step)
-    setup.tiers.discard_after(plan.restore_step)  # the RAM tier's newer steps too
+    restored = checkpoints.roll_back_to(plan.restore_step)  # newer steps of both tiers dropped
     _resume_data(setup, supervision, restored.data_state)
     supervision.detector.truncate(plan.restore_step)
     # Every step from the restore point on runs again (the one dispatched after the spike
