@@ -162,13 +162,14 @@ def final_params(job_path: Path, expected_step: int):
     from palm_platform.checkpoint import Checkpointer
     from palm_platform.job import load_job
     from palm_platform.mesh import make_mesh
+    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     job = load_job(job_path)
     topo = job.topology
     mesh = make_mesh(topo.pods, job.data_parallel, job.mesh.model,
                      jax.devices()[: topo.pods * topo.chips_per_pod])
-    abstract, _ = state_shardings(job.model.build(), job.optimizer.build()[0], mesh)
+    abstract, _ = state_shardings(job.model.build(), build_optimizer(job.optimizer)[0], mesh)
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
     try:
         restored = checkpointer.restore(abstract)
