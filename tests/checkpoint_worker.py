@@ -153,9 +153,9 @@ def hang_before_commit(directory: str) -> None:
     import threading
 
     import jax
-    from orbax.checkpoint._src.path import atomicity
 
     from palm_platform.checkpoint import Checkpointer
+    from palm_platform.compat.orbax import atomicity
 
     mesh = jax.make_mesh(*SAVE_MESH)
     state = sharded_state(mesh, 2)

@@ -50,3 +50,14 @@ def barriers_through_the_distributed_client() -> bool:
         flags.FLAGS.mark_as_parsed()
     setattr(flags.FLAGS, DISTRIBUTED_BARRIER_FLAG, True)
     return True
+
+
+def __getattr__(name: str):
+    """`atomicity`: Orbax's temporary paths, whose `finalize` commits a save (private module
+    orbax.checkpoint._src.path.atomicity). Only tests use it: they patch `finalize` to stop a
+    save before its commit. Loaded on first use, like everything behind this door."""
+    if name == "atomicity":
+        from orbax.checkpoint._src.path import atomicity
+
+        return atomicity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
