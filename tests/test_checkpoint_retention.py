@@ -66,6 +66,4 @@ def test_a_sequence_of_saves_leaves_exactly_what_the_policy_keeps(tmp_path):
     assert checkpointer.steps() == [50, 90, 100, 110, 120]
     on_disk = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
     assert on_disk == [50, 90, 100, 110, 120]
-    assert checkpointer.newest_step_at_or_before(120 - 25) == 90
-    assert checkpointer.newest_step_at_or_before(5) is None
     checkpointer.close()

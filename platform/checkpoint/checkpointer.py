@@ -243,10 +243,6 @@ class Checkpointer:
         self._join_saver()  # a save handed to the thread is listed once Orbax has it
         return sorted(self._manager.all_steps())
 
-    def newest_step_at_or_before(self, step: int) -> int | None:
-        """The rollback target for a loss spike detected at `step`."""
-        return max((s for s in self.steps() if s <= step), default=None)
-
     def restore(self, abstract_train_state: Any, step: int | None = None) -> Restored:
         """Restore onto the shardings of `abstract_train_state` (any mesh, any process count).
 
@@ -265,7 +261,7 @@ class Checkpointer:
         if step is not None and step not in committed:
             raise CheckpointNotFound(
                 f"{self.directory}: no complete checkpoint for step {step}; complete steps: "
-                f"{sorted(committed)}. Fix: pick one of those, or use newest_step_at_or_before"
+                f"{sorted(committed)}. Fix: pick one of those"
             )
         damaged: dict[int, list[Damage]] = {}
         for candidate in [step] if step is not None else committed:
