@@ -28,7 +28,7 @@ from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.supervision import Supervision
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.mfu import device_peak_flops, mfu
-from palm_platform.train.setup import TrainProgram, TrainSetup
+from palm_platform.train.setup import TrainSetup
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from palm_platform.job.train import TrainConfig
     from palm_platform.supervise.faults import FaultInjector
     from palm_platform.train.heldout import HeldOutEvaluator
+    from palm_platform.train.state import TrainState
 
 logger = logging.getLogger("palm")
 
@@ -174,15 +175,15 @@ class PrecompileHook(Hook):
     """After the first compiled step, the schedule's later batch sizes compile ahead of time
     into the persistent cache (precompile.py), so a restart before them loads them."""
 
-    def __init__(self, step_fn: Callable[[int], Any], program: TrainProgram,
+    def __init__(self, step_fn: Callable[[int], Any], abstract_state: TrainState, mesh: Mesh,
                  train: TrainConfig, seq_len: int, compile_cache: CompileCache):
         from palm_platform.train.precompile import Precompiler, compile_train_step
 
         self.train, self.compile_cache = train, compile_cache
-        sharding = batch_sharding(program.mesh)
+        sharding = batch_sharding(mesh)
         self.precompiler = Precompiler(
-            lambda size: compile_train_step(step_fn(size), program.abstract_state, sharding,
-                                            size, seq_len),
+            lambda size: compile_train_step(step_fn(size), abstract_state, sharding, size,
+                                            seq_len),
             [], enabled=False)
 
     def on_start(self, step: int) -> None:
@@ -230,7 +231,8 @@ def build_hooks(setup: TrainSetup, supervision: Supervision,
         pods=program.pods if job.topology.elastic else None,
         log_every=job.metrics.log_every, last_step=job.train.steps))
     if len(job.train.batch_schedule) > 1:
-        hooks.append(PrecompileHook(step_fn, program, job.train, job.seq_len, s.compile_cache))
+        hooks.append(PrecompileHook(step_fn, program.abstract_state, program.mesh, job.train,
+                                    job.seq_len, s.compile_cache))
     hooks.append(CheckpointHook(s.checkpoints, supervision, pods=program.pods,
                                 goodput=s.goodput, sink=s.sink))
     if job.eval is not None:

@@ -75,8 +75,6 @@ class Trainer:
         self.setup = build_setup(job, Path(run_dir), launched_at=launched_at, devices=devices)
         self.supervision = Supervision.new(job.faults.spike, RunDir(run_dir).ledger,
                                            writes=jax.process_index() == 0)
-        pods = self.setup.program.pods
-        self.check_pods = job.metrics.check_pods_identical and pods > 1  # after every step
         self._steps: dict[int, Any] = {}  # jitted step per microbatch count
         self._compiled: set[int] = set()  # batch sizes compiled so far
         self._last_finished_at = time.monotonic()
@@ -176,8 +174,8 @@ class Trainer:
         with s.goodput.phase("compile" if compiling else "step",
                              step=None if compiling else batch.step):
             state, metrics = self.step_fn(batch.batch_size)(state, array)
-            checksums = (pod_checksum_array(state.params, s.program.mesh) if self.check_pods
-                         else None)
+            checksums = (pod_checksum_array(state.params, s.program.mesh)
+                         if s.program.check_pods else None)
         return state, _Dispatched(batch, metrics, checksums, compiling, dispatched_at)
 
     def _read(self, done: _Dispatched, summary: RunSummary, state=None,

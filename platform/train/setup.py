@@ -48,6 +48,7 @@ class TrainProgram:
     pods: int  # pods this worker group has (fewer than the job's when elastic)
     abstract_state: TrainState  # leaves are ShapeDtypeStructs carrying their shardings
     shardings: TrainState  # a NamedSharding per leaf
+    check_pods: bool  # compare the pods' parameters after every step
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def build_setup(job: Job, run_dir: Path, *, launched_at: float | None = None,
     model_cfg = job.model.build()
     tx, lr = build_optimizer(job.optimizer)
     abstract_state, shardings = state_shardings(model_cfg, tx, mesh)
-    program = TrainProgram(model_cfg, tx, lr, mesh, pods, abstract_state, shardings)
+    program = TrainProgram(model_cfg, tx, lr, mesh, pods, abstract_state, shardings,
+                           check_pods=job.metrics.check_pods_identical and pods > 1)
     evaluator = build_evaluator(job, run_dir, mesh, model_cfg, shardings.params)
     pipeline = _pipeline(job, model_cfg, evaluator.training_sources)
     pipeline.read_blocks(*process_blocks(batch_sharding(mesh)))  # this host's rows
