@@ -90,11 +90,11 @@ def train_tokens_per_s(job, batch, steps: int) -> float:
     import jax
 
     from palm_platform.mesh import make_mesh
-    from palm_platform.train.optimizer import learning_rate_schedule
+    from palm_platform.train.optimizer import build_optimizer, learning_rate_schedule
     from palm_platform.train.state import init_train_state, state_shardings
     from palm_platform.train.step import StepSpec, make_train_step
 
-    model, tx = job.model.build(), job.optimizer.build()[0]
+    model, tx = job.model.build(), build_optimizer(job.optimizer)[0]
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     state = init_train_state(model, tx, mesh, seed=0)
     step = make_train_step(StepSpec(model, 1), tx, mesh, state_shardings(model, tx, mesh)[1],

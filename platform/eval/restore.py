@@ -144,6 +144,7 @@ def restore_job(
     from palm_platform.data.tokenizer import load_tokenizer
     from palm_platform.eval.placement import Placement
     from palm_platform.mesh import make_mesh
+    from palm_platform.train.optimizer import build_optimizer
     from palm_platform.train.state import state_shardings
 
     model_cfg = job.model.build()
@@ -165,7 +166,7 @@ def restore_job(
         mesh = make_mesh(job.topology.pods, job.data_parallel, job.mesh.model)
     else:
         mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    abstract, _ = state_shardings(model_cfg, job.optimizer.build()[0], mesh)
+    abstract, _ = state_shardings(model_cfg, build_optimizer(job.optimizer)[0], mesh)
     # Retention must never delete anything here: keep_last is irrelevant to a reader, but
     # the Checkpointer only deletes on save, which this never calls.
     checkpointer = Checkpointer(job.checkpoint, directory=job.checkpoint.directory)
