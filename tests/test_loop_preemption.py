@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from palm_platform.hook_protocol import Preempted
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
 from palm_platform.supervise.config import FaultInjection
-from palm_platform.hook_protocol import Preempted
 from palm_platform.train.loop import Trainer
 
 JOB = Path(__file__).parent / "jobs" / "loop-2pod.yaml"
