@@ -53,6 +53,13 @@ class Tier:
     def wait_until_finished(self) -> None:
         self.calls.append((self.name, "wait"))
 
+    def restore(self, abstract_state, step: int):
+        self.calls.append((self.name, "restore", step))
+        return step
+
+    def discard_after(self, step: int) -> None:
+        self.calls.append((self.name, "discard_after", step))
+
 
 def _checkpoints(config: CheckpointConfig, notice: Notice, *, last_step: int | None = None,
                  calls: list | None = None) -> Checkpoints:
@@ -92,6 +99,14 @@ def test_a_preempted_save_writes_both_tiers_ram_first_then_waits_for_every_commi
     calls.clear()
     checkpoints.save(8, checkpoints.due(8), None, {}, {})  # the cadence: no wait
     assert calls == [(RAM, "save", 8)]
+
+
+def test_a_rollback_restores_the_persistent_step_and_drops_newer_steps_of_both_tiers():
+    calls: list = []
+    config = CheckpointConfig(directory="c", every_steps=10, local={"every_steps": 4})
+    assert _checkpoints(config, Notice(), calls=calls).roll_back_to(10) == 10
+    assert calls == [(PERSISTENT, "restore", 10), (PERSISTENT, "discard_after", 10),
+                     (RAM, "discard_after", 10)]
 
 
 def test_the_ram_tier_is_off_unless_the_job_asks_for_it():
