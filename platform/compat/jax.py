@@ -4,7 +4,7 @@
   client (its `wait_at_barrier` is a gRPC barrier with a timeout, which a background thread
   may wait at beside the train step's collectives: the RAM tier's commit,
   checkpoint/local_tier.py) and the preemption sync manager behind
-  `multihost_utils.reached_preemption_sync_point` (supervise/preemption.py);
+  `multihost_utils.reached_preemption_sync_point` (checkpoint/preemption.py);
 - the persistent compilation cache's writer, so that on CPU every process writes its own
   entries (ray/jax_backend.py calls it on each worker);
 - the logger jax.distributed announces itself on.

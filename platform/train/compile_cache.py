@@ -9,7 +9,7 @@ with the cache every host loads the executables the first attempt wrote instead 
 recompiling (a 2 s compile became 0.15 s here). Only JAX process 0 writes entries (JAX's
 own rule, so a shared gs:// cache is never written concurrently); every process reads them.
 On CPU each process's key differs, so there every process writes its own entries
-(ray/compat.py, cache_writes_from_every_process_on_cpu).
+(compat/jax.py, cache_writes_from_every_process_on_cpu).
 
 JAX decides per key, not per process, so the cache can be switched on at any time before
 the compiles it should serve. The counts come from JAX's public monitoring events

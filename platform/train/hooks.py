@@ -194,7 +194,7 @@ class PrecompileHook(Hook):
             train.batch_size_at, [p.until_step for p in train.batch_schedule if p.until_step],
             step, train.steps)
         # Only process 0 writes JAX's persistent cache, except on CPU, where every process
-        # writes its own keys (ray/compat.py, cache_writes_from_every_process_on_cpu).
+        # writes its own keys (compat/jax.py, cache_writes_from_every_process_on_cpu).
         writes = jax.process_index() == 0 or jax.default_backend() == "cpu"
         self.precompiler.enabled = (writes and self.compile_cache.directory is not None
                                     and bool(self.precompiler.sizes))
