@@ -2,7 +2,7 @@
 
     metrics.jsonl     step records and events (metrics/sink.py), read by status and W&B
     ledger.json       spikes, rollbacks, skips, restarts, resizes (supervise/ledger.py)
-    goodput.json      goodput and badput so far (supervise/goodput.py)
+    goodput.json      goodput and badput so far (metrics/goodput.py)
     summary.json      the run's summary, written by process 0 at the end
     attempts          the worker group's start count in this launch (ray/worker.py)
     job.json          the job as trained, for `palm eval|generate` (eval/restore.py)

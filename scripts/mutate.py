@@ -51,7 +51,7 @@ OPT_NEW = [
 ]
 SUPERVISE_OLD = ["tests/test_supervise_spike.py", "tests/test_supervise_rollback.py",
                  "tests/test_supervise_ledger.py", "tests/test_supervise_faults.py",
-                 "tests/test_supervise_goodput.py", "tests/test_supervise_watchdog.py"]
+                 "tests/test_metrics_goodput.py", "tests/test_supervise_watchdog.py"]
 SUPERVISE_NEW = ["tests/test_supervise_spike_boundary.py", "tests/test_skip_ranges.py"]
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "train/step.py": (STEP_OLD, STEP_NEW),
@@ -74,9 +74,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
         ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
     ),
-    "supervise/goodput.py": (
-        ["tests/test_supervise_goodput.py"],
-        ["tests/test_supervise_goodput_edges.py"],
+    "metrics/goodput.py": (
+        ["tests/test_metrics_goodput.py"],
+        ["tests/test_metrics_goodput_edges.py"],
     ),
     "supervise/faults.py": (
         ["tests/test_supervise_faults.py"],
@@ -116,7 +116,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 DEFAULT_MAX = {
     "train/step.py": 5,
     "supervise/ledger.py": 6,
-    "supervise/goodput.py": 6,
+    "metrics/goodput.py": 6,
     "supervise/faults.py": 6,
     "supervise/watchdog.py": 6,
     "checkpoint/verification.py": 8,

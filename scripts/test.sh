@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs the whole test suite (slow cluster tests included).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+# Sets up .venv if needed, checks lint and the package layers, then runs the test suite.
+#   bash scripts/test.sh            # everything (slow cluster tests included): CI runs this
+#   bash scripts/test.sh --fast     # the fast tier: every test that starts no Ray cluster and
+#                                   # no extra JAX process (markers ray, multiprocess): minutes
+# Other arguments go to pytest, e.g. `bash scripts/test.sh tests/data -k store`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export JAX_PLATFORMS=cpu
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # the layers contract in pyproject.toml ([tool.importlinter])
+args=()
+for arg in "$@"; do
+  if [ "$arg" = "--fast" ]; then
+    args+=(-m "not ray and not multiprocess")
+  else
+    args+=("$arg")
+  fi
+done
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "${args[@]}"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from palm_platform.hook_protocol import Hook, StepInfo
-from palm_platform.supervise.goodput import GoodputTracker
+from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.supervise.supervision import Supervision
 
 if TYPE_CHECKING:

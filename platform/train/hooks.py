@@ -22,9 +22,9 @@ from palm_platform.checkpoint.checkpoints import LOCAL, PERSISTENT, Checkpoints,
 from palm_platform.data.global_array import to_global_array
 from palm_platform.hook_protocol import Hook, Preempted, RunSummary, StepInfo
 from palm_platform.mesh import batch_sharding
+from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.metrics.sink import MetricsSink
 from palm_platform.run_dir import RunDir
-from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.supervision import Supervision
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.mfu import device_peak_flops, mfu

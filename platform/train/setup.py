@@ -23,10 +23,10 @@ from palm_platform.data.global_array import process_blocks
 from palm_platform.job import Job
 from palm_platform.job.record import record_job
 from palm_platform.mesh import batch_sharding, make_mesh
+from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.metrics.sink import MetricsSink
 from palm_platform.pod_count import ElasticShapeError, pods_in_group
 from palm_platform.run_dir import RunDir
-from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.train.compile_cache import CompileCache
 from palm_platform.train.heldout import HeldOutEvaluator, NoEval, build_evaluator
 from palm_platform.train.optimizer import build_optimizer

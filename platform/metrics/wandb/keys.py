@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from palm_platform.supervise.goodput import OTHER, RECOMPUTATION, RESTART
+from palm_platform.metrics.goodput import OTHER, RECOMPUTATION, RESTART
 
 STEP_METRIC = "train/step"
 REPLAYED = "train/replayed"  # 1 on a step trained again after a rollback or a restart

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from palm_platform.supervise.goodput import GoodputTracker, merge_summaries
+from palm_platform.metrics.goodput import GoodputTracker, merge_summaries
 
 
 class FakeClock:

@@ -3,7 +3,7 @@ history, and a save/load round trip that must not count idle time twice."""
 
 import pytest
 
-from palm_platform.supervise.goodput import GoodputTracker, merge_summaries
+from palm_platform.metrics.goodput import GoodputTracker, merge_summaries
 
 
 class FakeClock:
@@ -72,7 +72,7 @@ def test_idle_time_survives_a_save_and_load_once():
 
 
 def test_a_bad_saved_state_is_refused_without_echoing_it_whole():
-    from palm_platform.supervise.goodput import GoodputTracker
+    from palm_platform.metrics.goodput import GoodputTracker
 
     with pytest.raises(ValueError) as error:
         GoodputTracker().load_state_dict({"wall_s": "x" * 100_000, "productive_s": 1.0,
