@@ -11,9 +11,9 @@ import yaml
 
 from palm_platform.data import DataConfig, build_pipeline
 from palm_platform.job import JobError, load_job
+from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.metrics.sink import read_records
 from palm_platform.pod_count import ElasticShapeError, microbatches_at, pods_in_group
-from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.topology import SliceShape
 from palm_platform.train.loop import Trainer
 

@@ -6,9 +6,9 @@ import os
 import signal
 
 from palm_platform.checkpoint.preemption import PreemptionNotice
+from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.supervise.config import FaultInjection
 from palm_platform.supervise.faults import FaultInjector
-from palm_platform.supervise.goodput import GoodputTracker
 from palm_platform.supervise.restart_account import (
     by_goodput_name,
     last_sign_of_life,
