@@ -1,4 +1,4 @@
-"""Time and memory of `palm run` on each hostile job file of tests/hostile_jobs.py.
+"""Time and memory of `palm run` on each hostile job file of tests/support/hostile_jobs.py.
 
     python benchmarks/bench_hostile_jobs.py [--palm .venv/bin/palm]
 

@@ -7,7 +7,7 @@ parameters, its optimizer state, its ledger and its metrics records without timi
 
 Run it at the commit before a change and after it: every line must be equal. `--reverse-hooks`
 runs the same job with the Trainer's hooks in reverse order (the order of hooks must never
-change a run). tests/test_loop_hook_order.py runs both orders through `train` and compares.
+change a run). tests/train/test_loop_hook_order.py runs both orders through `train` and compares.
 """
 
 from __future__ import annotations

@@ -37,77 +37,82 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module (under platform/) -> (tests that existed before issue 19, tests added by it).
 # Fast tests only; each list is what covers that module's behaviour.
-STEP_OLD = ["tests/test_train_step.py"]
+STEP_OLD = ["tests/train/test_train_step.py"]
 STEP_NEW = [
-    "tests/test_train_step_reference.py::test_two_pod_step_gradient_is_the_whole_batch_gradient"
+    "tests/train/test_train_step_reference.py::test_two_pod_step_gradient_is_the_whole_batch_gradient"
 ]
-OPT_OLD = ["tests/test_train_step.py::test_learning_rate_is_constant_then_inverse_sqrt",
-           "tests/test_train_step.py::test_weight_decay_is_lr_squared",
-           "tests/test_train_step.py::test_update_is_clipped_and_scaled_by_parameter_rms"]
+OPT_OLD = ["tests/train/test_train_step.py::test_learning_rate_is_constant_then_inverse_sqrt",
+           "tests/train/test_train_step.py::test_weight_decay_is_lr_squared",
+           "tests/train/test_train_step.py::test_update_is_clipped_and_scaled_by_parameter_rms"]
 OPT_NEW = [
-    "tests/test_train_step_reference.py::test_optimizer_clips_the_global_norm_before_adafactor",
-    "tests/test_train_step_reference.py::test_optimizer_leaves_a_gradient_under_the_limit_alone",
-    "tests/test_train_step_reference.py::test_optimizer_follows_the_recipe_written_in_numpy",
+    "tests/train/test_train_step_reference.py::test_optimizer_clips_the_global_norm_before_adafactor",
+    "tests/train/test_train_step_reference.py::test_optimizer_leaves_a_gradient_under_the_limit_alone",
+    "tests/train/test_train_step_reference.py::test_optimizer_follows_the_recipe_written_in_numpy",
 ]
-SUPERVISE_OLD = ["tests/test_supervise_spike.py", "tests/test_supervise_rollback.py",
-                 "tests/test_supervise_ledger.py", "tests/test_supervise_faults.py",
-                 "tests/test_metrics_goodput.py", "tests/test_supervise_watchdog.py"]
-SUPERVISE_NEW = ["tests/test_supervise_spike_boundary.py", "tests/test_skip_ranges.py"]
+SUPERVISE_OLD = ["tests/supervise/test_supervise_spike.py",
+                 "tests/supervise/test_supervise_rollback.py",
+                 "tests/supervise/test_supervise_ledger.py",
+                 "tests/supervise/test_supervise_faults.py",
+                 "tests/metrics/test_metrics_goodput.py",
+                 "tests/supervise/test_supervise_watchdog.py"]
+SUPERVISE_NEW = ["tests/supervise/test_supervise_spike_boundary.py",
+                 "tests/supervise/test_skip_ranges.py"]
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "train/step.py": (STEP_OLD, STEP_NEW),
     "train/optimizer.py": (OPT_OLD, OPT_NEW),
     # No fast test used the check before issue 19 (only the slow loop test, which sees True).
-    "train/consistency.py": ([], ["tests/test_train_consistency.py"]),
+    "train/consistency.py": ([], ["tests/train/test_train_consistency.py"]),
     "supervise/spike.py": (
-        ["tests/test_supervise_spike.py"],
-        ["tests/test_supervise_spike_boundary.py"],
+        ["tests/supervise/test_supervise_spike.py"],
+        ["tests/supervise/test_supervise_spike_boundary.py"],
     ),
     "supervise/positions.py": (
-        ["tests/test_supervise_faults.py", "tests/test_supervise_rollback.py"],
-        ["tests/test_skip_ranges.py"],
+        ["tests/supervise/test_supervise_faults.py", "tests/supervise/test_supervise_rollback.py"],
+        ["tests/supervise/test_skip_ranges.py"],
     ),
     "supervise/rollback.py": (
-        ["tests/test_supervise_rollback.py"],
-        ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
+        ["tests/supervise/test_supervise_rollback.py"],
+        ["tests/supervise/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
     ),
     "supervise/ledger.py": (
-        ["tests/test_supervise_ledger.py", "tests/test_supervise_rollback.py"],
-        ["tests/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
+        ["tests/supervise/test_supervise_ledger.py", "tests/supervise/test_supervise_rollback.py"],
+        ["tests/supervise/test_supervise_ledger_plan.py", *SUPERVISE_NEW],
     ),
     "metrics/goodput.py": (
-        ["tests/test_metrics_goodput.py"],
-        ["tests/test_metrics_goodput_edges.py"],
+        ["tests/metrics/test_metrics_goodput.py"],
+        ["tests/metrics/test_metrics_goodput_edges.py"],
     ),
     "supervise/faults.py": (
-        ["tests/test_supervise_faults.py"],
-        [*SUPERVISE_NEW, "tests/test_faults_multihost.py"],
+        ["tests/supervise/test_supervise_faults.py"],
+        [*SUPERVISE_NEW, "tests/supervise/test_faults_multihost.py"],
     ),
     "supervise/watchdog.py": (
-        ["tests/test_supervise_watchdog.py"],
-        ["tests/test_supervise_watchdog_edges.py"],
+        ["tests/supervise/test_supervise_watchdog.py"],
+        ["tests/supervise/test_supervise_watchdog_edges.py"],
     ),
-    "data/pipeline.py": (["tests/test_data_pipeline.py"], ["tests/test_skip_ranges.py"]),
+    "data/pipeline.py": (["tests/data/test_data_pipeline.py"],
+                         ["tests/supervise/test_skip_ranges.py"]),
     # The skip-range arithmetic of pipeline.py and positions.py, one type since issue 15.
     "data/skips.py": (
         [
-            "tests/test_data_pipeline.py",
-            "tests/test_supervise_faults.py",
-            "tests/test_supervise_rollback.py",
+            "tests/data/test_data_pipeline.py",
+            "tests/supervise/test_supervise_faults.py",
+            "tests/supervise/test_supervise_rollback.py",
         ],
-        ["tests/test_skip_ranges.py"],
+        ["tests/supervise/test_skip_ranges.py"],
     ),
     "checkpoint/verification.py": (
-        ["tests/test_checkpoint_integrity.py"],
-        ["tests/test_checkpoint_verify_defaults.py"],
+        ["tests/checkpoint/test_checkpoint_integrity.py"],
+        ["tests/checkpoint/test_checkpoint_verify_defaults.py"],
     ),
     # The one save decision (issue 35): each tier's cadence, the last step, a preemption.
     "checkpoint/checkpoints.py": (
         [],
-        ["tests/test_local_tier.py::test_the_checkpoints_say_which_tiers_are_due_at_each_step",
-         "tests/test_local_tier.py::test_a_preemption_notice_makes_every_tier_due_at_the_agreed_step",
-         "tests/test_local_tier.py::"
+        ["tests/checkpoint/test_local_tier.py::test_the_checkpoints_say_which_tiers_are_due_at_each_step",
+         "tests/checkpoint/test_local_tier.py::test_a_preemption_notice_makes_every_tier_due_at_the_agreed_step",
+         "tests/checkpoint/test_local_tier.py::"
          "test_a_preempted_save_writes_both_tiers_ram_first_then_waits_for_every_commit",
-         "tests/test_local_tier.py::"
+         "tests/checkpoint/test_local_tier.py::"
          "test_a_rollback_restores_the_persistent_step_and_drops_newer_steps_of_both_tiers"],
     ),
 }

@@ -96,7 +96,7 @@ def tpu_pod_type(topology: str, accelerator_type: str) -> str:
 
     Works around: the function Ray's slice placement uses is private
     (ray._private.accelerators.tpu.infer_tpu_pod_type_from_topology). The platform computes
-    pod types itself (topology.v4_pod_type, no Ray import); tests/test_ray_topology.py checks
+    pod types itself (topology.v4_pod_type, no Ray import); tests/ray/test_ray_topology.py checks
     that ours agrees with this one, so the feasibility check names exactly the head resource
     Ray will claim.
     """

@@ -229,7 +229,7 @@ def _start_attempts(spec: LaunchSpec) -> tuple[float, int]:
     # policy first tries to restart at full size, and that placement times out (a
     # controller failure) before the restart on the pods left. Shorter attempts, as many
     # more as fill the same start-up window, and each allowed restart gets that window:
-    # a pod loss cost a whole 60 s attempt (tests/test_elastic_ray.py).
+    # a pod loss cost a whole 60 s attempt (tests/ray/test_elastic_ray.py).
     attempt_s = min(feasibility_timeout_s, ELASTIC_ATTEMPT_S)
     return attempt_s, (max(controller_failure_limit, spec.max_failures)
                        * math.ceil(feasibility_timeout_s / attempt_s))

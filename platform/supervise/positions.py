@@ -4,7 +4,7 @@ The pipeline (`palm_platform.data.pipeline.Pipeline`) counts its position in glo
 sequences and never yields sequences inside its skip ranges. Rollback planning and batch
 poisoning need the indices of a batch from a *recorded* state (`pipeline.get_state()` taken
 just before the batch was read) without a live pipeline: they rebuild the pipeline's
-`SkipRanges` from that state; `tests/test_skip_ranges.py` checks them against
+`SkipRanges` from that state; `tests/supervise/test_skip_ranges.py` checks them against
 the pipeline.
 """
 

@@ -4,7 +4,7 @@ Ray has no authentication: whoever reaches a GCS, raylet or dashboard agent port
 code on the machine. This lists the listening sockets of the recorded node processes, their
 descendants (raylet, GCS, agents, workers) and orphans left in their process groups.
 
-Measured on Ray 2.60 (tests/test_hardening_ray.py): only the dashboard honours
+Measured on Ray 2.60 (tests/ray/test_hardening_ray.py): only the dashboard honours
 `--dashboard-host=127.0.0.1`. `--node-ip-address=127.0.0.1` does not help: `ray start`
 replaces a loopback node IP with the machine's address (`services.resolve_ip_for_localhost`;
 only on macOS/Windows, where multi-node clusters are refused, does it keep loopback), and the

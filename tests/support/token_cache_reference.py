@@ -2,7 +2,8 @@
 
 Tokenises a source in one process into a flat int32 file (each document's tokens then the
 end-of-document token, files in order) and memory-maps it: the flat array a store's source
-must equal, token for token (tests/test_data_prepare.py, tests/test_data_store_batches.py).
+must equal, token for token (tests/data/test_data_prepare.py,
+tests/data/test_data_store_batches.py).
 Not part of the package: training reads the token store (palm_platform.data.store).
 """
 
