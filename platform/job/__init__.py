@@ -277,10 +277,3 @@ def resolve_paths(job: Job, base_dir: Path) -> Job:
     )
     return job.model_copy(update={"data": data, "checkpoint": checkpoint, "run_dir": run_dir,
                                   "train": train, "init_from": init_from})
-
-
-if __name__ == "__main__":  # `python -m palm_platform.job JOB.yaml`: validate only, exit 2 if bad
-    import sys
-
-    load_job_or_exit(sys.argv[1])
-    print(f"{sys.argv[1]}: valid")
