@@ -49,6 +49,18 @@ def gcs_bucket(gcs_emulator, request):
     clear_client_caches()
 
 
+# -- the fast tier: tests marked neither ray nor multiprocess (tests/support/tiers.py) ---------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: its markers, for the helpers that start clusters and
+    processes to check (a module-scoped cluster fixture is set up by its first test)."""
+    # tests/support/tiers.py's MARKS (not imported: this file also runs outside the repository,
+    # in test_conftest_require.py's copy)
+    os.environ["PALM_TEST_MARKS"] = ",".join(sorted({mark.name for mark in item.iter_markers()}))
+
+
 # -- a local fake-TPU Ray cluster (tests/support/local_cluster.py) for the Ray tests ----------
 
 

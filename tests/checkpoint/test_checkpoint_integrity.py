@@ -112,6 +112,7 @@ def test_cli_list_and_verify_report_and_exit_codes(tmp_path, capsys):
     assert palm(["ckpt", "verify", str(tmp_path), "30"]) == 2
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 def test_save_killed_before_its_commit_is_never_restored(tmp_path):
     env = dict(

@@ -95,6 +95,7 @@ def test_ckpt_list_and_verify_on_gs_name_a_damaged_object(gcs_bucket, capsys):
     assert palm(["ckpt", "list", f"{gcs_bucket}/nothing-here"]) == 2
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 def test_save_killed_before_its_commit_on_gs_is_never_restored(gcs_bucket):
     directory = f"{gcs_bucket}/killed"

@@ -64,6 +64,7 @@ def palm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 @pytest.mark.usefixtures("libtpu")
 def test_palm_run_stops_on_an_unknown_flag_before_any_worker_starts(tmp_path):
@@ -77,6 +78,7 @@ def test_palm_run_stops_on_an_unknown_flag_before_any_worker_starts(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 @pytest.mark.usefixtures("libtpu")
 def test_palm_plan_stops_on_a_flag_libtpu_does_not_support_on_v4(tmp_path):
@@ -101,6 +103,7 @@ print(tiny_step().compile(compiler_options=options).as_text())
 """
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 @pytest.mark.usefixtures("libtpu")
 def test_libtpu_init_args_and_per_compile_options_give_the_same_program():
@@ -118,6 +121,7 @@ def test_libtpu_init_args_and_per_compile_options_give_the_same_program():
     assert by_env == by_options
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 @pytest.mark.usefixtures("libtpu")
 def test_plan_compare_compiles_the_step_again_with_the_flags_over_the_jobs(tmp_path):

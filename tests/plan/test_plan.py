@@ -11,7 +11,8 @@ import yaml
 from tests.support.paths import TEST_JOBS
 
 # Skips without the tpu extra locally, fails in CI (tests/conftest.py: require_libtpu).
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
+# `palm plan` compiles in a process of its own
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.usefixtures("libtpu")]
 JOBS = TEST_JOBS
 PALM = Path(sys.executable).parent / "palm"
 

@@ -13,7 +13,8 @@ import pytest
 from palm_platform.plan.hlo import _COMPUTE, arrays, parse_module
 from tests.support.paths import TEST_JOBS
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("libtpu")]
+# `palm plan` compiles in a process of its own
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.usefixtures("libtpu")]
 JOBS = TEST_JOBS
 PALM = Path(sys.executable).parent / "palm"
 INTEGER = ("s8", "s16", "s32", "u8", "u32", "pred")

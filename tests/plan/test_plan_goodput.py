@@ -37,6 +37,7 @@ def test_a_flag_out_of_range_exits_2_with_one_line(tmp_path, flags, named):
     assert not list(tmp_path.iterdir())  # nothing compiled, nothing cached
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 @pytest.mark.usefixtures("libtpu")
 def test_goodput_json_from_the_compiled_step_then_from_the_plan_cache(tmp_path):

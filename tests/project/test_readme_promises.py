@@ -60,6 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 def test_bounded_jax_initialize_gives_up_after_its_timeout(tmp_path):
     # Process 1 of 2 whose coordinator never comes up: JAX's default would wait 300 s. With
     # the jax pinned here the failed connect aborts the process (absl LOG(FATAL),

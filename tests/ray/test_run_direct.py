@@ -51,6 +51,7 @@ def test_direct_refuses_a_multi_host_job_with_exit_2(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.multiprocess  # a `palm`/JAX process besides pytest's
 @pytest.mark.slow
 def test_direct_run_ramps_the_batch_and_accumulates_microbatches(tmp_path):
     out = _palm_run_direct(tmp_path, _job(tmp_path, "micro", microbatch_sequences=4))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from palm_platform.cluster import local as cluster
 from palm_platform.cluster.state import ClusterState
+from tests.support.tiers import require_marker
 
 BIN = Path(sys.executable).parent  # this environment's `palm`, `ray` and `python`
 
@@ -36,6 +37,7 @@ def running_cluster(state_dir: Path, *, pods: int, hosts_per_pod: int, chips_per
     `palm cluster up` and the drivers): `palm cluster up` would otherwise make the user's
     ~/.ray/auth_token, which turns token mode on for every later Ray process of the user.
     """
+    require_marker("ray", "a test that starts a local Ray cluster")
     with _throwaway_token() if own_token else nullcontext():
         yield from _running_cluster(state_dir, pods=pods, hosts_per_pod=hosts_per_pod,
                                     chips_per_host=chips_per_host, timeout_s=timeout_s)
