@@ -17,8 +17,7 @@ import sys
 import time
 
 import numpy as np
-
-from support.processes import print_result  # tests/ is this script's sys.path[0]
+from processes import print_result  # tests/support/, this script's folder, is its sys.path[0]
 
 # leaf -> (shape, spec): parameters replicated over `pod` (data parallel across pods), an
 # optimizer leaf, a scalar step

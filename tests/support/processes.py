@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 
-from tests.support.tiers import require_marker
-
 
 def free_port() -> int:
     """A loopback port free right now (for jax.distributed's coordinator)."""
@@ -25,6 +23,8 @@ def free_port() -> int:
 
 def spawn(script: str, *args: object, env: dict) -> subprocess.Popen:
     """One worker process running `script args...`, its stdout and stderr piped apart."""
+    from tests.support.tiers import require_marker  # here: worker scripts import this module
+
     require_marker("multiprocess", "a test that starts JAX worker processes")
     return subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

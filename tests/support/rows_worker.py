@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-
-from support.processes import print_result  # tests/ is this script's sys.path[0]
+from processes import print_result  # tests/support/, this script's folder, is its sys.path[0]
 
 
 def main() -> None:
