@@ -149,15 +149,21 @@ def test_a_worker_killed_mid_shard_is_retried_with_the_same_result(local_cluster
                           _tokens(str(tmp_path / "store"), ["t"])[0])
 
 
-def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
+def _job_blocked_on_its_last_unit(tmp_path: Path, seed: int) -> tuple[Path, Path]:
+    """(job, fifo): three small files, then a FIFO whose read blocks until it is written, so
+    a prepare of the job is mid-shard until the test lets it go on."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):
-        (data / f"{i}.txt").write_text(_documents(1, 10 + i)[0] * 30)
+        (data / f"{i}.txt").write_text(_documents(1, seed + i)[0] * 30)
     fifo = data / "9-last.txt"
     os.mkfifo(fifo)
     sources = [SourceConfig(name="t", paths=["data"], weight=1)]
-    job = _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job")
+    return _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job"), fifo
+
+
+def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
+    job, fifo = _job_blocked_on_its_last_unit(tmp_path, 10)
     driver = _palm_prepare(local_cluster, job, workers=2)
     deadline = time.monotonic() + 180
     while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 \
@@ -177,14 +183,7 @@ def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_clu
 
 
 def test_ctrl_c_stops_the_workers_and_says_how_to_resume(local_cluster, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        (data / f"{i}.txt").write_text(_documents(1, 20 + i)[0] * 30)
-    fifo = data / "9-last.txt"
-    os.mkfifo(fifo)  # the last unit's read blocks: the prepare is mid-shard when stopped
-    sources = [SourceConfig(name="t", paths=["data"], weight=1)]
-    job = _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job")
+    job, fifo = _job_blocked_on_its_last_unit(tmp_path, 20)  # mid-shard when stopped
     driver = subprocess.Popen([BIN / "palm", "data", "prepare", str(job), "--workers", "1"],
                               env=driver_env(local_cluster), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
