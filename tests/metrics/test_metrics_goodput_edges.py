@@ -1,6 +1,8 @@
 """Goodput edges: sub-second runs, an open phase, a zero-length run, the bounded step
 history, and a save/load round trip that must not count idle time twice."""
 
+import json
+
 import pytest
 
 from palm_platform.metrics.goodput import GoodputTracker, merge_summaries
@@ -78,3 +80,29 @@ def test_a_bad_saved_state_is_refused_without_echoing_it_whole():
         GoodputTracker().load_state_dict({"wall_s": "x" * 100_000, "productive_s": 1.0,
                                           "badput_s": {}})
     assert "not a GoodputTracker state" in str(error.value) and len(str(error.value)) < 400
+
+
+def test_the_goodput_file_is_written_by_save_and_read_back_by_resume(tmp_path):
+    path = tmp_path / "goodput.json"
+    first = GoodputTracker.resume(path, launched_at=None, writes=True)
+    first.add("step", 2.0, step=1)
+    first.add("checkpoint", 0.5)
+    first.record_restart(1, {"infrastructure_s": 3.0})
+    first.save()
+    second = GoodputTracker.resume(path, launched_at=None, writes=False)
+    summary = second.summary()
+    assert summary["productive_s"] == pytest.approx(2.0)
+    assert summary["badput_s"]["checkpoint"] == pytest.approx(0.5)
+    assert second.restarts == [{"step": 1, "infrastructure_s": 3.0}]
+    second.add("step", 1.0, step=2)
+    second.save()  # writes=False: only the process that owns the file writes it
+    assert json.loads(path.read_text())["productive_s"] == pytest.approx(2.0)
+
+
+def test_an_elastic_steps_missing_share_moves_to_degraded():
+    tracker = GoodputTracker(FakeClock(0.0), wall_clock=FakeClock(1_700_000_000.0))
+    tracker.add("step", 4.0, step=1)
+    assert tracker.reclassify(1, 0.25, cause="degraded") == pytest.approx(1.0)
+    summary = tracker.summary()
+    assert summary["productive_s"] == pytest.approx(3.0)
+    assert summary["badput_s"]["degraded"] == pytest.approx(1.0)
