@@ -162,24 +162,36 @@ def _job_blocked_on_its_last_unit(tmp_path: Path, seed: int) -> tuple[Path, Path
     return _job(tmp_path, _config(tmp_path, sources, "store", unit_mb=0.0001), "job"), fifo
 
 
-def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
-    job, fifo = _job_blocked_on_its_last_unit(tmp_path, 10)
-    driver = _palm_prepare(local_cluster, job, workers=2)
-    deadline = time.monotonic() + 180
+def _wait_until_mid_shard(cluster, tmp_path: Path, driver: subprocess.Popen,
+                          timeout_s: float) -> None:
+    """Until 3 shards are committed and a worker blocks in the last unit's read."""
+    deadline = time.monotonic() + timeout_s
     while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 \
-            or _blocked_worker(local_cluster) is None:
+            or _blocked_worker(cluster) is None:
         assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
         time.sleep(0.3)
-    driver.send_signal(signal.SIGKILL)
-    driver.communicate()
+
+
+def _rerun_redoes_only_the_last_shard(cluster, job: Path, fifo: Path, workers: int) -> None:
+    """No shard worker is left running; with the last unit readable, a rerun skips the 3
+    committed shards and writes the last one only."""
     deadline = time.monotonic() + 60
-    while _shard_worker_pids(local_cluster):  # Ray ends a dead driver's actors
+    while _shard_worker_pids(cluster):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     fifo.unlink()
     fifo.write_text("the last document")
-    result, _ = _result(_palm_prepare(local_cluster, job, workers=2))
+    result, _ = _result(_palm_prepare(cluster, job, workers=workers))
     assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)
+
+
+def test_a_killed_driver_leaves_no_worker_and_its_rerun_redoes_nothing(local_cluster, tmp_path):
+    job, fifo = _job_blocked_on_its_last_unit(tmp_path, 10)
+    driver = _palm_prepare(local_cluster, job, workers=2)
+    _wait_until_mid_shard(local_cluster, tmp_path, driver, timeout_s=180)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    _rerun_redoes_only_the_last_shard(local_cluster, job, fifo, workers=2)  # Ray ends its actors
 
 
 def test_ctrl_c_stops_the_workers_and_says_how_to_resume(local_cluster, tmp_path):
@@ -187,11 +199,7 @@ def test_ctrl_c_stops_the_workers_and_says_how_to_resume(local_cluster, tmp_path
     driver = subprocess.Popen([BIN / "palm", "data", "prepare", str(job), "--workers", "1"],
                               env=driver_env(local_cluster), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while len(list((tmp_path / "store" / "t").glob("*.json"))) < 3 \
-            or _blocked_worker(local_cluster) is None:
-        assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()
-        time.sleep(0.3)
+    _wait_until_mid_shard(local_cluster, tmp_path, driver, timeout_s=300)
     driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err[-3000:]
@@ -199,11 +207,4 @@ def test_ctrl_c_stops_the_workers_and_says_how_to_resume(local_cluster, tmp_path
     assert "core_worker.cc" not in err
     line = err.strip().splitlines()[-1]
     assert "3 of 4 shards committed" in line and f"palm data prepare {job}" in line, line
-    deadline = time.monotonic() + 60
-    while _shard_worker_pids(local_cluster):  # stopped, not left running
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    fifo.unlink()
-    fifo.write_text("the last document")
-    result, _ = _result(_palm_prepare(local_cluster, job, workers=1))
-    assert (result["shards"], result["skipped"], result["written"]) == (4, 3, 1)
+    _rerun_redoes_only_the_last_shard(local_cluster, job, fifo, workers=1)  # stopped, not left
