@@ -34,7 +34,7 @@ from palm_platform.plan import goodput_inputs as gi
 UNMODELLED = ("data", "other", "eval")  # badput causes the model has no term for
 
 
-RESTARTING_FAULTS = ("kill_host", "hang_host", "preempt")  # the worker group restarts
+RESTARTING_FAULTS = ("kill_host", "crash_process", "hang_host", "preempt")  # a restart
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,8 +68,11 @@ class FaultInjection(BaseModel):
     """One fault to inject; each fires at most once per run, restarts included."""
 
     model_config = STRICT
-    kind: Literal["kill_host", "hang_host", "poison_batches", "damage_checkpoint", "preempt"] = (
-        Field(description="kill_host: SIGKILL the worker; hang_host: block it forever; "
+    kind: Literal["kill_host", "crash_process", "hang_host", "poison_batches",
+                  "damage_checkpoint", "preempt"] = (
+        Field(description="kill_host: the host is lost (its agent and JAX process are "
+              "SIGKILLed, its RAM checkpoints deleted); crash_process: only its JAX process "
+              "is SIGKILLed, the host stays; hang_host: block it forever; "
               "poison_batches: replace the data of `steps` batches from `step` with random "
               "tokens; damage_checkpoint: truncate a file of the newest checkpoint; preempt: "
               "SIGTERM the worker (a preemption notice: every host saves one agreed step)"))

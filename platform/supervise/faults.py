@@ -11,9 +11,9 @@
 
 Once only, across restarts: before a fault acts, its marker file is written (and fsynced) in
 `state_dir`, so the restarted host does not die again at the same step. A fault fires at the
-first step >= its `step` that the run reaches without a marker. kill_host, hang_host and
-preempt (SIGTERM) act on host `host` only; damage_checkpoint on host `host` (default 0) only;
-poison_batches on every host (it is data).
+first step >= its `step` that the run reaches without a marker. kill_host, crash_process,
+hang_host and preempt (SIGTERM) act on host `host` only; damage_checkpoint on host `host`
+(default 0) only; poison_batches on every host (it is data).
 
 Poison is defined on data positions, not steps: the first time step S is reached, the
 global sequences its `steps` batches will read are recorded (persisted in `state_dir`,
@@ -58,8 +58,24 @@ def poison_tokens(sequence_index: int, length: int, vocab_size: int) -> np.ndarr
     return rng.integers(0, vocab_size, size=length, dtype=np.int32)
 
 
+# Set by the host agent (ray/host_agent.py) in the JAX process it runs: the agent's pid.
+HOST_AGENT_PID_ENV = "PALM_HOST_AGENT_PID"
+
+
 def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _lose_host() -> None:
+    """A lost host: everything on it dies, so under a host agent the agent too (Ray Train
+    then sees its actor gone and restarts the group), then this JAX process."""
+    agent = os.environ.get(HOST_AGENT_PID_ENV)
+    if agent and int(agent) != os.getpid():
+        try:
+            os.kill(int(agent), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _kill_self()
 
 
 def _notice_self() -> None:
@@ -86,12 +102,15 @@ class FaultInjector:
         host_index: int,
         state_dir: str | Path,
         batch_size_at: Callable[[int], int] | None = None,
-        kill: Callable[[], None] = _kill_self,
+        kill: Callable[[], None] = _lose_host,
+        crash: Callable[[], None] = _kill_self,
         hang: Callable[[], None] = _hang_forever,
         preempt: Callable[[], None] = _notice_self,
         ram_folder: str | Path | None = None,
     ):
-        """batch_size_at: global batch size by step (job.train.batch_size_at), to size the
+        """kill (kill_host) and crash (crash_process) differ in what survives: a crash takes
+        only this JAX process, its host (agent, RAM checkpoints) stays.
+        batch_size_at: global batch size by step (job.train.batch_size_at), to size the
         poisoned range when the batch size ramps inside it; default: the size at step S.
         ram_folder: this host's RAM checkpoint folder; kill_host deletes it first, as the
         loss of a real host loses its RAM (the fake hosts of the local cluster share one)."""
@@ -102,7 +121,8 @@ class FaultInjector:
         self._batch_size_at = batch_size_at
         if ram_folder is not None:
             kill = functools.partial(_lose_ram_then, Path(ram_folder), kill)
-        self._actions = {"kill_host": kill, "hang_host": hang, "preempt": preempt}
+        self._actions = {"kill_host": kill, "crash_process": crash, "hang_host": hang,
+                         "preempt": preempt}
 
     # -- identity and markers -----------------------------------------------------------
 

@@ -2,9 +2,11 @@
 poison defined on data positions (pure, clean after a skip), batch indices vs the pipeline."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -83,6 +85,34 @@ def test_real_kill_and_hang_end_the_process_once_then_the_restart_finishes(
     assert first.returncode == first_rc, first.stderr
     second = attempt()
     assert second.returncode == 0 and "finished" in second.stdout, second.stderr
+
+
+@pytest.mark.parametrize(("kind", "host_survives"), [("kill_host", False),
+                                                     ("crash_process", True)])
+def test_a_lost_host_takes_its_agent_a_crashed_process_leaves_it(tmp_path, kind, host_survives):
+    # the host agent (ray/host_agent.py) runs the JAX process; a stand-in agent process here
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        crashed = subprocess.run([sys.executable, "-c", _CHILD, kind, str(tmp_path)],
+                                 capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PALM_HOST_AGENT_PID": str(agent.pid)})
+        assert crashed.returncode == -9, crashed.stderr
+        time.sleep(0.2)
+        assert (agent.poll() is None) == host_survives
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_crash_process_keeps_the_hosts_ram_checkpoints(tmp_path):
+    ram = tmp_path / "ram" / "pod-1-w0"
+    (ram / "8").mkdir(parents=True)
+    seen = []
+    injector = FaultInjector([FaultInjection(kind="crash_process", step=9, host=1)],
+                             host_index=1, state_dir=tmp_path / "faults", ram_folder=ram,
+                             crash=lambda: seen.append(ram.exists()))
+    injector.maybe_fire(9)
+    assert seen == [True] and ram.exists()
 
 
 def _fake_checkpoint(root, step, manifest=True):
