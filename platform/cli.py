@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "palm_platform.plan.report",
         "compile a job for its real TPU topology: memory, FLOPs, MFU",
     ),
+    "profile": (
+        "palm_platform.commands.profile",
+        "trace steps of a running job on chosen hosts; where each step's time went",
+    ),
     "ckpt": ("palm_platform.checkpoint.cli", "list or verify checkpoints"),
     "tokenizer": ("palm_platform.data.tokenizer_cli", "train or inspect a SentencePiece tokenizer"),
     "data": (

@@ -24,6 +24,7 @@ from palm_platform.job.eval import EvalConfig
 from palm_platform.job.train import InitFromConfig, OptimizerConfig, TrainConfig
 from palm_platform.mesh_config import MeshSection, TopologySection
 from palm_platform.metrics.sink import MetricsConfig
+from palm_platform.profile.config import ProfileConfig
 from palm_platform.supervise.config import FaultsConfig, SpikeConfig
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +92,9 @@ class Job(BaseModel):
     )
     init_from: InitFromConfig | None = Field(
         default=None, description="fine-tuning: start from another run's checkpoint"
+    )
+    profile: ProfileConfig = Field(
+        default_factory=ProfileConfig, description="profiler traces at fixed steps (palm profile)"
     )
     run_dir: str = Field(default="runs", description="parent of this job's run folder")
 

@@ -24,6 +24,7 @@ from palm_platform.hook_protocol import Hook, Preempted, RunSummary, StepInfo
 from palm_platform.mesh import batch_sharding
 from palm_platform.metrics.goodput import GoodputTracker
 from palm_platform.metrics.sink import MetricsSink
+from palm_platform.profile.capture import ProfileHook
 from palm_platform.run_dir import RunDir
 from palm_platform.supervise.supervision import Supervision
 from palm_platform.train.compile_cache import CompileCache
@@ -237,4 +238,5 @@ def build_hooks(setup: TrainSetup, supervision: Supervision,
                                 goodput=s.goodput, sink=s.sink))
     if job.eval is not None:
         hooks.append(EvalHook(s.evaluator, s.sink, s.goodput))
+    hooks.append(ProfileHook(job.profile, s.run_dir, job.name, sink=s.sink, goodput=s.goodput))
     return hooks

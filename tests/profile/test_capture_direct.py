@@ -1,0 +1,96 @@
+"""A capture in a one-process run (`palm run --direct`'s loop): the job file's fixed steps and a
+live `palm profile` request through the run folder, both traced, reported, and marked.
+
+The train loop runs in this process; `palm profile` runs on a thread beside it, as a user's
+second terminal would (the run's host 0 reads the request file every `poll_every` steps).
+"""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from palm_platform.cli import main as palm
+from palm_platform.commands import profile as profile_cli
+from palm_platform.job import load_job
+from palm_platform.metrics.sink import read_records
+from palm_platform.profile.request import listening_path
+from palm_platform.train.loop import Trainer
+from tests.support.paths import TEST_JOBS
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+    """12 steps; the job file traces 9-10; `palm profile --steps 2 --at-step 5` asks live."""
+    folder = tmp_path_factory.mktemp("profiled")
+    shutil.copy(TEST_JOBS / "loop-2pod.yaml", folder / "job.yaml")
+    job = load_job(folder / "job.yaml")
+    job = job.model_copy(update={
+        "train": job.train.model_copy(update={"steps": 12}),
+        "profile": job.profile.model_copy(update={"at_steps": [9], "steps": 2, "poll_every": 2}),
+    })
+    run = Path(job.run_dir) / job.name
+    trainer = Trainer(job, run)
+    outcome = {}
+
+    def ask() -> None:  # once the loop listens: the CLI's whole path, in this process
+        while not listening_path(run).exists():
+            threading.Event().wait(0.05)
+        outcome["code"] = palm(["profile", str(run), "--steps", "2", "--at-step", "5"])
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    asking.join(timeout=60)
+    return run, outcome
+
+
+@pytest.mark.slow
+def test_the_live_request_and_the_fixed_steps_are_both_traced(profiled_run):
+    run, outcome = profiled_run
+    assert outcome == {"code": 0}
+    for first, last in ((5, 6), (9, 10)):
+        host = run / "profile" / f"step-{first}" / "host-0"
+        assert list(host.glob("plugins/profile/*/*.xplane.pb"))  # TensorBoard's file
+        marks = json.loads((host / "steps.json").read_text())["marks"]
+        assert [m["step"] for m in marks] == list(range(first - 1, last + 1))
+    assert not listening_path(run).exists()  # the loop ended: nothing listens
+
+
+@pytest.mark.slow
+def test_traced_steps_are_marked_and_charged_to_profiling(profiled_run):
+    run, _ = profiled_run
+    records = read_records(run)
+    events = [(r["step"], r["last_step"]) for r in records if r["kind"] == "profile"]
+    assert events == [(5, 6), (9, 10)]
+    goodput = next(r for r in records if r["kind"] == "goodput")
+    assert goodput["badput_profiling_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_report_adds_up_to_the_loops_step_time(profiled_run, capsys):
+    run, _ = profiled_run
+    assert palm(["profile", str(run), "--report", "--capture", "9", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    host = report["hosts"][0]
+    assert (report["first_step"], report["last_step"]) == (9, 10)
+    assert sum(host["seconds"].values()) == pytest.approx(host["trace_step_s"], rel=1e-6)
+    assert host["trace_step_s"] == pytest.approx(host["measured_step_s"], rel=0.05)
+    assert host["seconds"]["compute"] > 0
+
+
+@pytest.mark.slow
+def test_requests_the_run_cannot_serve_get_one_line_and_exit_2(profiled_run, capsys):
+    run, _ = profiled_run
+    assert palm(["profile", str(run)]) == 2  # the run has ended
+    assert capsys.readouterr().err.strip().endswith("not running (no train loop is listening; "
+                                                    "a job file's profile: section traces "
+                                                    "fixed steps)")
+    assert palm(["profile", str(run), "--report", "--capture", "7"]) == 2
+    assert "no capture starts at step 7" in capsys.readouterr().err
+    assert profile_cli.parse_hosts("0,5") == [0, 5]
