@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture", type=int, default=None,
                         help="with --report: the capture that starts at this step")
     parser.add_argument("--json", action="store_true", help="the report as one JSON object")
+    parser.add_argument("--plan", action="store_true",
+                        help="also compile the job's plan for the hardware the run used (CPU "
+                        "devices for a local run) and set predicted beside measured")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds to wait for the capture (default 1800)")
 
@@ -47,9 +50,11 @@ def main(args: argparse.Namespace) -> int:
         if not run.is_dir():
             raise ProfileInputError(f"{run}: no such run folder (pass RUN_DIR/NAME)")
         first = args.capture
+        if args.plan:
+            job = prepare_plan(run)
         if not args.report:
             first = request_capture(run, args)
-        print_report(run, first, as_json=args.json)
+        print_report(run, first, as_json=args.json, job=job if args.plan else None)
     except ProfileInputError as error:
         print(f"palm profile: {error}", file=sys.stderr)
         return 2
@@ -148,12 +153,60 @@ def wait_for_hosts(run: Path, first: int, hosts: list[int], deadline: float) -> 
         time.sleep(0.2)
 
 
-def print_report(run: Path, first: int | None, *, as_json: bool) -> None:
-    from palm_platform.profile.report import build_report, format_report
+def prepare_plan(run: Path):
+    """The run's job (job.json); for a local run, this process gets its count of CPU devices
+    (before JAX is imported) so that the plan compiles for the hardware the run used."""
+    from palm_platform.eval.restore import EvalInputError, read_job_record
+    from palm_platform.run_dir import RunDir
+
+    record = RunDir(run).job_record
+    if not record.exists():
+        raise ProfileInputError(f"{record}: missing (the run writes it when it starts); "
+                                "--plan needs the job the run trained")
+    try:
+        job = read_job_record(record)
+    except EvalInputError as error:
+        raise ProfileInputError(str(error)) from None
+    topo = job.topology
+    if topo.local:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
+                                   f"platform_device_count={topo.pods * topo.chips_per_pod}")
+    return job
+
+
+def predicted(job, first_step: int) -> dict:
+    """The plan of the traced steps' batch, on the run's hardware (plan/on_devices.py on CPU;
+    `palm plan`'s TPU v4 compile and datasheet otherwise)."""
+    batch = job.train.batch_size_at(first_step - 1)
+    if job.topology.local:
+        import jax
+
+        from palm_platform.plan.on_devices import measured_hardware, plan_on_devices
+
+        devices = jax.devices()[: job.topology.pods * job.topology.chips_per_pod]
+        return plan_on_devices(job, devices, batch, measured_hardware())
+    from palm_platform.plan.report import plan
+
+    report = plan(job)  # TPU v4: the compile and the datasheet of `palm plan` (its largest batch)
+    times = report.step_time or {}
+    return {"devices": report.devices, "platform": "tpu", "batch": report.global_batch,
+            "seconds": {"compute": times.get("compute_s", 0.0),
+                        "collectives": times.get("exposed_s", 0.0)},
+            "step_s": times.get("scheduled_s", report.predicted_step_s),
+            "formula_flops_per_step": report.formula_flops_per_step,
+            "hardware": {"peak_flops": 275e12}, "mfu": report.mfu_range.get("scheduled")}
+
+
+def print_report(run: Path, first: int | None, *, as_json: bool, job=None) -> None:
+    from palm_platform.profile.report import build_report, compare, format_report
     from palm_platform.profile.trace import TraceError
 
     try:
         report = build_report(run, first)
     except TraceError as error:
         raise ProfileInputError(str(error)) from None
+    if job is not None:
+        report["plan"] = predicted(job, report["first_step"])
+        report["comparison"] = compare(report, report["plan"])
     print(json.dumps(report) if as_json else format_report(report))

@@ -51,10 +51,12 @@ def build_report(run: Path, first: int | None = None) -> dict:
 
 
 def seconds_text(s: float) -> str:
-    """Two or three figures: 2.28 s, 312 ms, 4.1 ms, 0.2 ms."""
+    """Two or three figures: 2.28 s, 312 ms, 4.1 ms, 0.2 ms, 35 us."""
     if s >= 1:
         return f"{s:.2f} s"
     ms = s * 1e3
+    if ms < 0.1:
+        return f"{ms * 1e3:.0f} us"
     return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
 
 
@@ -95,4 +97,55 @@ def format_report(report: dict) -> str:
         lines.append(f"  straggler: host {s['host']}, {seconds_text(s['step_s'])} per step, "
                      f"{100 * s['above_median']:.1f}% above the median host "
                      f"({seconds_text(s['median_step_s'])})")
+    if "comparison" in report:
+        lines += format_comparison(report)
     return "\n".join(lines)
+
+
+HOST_SIDE = ("compile", "checkpoint", "data wait", "hooks", "other host")
+
+
+def compare(report: dict, plan: dict) -> dict:
+    """Predicted beside measured (the hosts' mean) per category, with measured/predicted.
+
+    The plan has no host-side time (it predicts the device program), and the trace cannot tell
+    the cross-pod all-reduce from the others: those rows have one side only."""
+    hosts = report["hosts"]
+
+    def measured(category: str) -> float:
+        return sum(h["seconds"].get(category, 0.0) for h in hosts) / len(hosts)
+
+    predicted = plan["seconds"]
+    rows: dict[str, dict] = {}
+    if "collectives" in predicted:  # a TPU plan: its exposed collectives as one figure
+        kinds = {"compute": ("compute",), "collectives": COLLECTIVES}
+    else:
+        kinds = {"compute": ("compute",), **{k: (k,) for k in COLLECTIVES}, "cross-pod": ()}
+    for row, categories in kinds.items():
+        m, p = sum(measured(c) for c in categories), predicted.get(row, 0.0)
+        if m or p:
+            rows[row] = {"predicted_s": p, "measured_s": m if categories else None}
+    rows["host side"] = {"predicted_s": 0.0, "measured_s": sum(measured(c) for c in HOST_SIDE)}
+    step = statistics.median(h["trace_step_s"] for h in hosts)
+    rows["step"] = {"predicted_s": plan["step_s"], "measured_s": step}
+    for row in rows.values():
+        p, m = row["predicted_s"], row["measured_s"]
+        row["ratio"] = m / p if p and m is not None else None
+    peak = plan["hardware"]["peak_flops"]
+    measured_mfu = plan["formula_flops_per_step"] / (step * plan["devices"] * peak)
+    return {"rows": rows, "predicted_mfu": plan["mfu"], "measured_mfu": measured_mfu}
+
+
+def format_comparison(report: dict) -> list[str]:
+    plan, comparison = report["plan"], report["comparison"]
+    lines = [f"  held against the plan ({plan['platform']}, {plan['devices']} devices, batch "
+             f"{plan['batch']}; the hosts' mean; measured/predicted):",
+             f"  {'':<34}{'predicted':>11}{'measured':>11}{'ratio':>9}"]
+    for name, row in comparison["rows"].items():
+        m = "-" if row["measured_s"] is None else seconds_text(row["measured_s"])
+        p = seconds_text(row["predicted_s"]) if row["predicted_s"] else "-"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        lines.append(f"  {name:<34}{p:>11}{m:>11}{ratio:>9}")
+    lines.append(f"  {'MFU':<34}{100 * comparison['predicted_mfu']:>10.1f}%"
+                 f"{100 * comparison['measured_mfu']:>10.1f}%")
+    return lines

@@ -157,6 +157,10 @@ def write_listening(run_dir: Path, channel: FileChannel | KvChannel, hosts: int,
 
 def remove_listening(run_dir: Path, channel: FileChannel | KvChannel) -> None:
     listening_path(run_dir).unlink(missing_ok=True)
+    try:  # a run that was never profiled keeps no empty profile/ folder
+        profile_folder(run_dir).rmdir()
+    except OSError:
+        pass
     if isinstance(channel, KvChannel):
         try:
             channel.mark_listening(False)

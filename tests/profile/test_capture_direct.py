@@ -94,3 +94,18 @@ def test_requests_the_run_cannot_serve_get_one_line_and_exit_2(profiled_run, cap
     assert palm(["profile", str(run), "--report", "--capture", "7"]) == 2
     assert "no capture starts at step 7" in capsys.readouterr().err
     assert profile_cli.parse_hosts("0,5") == [0, 5]
+
+
+@pytest.mark.slow
+def test_the_plan_for_the_runs_cpu_devices_is_set_beside_the_measurement(profiled_run, capsys):
+    run, _ = profiled_run
+    assert palm(["profile", str(run), "--report", "--plan", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    plan, rows = report["plan"], report["comparison"]["rows"]
+    assert (plan["platform"], plan["devices"], plan["batch"]) == ("cpu", 8, 8)
+    assert plan["seconds"]["compute"] > 0 and plan["seconds"]["all-reduce"] > 0
+    assert rows["step"]["measured_s"] == pytest.approx(report["hosts"][0]["trace_step_s"])
+    assert rows["step"]["ratio"] == pytest.approx(
+        rows["step"]["measured_s"] / plan["step_s"])
+    assert 0 < report["comparison"]["measured_mfu"] < 1
+    assert 0 < report["comparison"]["predicted_mfu"] < 1
