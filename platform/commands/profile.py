@@ -47,6 +47,10 @@ class ProfileInputError(ValueError):
 def main(args: argparse.Namespace) -> int:
     run = Path(args.run)
     try:
+        if "://" in args.run:
+            raise ProfileInputError(f"{args.run}: a run folder is local (RUN_DIR/NAME where "
+                                    "`palm run` writes metrics.jsonl; only checkpoints and token "
+                                    "stores go to gs://): pass that folder")
         if not run.is_dir():
             raise ProfileInputError(f"{run}: no such run folder (pass RUN_DIR/NAME)")
         first = args.capture

@@ -94,6 +94,8 @@ def test_requests_the_run_cannot_serve_get_one_line_and_exit_2(profiled_run, cap
     assert palm(["profile", str(run), "--report", "--capture", "7"]) == 2
     assert "no capture starts at step 7" in capsys.readouterr().err
     assert profile_cli.parse_hosts("0,5") == [0, 5]
+    assert palm(["profile", "gs://bucket/runs/x"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 @pytest.mark.slow
