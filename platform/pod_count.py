@@ -20,10 +20,13 @@ between min_pods and pods whole TPU slices. Ray 2.60's Train v2 does the resizin
 in its source, ray/train/v2/_internal/execution/scaling_policy/elastic.py): with
 `ScalingConfig(num_workers=(min, max), use_tpu=True, topology=..., accelerator_type=...)`
 the ElasticScalingPolicy counts the workers the cluster can hold, aligned down to intact
-TPU slices (`ray.util.tpu.get_num_tpu_slices`), starts or restarts the worker group at that
-size, and while it runs re-checks every `elastic_resize_monitor_interval_s` seconds and
-restarts it larger when slices return. A lost pod is a worker failure (counted against
-`max_failures`), after which the group restarts on the slices left.
+TPU slices (`ray.util.tpu.get_num_tpu_slices`) and starts or restarts the worker group at
+that size. A lost pod is a worker failure (counted against `max_failures`), after which the
+group restarts on the slices left, from the newest checkpoint. Ray's own resize monitor
+(`elastic_resize_monitor_interval_s`) would grow a running group the same way, computing
+again every step since that checkpoint; it is off, and `palm run` grows the group instead
+after every host saved one agreed step (ray/resize.py), as a planned removal shrinks it
+(`palm cluster remove-pod N --drain`).
 
 What Ray does not do: below `min_workers` its policy waits for resources forever (a
 NoopDecision each poll). `ray/min_pods.py`'s MinPodsMonitor turns "fewer than min_pods intact

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status", "remove-pod", "add-pod"])
     parser.add_argument("pod", nargs="?", type=int, default=None,
                         help="remove-pod/add-pod: the pod to take away or give back")
+    parser.add_argument("--drain", action="store_true",
+                        help="remove-pod: a planned removal: the run saves one agreed step "
+                        "before the pod's hosts stop (without it: a lost pod)")
     parser.add_argument("--pods", type=int, default=2, help="TPU slices (pods)")
     parser.add_argument("--hosts-per-pod", type=int, default=2, help="TPU hosts per pod")
     parser.add_argument(

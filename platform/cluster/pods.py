@@ -15,13 +15,23 @@ an existing cluster, through nodes.py's own helpers, so a host comes back exactl
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from palm_platform.cluster import nodes
-from palm_platform.cluster.state import ClusterState, load_state, save_state, state_path
+from palm_platform.cluster.state import (
+    ClusterState,
+    NodeRecord,
+    load_state,
+    save_state,
+    state_path,
+)
 from palm_platform.topology import SLICE_NAME_LABEL, WORKER_ID_LABEL
+
+TRAIN_WORKER = "RayTrainWorker"  # Ray Train v2's worker actor class: its processes' title
 
 
 class PodChangeError(RuntimeError):
@@ -42,8 +52,30 @@ def _check_pod(state: ClusterState, pod: int) -> None:
                              f"{state.pods - 1}")
 
 
-def remove_pod(pod: int, run_state_dir: str | None = None) -> list[int]:
-    """Stop every host of pod `pod`; returns the PIDs signalled."""
+DRAIN_TIMEOUT_S = 300.0  # a save at the agreed step, then the worker group's shutdown
+
+
+@dataclass(frozen=True)
+class Drained:
+    """What a planned removal waited for: the train workers it noticed, whether they left."""
+
+    workers: int
+    left: bool
+    waited_s: float
+
+
+def remove_pod(pod: int, run_state_dir: str | None = None, *,
+               drain: bool = False) -> tuple[list[int], Drained | None]:
+    """Stop every host of pod `pod`; returns the PIDs signalled (and, with `drain`, what the
+    drain waited for).
+
+    Without `drain` the hosts go at once, as a lost pod does: the run restarts on the pods
+    left from its newest checkpoint. With `drain` (a planned removal, as a maintenance
+    notice gives one), the pod's train workers first get SIGTERM, the preemption notice
+    (checkpoint/preemption.py): every host of the run saves one agreed step and the workers
+    leave; the hosts are stopped once they have, and `palm run` launches the run again on
+    the pods left, from that step (ray/resize.py has the grow-back's half).
+    """
     path, state = _state(run_state_dir)
     _check_pod(state, pod)
     name = state.shape.slice_name(pod)
@@ -52,10 +84,47 @@ def remove_pod(pod: int, run_state_dir: str | None = None) -> list[int]:
         raise PodChangeError(
             f"pod {pod} ({name}) is already removed. Fix: `palm cluster add-pod {pod}`"
         )
+    drained = _drain(hosts, DRAIN_TIMEOUT_S) if drain else None
     pids = nodes.stop_nodes(hosts)
     state.nodes = [n for n in state.nodes if n.slice_name != name]
     save_state(path, state)
-    return pids
+    return pids, drained
+
+
+def _train_workers(hosts: list[NodeRecord]) -> list:
+    """The Ray Train worker processes started under these hosts' `ray start` processes."""
+    import psutil
+
+    leaders = [proc for proc in map(nodes.node_process, hosts) if proc is not None]
+    found = []
+    for leader in leaders:
+        try:
+            children = leader.children(recursive=True)
+        except psutil.Error:
+            continue
+        for proc in children:
+            try:
+                if TRAIN_WORKER in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                pass
+    return found
+
+
+def _drain(hosts: list[NodeRecord], timeout_s: float) -> Drained:
+    """SIGTERM the hosts' train workers (a preemption notice) and wait until they exit: the
+    run saved its agreed step and Ray Train shut the worker group down."""
+    import psutil
+
+    start = time.monotonic()
+    workers = _train_workers(hosts)
+    for proc in workers:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(workers, timeout=timeout_s)
+    return Drained(workers=len(workers), left=not alive, waited_s=time.monotonic() - start)
 
 
 def add_pod(pod: int, run_state_dir: str | None = None) -> int:
@@ -149,10 +218,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"palm cluster {args.action}: which pod? Fix: `palm cluster {args.action} 1`",
               file=sys.stderr)
         return 2
+    drain = getattr(args, "drain", False)
+    if drain and args.action != "remove-pod":
+        print(f"palm cluster {args.action}: --drain is for remove-pod. Fix: drop --drain",
+              file=sys.stderr)
+        return 2
     try:
         if args.action == "remove-pod":
-            pids = remove_pod(args.pod, args.dir)
-            print(f"pod {args.pod} removed: stopped {len(pids)} processes of its hosts")
+            pids, drained = remove_pod(args.pod, args.dir, drain=drain)
+            print(f"pod {args.pod} removed: stopped {len(pids)} processes of its hosts"
+                  + _drain_note(drained))
         else:
             hosts = add_pod(args.pod, args.dir)
             print(f"pod {args.pod} added back: {hosts} hosts alive")
@@ -160,3 +235,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"palm cluster {args.action}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _drain_note(drained: Drained | None) -> str:
+    if drained is None:
+        return ""
+    if not drained.workers:
+        return " (no run was training on it)"
+    if drained.left:
+        return (f" after its {drained.workers} train workers saved an agreed step and left "
+                f"({drained.waited_s:.0f} s)")
+    return (f"; its train workers had not left {drained.waited_s:.0f} s after the notice, so "
+            "the run restarts from its newest checkpoint")

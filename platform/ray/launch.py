@@ -140,8 +140,9 @@ def launch(
 
     `spec` (launch_spec.py) says how: failure budgets, timeouts, the shape. An elastic shape
     (min_pods < pods; pod_count.py): Ray Train runs on as many whole pods as the cluster has,
-    at least min_pods, and checks for returned pods every `spec.resize_check_s`; its start-up
-    waits in shorter attempts (`_start_attempts`). `address`/`run_state_dir`: see `connect`;
+    at least min_pods, and restarts on fewer when a pod is lost; returned pods are `palm
+    run`'s to notice (ray/resize.py); its start-up waits in shorter attempts
+    (`_start_attempts`). `address`/`run_state_dir`: see `connect`;
     `env`: more environment variables for the workers.
     """
     import ray
@@ -162,8 +163,8 @@ def launch(
         train_loop_config=train_loop_config,
         jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=spec.jax_init_timeout_s,
                                     heartbeat_timeout_s=spec.jax_heartbeat_timeout_s,
-                                    preimport=spec.preimport),
-        scaling_config=_scaling_config(shape, spec.resize_check_s),
+                                    preimport=spec.preimport, warm_hosts=spec.warm_hosts),
+        scaling_config=_scaling_config(shape),
         run_config=_run_config(
             spec.run_name, spec.storage_path,
             _failure_config(spec, controller_failure_limit),
@@ -235,15 +236,19 @@ def _start_attempts(spec: LaunchSpec) -> tuple[float, int]:
                        * math.ceil(feasibility_timeout_s / attempt_s))
 
 
-def _scaling_config(shape: SliceShape, resize_check_s: float):
-    """One worker per TPU host of `shape` (a range of whole slices when elastic)."""
+def _scaling_config(shape: SliceShape):
+    """One worker per TPU host of `shape` (a range of whole slices when elastic).
+
+    Ray Train's own resize monitor is off (an infinite interval): it would grow a running
+    group by restarting it from the newest checkpoint, recomputing every step trained since.
+    `palm run` grows it instead, after every host saved one agreed step (ray/resize.py)."""
     from palm_platform.pod_count import worker_counts
     from ray.train.v2.api.config import ScalingConfig
 
     return ScalingConfig(
         use_tpu=True,
         num_workers=worker_counts(shape),
-        elastic_resize_monitor_interval_s=resize_check_s,
+        elastic_resize_monitor_interval_s=math.inf,
         topology=shape.topology,
         accelerator_type=shape.accelerator_type,
         resources_per_worker={"TPU": shape.chips_per_host},

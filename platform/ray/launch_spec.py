@@ -8,7 +8,8 @@ holds for all of them:
     job.faults.max_restarts     -> max_failures (worker-group restarts)
     job.faults.init_timeout_s   -> jax_init_timeout_s (jax.distributed start-up)
     job.faults.hang_timeout_s   -> jax_heartbeat_timeout_s = hang + HEARTBEAT_MARGIN_S
-    job.topology                -> shape, resize_check_s, libtpu_init_args
+    job.faults.warm_hosts       -> warm_hosts (host agents run the JAX processes)
+    job.topology                -> shape, libtpu_init_args (resize_check_s: ray/resize.py)
     job.name, run_dir           -> run_name, storage_path (RUN_DIR/ray)
 """
 
@@ -45,13 +46,13 @@ class LaunchSpec:
     max_failures: int
     jax_init_timeout_s: int = 120
     jax_heartbeat_timeout_s: int = 100
-    resize_check_s: float = 60.0
     feasibility_timeout_s: float = 60
     controller_failure_limit: int = 1
     max_preemption_failures: int = 3
     fake_tpu: bool | None = None
     preimport: tuple[str, ...] = ()
     libtpu_init_args: str = ""
+    warm_hosts: bool = False
 
     @classmethod
     def for_job(cls, job, run_dir: Path, *, purpose: str = "",
@@ -67,11 +68,13 @@ class LaunchSpec:
             storage_path=str(RunDir(Path(run_dir)).ray.resolve()),
             max_failures=faults.max_restarts, jax_init_timeout_s=int(faults.init_timeout_s),
             jax_heartbeat_timeout_s=int(faults.hang_timeout_s) + HEARTBEAT_MARGIN_S,
-            resize_check_s=topo.resize_check_s, preimport=preimport,
+            preimport=preimport,
             libtpu_init_args=init_args(topo.effective_compiler_flags),
+            warm_hosts=faults.warm_hosts,
         )
 
     def on_all_pods(self) -> LaunchSpec:
         """The same launch on every pod of the job, never fewer (not elastic), and no
         restart: for commands that run once (eval, generate)."""
-        return replace(self, shape=replace(self.shape, min_pods=None), max_failures=0)
+        return replace(self, shape=replace(self.shape, min_pods=None), max_failures=0,
+                       warm_hosts=False)  # their worker functions are the JAX process

@@ -179,7 +179,8 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
             preempted_at = None
             while True:  # again after each preemption, which saved its step (preemption.py)
                 started = time.time()
-                _launch_workers(job, run_dir, launched_at, key)
+                with _grow_back_monitor(job, run_dir, started):
+                    _launch_workers(job, run_dir, launched_at, key)
                 step = preempted_since(run_dir, started)
                 if interrupt.signum is not None or step is None or step == preempted_at:
                     break  # done, interrupted, or preempted twice at one step: no progress
@@ -223,6 +224,28 @@ def _launch_workers(job, run_dir: Path, launched_at: float, stop_key: str) -> No
                           launched_at=launched_at, stop_key=stop_key)
     spec = LaunchSpec.for_job(job, run_dir, preimport=("palm_platform.train.loop",))
     launch(train_worker, config.model_dump(mode="json"), spec)  # preimport: train_worker's
+
+
+def _grow_back_monitor(job, run_dir: Path, started: float):
+    """An elastic job: returned pods become a preemption notice, so every host saves one
+    agreed step and this loop launches the group again at the larger size (ray/resize.py).
+    Other jobs: nothing to watch."""
+    import contextlib
+
+    topo = job.topology
+    if not topo.elastic:
+        return contextlib.nullcontext()
+    from palm_platform.ray.resize import GrowBackMonitor, notice_group
+
+    def notice(pods_now: int, pods_trained: int) -> None:
+        print(f"{job.name}: {pods_now} pods available, the run trains on {pods_trained}: "
+              "every host saves one agreed step, then the run grows back", file=sys.stderr,
+              flush=True)
+        if not notice_group():
+            print(f"{job.name}: no train worker took the notice; the run goes on on "
+                  f"{pods_trained} pod(s)", file=sys.stderr, flush=True)
+
+    return GrowBackMonitor(topo.shape(), run_dir, started, notice, poll_s=topo.resize_check_s)
 
 
 def _connect_and_prepare(job, address: str | None, job_file: str) -> int:

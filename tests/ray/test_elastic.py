@@ -237,7 +237,10 @@ def test_remove_pod_without_a_cluster_or_a_pod_number_says_what_to_do(tmp_path):
     no_cluster = subprocess.run([palm, "cluster", "add-pod", "1", "--dir", str(tmp_path)],
                                 capture_output=True, text=True, timeout=60)
     assert no_cluster.returncode == 2 and "no local cluster recorded" in no_cluster.stderr
-    assert "Traceback" not in no_pod.stderr + no_cluster.stderr
+    drain_add = subprocess.run([palm, "cluster", "add-pod", "1", "--drain", "--dir",
+                                str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert drain_add.returncode == 2 and "--drain is for remove-pod" in drain_add.stderr
+    assert "Traceback" not in no_pod.stderr + no_cluster.stderr + drain_add.stderr
 
 
 def test_an_elastic_start_up_waits_in_short_placement_attempts_filling_the_same_window():
@@ -257,3 +260,39 @@ def test_an_elastic_start_up_waits_in_short_placement_attempts_filling_the_same_
     assert limit * attempt_s == 3 * 60
     # a shorter window is one attempt
     assert _start_attempts(spec(elastic, 10, 1, 2)) == (10, 2)
+
+
+def test_returned_pods_give_one_notice_once_this_launch_trains_on_fewer(tmp_path):
+    """The grow-back monitor (ray/resize.py): no notice before this launch trained a step, nor
+    for one poll of a larger count (a removed host may still be listed alive), nor when the
+    group already uses every slice; then exactly one, with the counts."""
+    import json
+
+    from palm_platform.ray.resize import GrowBackMonitor, intact_pods
+    from palm_platform.run_dir import RunDir
+
+    shape = SliceShape(2, 1, 4, "2x2x1", min_pods=1)
+    nodes, notices = [_tpu_node(0)], []
+    metrics = RunDir(tmp_path).metrics
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+
+    def step(number: int, pods: int, time: float) -> None:
+        with metrics.open("a") as f:
+            f.write(json.dumps({"kind": "step", "step": number, "pods": pods, "time": time}) + "\n")
+
+    monitor = GrowBackMonitor(shape, tmp_path, since_unix=100.0,
+                              notice=lambda *counts: notices.append(counts), poll_s=1,
+                              nodes=lambda: nodes)
+    step(7, 2, time=90.0)  # the previous launch's step, on 2 pods
+    assert intact_pods(nodes, shape) == 1 and not monitor.check()
+    step(8, 1, time=101.0)  # this launch, on the pod left
+    assert not monitor.check()
+    nodes.append(_tpu_node(1))  # pod 1 back
+    assert intact_pods(nodes, shape) == 2
+    assert not monitor.check() and not notices  # once is not yet twice in a row
+    assert monitor.check() and monitor.check()
+    assert notices == [(2, 1)]
+    grown = GrowBackMonitor(shape, tmp_path, since_unix=100.0, notice=notices.append, poll_s=1,
+                            nodes=lambda: nodes)
+    step(9, 2, time=102.0)  # the group trains on both pods: nothing to do
+    assert not grown.check() and not grown.check() and notices == [(2, 1)]

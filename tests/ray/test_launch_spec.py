@@ -27,7 +27,6 @@ def test_the_job_faults_become_the_failure_budgets_and_timeouts(tmp_path):
     # JAX's heartbeat limit comes after the watchdog, which names the stuck host first.
     assert spec.jax_heartbeat_timeout_s == 20 + HEARTBEAT_MARGIN_S
     assert spec.shape == job.topology.shape()
-    assert spec.resize_check_s == job.topology.resize_check_s
     assert spec.libtpu_init_args == init_args(job.topology.effective_compiler_flags)
     assert spec.storage_path == str((tmp_path / "run" / "ray").resolve())
     assert spec.run_name.startswith("ray-2host-")
