@@ -55,11 +55,17 @@ class Restored:
     bytes_local: int = 0  # read from RAM folders, every host's summed
     bytes_peer: int = 0  # received from other hosts, summed
     bytes_persistent: int = 0  # the step's size in persistent storage (its manifest)
+    # A newer RAM step some host held, and why it was not restored (peer_restore.why_not_ram)
+    newer_ram_step: int | None = None
+    why_not_ram: str = ""
 
     def record(self) -> dict:
         """The `checkpoint_restored` record's fields."""
-        return {"tier": self.tier, "bytes_local": self.bytes_local,
-                "bytes_peer": self.bytes_peer, "bytes_persistent": self.bytes_persistent}
+        fields = {"tier": self.tier, "bytes_local": self.bytes_local,
+                  "bytes_peer": self.bytes_peer, "bytes_persistent": self.bytes_persistent}
+        if self.newer_ram_step is not None:
+            fields.update(newer_ram_step=self.newer_ram_step, why_not_ram=self.why_not_ram)
+        return fields
 
 
 class Checkpointer:

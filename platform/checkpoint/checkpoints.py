@@ -6,6 +6,7 @@ agreed save, and the restore of the newest good step of either tier.
     checkpoints.save(step, due, state, data_state, extras)   # -> seconds the loop waited
     restored = checkpoints.restore()    # the newest complete step of either tier
     restored = checkpoints.roll_back_to(step)   # a spike's rollback (persistent tier)
+    checkpoints.end()                   # the run ended: saves committed, RAM given back
 
 The persistent tier (`checkpoint.every_steps`, gs:// on pods: checkpointer.py) and the RAM
 tier (`checkpoint.local.every_steps`, /dev/shm: local_tier.py) keep their own cadences; the
@@ -16,13 +17,14 @@ waits for every host's commit before the run ends.
 Restore reads the RAM tier when some replica holds a step at least as new as the newest
 persistent one (peer_restore.py: the host's own RAM, else the other pod's, else the ring
 neighbour's), and persistent storage otherwise. Every host takes the same decision: the RAM
-holdings are allgathered, the persistent steps are read from the same directory.
+holdings are allgathered, the persistent steps are read from the same directory. A newer
+RAM step that some host held is never passed over silently: the restore names the hosts
+that lacked its blocks (`Restored.why_not_ram`, in the `checkpoint_restored` event).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,13 @@ from palm_platform.checkpoint.config import CheckpointConfig
 from palm_platform.checkpoint.local_tier import LocalTier, root_for
 from palm_platform.checkpoint.manifest import read_manifest
 from palm_platform.checkpoint.peer_restore import (
-    gather_holdings,
+    gather_inventory,
     plan_ram_restore,
     pods_of_processes,
     restore_from_ram,
+    why_not_ram,
 )
 from palm_platform.checkpoint.preemption import PreemptionNotice
-
-log = logging.getLogger(__name__)
 
 PERSISTENT, LOCAL = "persistent", "local"
 
@@ -126,6 +127,16 @@ class Checkpoints:
             self.local.wait_until_finished()
         self.persistent.wait_until_finished()
 
+    def end(self) -> None:
+        """The run ended on every host: its last step, a Ctrl-C's agreed stop, or a
+        preemption's agreed step. Every save is committed first (the last step and a
+        preemption's step are persistent then: what a later resume reads), then the RAM tier
+        is given back on every host. A failed run never comes here: Ray Train's restart
+        restores from that RAM."""
+        self.wait_until_finished()
+        if self.local is not None:
+            self.local.release()
+
     def close(self) -> None:
         if self.local is not None:
             self.local.close()
@@ -135,17 +146,27 @@ class Checkpoints:
     # -- restoring ----------------------------------------------------------------------
 
     def restore(self) -> Restored:
-        """The newest complete step of either tier; CheckpointNotFound when neither has one."""
+        """The newest complete step of either tier; CheckpointNotFound when neither has one.
+
+        When some host held a newer RAM step than the one restored, the result says which
+        and why it was passed over (`why_not_ram`: the hosts that lacked its blocks)."""
         newest_persistent = max(self.persistent.steps(), default=-1)
-        if self.local is not None:
-            plan = plan_ram_restore(gather_holdings(self.local),
-                                    pods_of_processes(self.local.mesh))
-            if plan is not None and plan.step >= newest_persistent:
-                ram = restore_from_ram(self.local, plan)
-                if jax.process_index() == 0:
-                    log.info("restored step %d from the RAM tier (%s: %d bytes local, %d from "
-                             "peers)", ram.step, ram.tier, ram.bytes_local, ram.bytes_peer)
-                return ram
+        if self.local is None:
+            return self._restore_persistent()
+        inventory = gather_inventory(self.local)
+        pod_of = pods_of_processes(self.local.mesh)
+        plan = plan_ram_restore(inventory.holdings, pod_of)
+        if plan is not None and plan.step >= newest_persistent:
+            restored = restore_from_ram(self.local, plan)
+        else:
+            restored = self._restore_persistent()
+        passed_over = why_not_ram(inventory, pod_of, restored.step)
+        if passed_over is None:
+            return restored
+        step, why = passed_over
+        return dataclasses.replace(restored, newer_ram_step=step, why_not_ram=why)
+
+    def _restore_persistent(self) -> Restored:
         restored = self.persistent.restore(self.abstract_state)
         return dataclasses.replace(restored, bytes_persistent=self._persistent_bytes(restored.step))
 

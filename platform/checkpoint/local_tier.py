@@ -289,7 +289,12 @@ class LocalTier:
     def close(self) -> None:
         self._join()
 
-
-def clear_host_folder(root: Path, host: str | None = None) -> None:
-    """What a host loss does to its RAM: the `kill_host` fault calls this before dying."""
-    shutil.rmtree(Path(root) / (host or host_identity()), ignore_errors=True)
+    def release(self) -> None:
+        """Give this host's RAM back: its folder goes, and the job's folder with the last
+        host's (a finished or stopped launch's steps are never restored: `_this_launch`)."""
+        self._join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.root.rmdir()  # only once empty: other hosts may still hold theirs
+        except OSError:
+            pass

@@ -78,7 +78,8 @@ def _tier_read(r: dict) -> str:
              "persistent": "from persistent storage"}.get(tier, tier)
     sizes = ", ".join(f"{name} {r.get(f'bytes_{name}', 0) / 1e6:.1f} MB"
                       for name in ("local", "peer", "persistent"))
-    return f" {where} ({sizes})"
+    why = f": {r['why_not_ram']}" if r.get("why_not_ram") else ""  # a newer RAM step passed over
+    return f" {where} ({sizes}){why}"
 
 
 # The spans of a `startup` event (train/loop.py's Trainer): seconds from the previous mark.

@@ -130,7 +130,9 @@ def print_summary(run_dir: Path, total_steps: int | None = None) -> Summary:
     events = [
         r
         for r in records
-        if r["kind"] in ("restart", "compiled", "spike", "rollback", "skip", "stop")
+        # checkpoint_restored: which tier each restore read, and why a newer RAM step was not
+        if r["kind"] in ("restart", "checkpoint_restored", "compiled", "spike", "rollback",
+                         "skip", "stop")
     ]
     for r in events[-12:]:
         console.print("  " + describe_event(r), highlight=False)

@@ -115,7 +115,8 @@ class ElasticHook(Hook):
 class CheckpointHook(Hook):
     """Saves what the checkpoints say is due (asked once per step: `due` keeps the answer),
     reports each save, and at a preemption notice's agreed step ends the run (`Preempted`)
-    once every host's save is committed; waits for the last save at the end."""
+    once every host's save is committed; at the end waits for the last save and gives the RAM
+    tier back."""
 
     needs_state = True
 
@@ -147,10 +148,10 @@ class CheckpointHook(Hook):
             raise Preempted(step)
 
     def on_end(self, step: int, state: Any, summary: RunSummary | None) -> None:
-        if summary is None:  # stopped early: Trainer.close() waits for the save
-            return
+        """The last step, or a stop (Ctrl-C, a preemption): every save committed, then the
+        RAM tier given back on every host (Checkpoints.end)."""
         with self.goodput.phase("checkpoint"):
-            self.checkpoints.wait_until_finished()
+            self.checkpoints.end()
 
 
 class EvalHook(Hook):

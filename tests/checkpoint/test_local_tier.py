@@ -13,12 +13,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from palm_platform.checkpoint.checkpoints import LOCAL as RAM
 from palm_platform.checkpoint.checkpoints import PERSISTENT, Checkpoints, Due
 from palm_platform.checkpoint.config import CheckpointConfig
-from palm_platform.checkpoint.local_tier import COMPLETE, LocalTier, clear_host_folder
+from palm_platform.checkpoint.local_tier import COMPLETE, LocalTier
 from palm_platform.checkpoint.peer_restore import (
-    gather_holdings,
+    RamInventory,
+    gather_inventory,
     plan_ram_restore,
     pods_of_processes,
     restore_from_ram,
+    why_not_ram,
 )
 from palm_platform.job import JobError, load_job
 from palm_platform.mesh import make_mesh
@@ -143,14 +145,70 @@ def test_the_newest_step_wins_only_when_every_process_can_be_served():
     holdings.update({q: {8: {q}} for q in (2, 3)})
     plan = plan_ram_restore(holdings, TWO_PODS)
     assert (plan.step, plan.sources) == (12, {0: 0, 1: 1, 2: 0, 3: 1})
-    # one supplier cannot feed two lost hosts: step 12 is then out, step 8 is local
+    assert plan.rounds() == [{2: 0, 3: 1}]
+    # nobody holds process 3's blocks of step 12: step 12 is out, step 8 is local
     holdings[1][12] = {1}
     assert plan_ram_restore(holdings, TWO_PODS).sources == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_hosts_ranked_anew_after_a_restart_with_one_ram_lost_restore_from_ram():
+    """The README demo's restart (issue 37): Ray Train ranked each pod's hosts the other
+    way round, so every process sits where another host was, and host pod-0-w1 lost its
+    RAM. Its blocks (mesh position 1 of a pod) survive on pod-1-w1 alone, which processes
+    1 and 3 both need: that host sends twice, in two rounds."""
+    # processes 0..3 are now pod-0-w1 (lost), pod-0-w0, pod-1-w1, pod-1-w0; position 0's
+    # blocks are on pod-0-w0 (1) and pod-1-w0 (3), position 1's on pod-1-w1 (2) only
+    holdings = {0: {}, 1: {24: {0, 2}}, 2: {24: {1, 3}}, 3: {24: {0, 2}}}
+    plan = plan_ram_restore(holdings, TWO_PODS)
+    assert plan.step == 24 and plan.tier == "peer"
+    assert plan.sources == {0: 3, 1: 2, 2: 1, 3: 2}
+    assert plan.rounds() == [{0: 3, 1: 2, 2: 1}, {3: 2}]
+    assert why_not_ram(RamInventory(holdings, HOSTS), TWO_PODS, 24) is None
 
 
 def test_no_complete_step_anywhere_means_no_ram_plan():
     assert plan_ram_restore({0: {}, 1: {}}, {0: 0, 1: 0}) is None
     assert plan_ram_restore({0: {4: {0}}}, {0: 0, 1: 0}) is None  # process 1 unserved
+
+
+HOSTS = {0: "pod-0-w0", 1: "pod-0-w1", 2: "pod-1-w0", 3: "pod-1-w1"}
+
+
+def test_a_restore_that_passes_over_a_newer_ram_step_names_the_host_that_lacked_it():
+    """Host 1 lost its RAM, and host 3, which holds the same blocks in pod 1, never committed
+    step 24: step 24 cannot be rebuilt, step 22 can."""
+    holdings = {0: {22: {0, 2}, 24: {0, 2}}, 1: {},
+                2: {22: {0, 2}, 24: {0, 2}}, 3: {22: {1, 3}}}
+    inventory = RamInventory(holdings, HOSTS)
+    plan = plan_ram_restore(holdings, TWO_PODS)
+    assert (plan.step, plan.sources[1]) == (22, 3)
+    assert why_not_ram(inventory, TWO_PODS, 22) == (24, (
+        "RAM step 24 was incomplete (hosts 1 (pod-0-w1), 3 (pod-1-w1) lack their blocks of "
+        "step 24; no peer holds them)"))
+    # a persistent restore of step 20: the newest RAM step is the one named
+    assert why_not_ram(inventory, TWO_PODS, 20)[0] == 24
+    # nothing newer than what was restored: nothing to say
+    assert why_not_ram(inventory, TWO_PODS, 24) is None
+    assert why_not_ram(RamInventory({q: {} for q in HOSTS}, HOSTS), TWO_PODS, 20) is None
+    holdings[3][24] = {1, 3}  # host 3 committed step 24 after all: only host 1 misses it
+    holdings[0][26] = {0, 2}  # and a step 26 only host 0 reached
+    assert why_not_ram(inventory, TWO_PODS, 24) == (26, (
+        "RAM step 26 was incomplete (hosts 1 (pod-0-w1), 3 (pod-1-w1) lack their blocks of "
+        "step 26; no peer holds them)"))
+
+
+def test_the_note_names_every_host_without_a_supplier_and_counts_past_three():
+    pods = {p: p // 2 for p in range(10)}
+    holdings = {q: ({6: {q}} if q < 5 else {}) for q in pods}  # 5 to 9 hold nothing
+    names = {q: f"h{q}" for q in pods}
+    _, why = why_not_ram(RamInventory(holdings, names), pods, 4)
+    assert why == ("RAM step 6 was incomplete (hosts 5 (h5), 6 (h6), 7 (h7) and 2 more lack "
+                   "their blocks of step 6; no peer holds them)")
+    # a 1-pod ring whose host 0 kept only its own blocks of step 4 (no neighbour copy)
+    ring = RamInventory({0: {2: {0, 1}, 4: {0}}, 1: {}}, {0: "pod-0-w0", 1: "pod-0-w1"})
+    assert why_not_ram(ring, {0: 0, 1: 0}, 2) == (4, (
+        "RAM step 4 was incomplete (host 1 (pod-0-w1) lacks its blocks of step 4; no peer "
+        "holds them)"))
 
 
 def _state(mesh, value: float):
@@ -176,7 +234,7 @@ def test_one_host_saves_and_restores_its_newest_complete_step_bitwise(tmp_path):
     tier = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0")
     assert sorted(p.name for p in (tmp_path / "pod-0-w0").iterdir()) == ["6", "9"]
     assert (tmp_path / "pod-0-w0" / "9" / COMPLETE).exists()
-    plan = plan_ram_restore(gather_holdings(tier), pods_of_processes(mesh))
+    plan = plan_ram_restore(gather_inventory(tier).holdings, pods_of_processes(mesh))
     restored = restore_from_ram(tier, plan)
     assert (restored.step, restored.tier, restored.bytes_peer) == (9, "local", 0)
     assert restored.bytes_local == 8 * 4 * 4 + 4  # each block read once
@@ -186,8 +244,12 @@ def test_one_host_saves_and_restores_its_newest_complete_step_bitwise(tmp_path):
     assert int(restored.train_state["step"]) == 9
     tier.discard_after(6)
     assert tier.complete_steps() == [6]
-    clear_host_folder(tmp_path, "pod-0-w0")
-    assert not (tmp_path / "pod-0-w0").exists()
+    (tmp_path / "pod-1-w0").mkdir()  # another host's folder: the job's folder stays
+    tier.release()  # the run ended: this host's RAM given back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pod-1-w0"]
+    (tmp_path / "pod-1-w0").rmdir()
+    LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0").release()
+    assert not tmp_path.exists()  # the last host's release removes the job's folder too
 
 
 def test_a_relative_ram_folder_resolves_against_the_job_file(tmp_path):
@@ -213,4 +275,4 @@ def test_a_new_launch_removes_the_steps_another_launch_left_and_a_restart_keeps_
     assert restart.complete_steps() == [60]  # the same launch's restart reads it
     fresh = LocalTier(tmp_path, abstract, mesh, pods=1, host="pod-0-w0", launch=200.0)
     assert fresh.complete_steps() == []
-    assert plan_ram_restore(gather_holdings(fresh), pods_of_processes(mesh)) is None
+    assert plan_ram_restore(gather_inventory(fresh).holdings, pods_of_processes(mesh)) is None

@@ -81,6 +81,15 @@ def test_a_restore_says_which_tier_it_read_and_how_much():
                            "bytes_persistent": 0})
     assert line == ("step 8: restored the checkpoint (attempt 1) from the RAM of other hosts "
                     "(local 2.0 MB, peer 1.5 MB, persistent 0.0 MB)")
+    passed_over = describe_event({
+        "kind": "checkpoint_restored", "step": 20, "attempt": 1, "tier": "persistent",
+        "bytes_persistent": 6_800_000, "newer_ram_step": 24,
+        "why_not_ram": "RAM step 24 was incomplete (host 1 (pod-0-w1) lacks its blocks of "
+                       "step 24; no peer holds them)"})
+    assert passed_over == (
+        "step 20: restored the checkpoint (attempt 1) from persistent storage (local 0.0 MB, "
+        "peer 0.0 MB, persistent 6.8 MB): RAM step 24 was incomplete (host 1 (pod-0-w1) "
+        "lacks its blocks of step 24; no peer holds them)")
     assert describe_event({"kind": "checkpoint_saved", "step": 4, "tier": "local",
                            "blocked_s": 0.004}) == \
         "step 4: checkpoint saved in RAM (the loop waited 0.00 s)"

@@ -25,6 +25,10 @@ def records():
         {"kind": "rollback", "step": 3, "time": 104.0, "to_step": 1},
         {"kind": "skip", "step": 3, "time": 104.0, "batches": 5},
         {"kind": "restart", "step": 1, "time": 104.5},
+        {"kind": "checkpoint_restored", "step": 1, "time": 104.4, "attempt": 1,
+         "tier": "persistent", "bytes_persistent": 6_800_000, "newer_ram_step": 2,
+         "why_not_ram": "RAM step 2 was incomplete (host 1 (pod-0-w1) lacks its blocks of "
+                        "step 2; no peer holds them)"},
         *steps[3:],
         {"kind": "checkpoint_saved", "step": 4, "time": 105.0},
         {
@@ -58,6 +62,9 @@ def test_status_command_prints_the_summary_and_the_spikes(tmp_path, capsys):
     assert "steps 4" in out and "restarts 1  rollbacks 1  skipped batches 5" in out
     assert "step 3: loss spike" in out and "step 3: rolled back to the checkpoint of step 1" in out
     assert "step 3: skipped 5 batches" in out and "step 1: worker group restarted" in out
+    assert ("step 1: restored the checkpoint (attempt 1) from persistent storage (local 0.0 MB, "
+            "peer 0.0 MB, persistent 6.8 MB): RAM step 2 was incomplete (host 1 (pod-0-w1) "
+            "lacks its blocks of step 2; no peer holds them)") in out
 
 
 def test_events_read_as_sentences_with_rounded_numbers():

@@ -6,8 +6,10 @@ MODE `save` saves steps 2 and 4 of `state_at(step)` into the RAM tier under ROOT
 for both; `tear` saves step 2, then starts step 4 with host `TEAR_HOST`'s commit blocked,
 prints TEARING and waits to be killed; `restore` plans and runs the RAM restore, checks
 every local shard bitwise against `state_at(step)` and prints one `RESULT {json}` line
-(step, tier, bytes), or `RESULT {"step": null}` when no RAM step is complete. The host's
-folder name comes from TPU_NAME / TPU_WORKER_ID, as on a TPU host.
+(step, tier, bytes, why a newer RAM step was passed over: peer_restore.why_not_ram), or
+`RESULT {"step": null, ...}` when no RAM step can be restored (with every host's name and
+why the newest RAM step could not be). The host's folder name comes from TPU_NAME /
+TPU_WORKER_ID, as on a TPU host.
 """
 
 from __future__ import annotations
@@ -102,17 +104,21 @@ def restore(root: str, pods: int) -> None:
     import jax
 
     from palm_platform.checkpoint.peer_restore import (
-        gather_holdings,
+        gather_inventory,
         plan_ram_restore,
         pods_of_processes,
         restore_from_ram,
+        why_not_ram,
     )
 
     mesh = _mesh(pods)
     tier = _tier(root, mesh, pods)
-    plan = plan_ram_restore(gather_holdings(tier), pods_of_processes(mesh))
+    inventory = gather_inventory(tier)
+    pod_of = pods_of_processes(mesh)
+    plan = plan_ram_restore(inventory.holdings, pod_of)
     if plan is None:
-        print_result({"step": None})
+        print_result({"step": None, "hosts": inventory.hosts,
+                      "why_not_ram": why_not_ram(inventory, pod_of, -1)})
         return
     restored = restore_from_ram(tier, plan)
     expected = state_at(plan.step)
@@ -123,7 +129,8 @@ def restore(root: str, pods: int) -> None:
     assert restored.data_state == {"next_sequence": plan.step * 8}, restored.data_state
     assert restored.ledger == {"skips": [plan.step]}, restored.ledger
     print_result({"step": plan.step, "tier": restored.tier, "bytes_local": restored.bytes_local,
-                  "bytes_peer": restored.bytes_peer, "process": jax.process_index()})
+                  "bytes_peer": restored.bytes_peer, "process": jax.process_index(),
+                  "why_not_ram": why_not_ram(inventory, pod_of, plan.step)})
 
 
 def main() -> None:

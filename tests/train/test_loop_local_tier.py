@@ -1,7 +1,7 @@
 """The loop with the RAM tier (one process, two pods of fake CPU devices): a crash after a
 RAM save newer than the persistent checkpoint resumes from the RAM step and reads no byte of
 persistent storage; with the RAM folder lost too, the next resume takes the persistent step;
-the run ends with the parameters of the uninterrupted run, bit for bit."""
+the run ends with the parameters of the uninterrupted run, bit for bit, and its RAM given back."""
 
 import json
 import shutil
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from palm_platform.checkpoint.config import LocalTierConfig
-from palm_platform.hook_protocol import Hook, StepInfo
+from palm_platform.hook_protocol import Hook, StepInfo, StopTraining
 from palm_platform.job import load_job
 from palm_platform.metrics.sink import read_records
 from palm_platform.run_dir import RunDir
@@ -97,6 +97,33 @@ def test_a_crash_after_a_ram_save_resumes_from_ram_and_without_ram_from_persiste
     assert summary.extra["start_step"] == 6 and summary.steps == STEPS
     saved = [r for r in read_records(tmp_path / "run") if r["kind"] == "checkpoint_saved"]
     assert {r["step"] for r in saved if r.get("tier") == "local"} == {4, 8, 12}
+    # The finished run gave its RAM back (step 12 is persistent), the crashed ones did not.
+    assert not (tmp_path / "ram").exists()
     for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.tobytes() == b.tobytes()  # -0.0 and +0.0 differ here
+
+
+class StopAfter(Hook):
+    """A Ctrl-C's agreed stop (ray/interrupt.py raises the same) after `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, info: StepInfo) -> None:
+        if info.step == self.step:
+            raise StopTraining(info.step)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_gives_its_ram_back(tmp_path):
+    job = _job(tmp_path, ram=True)
+    trainer = Trainer(job, tmp_path / "run", hooks=(StopAfter(5),))
+    try:
+        with pytest.raises(StopTraining):
+            trainer.run()
+        assert sorted(p.name for p in (tmp_path / "ram" / "process-0").iterdir()) == ["4"]
+        trainer.stopped(5)  # what the Ray worker does on a stop or a preemption
+        assert not (tmp_path / "ram").exists()
+    finally:
+        trainer.close()
