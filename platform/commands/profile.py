@@ -142,6 +142,9 @@ def request_capture(run: Path, args: argparse.Namespace) -> int:
             if answer["state"] == "done":
                 wait_for_hosts(run, answer["first"], answer["hosts"], deadline)
                 return int(answer["first"])
+        if read_listening(run) != listening:  # the loop ended (or restarted) before serving it
+            raise ProfileInputError(f"{run.name}: the run's train loop ended before the capture "
+                                    "finished; ask again once it runs (`palm status`)")
         time.sleep(0.5)
     raise ProfileInputError(f"{run.name}: no capture within {args.timeout:.0f} s (is the run "
                             "still stepping? `palm status`)")
