@@ -109,22 +109,48 @@ def tpu_pod_type(topology: str, accelerator_type: str) -> str:
 # ray.experimental.internal_kv's functions are underscore-named (internal); they are the only
 # store every worker and the driver of a job already share, with no actor to keep alive.
 
+# A process forked from a Ray worker (ray/host_agent.py's JAX processes) must not use the
+# GCS client it inherited (its gRPC state belongs to the parent: a new GcsClient in the child
+# hung here), so its agent serves the store for it: `kv_through(call)` routes this process's
+# kv_* through `call(op, key, value, namespace)`.
+_KV_ROUTE: list = []
+
+
+def kv_through(call) -> None:
+    _KV_ROUTE[:] = [call]
+
+
 def kv_get(key: str, namespace: str) -> bytes | None:
+    if _KV_ROUTE:
+        return _KV_ROUTE[0]("get", key, None, namespace)
     from ray.experimental.internal_kv import _internal_kv_get
 
     return _internal_kv_get(key, namespace=namespace)
 
 
 def kv_put(key: str, value: bytes, namespace: str) -> None:
+    if _KV_ROUTE:
+        _KV_ROUTE[0]("put", key, value, namespace)
+        return
     from ray.experimental.internal_kv import _internal_kv_put
 
     _internal_kv_put(key, value, overwrite=True, namespace=namespace)
 
 
 def kv_delete(key: str, namespace: str) -> None:
+    if _KV_ROUTE:
+        _KV_ROUTE[0]("delete", key, None, namespace)
+        return
     from ray.experimental.internal_kv import _internal_kv_del
 
     _internal_kv_del(key, namespace=namespace)
+
+
+def set_process_title(title: str) -> None:
+    """The name `ps` shows (a forked child keeps its Ray worker parent's until renamed)."""
+    import ray._raylet
+
+    ray._raylet.setproctitle(title)
 
 
 # --- Ray Train's SIGINT handler ---------------------------------------------------------

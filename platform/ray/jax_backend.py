@@ -8,7 +8,11 @@ group. `BoundedJaxConfig` subclasses JaxConfig and its backend (private: compat/
 run one step before Ray's own set-up: on every worker it replaces `jax.distributed.initialize`
 process-wide with a wrapper carrying our timeout and a message that says what happened. The
 failure then surfaces in Ray Train as a worker-group start-up failure, which FailureConfig
-turns into a restart (counted against `controller_failure_limit`). (A runtime_env
+turns into a restart (counted against `controller_failure_limit`). With warm hosts
+(`warm_hosts`, ray/host_agent.py) the worker is a host agent that must never open a JAX
+backend: the wrapper then only records Ray's arguments (DEFERRED_INITIALIZE), after Ray has
+set the MEGASCALE_* variables in the agent's environment, and each generation of the JAX
+process calls the bounded initialize itself. (A runtime_env
 `worker_process_setup_hook` would be simpler, but Ray applies it only to the job-level
 runtime env from `ray.init`, not to Ray Train's worker runtime env.)
 """
@@ -35,6 +39,9 @@ _JaxBackend = ray_compat.jax_backend_class()
 # Unix times of a worker's start-up inside Ray Train's set-up, before the train function
 # runs: the Trainer's `startup` event reports the spans between them (ray/worker.py).
 WORKER_MARKS: dict[str, float] = {}
+# Warm hosts: Ray's `jax.distributed.initialize(coordinator_address, num_processes,
+# process_id)` arguments, recorded in the host agent instead of initialising it there.
+DEFERRED_INITIALIZE: dict[str, object] = {}
 
 
 def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None:
@@ -77,6 +84,33 @@ def bound_jax_initialize(timeout_s: int, heartbeat_timeout_s: int = 100) -> None
     jax.distributed.initialize = initialize
 
 
+def defer_jax_initialize() -> None:
+    """In a host agent: `jax.distributed.initialize` (already bounded) only records its
+    arguments; `initialize_deferred` (in each JAX process the agent starts) calls it."""
+    import jax
+
+    bounded = jax.distributed.initialize
+
+    def record(coordinator_address=None, num_processes=None, process_id=None, *_, **__):
+        DEFERRED_INITIALIZE.update(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+
+    record._palm_bounded = bounded  # type: ignore[attr-defined]
+    record._palm_timeout_s = getattr(bounded, "_palm_timeout_s", None)  # type: ignore
+    jax.distributed.initialize = record
+
+
+def initialize_deferred(coordinator_address: str) -> None:
+    """In a JAX process started by a host agent: the bounded initialize with the recorded
+    process count and id, against this generation's coordinator."""
+    import jax
+
+    bounded = getattr(jax.distributed.initialize, "_palm_bounded", jax.distributed.initialize)
+    jax.distributed.initialize = bounded
+    bounded(coordinator_address, DEFERRED_INITIALIZE["num_processes"],
+            DEFERRED_INITIALIZE["process_id"])
+
+
 def bounded_jax_init_timeout_s() -> int | None:
     """The bound `bound_jax_initialize` put on this process (None when it did not run)."""
     import jax
@@ -91,6 +125,7 @@ class BoundedJaxConfig(JaxConfig):
     initialization_timeout_s: int = 300
     heartbeat_timeout_s: int = 100
     preimport: tuple[str, ...] = ()  # modules the train function imports (see _prepare_worker)
+    warm_hosts: bool = False  # the worker is a host agent (ray/host_agent.py)
 
     @property
     def backend_cls(self):
@@ -98,7 +133,7 @@ class BoundedJaxConfig(JaxConfig):
 
 
 def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
-                    preimport: tuple[str, ...]) -> None:
+                    preimport: tuple[str, ...], warm_hosts: bool = False) -> None:
     """On each worker: the CPU cache-write workaround (a no-op on TPU), the bounded
     jax.distributed.initialize, and `preimport` started on a thread.
 
@@ -115,6 +150,11 @@ def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
     WORKER_MARKS["jax_imported"] = time.time()
     if bound:
         bound_jax_initialize(timeout_s, heartbeat_timeout_s)
+    if bound and warm_hosts:
+        from palm_platform.ray.host_agent import forward_sigterm_to_the_jax_process
+
+        defer_jax_initialize()
+        forward_sigterm_to_the_jax_process()  # here: an actor task runs on the main thread
 
     def run() -> None:
         for name in preimport:
@@ -124,7 +164,13 @@ def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
                 return
 
     if preimport:
-        threading.Thread(target=run, name="palm-preimport", daemon=True).start()
+        PREIMPORT.append(threading.Thread(target=run, name="palm-preimport", daemon=True))
+        PREIMPORT[-1].start()
+
+
+# The preimport thread: a host agent joins it before it forks (a fork while another thread
+# holds Python's import lock would leave the child's copy of the lock held forever).
+PREIMPORT: list = []
 
 
 class _BoundedJaxBackend(_JaxBackend):
@@ -138,7 +184,8 @@ class _BoundedJaxBackend(_JaxBackend):
         worker_group.execute(_prepare_worker, backend_config.initialization_timeout_s,
                              backend_config.heartbeat_timeout_s,
                              bound=backend_config.use_tpu or backend_config.use_gpu,
-                             preimport=backend_config.preimport)
+                             preimport=backend_config.preimport,
+                             warm_hosts=backend_config.warm_hosts)
         super().on_start(worker_group, backend_config)
 
     def on_shutdown(self, worker_group, backend_config: BoundedJaxConfig) -> None:

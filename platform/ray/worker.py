@@ -1,6 +1,7 @@
 """What each Ray Train worker (one per TPU host) runs: the train loop, supervised.
 
-jax.distributed is already initialised by the worker group (ray/jax_backend.py, BoundedJaxConfig).
+jax.distributed is initialised by the worker group (ray/jax_backend.py, BoundedJaxConfig), or,
+with warm hosts, by each JAX process the worker's host agent starts (ray/host_agent.py).
 The supervision hook (supervise/heartbeat.py) beats a watchdog (supervise/watchdog.py), which
 turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as a worker
 failure: it restarts the whole group, and the loop resumes from the newest good checkpoint.
@@ -55,23 +56,66 @@ def _not_printed_by_the_driver(record: logging.LogRecord) -> bool:
 
 
 def train_worker(raw_config: dict) -> None:
-    """Ray Train entry: `raw_config` is a WorkerConfig as JSON (worker_config.py)."""
+    """Ray Train entry: `raw_config` is a WorkerConfig as JSON (worker_config.py).
+
+    With warm hosts (faults.warm_hosts, more than one host) this actor is the host's agent
+    (host_agent.py): it imports what the trainer needs, then runs each generation of the JAX
+    process as a child; otherwise it is the JAX process itself."""
     entered = time.time()
     configure_logging()
-    import jax
+    import jax  # noqa: F401 - imported once here, for every generation a host agent forks
     import psutil
 
-    from palm_platform.hook_protocol import Preempted, StopTraining
-    from palm_platform.job import Job
-    from palm_platform.ray.jax_backend import WORKER_MARKS
+    from palm_platform.ray.jax_backend import DEFERRED_INITIALIZE, WORKER_MARKS
     from palm_platform.ray.worker_config import WorkerConfig
-    from palm_platform.train.loop import Trainer
+    from palm_platform.train.loop import Trainer  # noqa: F401 - see `import jax`
 
     # Where a (re)start spends its seconds: the Trainer reports the spans between these
     # (WORKER_MARKS: inside Ray Train's set-up, before this function ran).
     marks = {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
              "train_fn_entered": entered, "imported": time.time()}
     config = WorkerConfig.model_validate(raw_config)
+    if not DEFERRED_INITIALIZE:  # jax.distributed is up (or one host): this is the process
+        _train(config, marks)
+        return
+    from palm_platform.ray.host_agent import HostAgent
+
+    job = config.job["faults"]
+    agent = HostAgent(
+        coordinator=str(DEFERRED_INITIALIZE["coordinator_address"]),
+        index=int(DEFERRED_INITIALIZE["process_id"]),
+        count=int(DEFERRED_INITIALIZE["num_processes"]),
+        key=f"warm/{config.stop_key}/{DEFERRED_INITIALIZE['coordinator_address']}",
+        max_restarts=int(job.get("max_restarts", 3)),
+        join_timeout_s=float(job.get("init_timeout_s", 300)))
+
+    def generation(on_step) -> None:
+        now = time.time()
+        _train(config, {"process_started": psutil.Process().create_time(), **WORKER_MARKS,
+                        "train_fn_entered": now, "imported": now}, on_step=on_step)
+
+    agent.run(generation)
+
+
+def _report_step(report):
+    """A hook that tells the host agent each finished step (how far a generation got)."""
+    from palm_platform.hook_protocol import Hook
+
+    class ReportStep(Hook):
+        def on_step(self, info) -> None:
+            report(info.step)
+
+    return ReportStep()
+
+
+def _train(config, marks: dict[str, float], on_step=None) -> None:
+    """One JAX process's run: restore, train, save; jax.distributed is initialised."""
+    import jax
+
+    from palm_platform.hook_protocol import Preempted, StopTraining
+    from palm_platform.job import Job
+    from palm_platform.train.loop import Trainer
+
     job, run_dir = Job.model_validate(config.job), Path(config.run_dir)
     from palm_platform.data import read_failure
 
@@ -80,8 +124,9 @@ def train_worker(raw_config: dict) -> None:
     host = f"host {jax.process_index()}/{jax.process_count()}"
     attempt = _agreed_attempt(run_dir, config.launched_at)
     supervision = _supervision_hook(job, config.stop_key, host)
+    hooks = (supervision,) if on_step is None else (supervision, _report_step(on_step))
     try:
-        trainer = Trainer(job, run_dir, attempt=attempt, hooks=(supervision,),
+        trainer = Trainer(job, run_dir, attempt=attempt, hooks=hooks,
                           launched_at=config.launched_at, startup_marks=marks)
     except Exception as error:  # noqa: BLE001 - re-raised; a damaged store is recorded first
         read_failure.record(run_dir, config.launched_at, error)

@@ -88,5 +88,8 @@ class FaultsConfig(BaseModel):
     max_restarts: int = Field(default=3, ge=0, description="worker-group restarts before failing")
     hang_timeout_s: float = Field(default=300, gt=0, description="no step for this long = hang")
     init_timeout_s: float = Field(default=300, gt=0, description="jax.distributed start-up limit")
+    warm_hosts: bool = Field(
+        default=False, description="a crashed or hung JAX process on a live host restarts the "
+        "JAX processes only, in the hosts' agents (ray/host_agent.py), not the worker group")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject")
