@@ -74,3 +74,16 @@ def cache_writes_from_every_process_on_cpu() -> None:
 
     _cache_write._palm_original = original  # type: ignore[attr-defined]
     compiler._cache_write = _cache_write
+
+
+def tpu_profiler_plugin_loaded() -> bool:
+    """Whether libtpu's PJRT plugin, and with it its profiler plugin, is loaded in this process.
+
+    Works around: jax 0.10 registers a loaded plugin's profiler with `jax.profiler` for good
+    (xla_bridge.register_plugin_profiler), and libtpu's tracer crashes the process (SIGSEGV in
+    PluginTracer::Start, "Unexpected PLUGIN_Profiler_Api size") when a process that trains on CPU
+    has loaded libtpu, e.g. for `palm plan`'s abstract TPU devices. profile/capture.py refuses to
+    trace then. The public API has no such query (jax._src.lib.xla_client)."""
+    from jax._src.lib import xla_client
+
+    return bool(xla_client.pjrt_plugin_loaded("tpu"))

@@ -77,6 +77,16 @@ def decide(request: dict, read_at: int, host_count: int) -> tuple[Capture | None
     return Capture(first, steps, tuple(sorted(set(hosts))), str(request.get("id", ""))), ""
 
 
+def cannot_trace() -> str:
+    """Why this process cannot trace, or "" (compat/jax.py: libtpu loaded in a CPU process)."""
+    from palm_platform.compat.jax import tpu_profiler_plugin_loaded
+
+    if jax.default_backend() != "tpu" and tpu_profiler_plugin_loaded():
+        return ("libtpu is loaded in a process that trains on " + jax.default_backend() +
+                " (its profiler plugin would crash it); run without the TPU plugin loaded")
+    return ""
+
+
 class ProfileHook(Hook):
     """Traces the job's `profile.at_steps` and live `palm profile` requests (module docstring)."""
 
@@ -144,6 +154,13 @@ class ProfileHook(Hook):
 
     def _start(self, capture: Capture, step: int) -> None:
         self.planned.remove(capture)
+        why = cannot_trace()
+        if why:  # skipped on every host alike (the reason is the same process set-up)
+            logger.warning("profile: steps %d-%d not traced: %s", capture.first, capture.last, why)
+            if self.index == 0 and capture.request_id != "job" and self.channel is not None:
+                self.channel.reply({"id": capture.request_id, "state": "refused",
+                                    "reason": f"cannot trace: {why}"})
+            return
         self.active, self.marks = capture, []
         if self.index in capture.hosts:
             folder = host_folder(self.run_dir, capture.first, self.index)

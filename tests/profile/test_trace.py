@@ -1,22 +1,21 @@
-"""The breakdown of a real trace: a tiny sharded step traced in this process with jax.profiler.
+"""The breakdown of a real trace: a tiny sharded step traced with jax.profiler (in a child
+process), and the agreement on a live request's first step.
 
 The step all-gathers a weight over 8 CPU devices, multiplies, and all-reduces a sum: the CPU
 trace has the same HLO collective names as a TPU trace. The step markers are the capture hook's
 (`STEP_MARK`), so the window is cut as a run's capture is.
 """
 
-import time
+import json
+import os
+import subprocess
+import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from palm_platform.profile.capture import Capture, decide
 from palm_platform.profile.trace import (
     CATEGORIES,
-    STEP_MARK,
     breakdown,
     collective_kind,
     difference,
@@ -25,36 +24,53 @@ from palm_platform.profile.trace import (
     trace_file,
 )
 
+CAPTURE = """
+import json, sys, time
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from palm_platform.profile.trace import STEP_MARK
+
+mesh = Mesh(jax.devices(), ("data",))
+sharded = NamedSharding(mesh, P("data", None))
+x = jax.device_put(jnp.ones((512, 512)), sharded)
+w = jax.device_put(jnp.ones((512, 512)), sharded)
+
+@jax.jit
+def step(x, w):
+    y = x @ jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P()))
+    return jnp.sum(y)
+
+step(x, w).block_until_ready()  # compiled before the capture
+marks = []
+jax.profiler.start_trace(sys.argv[1], create_perfetto_trace=True)
+for k in range(5):
+    started = time.monotonic()
+    if k:
+        step(x, w).block_until_ready()
+        time.sleep(0.02)
+    with jax.profiler.TraceAnnotation(f"{STEP_MARK}{k}"):
+        pass
+    marks.append({"step": k, "step_s": time.monotonic() - started if k else None})
+jax.profiler.stop_trace()
+print(json.dumps(marks))
+"""
+
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    """Four steps of a sharded matmul, traced, with a 20 ms host sleep (no device work) each."""
+    """Four steps of a sharded matmul on 8 CPU devices, traced, with a 20 ms host sleep (no
+    device work) each. In a fresh process: a pytest process that loaded libtpu (the plan's
+    tests) cannot trace (compat/jax.py, tpu_profiler_plugin_loaded)."""
     folder = tmp_path_factory.mktemp("trace")
-    mesh = Mesh(jax.devices(), ("data",))
-    sharded = NamedSharding(mesh, P("data", None))
-    x = jax.device_put(jnp.ones((512, 512)), sharded)
-    w = jax.device_put(jnp.ones((512, 512)), sharded)
-
-    @jax.jit
-    def step(x, w):
-        y = x @ jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P()))
-        return jnp.sum(y)
-
-    step(x, w).block_until_ready()  # compiled before the capture
-    marks = []
-    jax.profiler.start_trace(str(folder), create_perfetto_trace=True)
-    for k in range(5):
-        started = time.monotonic()
-        if k:
-            step(x, w).block_until_ready()
-            time.sleep(0.02)
-        with jax.profiler.TraceAnnotation(f"{STEP_MARK}{k}"):
-            pass
-        marks.append({"step": k, "step_s": time.monotonic() - started if k else None})
-    jax.profiler.stop_trace()
-    return load_events(trace_file(folder)), marks
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run([sys.executable, "-c", CAPTURE, str(folder)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_events(trace_file(folder)), json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_the_categories_add_up_to_the_traced_window(traced):
     events, marks = traced
     b = breakdown(events, marks)
@@ -65,6 +81,7 @@ def test_the_categories_add_up_to_the_traced_window(traced):
     assert b.trace_step_s == pytest.approx(b.measured_step_s, rel=0.1)
 
 
+@pytest.mark.multiprocess
 def test_device_ops_and_host_time_are_told_apart(traced):
     events, marks = traced
     b = breakdown(events, marks)
