@@ -49,6 +49,51 @@ def gcs_bucket(gcs_emulator, request):
     clear_client_caches()
 
 
+# -- one JAX persistent compilation cache for the session (platform/train/compile_cache.py) ------
+# Tests compile the same small programs again and again: each in-process Trainer (palm-tiny
+# jobs), each model and eval test builds new jitted functions, which JAX's in-memory caches never
+# share. On disk, keyed by the program (compile_cache.py lists the key), the second compile of a
+# program is a load. Every in-process run caches here instead of its run folder; the processes
+# the tests start keep their own caches. A test of the cache itself opts out (`own_compile_cache`).
+# Measured on 2 cores: the fast tier 9.0 -> 7.5 min (docs/operations.md, "Test tiers"); loading an
+# executable gives the same bits as compiling it (the bitwise-equality tests pass with it).
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compile_cache(tmp_path_factory):
+    from palm_platform.train.compile_cache import CompileCache
+
+    directory = str(tmp_path_factory.mktemp("compile-cache"))
+    CompileCache.shared_directory = directory
+    CompileCache.enable(directory)
+    yield directory
+    CompileCache.shared_directory = None
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_is_the_sessions_again(_session_compile_cache):
+    """After a run with the cache off (or a test that opted out), the next test uses it again."""
+    yield
+    import jax
+
+    from palm_platform.train.compile_cache import CompileCache
+
+    CompileCache.shared_directory = _session_compile_cache
+    if jax.config.jax_compilation_cache_dir != _session_compile_cache:
+        CompileCache.enable(_session_compile_cache)
+
+
+@pytest.fixture
+def own_compile_cache():
+    """For a test of the compile cache itself: its runs use their own directories (first
+    compiles miss) and the session's is untouched. Use as
+    `@pytest.mark.usefixtures("own_compile_cache")`."""
+    from palm_platform.train.compile_cache import CompileCache
+
+    CompileCache.shared_directory = None
+    CompileCache.enable(None)
+
+
 # -- the fast tier: tests marked neither ray nor multiprocess (tests/support/tiers.py) ---------
 
 

@@ -43,6 +43,11 @@ class CompileCache:
 
     _lock = threading.Lock()
     _active: CompileCache | None = None
+    # When set, every run in this process caches here instead of in its own directory ("off"
+    # stays off). The test session sets one (tests/conftest.py), so its many in-process runs of
+    # the same small jobs compile each program once instead of once per run folder. A class
+    # setting, not an environment variable: processes it starts keep their own caches.
+    shared_directory: str | None = None
 
     def __init__(self, directory: str | None):
         self.directory = directory
@@ -59,7 +64,8 @@ class CompileCache:
             if cls._active is None:  # JAX keeps listeners for the life of the process
                 jax.monitoring.register_event_listener(cls._on_event)
                 jax.monitoring.register_event_duration_secs_listener(cls._on_duration)
-            directory = None if directory in (None, OFF) else str(directory)
+            directory = (None if directory in (None, OFF)
+                         else str(cls.shared_directory or directory))
             if directory != jax.config.jax_compilation_cache_dir:
                 # The cache object is built once, from the directory set at first use;
                 # reset it so a second run in one process (tests) uses its own directory.

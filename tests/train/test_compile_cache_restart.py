@@ -34,6 +34,7 @@ def test_later_batch_sizes_are_the_phases_still_ahead():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("own_compile_cache")  # its first attempt must compile, not load
 def test_a_restart_after_a_kill_misses_no_train_step(tmp_path):
     shutil.copy(JOB, tmp_path / "job.yaml")
     job = load_job(tmp_path / "job.yaml")
