@@ -109,14 +109,84 @@ def pytest_runtest_setup(item):
 # -- a local fake-TPU Ray cluster (tests/support/local_cluster.py) for the Ray tests ----------
 
 
+# Every module that asks for `local_cluster` shares one cluster: bringing one up takes 11-13 s,
+# and the modules that use it run jobs on it (`palm run`, `ray job submit`, killing only the
+# jobs' own worker processes), which leave nothing behind for the next module. Those modules run
+# one after another (pytest_collection_modifyitems), and the cluster goes down after the last of
+# them, so no other module's own cluster (another shape, nodes killed, `palm run` bringing its
+# own up) ever runs beside it. A module with a failed test may have left a job holding the
+# hosts: the next module then gets a fresh cluster, so one failure never cascades.
+
+_CLUSTER_FIXTURE = "local_cluster"
+_cluster_modules: set[str] = set()  # the modules with a test that uses it
+_shared_cluster: list = []  # [(ExitStack, ClusterState)] while it is up
+_failed_modules: set[str] = set()
+
+
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
-    """1 pod x 2 fake hosts x 2 chips for the module, through `palm cluster up` / `down`."""
-    from tests.support.local_cluster import running_cluster
+    """1 pod x 2 fake hosts x 2 chips, through `palm cluster up` / `down`: shared by the
+    modules that use it (above)."""
+    if not _shared_cluster:
+        from contextlib import ExitStack
 
-    with running_cluster(tmp_path_factory.mktemp("cluster"), pods=1, hosts_per_pod=2,
-                         chips_per_host=2, timeout_s=240) as state:
-        yield state
+        from tests.support.local_cluster import running_cluster
+
+        stack = ExitStack()
+        state = stack.enter_context(running_cluster(
+            tmp_path_factory.mktemp("cluster"), pods=1, hosts_per_pod=2, chips_per_host=2,
+            timeout_s=240))
+        _shared_cluster.append((stack, state))
+    return _shared_cluster[0][1]
+
+
+def _stop_shared_cluster() -> None:
+    while _shared_cluster:
+        _shared_cluster.pop()[0].close()
+
+
+def _module_of(item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that use the shared cluster run one after another, where the first of them
+    was; everything else keeps its order."""
+    _cluster_modules.clear()
+    _cluster_modules.update(_module_of(item) for item in items
+                            if _CLUSTER_FIXTURE in getattr(item, "fixturenames", ()))
+    first = next((i for i, item in enumerate(items) if _module_of(item) in _cluster_modules),
+                 None)
+    if first is not None:
+        order = {id(item): (first if _module_of(item) in _cluster_modules else i)
+                 for i, item in enumerate(items)}
+        items.sort(key=lambda item: order[id(item)])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _failed_modules.add(_module_of(item))
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of the modules sharing the cluster (their module-scoped fixtures are
+    torn down by then), or after a module with a failure: the cluster goes down."""
+    try:
+        return (yield)
+    finally:
+        module = _module_of(item)
+        last = nextitem is None or _module_of(nextitem) != module
+        if _shared_cluster and last and (module in _failed_modules or nextitem is None
+                                         or _module_of(nextitem) not in _cluster_modules):
+            _stop_shared_cluster()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_shared_cluster()  # a run stopped early (-x, Ctrl-C) leaves no cluster behind
 
 
 def require(module: str, why: str) -> None:
