@@ -7,6 +7,7 @@ and must still end with the same parameters, bit for bit.
 """
 
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -213,3 +214,40 @@ def test_missing_data_path_fails_before_any_worker_starts(tmp_path):
         and "nothere" in run.stderr
         and "Fix:" in run.stderr
     )
+
+
+@pytest.mark.timeout(900)
+def test_crashed_process_restarts_warm_and_a_failing_warm_restart_falls_back_once(
+    local_cluster, reference, tmp_path
+):
+    # Warm hosts (ray/host_agent.py): host 1's JAX process crashes at step 4 and at step 9;
+    # each time the host agents restart the JAX processes in place (same actors). Then its
+    # next generation crashes again at step 9 before getting past it: a crash loop, so the
+    # agents fall back to one worker-group restart, which finishes the run. It ends with the
+    # reference run's parameters, bit for bit.
+    crash = {"kind": "crash_process", "host": 1}
+    job = write_job(tmp_path, faults={"warm_hosts": True, "inject": [
+        {**crash, "step": 4}, {**crash, "step": 9}, {**crash, "step": 9}]})
+    run_dir = tmp_path / "run" / "ray-2host"
+    run = subprocess.run([BIN / "palm", "run", str(job)], env=driver_env(local_cluster),
+                         capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    lines = worker_lines(run_dir)
+    warm = [ln for ln in lines if "restarting the JAX processes warm" in ln]
+    # both hosts' agents, twice each (generations 1 and 2), each keeping its pid
+    assert sorted(re.search(r"(host \d)/2", ln)[1] + re.search(r"generation (\d)", ln)[1]
+                  for ln in warm) == ["host 01", "host 02", "host 11", "host 12"], warm
+    for index in (0, 1):
+        pids = {re.search(r"agent pid (\d+)", ln)[1] for ln in warm if f"host {index}/2" in ln}
+        assert len(pids) == 1, warm
+    fallback = [ln for ln in lines if "falling back to a worker-group restart" in ln]
+    assert fallback and all("did not get past step" in ln for ln in fallback), lines[-20:]
+    records = read_records(run_dir)
+    # generations 1 and 2 and the group's restart; generation 2 writes its `restart` record
+    # only if it restored a step before 8 (it then finishes steps before crashing again)
+    assert sum(r["kind"] == "restart" for r in records) in (3, 4), output[-3000:]
+    assert max(r["step"] for r in records if r["kind"] == "step") == 12
+    expected, got = (final_params(folder / "job.yaml", 12) for folder in (reference, tmp_path))
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
