@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 TWO_PODS = ["pod-0-w0", "pod-1-w0"]  # 2 pods x 1 host: each process is one pod
 ONE_POD = ["pod-0-w0", "pod-0-w1"]  # 1 pod x 2 hosts: a ring of two
+TWO_BY_TWO = ["pod-0-w0", "pod-0-w1", "pod-1-w0", "pod-1-w1"]  # the demo's 2 pods x 2 hosts
 
 
 def _start(mode: str, root: Path, pods: int, hosts: list[str], **env) -> list[subprocess.Popen]:
@@ -78,6 +79,28 @@ def test_a_one_pod_job_losing_a_host_restores_from_its_ring_neighbour(tmp_path):
     first, second = results(tmp_path, 1, ONE_POD)
     assert first["step"] == second["step"] == 4
     assert first["tier"] == "peer" and first["bytes_peer"] > 0
+    assert first["why_not_ram"] is None  # nothing newer was passed over
+    # host 0's copy of host 1's blocks of step 4 lost too: step 4 is out, and the restore
+    # of step 2 names the host whose blocks nobody held (host names allgathered)
+    (tmp_path / "pod-0-w0" / "4" / "neighbour.json").unlink()
+    first, second = results(tmp_path, 1, ONE_POD)
+    assert first["step"] == second["step"] == 2 and first["tier"] == "peer"
+    assert first["why_not_ram"] == second["why_not_ram"] == [4, (
+        "RAM step 4 was incomplete (host 1 (pod-0-w1) lacks its blocks of step 4; no peer "
+        "holds them)")]
+
+
+def test_a_2x2_job_whose_hosts_came_back_in_other_ranks_with_one_ram_lost_restores_from_ram(
+        tmp_path):
+    """The README demo's restart (issue 37): host pod-0-w1 lost its RAM and Ray Train ranked
+    each pod's hosts the other way round, so every process needs another host's blocks and
+    pod-1-w1 holds the only copy that processes 1 and 3 both need (it sends twice)."""
+    run("save", tmp_path, 2, TWO_BY_TWO)
+    shutil.rmtree(tmp_path / "pod-0-w1")
+    out = results(tmp_path, 2, ["pod-0-w1", "pod-0-w0", "pod-1-w1", "pod-1-w0"])
+    assert [r["step"] for r in out] == [4, 4, 4, 4]  # every shard checked bitwise
+    assert out[0]["tier"] == "peer" and out[0]["bytes_peer"] > 0  # every host received
+    assert out[0]["why_not_ram"] is None
 
 
 def test_a_save_torn_by_a_kill_is_never_restored(tmp_path):
