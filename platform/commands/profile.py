@@ -216,4 +216,5 @@ def print_report(run: Path, first: int | None, *, as_json: bool, job=None) -> No
     if job is not None:
         report["plan"] = predicted(job, report["first_step"])
         report["comparison"] = compare(report, report["plan"])
-    print(json.dumps(report) if as_json else format_report(report))
+    # flushed here: a Ray driver's exit can skip the interpreter's own flush of a piped stdout
+    print(json.dumps(report) if as_json else format_report(report), flush=True)

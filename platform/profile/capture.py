@@ -6,7 +6,8 @@ Two sources of captures, one mechanism:
   and broadcasts the first traced step with palm_platform.multihost's helpers. Every host calls
   the broadcast at the same steps (hooks run in lock-step), so every host gets the same answer
   at the same step, as the preemption notice's agreed step (checkpoint/preemption.py). The
-  first traced step is at least the step after the one the request was read at.
+  first traced step is at least two steps after the one the request was read at (the
+  broadcast waits for the next step's device work, which must not straddle the window).
 
 A capture of steps S..S+N-1 starts the trace (`jax.profiler.start_trace`, with the Perfetto
 JSON beside TensorBoard's .xplane.pb) when step S-1 is read, and stops it when step S+N-1 is
@@ -73,7 +74,9 @@ def decide(request: dict, read_at: int, host_count: int) -> tuple[Capture | None
     at = request.get("at_step")
     if at is not None and int(at) <= read_at:
         return None, f"step {at} has already passed (the run read the request at step {read_at})"
-    first = read_at + 1 if at is None else int(at)
+    # Not read_at + 1: the trace would start right after the broadcast, which waited for step
+    # read_at + 1's device work, so that step would be missing from its own window.
+    first = max(read_at + 2, int(at) if at is not None else 0)
     return Capture(first, steps, tuple(sorted(set(hosts))), str(request.get("id", ""))), ""
 
 
@@ -112,12 +115,12 @@ class ProfileHook(Hook):
         step = info.step
         if self.active is not None:
             self._traced(info)
-        if step % self.config.poll_every == 0 and self.active is None:
-            self._poll(step)
-        if self.active is None:
+        if self.active is None:  # before the poll: its broadcast would shift the first step
             starting = next((c for c in self.planned if c.first == step + 1), None)
             if starting is not None:
                 self._start(starting, step)
+        if step % self.config.poll_every == 0 and self.active is None:
+            self._poll(step)  # skipped on every host alike while a capture runs
 
     def _poll(self, step: int) -> None:
         """Host 0 reads the channel; every host gets its decision (the agreed first step)."""

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 @pytest.fixture(scope="module")
 def profiled_run(tmp_path_factory):
     """One host of 4 CPU devices, 12 steps; the job file traces 9-10; `palm profile --steps 2
-    --at-step 5` asks live."""
+    --at-step 6` asks live."""
     folder = tmp_path_factory.mktemp("profiled")
     spec = yaml.safe_load((TEST_JOBS / "loop-2pod.yaml").read_text())
     spec.update(name="profiled", run_dir=str(folder / "run"),
@@ -46,7 +46,7 @@ def profiled_run(tmp_path_factory):
     def ask() -> None:  # once the loop listens: the CLI's whole path, in this process
         while not listening_path(run).exists():
             threading.Event().wait(0.05)
-        outcome["code"] = palm(["profile", str(run), "--steps", "2", "--at-step", "5"])
+        outcome["code"] = palm(["profile", str(run), "--steps", "2", "--at-step", "6"])
 
     asking = threading.Thread(target=ask, daemon=True)
     asking.start()
@@ -62,7 +62,7 @@ def profiled_run(tmp_path_factory):
 def test_the_live_request_and_the_fixed_steps_are_both_traced(profiled_run):
     run, outcome = profiled_run
     assert outcome == {"code": 0}
-    for first, last in ((5, 6), (9, 10)):
+    for first, last in ((6, 7), (9, 10)):
         host = run / "profile" / f"step-{first}" / "host-0"
         assert list(host.glob("plugins/profile/*/*.xplane.pb"))  # TensorBoard's file
         marks = json.loads((host / "steps.json").read_text())["marks"]
@@ -74,7 +74,7 @@ def test_traced_steps_are_marked_and_charged_to_profiling(profiled_run):
     run, _ = profiled_run
     records = read_records(run)
     events = [(r["step"], r["last_step"]) for r in records if r["kind"] == "profile"]
-    assert events == [(5, 6), (9, 10)]
+    assert events == [(6, 7), (9, 10)]
     goodput = next(r for r in records if r["kind"] == "goodput")
     assert goodput["badput_profiling_s"] > 0
 

@@ -109,7 +109,9 @@ def test_interval_difference():
 
 def test_a_live_request_is_agreed_after_the_step_it_was_read_at():
     capture, why = decide({"id": "a", "steps": 3, "hosts": "all"}, read_at=10, host_count=4)
-    assert capture == Capture(11, 3, (0, 1, 2, 3), "a") and why == ""
+    assert capture == Capture(12, 3, (0, 1, 2, 3), "a") and why == ""
+    capture, _ = decide({"id": "a", "at_step": 11}, read_at=10, host_count=4)
+    assert capture.first == 12  # the step after the read is never the first traced
     capture, _ = decide({"id": "b", "steps": 2, "hosts": [2], "at_step": 30}, 10, 4)
     assert (capture.first, capture.last, capture.hosts) == (30, 31, (2,))
 
