@@ -11,8 +11,10 @@ group again (ray/run.py). So a returned pod is turned into exactly that notice:
 - `GrowBackMonitor` (here, in the driver, beside `palm run`'s relaunch loop) polls the
   cluster every `topology.resize_check_s` seconds. When it counts more intact slices (up to
   `topology.pods`) than the group trains on (the `pods` of this launch's newest step record),
-  on two polls a second apart (a removed host may be listed ALIVE for a while), it gives one notice
-  for the launch.
+  on two polls in a row, it gives one notice for the launch (a removed host may be listed
+  ALIVE for a while; and a confirmation 1 s later was measured too early: Ray Train's
+  relaunch did not count the returned hosts yet, started on 1 pod again, and a second
+  notice was needed).
 - The notice is the signal the workers' notice already listens to: SIGTERM to a train
   worker process, which JAX's preemption service turns into one agreed step on every host
   (`multihost_utils.reached_preemption_sync_point`). It is delivered by a zero-CPU Ray task
@@ -42,7 +44,6 @@ from palm_platform.topology import SliceShape
 logger = logging.getLogger(__name__)
 
 TRAIN_WORKER = "RayTrainWorker"  # Ray Train v2's worker actor class: its processes' title
-CONFIRM_S = 1.0  # a returned pod is counted again this much later before the notice
 
 
 def intact_pods(nodes: list[dict], shape: SliceShape) -> int:
@@ -105,8 +106,7 @@ class GrowBackMonitor:
         return True
 
     def _loop(self) -> None:
-        # A larger count is confirmed a second later, not a whole poll later.
-        while not self._stop.wait(CONFIRM_S if self._seen_larger else self.poll_s):
+        while not self._stop.wait(self.poll_s):
             try:
                 if self.check():
                     return
