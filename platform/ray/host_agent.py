@@ -53,34 +53,10 @@ from palm_platform.ray.interrupt import KV_NAMESPACE
 logger = logging.getLogger("palm")
 
 POLL_S = 0.1
-# The JAX process the agent runs now (None between generations): SIGTERM goes to it.
-_CHILD: list[int] = []
 
 
 class WarmRestartFailed(RuntimeError):
     """Raised by an agent: Ray Train restarts the worker group instead."""
-
-
-def forward_sigterm_to_the_jax_process() -> None:
-    """A preemption notice (SIGTERM to the actor: GCE, `palm run`'s grow-back) belongs to the
-    JAX process, whose notifier agrees on a step to save. Between generations, Ray's own
-    handler. Must run on the actor's main thread (an actor task does)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def forward(signum, frame):
-        if _CHILD:
-            os.kill(_CHILD[-1], signal.SIGTERM)
-        elif callable(previous):
-            previous(signum, frame)
-        else:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    try:
-        signal.signal(signal.SIGTERM, forward)
-    except ValueError:  # not the main thread: the JAX process then gets no notice this way
-        logger.warning("host agent: SIGTERM not forwarded to the JAX process (not called "
-                       "on the main thread)")
 
 
 def _serve_kv(connection) -> None:
@@ -235,7 +211,7 @@ class HostAgent:
         theirs.close()
         threading.Thread(target=_serve_kv, args=(ours,), name="palm-kv-for-child",
                          daemon=True).start()
-        _CHILD.append(pid)
+        jax_backend.JAX_CHILD.append(pid)
         try:
             failed = f"{generation}/failed"
             while True:
@@ -248,7 +224,7 @@ class HostAgent:
                     return status
                 time.sleep(POLL_S)
         finally:
-            _CHILD.clear()
+            jax_backend.JAX_CHILD.clear()
             ours.close()
         if os.waitstatus_to_exitcode(status) == 0:
             return None

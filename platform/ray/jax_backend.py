@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ drop_never_printed_lines()  # before `ray` is first imported, below (it reads th
 from ray.train.v2.jax import JaxConfig  # noqa: E402 - after the pattern is set
 
 _JaxBackend = ray_compat.jax_backend_class()
+logger = logging.getLogger("palm")
 
 # Unix times of a worker's start-up inside Ray Train's set-up, before the train function
 # runs: the Trainer's `startup` event reports the spans between them (ray/worker.py).
@@ -151,8 +153,6 @@ def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
     if bound:
         bound_jax_initialize(timeout_s, heartbeat_timeout_s)
     if bound and warm_hosts:
-        from palm_platform.ray.host_agent import forward_sigterm_to_the_jax_process
-
         defer_jax_initialize()
         forward_sigterm_to_the_jax_process()  # here: an actor task runs on the main thread
 
@@ -166,6 +166,34 @@ def _prepare_worker(timeout_s: int, heartbeat_timeout_s: int, *, bound: bool,
     if preimport:
         PREIMPORT.append(threading.Thread(target=run, name="palm-preimport", daemon=True))
         PREIMPORT[-1].start()
+
+
+# The JAX process a host agent runs now (host_agent.py; empty between generations): a SIGTERM
+# to the agent goes to it.
+JAX_CHILD: list[int] = []
+
+
+def forward_sigterm_to_the_jax_process() -> None:
+    """A preemption notice (SIGTERM to the actor: GCE, `palm run`'s grow-back) belongs to the
+    JAX process, whose notifier agrees on a step to save. Between generations, Ray's own
+    handler. Must run on the actor's main thread (an actor task does)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def forward(signum, frame):
+        if JAX_CHILD:
+            os.kill(JAX_CHILD[-1], signal.SIGTERM)
+        elif callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, forward)
+    except ValueError:  # not the main thread: the JAX process then gets no notice this way
+        logger.warning("host agent: SIGTERM not forwarded to the JAX process (not called "
+                       "on the main thread)")
+
 
 
 # The preimport thread: a host agent joins it before it forks (a fork while another thread
