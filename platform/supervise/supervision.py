@@ -27,10 +27,15 @@ class Supervision:
     def new(cls, spike: SpikeConfig, ledger_path: Path, *, writes: bool) -> Supervision:
         return cls(Ledger(), SpikeDetector(spike), ledger_path, writes)
 
-    def checkpoint_item(self, pods: int) -> dict:
-        """What a checkpoint saves besides the train state and the data position."""
-        return {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict(),
+    def checkpoint_item(self, pods: int, *, agreed: bool = False) -> dict:
+        """What a checkpoint saves besides the train state and the data position. `agreed`:
+        the hosts' agreed step of a notice (a preemption, a planned removal, a grow-back), so
+        a restore onto fewer pods from it is a planned removal, not a lost pod."""
+        item = {"ledger": self.ledger.to_dict(), "spike_detector": self.detector.state_dict(),
                 "pods": pods}
+        if agreed:
+            item["agreed"] = True
+        return item
 
     def save_ledger(self) -> None:
         if self.writes:  # one writer; the others read it through broadcast

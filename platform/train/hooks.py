@@ -134,7 +134,8 @@ class CheckpointHook(Hook):
         step, due = info.step, self._due
         with self.goodput.phase("checkpoint"):
             waited = self.checkpoints.save(step, due, info.state, info.batch.data_state_after,
-                                           self.supervision.checkpoint_item(self.pods))
+                                           self.supervision.checkpoint_item(
+                                               self.pods, agreed=due.preempted))
         # blocked_s: how long the loop waited (the on-device copies of the state)
         if LOCAL in waited:
             self.sink.event("checkpoint_saved", step, tier="local",

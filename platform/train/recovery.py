@@ -98,10 +98,19 @@ def _note_resize(setup: TrainSetup, supervision: Supervision, item: dict, step: 
     before, pods = (item or {}).get("pods", setup.job.topology.pods), setup.program.pods
     if before == pods:
         return
-    cause = "pod lost" if pods < before else "pod returned"
+    cause = resize_cause(before, pods, item)
     supervision.ledger.record_resize(step, from_pods=before, to_pods=pods, cause=cause)
     setup.sink.event("resize", step, alert=True, from_pods=before, to_pods=pods, cause=cause)
     supervision.save_ledger()  # the event above is also its log line
+
+
+def resize_cause(before: int, pods: int, item: dict | None) -> str:
+    """Why a restore from a checkpoint of `before` pods runs on `pods`: a checkpoint saved at
+    the hosts' agreed step of a notice (`remove-pod --drain`, a preemption) and restored on
+    fewer pods is a planned removal; without one, the pod was lost."""
+    if pods > before:
+        return "pod returned"
+    return "pod removed (planned)" if (item or {}).get("agreed") else "pod lost"
 
 
 def _load_supervision(supervision: Supervision, item: dict, step: int) -> None:

@@ -296,3 +296,20 @@ def test_returned_pods_give_one_notice_once_this_launch_trains_on_fewer(tmp_path
                             nodes=lambda: nodes)
     step(9, 2, time=102.0)  # the group trains on both pods: nothing to do
     assert not grown.check() and not grown.check() and notices == [(2, 1)]
+
+
+def test_a_shrink_from_an_agreed_save_is_a_planned_removal():
+    """The checkpoint item says whether its step was the hosts' agreed step of a notice
+    (CheckpointHook: `agreed`), which tells a drained pod from a lost one."""
+    from palm_platform.supervise.supervision import Supervision
+    from palm_platform.train.recovery import resize_cause
+
+    assert resize_cause(2, 1, {"pods": 2, "agreed": True}) == "pod removed (planned)"
+    assert resize_cause(2, 1, {"pods": 2}) == "pod lost"
+    assert resize_cause(1, 2, {"pods": 1, "agreed": True}) == "pod returned"
+    from palm_platform.supervise.config import SpikeConfig
+
+    supervision = Supervision.new(SpikeConfig(), Path("ledger.json"), writes=False)
+    assert resize_cause(2, 1, supervision.checkpoint_item(2, agreed=True)) == (
+        "pod removed (planned)")
+    assert resize_cause(2, 1, supervision.checkpoint_item(2)) == "pod lost"

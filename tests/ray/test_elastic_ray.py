@@ -83,3 +83,4 @@ def test_a_planned_removal_and_the_return_compute_no_step_again(shrink_grow):
     during = [e for e in figures["resize_events"] if e["time"] > drain["started"]]
     assert [(e["from_pods"], e["to_pods"]) for e in during] == [(2, 1), (1, 2)], during
     assert [e["recomputed_steps"] for e in during] == [0, 0], during
+    assert [e["cause"] for e in during] == ["pod removed (planned)", "pod returned"], during
