@@ -78,16 +78,16 @@ def train_worker(raw_config: dict) -> None:
     if not DEFERRED_INITIALIZE:  # jax.distributed is up (or one host): this is the process
         _train(config, marks)
         return
+    from palm_platform.job import Job
     from palm_platform.ray.host_agent import HostAgent
 
-    job = config.job["faults"]
+    faults = Job.model_validate(config.job).faults
     agent = HostAgent(
         coordinator=str(DEFERRED_INITIALIZE["coordinator_address"]),
         index=int(DEFERRED_INITIALIZE["process_id"]),
         count=int(DEFERRED_INITIALIZE["num_processes"]),
         key=f"warm/{config.stop_key}/{DEFERRED_INITIALIZE['coordinator_address']}",
-        max_restarts=int(job.get("max_restarts", 3)),
-        join_timeout_s=float(job.get("init_timeout_s", 300)))
+        max_restarts=faults.max_restarts, join_timeout_s=faults.init_timeout_s)
 
     def generation(on_step) -> None:
         now = time.time()
