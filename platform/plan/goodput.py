@@ -66,6 +66,7 @@ def job_shape(job, report) -> gi.JobShape:
         persistent_bytes_per_host=report.checkpoint_bytes["persistent_per_host"],
         persistent_every=job.checkpoint.every_steps,
         local_every=None if local is None else local.every_steps,
+        warm_hosts=job.faults.warm_hosts and hosts > 1,
     )
 
 
@@ -79,12 +80,16 @@ class GoodputPlan:
     at_recommended: Expectation
     sources: dict[str, str]
     simulated: tuple[float, float] | None = None  # (p10, median) at the recommended intervals
+    # Without faults.warm_hosts: the expected goodput at the job's intervals if it had them.
+    with_warm_hosts: Expectation | None = None
 
     def as_json(self) -> dict:
         out = {
             "step_s": self.inputs.step_s,
             "mtbf_h": 1.0 / self.inputs.unexpected_per_s / 3600.0,
             "restart_s": self.inputs.restart_s,
+            "warm_restart_s": self.inputs.warm_restart_s,
+            "p_live_host": self.inputs.p_live_host,
             "tiers": [{"name": t.name, "save_s": t.save_s, "restore_s": t.restore_s,
                        "interval_steps": t.interval_steps,
                        "recommended_interval_steps": self.recommended_intervals[t.name]}
@@ -115,8 +120,13 @@ def goodput_plan(job, report, mtbf_hours: float | None, preemptions_per_day: flo
         sources={"unexpected": u_source, "notices": p_source, "ram": gi.RAM_SOURCE,
                  "gcs": gi.GCS_SOURCE, "dcn": gi.DCN_SOURCE,
                  "availability": gi.AVAILABILITY_SOURCE, "ram_lost": gi.P_RAM_LOST_SOURCE,
-                 "restart": gi.MEASURED.measured},
+                 "restart": gi.MEASURED.measured, "warm": gi.WARM.measured,
+                 "live_host": gi.P_LIVE_HOST_SOURCE},
     )
+    if not shape.warm_hosts and shape.hosts > 1:
+        warm = gi.inputs_for(dataclasses.replace(shape, warm_hosts=True), unexpected, notices,
+                             V4_DCN_PER_CHIP * CHIPS_PER_HOST, first_compile_s=report.compile_s)
+        plan.with_warm_hosts = expected(warm, job_iv)
     if simulate_days:
         plan.simulated = percentiles(simulate(inputs, rec, simulate_days))
     return plan
@@ -142,11 +152,18 @@ def text(plan: GoodputPlan, step_source: str) -> str:
         ("maintenance notices", f"{i.preempt_per_s * DAY_S:.2f} a day (job)", src["notices"]),
         ("slice unavailable", f"{i.unavailable:.2%} of the time", src["availability"]),
         ("RAM copies all lost", f"{i.p_ram_lost:.0%} of failures", src["ram_lost"]),
-        ("restart", _s(i.restart_s), f"infrastructure recovery "
+        ("group restart", _s(i.restart_s), f"a lost host, a notice: infrastructure recovery "
          f"{_s(c.infrastructure_recovery_s)} + initialization {_s(gi.initialization_at(s.hosts))}"
          f" ({_s(c.initialization_s)} on {c.hosts} hosts, x log2(2 x hosts) / log2(2 x "
          f"{c.hosts})) + program start-up {_s(c.program_startup_s)} + data loading "
          f"{_s(c.data_loading_s)}: {src['restart']}"),
+        ("warm restart", (_s(i.warm_restart_s) if i.warm_restart_s is not None
+                          else "off (faults.warm_hosts)"),
+         f"{i.p_live_host:.0%} of unexpected failures ({src['live_host']}): infrastructure "
+         f"{_s(gi.WARM.infrastructure_recovery_s)} + initialization "
+         f"{_s(gi.initialization_at(s.hosts, gi.WARM))} + program start-up "
+         f"{_s(gi.WARM.program_startup_s)}: {src['warm']}"
+         if i.warm_restart_s is not None else "every failure restarts the worker group"),
         ("start-up (once)", _s(i.startup_s), f"initialization + first compile "
          f"{_s(i.startup_s - gi.initialization_at(s.hosts))} (the plan's compile of this step, "
          "here)"),
@@ -176,6 +193,11 @@ def text(plan: GoodputPlan, step_source: str) -> str:
     for label, e in (("job's", plan.at_job), ("recommended", plan.at_recommended))[:2 - same]:
         lost = ", ".join(f"{cause} {_s(e.lost_s_per_day[cause])}" for cause in CAUSES)
         lines.append(f"  lost per day at the {label} intervals: {lost}")
+    if plan.with_warm_hosts is not None:
+        e = plan.with_warm_hosts
+        lines.append(f"  with faults.warm_hosts: true: {e.goodput:.1%} at the job's intervals "
+                     f"(restarts {_s(e.lost_s_per_day['restarts'])} a day instead of "
+                     f"{_s(plan.at_job.lost_s_per_day['restarts'])})")
     startup_bound = i.startup_s > s.job_steps * i.step_s
     if min(plan.at_job.goodput, plan.at_recommended.goodput) == 0 and not startup_bound:
         lines.append("  note: failures come faster than the job can progress between them: the "

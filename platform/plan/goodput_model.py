@@ -8,7 +8,9 @@ finished local runs by `goodput_check.py`.
 
 Expected goodput, per day of wall time D (first order: a failure during a recovery is not
 modelled, and failures arrive as a Poisson process):
-- unexpected failures N_u = lambda_u * D: each pays the restart, the restore of the tier it
+- unexpected failures N_u = lambda_u * D: each pays the restart (with warm hosts, a failure
+  on a live host restarts only the JAX processes: a shorter restart for that share), the
+  restore of the tier it
   reads (the RAM tier when a replica survives, else the persistent tier) and the steps since
   that tier's last save (half an interval on average);
 - preemption notices N_p = lambda_p * D: each saves at the agreed step (one blocking save),
@@ -57,6 +59,23 @@ class Inputs:
     preempt_per_s: float  # the whole job's rate of preemption / maintenance notices
     p_ram_lost: float  # chance that no RAM copy survives an unexpected failure
     unavailable: float = 0.0  # fraction of wall time the slice cannot run at all
+    # With warm hosts (faults.warm_hosts): the share of unexpected failures that leave every
+    # host reachable (a crashed or hung process), which restart the JAX processes in place in
+    # `warm_restart_s`; the others lose a host and restart the worker group (`restart_s`).
+    warm_restart_s: float | None = None
+    p_live_host: float = 0.0
+
+    def unexpected_restart_s(self, warm: bool) -> float:
+        """One unexpected failure's restart: warm (`warm`, a live host) or the group's."""
+        return self.warm_restart_s if warm and self.warm_restart_s is not None else (
+            self.restart_s)
+
+    @property
+    def mean_unexpected_restart_s(self) -> float:
+        if self.warm_restart_s is None:
+            return self.restart_s
+        return (self.p_live_host * self.warm_restart_s
+                + (1.0 - self.p_live_host) * self.restart_s)
 
     def tier(self, name: str) -> Tier | None:
         return next((t for t in self.tiers if t.name == name), None)
@@ -90,7 +109,7 @@ def expected(inputs: Inputs, intervals: dict[str, int]) -> Expectation:
     restore = n_u * sum(p * t.restore_s for p, t in odds) + n_p * first.restore_s
     recompute = n_u * sum(p * per_step * intervals[t.name] / 2.0 for p, t in odds)
     notice_saves = n_p * first.save_s
-    restarts = (n_u + n_p) * inputs.restart_s
+    restarts = n_u * inputs.mean_unexpected_restart_s + n_p * inputs.restart_s
     job_days = max(inputs.job_steps * per_step / DAY_S, 1e-9)
     startup = min(inputs.startup_s / job_days, DAY_S)
     infrastructure = inputs.unavailable * DAY_S
@@ -162,7 +181,8 @@ def simulate(inputs: Inputs, intervals: dict[str, int], days: int, seed: int = 0
                     break
                 u -= p
             step -= step % intervals[tier.name]
-            clock += inputs.restart_s + tier.restore_s
+            warm = inputs.warm_restart_s is not None and rng.random() < inputs.p_live_host
+            clock += inputs.unexpected_restart_s(warm) + tier.restore_s
         out.append(min((high - start) * inputs.step_s / DAY_S, 1.0))
     return out
 

@@ -61,6 +61,20 @@ def test_lost_seconds_and_productive_time_add_up_to_the_day():
     assert e.lost_s_per_day["restarts"] == pytest.approx((3 + 4) * 120.0)
 
 
+def test_warm_hosts_shorten_the_restarts_of_failures_on_live_hosts_only():
+    """A failure on a live host restarts warm (20 s); a lost host and every notice restart the
+    worker group (120 s); the simulation draws the same split."""
+    warm = inputs(preempt_per_s=4 / DAY_S, warm_restart_s=20.0, p_live_host=0.25)
+    e = expected(warm, {"persistent": 50})
+    assert e.lost_s_per_day["restarts"] == pytest.approx(3 * (0.25 * 20 + 0.75 * 120) + 4 * 120)
+    cold = expected(inputs(preempt_per_s=4 / DAY_S), {"persistent": 50})
+    assert e.goodput > cold.goodput
+    busy = dict(unexpected_per_s=1 / 600.0, preempt_per_s=0.0)
+    fast = simulate(inputs(**busy, warm_restart_s=1.0, p_live_host=1.0), {"persistent": 50}, 20)
+    slow = simulate(inputs(**busy), {"persistent": 50}, 20)
+    assert sum(fast) > sum(slow)
+
+
 def test_the_recommended_intervals_beat_any_other_on_the_model():
     two = inputs(tiers=(Tier("persistent", 2.0, 30.0, 60.0, 50),
                         Tier("local", 0.5, 0.5, 5.0, 10)), p_ram_lost=0.05)
