@@ -73,6 +73,13 @@ class Summary:
         return line
 
 
+def _profiled_steps(records: list[dict]) -> set[int]:
+    """The steps a profiler capture traced (its `profile` event: first to `last_step`) and
+    the step after, which carries the traces' write: not normal steps for the MFU."""
+    return {step for r in records if r["kind"] == "profile"
+            for step in range(r["step"], r.get("last_step", r["step"]) + 2)}
+
+
 def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
     steps = [r for r in records if r["kind"] == "step"]
     # A step recomputed after a restart or rollback counts once in progress, every time in wall.
@@ -88,7 +95,9 @@ def summarize(records: list[dict], total_steps: int | None = None) -> Summary:
         productive, wall = last["productive_s"], last["wall_s"]
         badput = {k[len("badput_"):-len("_s")]: v for k, v in last.items()
                   if k.startswith("badput_") and k.endswith("_s")}
-    timed = [r for r in final.values() if not r.get("compiled") and "mfu" in r and r.get("step_s")]
+    profiled = _profiled_steps(records)
+    timed = [r for r in final.values() if not r.get("compiled") and "mfu" in r and r.get("step_s")
+             and r["step"] not in profiled]
     mfu = step_s = compute_s = None
     if timed:  # FLOPs over time, not a mean of per-step ratios: the loop reads results a
         # step late, so single step times shift between neighbours; their sum does not

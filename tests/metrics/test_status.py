@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from palm_platform.metrics.events import describe_event
 from palm_platform.metrics.status import main, summarize
 
@@ -107,6 +109,17 @@ def test_mfu_line_says_a_tiny_model_is_overhead_bound():
     )
     big = summarize([{**r, "mfu": 0.45} for r in steps]).mfu_line()
     assert big == "MFU 45.0% at 200 ms per step"
+
+
+def test_mfu_leaves_out_the_steps_a_profiler_traced_and_the_one_that_wrote_the_traces():
+    def step(s, step_s):
+        return {"kind": "step", "step": s, "time": 100.0 + s, "loss": 5.0, "tokens": 10,
+                "step_s": step_s, "mfu": 0.1 * 0.2 / step_s, "compiled": False}
+
+    steps = [step(s, 0.2) for s in range(1, 5)] + [step(5, 0.3), step(6, 0.3), step(7, 6.0)]
+    profile = {"kind": "profile", "step": 5, "time": 104.5, "last_step": 6}
+    assert summarize(steps + [profile]).step_s == pytest.approx(0.2)
+    assert summarize(steps).step_s > 0.2  # without the event they would count
 
 
 def test_status_of_a_folder_without_metrics_fails_clearly(tmp_path, capsys):
