@@ -13,7 +13,10 @@ export JAX_PLATFORMS=cpu
 args=()
 for arg in "$@"; do
   if [ "$arg" = "--fast" ]; then
-    args+=(-m "not ray and not multiprocess")
+    # over every core (pytest-xdist), a test file per worker at a time (its module fixtures
+    # built once): these tests share no cluster, port or fixed path, and
+    # each worker keeps its own session compilation cache (tests/conftest.py)
+    args+=(-m "not ray and not multiprocess" -n auto --dist loadfile)
   else
     args+=("$arg")
   fi
