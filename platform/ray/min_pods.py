@@ -19,16 +19,57 @@ from palm_platform.topology import SliceShape
 logger = logging.getLogger(__name__)
 
 
-class MinPodsMonitor:
+class ClusterPoller:
+    """A thread that calls `check()` every `poll_s` seconds, from `with` to its end or until
+    `check()` returns True; a failed read of the cluster is a warning, never the run's end.
+    Subclasses set `_stop`, `_thread` and `poll_s` in their __init__."""
+
+    thread_name = "palm-cluster-poller"
+    what = "cluster monitor"
+    poll_s: float
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def check(self) -> bool:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                if self.check():
+                    return
+            except Exception as error:  # noqa: BLE001 - a flaky GCS read must not kill the run
+                logger.warning("%s: could not read the cluster: %s", self.what, error)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def ray_nodes() -> list[dict]:
+    import ray
+
+    return ray.nodes()
+
+
+class MinPodsMonitor(ClusterPoller):
     """Watches the cluster while an elastic run is up; calls `on_lost(message)` once when it
     has held fewer than `request.pods` (= min_pods) matching slices for `grace_s` seconds."""
+
+    thread_name, what = "palm-min-pods", "elastic monitor"
 
     def __init__(self, request: SliceShape, on_lost: Callable[[str], None], *,
                  grace_s: float, poll_s: float = 2.0,
                  nodes: Callable[[], list[dict]] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.request, self.on_lost, self.grace_s, self.poll_s = request, on_lost, grace_s, poll_s
-        self._nodes = nodes or _ray_nodes
+        self._nodes = nodes or ray_nodes
         self._clock = clock
         self._short_since: float | None = None
         self._stop = threading.Event()
@@ -56,26 +97,3 @@ class MinPodsMonitor:
         self.on_lost(self.error)
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                if self.check():
-                    return
-            except Exception as error:  # noqa: BLE001 - a flaky GCS read must not kill the run
-                logger.warning("elastic monitor: could not read the cluster: %s", error)
-
-    def __enter__(self) -> MinPodsMonitor:
-        self._thread = threading.Thread(target=self._loop, name="palm-min-pods", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def _ray_nodes() -> list[dict]:
-    import ray
-
-    return ray.nodes()

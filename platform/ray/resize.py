@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from palm_platform.ray.feasibility import matches, tpu_slices
+from palm_platform.ray.min_pods import ClusterPoller, ray_nodes
 from palm_platform.topology import SliceShape
 
 logger = logging.getLogger(__name__)
@@ -72,16 +73,18 @@ def newest_step(run_dir: Path) -> dict | None:
     return None
 
 
-class GrowBackMonitor:
+class GrowBackMonitor(ClusterPoller):
     """Polls while one launch of `palm run` trains; calls `notice(pods_now, pods_trained)`
     once when whole slices returned that the group does not use."""
+
+    thread_name, what = "palm-grow-back", "grow-back monitor"
 
     def __init__(self, shape: SliceShape, run_dir: Path, since_unix: float,
                  notice: Callable[[int, int], None], *, poll_s: float,
                  nodes: Callable[[], list[dict]] | None = None):
         self.shape, self.run_dir, self.since_unix = shape, Path(run_dir), since_unix
         self.notice, self.poll_s = notice, poll_s
-        self._nodes = nodes or _ray_nodes
+        self._nodes = nodes or ray_nodes
         self._seen_larger = 0
         self.noticed: tuple[int, int] | None = None  # (pods now, pods trained) when given
         self._stop = threading.Event()
@@ -105,29 +108,6 @@ class GrowBackMonitor:
         self.notice(now, trained)
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                if self.check():
-                    return
-            except Exception as error:  # noqa: BLE001 - a flaky read must not end the run
-                logger.warning("grow-back monitor: could not read the cluster: %s", error)
-
-    def __enter__(self) -> GrowBackMonitor:
-        self._thread = threading.Thread(target=self._loop, name="palm-grow-back", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def _ray_nodes() -> list[dict]:
-    import ray
-
-    return ray.nodes()
 
 
 def notice_group(nodes: list[dict] | None = None) -> int:

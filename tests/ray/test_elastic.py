@@ -313,3 +313,24 @@ def test_a_shrink_from_an_agreed_save_is_a_planned_removal():
     assert resize_cause(2, 1, supervision.checkpoint_item(2, agreed=True)) == (
         "pod removed (planned)")
     assert resize_cause(2, 1, supervision.checkpoint_item(2)) == "pod lost"
+
+
+def test_a_cluster_poller_checks_until_done_and_survives_a_failed_read():
+    """The thread both elastic monitors run (ray/min_pods.py ClusterPoller)."""
+    import threading
+
+    from palm_platform.ray.min_pods import ClusterPoller
+
+    class Counting(ClusterPoller):
+        def __init__(self):
+            self.poll_s, self._stop, self._thread, self.calls = 0.01, threading.Event(), None, 0
+
+        def check(self) -> bool:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("the GCS did not answer")
+            return self.calls >= 3
+
+    with Counting() as poller:
+        poller._thread.join(timeout=5)
+    assert poller.calls == 3 and not poller._thread.is_alive()
