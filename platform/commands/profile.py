@@ -89,7 +89,7 @@ def open_channel(run: Path, listening: dict):
     from palm_platform.ray.launch import connect
 
     try:
-        connect(listening.get("gcs_address"))
+        connect(listening.get("gcs_address"), log_to_driver=False)
     except Exception as error:  # noqa: BLE001 - no cluster: the run cannot be running
         raise ProfileInputError(f"{run}: not running (its Ray cluster at "
                                 f"{listening.get('gcs_address')} is unreachable: "

@@ -73,12 +73,15 @@ def connect(
     *,
     run_state_dir: str | None = None,
     start_local: SliceShape | None = None,
+    log_to_driver: bool = True,
 ) -> str:
     """Attach this process to a Ray cluster and return its GCS address.
 
     Order: `address`; RAY_ADDRESS (set for `ray job submit` entrypoints); the live cluster
     `palm cluster up` recorded in `run_state_dir`. If none and `start_local` is given, start
     that local fake-TPU cluster (it outlives this process, like `palm cluster up`).
+    `log_to_driver=False`: a command that only talks to a run (`palm profile`) prints none of
+    the lines Ray streams from the cluster's processes.
     """
     import ray
     from palm_platform.cluster import local as cluster
@@ -106,7 +109,7 @@ def connect(
         recorded = None  # not ours to judge here: `palm cluster status` names the file
     auth.enable_for_client(recorded.auth_mode if recorded is not None
                            and recorded.gcs_address == address else None)
-    ray.init(address=address, logging_level=logging.WARNING)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     return ray.get_runtime_context().gcs_address
 
 

@@ -45,6 +45,7 @@ def test_a_live_request_traces_every_host_from_one_agreed_step(local_cluster, tm
         table = asked.stdout
         assert "host 0" in table and "host 1" in table and "straggler: host" in table
         assert "every host agreed to trace steps" in asked.stderr
+        assert "(pid=" not in asked.stdout + asked.stderr  # none of Ray's streamed lines
         assert job.wait(timeout=300) == 0  # the job trained on to its last step
     finally:
         if job.poll() is None:
