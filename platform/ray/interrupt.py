@@ -50,6 +50,12 @@ def exit_code(signum: int) -> int:
 
 
 def last_logged_step(run_dir: Path) -> int | None:
+    """The step of the newest `step` record of the run's metrics file, or None."""
+    record = newest_step_record(run_dir)
+    return None if record is None else int(record["step"])
+
+
+def newest_step_record(run_dir: Path) -> dict | None:
     """The newest `step` record of the run's metrics file (its last 64 KiB), or None."""
     path = RunDir(Path(run_dir)).metrics
     if not path.exists():
@@ -63,7 +69,7 @@ def last_logged_step(run_dir: Path) -> int | None:
         except ValueError:
             continue  # a torn first or last line
         if isinstance(record, dict) and record.get("kind") == "step":
-            return int(record["step"])
+            return record
     return None
 
 

@@ -32,13 +32,13 @@ A pod lost without notice is still Ray Train's group restart from the newest che
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from palm_platform.ray.feasibility import matches, tpu_slices
+from palm_platform.ray.interrupt import newest_step_record
 from palm_platform.ray.min_pods import ClusterPoller, ray_nodes
 from palm_platform.topology import SliceShape
 
@@ -51,26 +51,6 @@ def intact_pods(nodes: list[dict], shape: SliceShape) -> int:
     """How many whole slices of `shape`'s kind the cluster lists alive (at most shape.pods)."""
     views = tpu_slices(nodes, shape.accelerator_type)
     return min(shape.pods, sum(matches(view, shape) for view in views))
-
-
-def newest_step(run_dir: Path) -> dict | None:
-    """The newest `step` record of the run's metrics file (its last 64 KiB), or None."""
-    from palm_platform.run_dir import RunDir
-
-    path = RunDir(Path(run_dir)).metrics
-    if not path.exists():
-        return None
-    with path.open("rb") as f:
-        f.seek(max(0, path.stat().st_size - 65536))
-        lines = f.read().decode(errors="replace").splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn first or last line
-        if isinstance(record, dict) and record.get("kind") == "step":
-            return record
-    return None
 
 
 class GrowBackMonitor(ClusterPoller):
@@ -94,7 +74,7 @@ class GrowBackMonitor(ClusterPoller):
         """One poll; True once the notice was given."""
         if self.noticed is not None:
             return True
-        step = newest_step(self.run_dir)
+        step = newest_step_record(self.run_dir)
         if step is None or step.get("time", 0.0) < self.since_unix or "pods" not in step:
             return False  # this launch has not trained yet: no agreed step to reach
         trained, now = int(step["pods"]), intact_pods(self._nodes(), self.shape)
