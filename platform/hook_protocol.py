@@ -40,12 +40,17 @@ class StopTraining(Exception):
 
 
 class Preempted(Exception):
-    """Raised on every host after a preemption notice's agreed step is saved; the worker
-    exits and `palm run` launches again (ray/run.py)."""
+    """Raised on every host after a preemption notice's agreed step is saved. A Ray worker
+    raises it on, once every host has stopped, and Ray Train restarts the worker group in
+    place (compat/ray.py's failure policy); an elastic job's workers return instead, and
+    `palm run` launches again at the size the cluster has (ray/run.py)."""
 
     def __init__(self, step: int):
         super().__init__(f"preempted: saved step {step}")
         self.step = step
+
+    def __reduce__(self):  # crosses processes (worker -> Ray Train's controller) with its step
+        return (type(self), (self.step,))
 
 
 @dataclass(frozen=True)

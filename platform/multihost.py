@@ -19,9 +19,16 @@ def broadcast_text(text: str) -> str:
 
     data = np.frombuffer(text.encode(), np.uint8)
     length = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
-    padded = np.zeros(max(length, 1), np.uint8)
+    # A power-of-two size, not the text's own: each new shape compiles a new program (the
+    # ledger grows at every restart, and its broadcast missed the compilation cache each
+    # time, measured on the restarts of bench_soak.py --each-kind).
+    padded = np.zeros(_bucket(length), np.uint8)
     padded[: len(data)] = data  # only process 0 has data; the others send zeros
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))[:length]).decode()
+
+
+def _bucket(length: int, smallest: int = 256) -> int:
+    return max(smallest, 1 << max(length - 1, 0).bit_length())
 
 
 def broadcast_int(value: int) -> int:

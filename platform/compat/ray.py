@@ -15,6 +15,7 @@ raylet bind every interface whatever we pass.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -146,6 +147,13 @@ def kv_delete(key: str, namespace: str) -> None:
     _internal_kv_del(key, namespace=namespace)
 
 
+def kv_delete_prefix(prefix: str, namespace: str) -> int:
+    """Delete every key that starts with `prefix`; how many went (driver side only)."""
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    return _internal_kv_del(prefix, del_by_prefix=True, namespace=namespace)
+
+
 def set_process_title(title: str) -> None:
     """The name `ps` shows (a forked child keeps its Ray worker parent's until renamed)."""
     import ray._raylet
@@ -155,8 +163,12 @@ def set_process_title(title: str) -> None:
 
 # --- Ray Train's SIGINT handler ---------------------------------------------------------
 
-def trainer_without_sigint_handler(jax_trainer: type) -> type:
-    """JaxTrainer without Ray's own SIGINT handler: `palm run` handles Ctrl-C (interrupt.py).
+def trainer_without_sigint_handler(jax_trainer: type, *,
+                                   restarts_in_place: type[Exception] | None = None) -> type:
+    """JaxTrainer without Ray's own SIGINT handler (`palm run` handles Ctrl-C: interrupt.py),
+    without Ray Data's per-start actor when the trainer has no datasets, and (when
+    `restarts_in_place` is given) with a failure policy that restarts the group after workers
+    raise that exception, without spending `max_failures` (`preemption_failure_policy`).
 
     Works around: Ray 2.60's `DataParallelTrainer.fit()` registers a SIGINT handler that
     aborts the controller, which kills the workers wherever they are (mid-checkpoint
@@ -169,6 +181,11 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
             "this Ray version has no DataParallelTrainer._register_sigint_handler; update "
             "palm_platform/compat/ray.py for it")
 
+    if not hasattr(jax_trainer, "_create_default_callbacks"):
+        raise IncompatibleVersionError(
+            "this Ray version has no DataParallelTrainer._create_default_callbacks; update "
+            "palm_platform/compat/ray.py for it")
+
     class PalmJaxTrainer(jax_trainer):
         controller = None  # the Train controller actor, once fit() made it
 
@@ -177,7 +194,81 @@ def trainer_without_sigint_handler(jax_trainer: type) -> type:
             # elastic run below min_pods can stop it (ray/min_pods.py).
             self.controller = controller
 
+        def _create_default_callbacks(self) -> list:
+            # Ray 2.60's DatasetsCallback starts a DatasetManager actor (a new process that
+            # imports Ray Data) at every worker-group start, datasets or not. The platform
+            # passes none (its data is the token store), and on a restart that process
+            # competes with the hosts' new workers for the CPUs (issue 37).
+            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+        def fit(self):
+            if restarts_in_place is None:
+                return super().fit()
+            with _failure_policy(preemption_failure_policy(restarts_in_place)):
+                return super().fit()
+
     return PalmJaxTrainer
+
+
+# --- Ray Train's failure policy -------------------------------------------------------------
+# Works around: Ray 2.60's `DataParallelTrainer.fit()` builds its failure policy with the
+# module-level `create_failure_policy(failure_config)` (always DefaultFailurePolicy) and offers
+# no argument for another. A failure policy decides, for each worker-group error, RETRY or
+# RAISE; Ray's own charges a preemption to `max_preemption_failures` only when the worker's
+# node was drained by the cloud (`RayActorError.preempted`), not for a worker that saved and
+# then raised.
+
+@contextlib.contextmanager
+def _failure_policy(policy_class: type):
+    """`fit()` inside builds `policy_class(failure_config)` instead of Ray's default."""
+    from ray.train.v2.api import data_parallel_trainer
+
+    if not hasattr(data_parallel_trainer, "create_failure_policy"):
+        raise IncompatibleVersionError(
+            "this Ray version builds no failure policy with data_parallel_trainer."
+            "create_failure_policy; update palm_platform/compat/ray.py for it")
+    original = data_parallel_trainer.create_failure_policy
+    data_parallel_trainer.create_failure_policy = policy_class
+    try:
+        yield
+    finally:
+        data_parallel_trainer.create_failure_policy = original
+
+
+def preemption_failure_policy(preempted: type[Exception]) -> type:
+    """Ray's default failure policy, except for a worker-group error whose every worker raised
+    `preempted` (which has a `step`: each host saved it): RETRY, the group restarts in place
+    and nothing is counted against a budget, unless the group was preempted at that step (or
+    an earlier one) before: it made no progress since, and looping would not make any.
+
+    The class is made here, not at import (nothing in this module imports Ray until called);
+    Ray pickles it by value into the controller actor."""
+    from ray.train.v2._internal.execution.failure_handling import (
+        DefaultFailurePolicy,
+        FailureDecision,
+    )
+
+    class PreemptionFailurePolicy(DefaultFailurePolicy):
+        def __init__(self, failure_config):
+            super().__init__(failure_config)
+            self.preempted_at: int | None = None
+
+        def make_decision(self, training_failed_error):
+            failures = getattr(training_failed_error, "worker_failures", None) or {}
+            if not failures or not all(isinstance(e, preempted) for e in failures.values()):
+                return super().make_decision(training_failed_error)
+            step = max(e.step for e in failures.values())
+            if self.preempted_at is not None and step <= self.preempted_at:
+                return FailureDecision.RAISE  # preempted again at the same step: no progress
+            self.preempted_at = step
+            return FailureDecision.RETRY
+
+    return PreemptionFailurePolicy
 
 
 # --- Ray Train's JAX backend ----------------------------------------------------------------

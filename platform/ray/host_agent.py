@@ -48,11 +48,13 @@ import time
 from collections.abc import Callable
 from multiprocessing import Value
 
+from palm_platform.hook_protocol import Preempted
 from palm_platform.ray.interrupt import KV_NAMESPACE
 
 logger = logging.getLogger("palm")
 
 POLL_S = 0.1
+PREEMPTED_EXIT = 76  # a JAX process that saved a preemption's agreed step (worker.py)
 
 
 class WarmRestartFailed(RuntimeError):
@@ -148,13 +150,16 @@ class HostAgent:
     def run(self, body: Callable[[Callable[[int], None]], None]) -> None:
         """`body(on_step)` trains; `on_step(step)` after each finished step tells the agent
         how far this generation got. Returns when a generation ends normally (done, stopped,
-        preempted); raises WarmRestartFailed to hand over to Ray Train."""
+        an elastic job preempted); raises WarmRestartFailed to hand over to Ray Train, and
+        Preempted when every host saved a preemption's step (Ray Train restarts the group)."""
         generation, address, failed_at = 0, self.coordinator, None
         while True:
             reached = Value("q", -1, lock=False)  # shared with the child: its newest step
             status = self._run_child(body, generation, address, reached)
             if status is None:
                 return
+            if os.waitstatus_to_exitcode(status) == PREEMPTED_EXIT:  # not a failure
+                raise Preempted(reached.value)
             why = f"JAX process {_describe(status)}"
             progressed = failed_at is None or reached.value > failed_at
             if generation >= self.max_restarts or not progressed:
@@ -165,22 +170,39 @@ class HostAgent:
                 raise WarmRestartFailed(f"{self.host}: {why} ({cause})")
             failed_at = max(reached.value, failed_at if failed_at is not None else -1)
             generation += 1
-            logger.warning("%s: %s; restarting the JAX processes warm (generation %d, agent "
-                           "pid %d)", self.host, why, generation, os.getpid())
+            logger.info("%s: %s; ready to restart the JAX processes warm (generation %d, "
+                        "agent pid %d)", self.host, why, generation, os.getpid())
             address = self._agree(generation)
 
     def _agree(self, generation: int) -> str:
-        """The coordinator of `generation`: host 0's agent picks a free port on its own
-        address (its child runs the coordinator), the others wait for it."""
+        """The coordinator of `generation`, once every host's agent is ready for it: host 0's
+        agent waits for all of them, picks a free port on its own address (its child runs the
+        coordinator) and says so in the run's one line about this restart; the others wait
+        for the port. A lost host's agent never gets ready: Ray Train's group restart ends
+        the wait (nothing claims a warm restart that does not happen)."""
+        self._put(f"{generation}/ready/{self.index}", "1")
+        deadline = time.monotonic() + self.join_timeout_s
         if self.index == 0:
+            waiting = set(range(self.count))
+            while waiting and time.monotonic() < deadline:
+                waiting = {i for i in waiting if not self._get(f"{generation}/ready/{i}")}
+                if waiting:
+                    time.sleep(POLL_S)
+            if waiting:
+                raise WarmRestartFailed(
+                    f"{self.host}: the agents of host(s) {sorted(waiting)} were not ready for "
+                    f"generation {generation} within {self.join_timeout_s:.0f} s")
             host = self.coordinator.rsplit(":", 1)[0]
             with socket.socket() as probe:
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
             address = f"{host}:{port}"
             self._put(f"{generation}/coordinator", address)
+            failed = self._get(f"{generation - 1}/failed")
+            logger.warning("%s; every host is up: restarting the JAX processes warm "
+                           "(generation %d)", failed.decode() if failed else "a JAX process "
+                           "failed", generation)
             return address
-        deadline = time.monotonic() + self.join_timeout_s
         while time.monotonic() < deadline:
             value = self._get(f"{generation}/coordinator")
             if value:
@@ -228,7 +250,10 @@ class HostAgent:
             ours.close()
         if os.waitstatus_to_exitcode(status) == 0:
             return None
-        self._put(failed, f"{self.host}: {_describe(status)}")
+        # The first failure is the cause (the others' processes then lose a peer); a
+        # preemption's exit is no failure: every host exits so.
+        if os.waitstatus_to_exitcode(status) != PREEMPTED_EXIT and not self._get(failed):
+            self._put(failed, f"{self.host}: JAX process {_describe(status)}")
         return status
 
     def _child(self, body, generation: int, address: str, reached, kv) -> None:
@@ -251,6 +276,9 @@ class HostAgent:
 
             body(on_step)
             code = 0
+        except Preempted as preempted:  # every host saved it: the agent raises it on
+            reached.value = preempted.step
+            code = PREEMPTED_EXIT
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else 1
         except BaseException:  # noqa: BLE001 - printed; the agent decides what follows

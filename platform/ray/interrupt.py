@@ -85,6 +85,19 @@ def _kv_put(key: str, value: str) -> None:
     kv_put(key, value.encode(), KV_NAMESPACE)
 
 
+def forget_launch(key: str) -> None:
+    """When a launch of `palm run` ends: delete what its workers left in Ray's GCS store under
+    its stop key (the stop request, the liveness board, the host agents' generations), which
+    would otherwise stay for the life of the cluster. Best effort: a gone GCS keeps nothing."""
+    from palm_platform.compat.ray import kv_delete_prefix
+
+    for prefix in (f"{key}/", f"alive/{key}/", f"warm/{key}/"):
+        try:
+            kv_delete_prefix(prefix, KV_NAMESPACE)
+        except Exception:  # noqa: BLE001 - the cluster may be gone already
+            pass
+
+
 def publish_stop(key: str) -> None:
     """Driver side: ask the workers to stop (process 0 then picks the step)."""
     _kv_put(f"{key}/requested", "1")

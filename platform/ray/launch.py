@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from palm_platform.compat.ray import trainer_without_sigint_handler
+from palm_platform.hook_protocol import Preempted
 from palm_platform.ray.feasibility import InfeasibleTopologyError, check_feasible
 from palm_platform.ray.jax_backend import BoundedJaxConfig
 from palm_platform.ray.launch_spec import LaunchSpec
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_ENV_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEALTH_CHECK_INTERVAL_ENV_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+PREEMPTION_WATCHER_ENV_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 ELASTIC_ATTEMPT_S = 20.0  # one placement attempt of an elastic job's worker group (_start_attempts)
 
 
@@ -161,7 +163,9 @@ def launch(
     fake_tpu = all(view.fake for view in matching) if spec.fake_tpu is None else spec.fake_tpu
     # A local GCS emulator's variables reach the workers only on the local fake cluster.
     env = {**forwarded_env(local_cluster=fake_tpu), **(env or {})}
-    trainer = trainer_without_sigint_handler(JaxTrainer)(
+    # A worker that raises Preempted (every host saved the notice's step) restarts the group
+    # in place, outside max_failures (ray/worker.py, compat/ray.py).
+    trainer = trainer_without_sigint_handler(JaxTrainer, restarts_in_place=Preempted)(
         train_fn,
         train_loop_config=train_loop_config,
         jax_config=BoundedJaxConfig(use_tpu=True, initialization_timeout_s=spec.jax_init_timeout_s,
@@ -174,14 +178,14 @@ def launch(
             worker_env(chips_per_host=shape.chips_per_host, fake_tpu=fake_tpu, env=env,
                        libtpu_init_args=spec.libtpu_init_args)),
     )
-    with controller_env(_controller_env(attempt_s)):
+    with controller_env(_controller_env(attempt_s, fake_tpu=fake_tpu)):
         return _fit(trainer, spec, attempt_s=attempt_s,
                     controller_failure_limit=controller_failure_limit)
 
 
-def _controller_env(attempt_s: float) -> dict[str, str]:
+def _controller_env(attempt_s: float, *, fake_tpu: bool = False) -> dict[str, str]:
     """What Ray Train's controller reads from the driver's environment when it starts."""
-    return {
+    env = {
         # How long one placement attempt may wait before it counts against
         # controller_failure_limit.
         START_TIMEOUT_ENV_VAR: str(attempt_s),
@@ -190,6 +194,14 @@ def _controller_env(attempt_s: float) -> dict[str, str]:
         # cheap actor call per host. An operator's own value wins.
         HEALTH_CHECK_INTERVAL_ENV_VAR: os.environ.get(HEALTH_CHECK_INTERVAL_ENV_VAR, "0.5"),
     }
+    if fake_tpu and PREEMPTION_WATCHER_ENV_VAR not in os.environ:
+        # The local fake-TPU cluster has no cloud to drain its nodes, so Ray's preemption
+        # watcher (an actor process per worker-group start, polling the nodes' drain state)
+        # has nothing to see; its start competed with the new workers for the laptop's
+        # cores on every restart (issue 37). On real pods it stays: a node the cloud drains
+        # makes Ray Train wait out the notice before it places the group again.
+        env[PREEMPTION_WATCHER_ENV_VAR] = "0"
+    return env
 
 
 @contextlib.contextmanager

@@ -156,7 +156,13 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
         print(f"{job.name}: cannot start: {error}", file=sys.stderr)
         return 2
     from palm_platform.metrics.status import Progress, print_summary
-    from palm_platform.ray.interrupt import InterruptHandler, exit_code, resume_message, stop_key
+    from palm_platform.ray.interrupt import (
+        InterruptHandler,
+        exit_code,
+        forget_launch,
+        resume_message,
+        stop_key,
+    )
     from palm_platform.ray.worker_output import WorkerOutput
     from palm_platform.run_dir import RunDir
 
@@ -177,7 +183,9 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     try:
         with interrupt:
             preempted_at = None
-            while True:  # again after each preemption, which saved its step (preemption.py)
+            # Again after an elastic job's preemption, which saved its step
+            # (checkpoint/preemption.py); a fixed-size job's group restarts in place instead.
+            while True:
                 started = time.time()
                 with _grow_back_monitor(job, run_dir, started):
                     _launch_workers(job, run_dir, launched_at, key)
@@ -194,8 +202,10 @@ def run_on_ray(job, run_dir: Path, address: str | None, job_file: str = "",
     finally:
         view.finish()
         output.close()
+        resumed_at = resume_message(run_dir, key) if interrupt.signum is not None else ""
+        forget_launch(key)  # the launch's keys in Ray's GCS store
     if interrupt.signum is not None:
-        print(f"{job.name}: {resume_message(run_dir, key)}", file=sys.stderr)
+        print(f"{job.name}: {resumed_at}", file=sys.stderr)
         return exit_code(interrupt.signum)
     if _data_error(job, run_dir, launched_at):  # the workers stopped on a damaged store
         return 2

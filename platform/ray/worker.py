@@ -135,25 +135,55 @@ def _train(config, marks: dict[str, float], on_step=None) -> None:
         from palm_platform.data.quality import report_data_quality
 
         report_data_quality(trainer.setup)
+    preempted: Preempted | None = None
     try:
         summary = trainer.run()
     except StopTraining as stopped:  # Ctrl-C on `palm run`: finish, not fail (no restart)
         logger.info("%s: stopped at step %d as asked (interrupt)", host, stopped.step)
         trainer.stopped(stopped.step)
         return
-    except Preempted as preempted:  # saved at the agreed step; `palm run` launches again
-        logger.info("%s: preempted, step %d saved", host, preempted.step)
-        trainer.stopped(preempted.step)  # the goodput file and ledger, as on Ctrl-C
-        return
+    except Preempted as notice:  # saved at the agreed step
+        logger.info("%s: preempted, step %d saved", host, notice.step)
+        trainer.stopped(notice.step)  # the goodput file and ledger, as on Ctrl-C
+        preempted = notice
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a lost peer
         _exit_if_peer_lost(error, host, supervision.watchdog.last_step)
         read_failure.record(run_dir, config.launched_at, error)  # the restart finishes at once
         raise
     finally:
         trainer.close()  # stops the watchdog; waits for an in-flight checkpoint
+    if preempted is not None:
+        _leave_preempted(preempted, elastic=job.topology.elastic, attempt=attempt)
+        return
     if jax.process_index() == 0:
         write_atomic(RunDir(run_dir).summary,
                      json.dumps(summary.__dict__, default=float, indent=1))
+
+
+def _leave_preempted(preempted, *, elastic: bool, attempt: int) -> None:
+    """After a preemption's agreed step is saved and the Trainer closed: raise `preempted`
+    into Ray Train, which restarts the group in place without spending `max_restarts`
+    (compat/ray.py's failure policy; the restart skips a second controller and `palm run`'s
+    relaunch). An elastic job returns instead: `palm run` launches it again at the size the
+    cluster has then (a grow-back, a drained pod: ray/resize.py).
+
+    The raise waits at a barrier of every process first: Ray Train tears the group down at the
+    first error it sees, and a host still closing (process 0 commits the save, writes the
+    goodput file) must not be killed mid-way."""
+    if elastic:
+        return
+    import jax
+
+    if jax.process_count() > 1:
+        from palm_platform.compat.jax import coordination_client
+
+        coordination_client().wait_at_barrier(f"palm-preempted-{attempt}-{preempted.step}",
+                                              PREEMPTED_BARRIER_MS)
+    raise preempted
+
+
+# Every host reaches the preemption barrier within a close() of the others (a save's wait).
+PREEMPTED_BARRIER_MS = 120_000
 
 
 def _supervision_hook(job, stop_key: str | None, host: str):
@@ -182,7 +212,7 @@ def _supervision_hook(job, stop_key: str | None, host: str):
 
 def _exit_on_hang(host: str, idle_s: float, watchdog: Watchdog, board, limit_s: float) -> None:
     """The watchdog fired: name the stuck hosts if the board knows them, dump every thread's
-    stack (where this host waits), exit so Ray Train restarts the group."""
+    stack (where this host waits), exit so the JAX processes restart (warm, or the group)."""
     import faulthandler
     import sys
 
@@ -192,9 +222,9 @@ def _exit_on_hang(host: str, idle_s: float, watchdog: Watchdog, board, limit_s: 
         stuck = []
     culprit = ("stuck: " + "; ".join(stuck)) if stuck else (
         "every host still alive: a stuck collective or step")
-    logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so Ray "
-                 "Train restarts the worker group from the newest checkpoint", host, idle_s,
-                 watchdog.last_step, limit_s, culprit)
+    logger.error("%s: no step for %.0f s after step %s (limit %.0f s); %s. Exiting so %s "
+                 "from the newest checkpoint", host, idle_s, watchdog.last_step, limit_s,
+                 culprit, _who_restarts())
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this host waits
     os._exit(75)
 
@@ -202,8 +232,9 @@ def _exit_on_hang(host: str, idle_s: float, watchdog: Watchdog, board, limit_s: 
 def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> None:
     """A collective failed because another host died: one line, then exit as the watchdog does.
 
-    Ray Train restarts the whole group either way (the killed host's actor is gone); exiting here
-    only spares the operator each survivor's traceback. The finally block's checkpoint wait is
+    The JAX processes restart either way (Ray Train's group restart when the dead host's actor
+    is gone, or its host agent's warm restart); exiting here only spares the operator each
+    survivor's traceback. The finally block's checkpoint wait is
     skipped on purpose: it would block on the same broken communicator.
     """
     from palm_platform.supervise.peer_loss import peer_loss_reason
@@ -211,10 +242,25 @@ def _exit_if_peer_lost(error: BaseException, host: str, step: int | None) -> Non
     reason = peer_loss_reason(error)
     if reason is None:
         return
-    logger.error("%s: lost a peer during step %s (%s); exiting so Ray Train restarts the group",
-                 host, "?" if step is None else step + 1, reason)
+    # Under a host agent the terminal gets one line per restart (host 0's agent, or Ray
+    # Train's when a host is gone): each survivor's own line stays in the run's log.
+    level = logging.INFO if _under_host_agent() else logging.ERROR
+    logger.log(level, "%s: lost a peer during step %s (%s); exiting so %s", host,
+               "?" if step is None else step + 1, reason, _who_restarts())
     logging.shutdown()  # flush the line before the hard exit
     os._exit(75)
+
+
+def _under_host_agent() -> bool:
+    """Whether this JAX process is a host agent's child (faults.warm_hosts)."""
+    from palm_platform.supervise.faults import HOST_AGENT_PID_ENV
+
+    return HOST_AGENT_PID_ENV in os.environ
+
+
+def _who_restarts() -> str:
+    return ("the host agents restart the JAX processes (Ray Train the group if a host is gone)"
+            if _under_host_agent() else "Ray Train restarts the worker group")
 
 
 def _agreed_attempt(run_dir: Path, launch: float | None) -> int:

@@ -61,22 +61,26 @@ def by_goodput_name(badput_s: dict[str, float]) -> dict[str, float]:
 
 
 def preempted_since(run_dir: Path, since_unix: float) -> int | None:
-    """The step of the newest `preempt` record written at or after `since_unix`, or None.
+    """The step of the newest `preempt` record written at or after `since_unix` when the
+    group stopped there (no step trained after it), or None.
 
-    `palm run` relaunches the worker group after a preemption itself instead of letting Ray
-    Train count it as a failure: a preemption loses nothing (the agreed step is saved), so
-    it must not spend `faults.max_restarts`, which exists to end crash loops; a pod job can
-    see a preemption every few hours for weeks.
+    An elastic job's workers return after a preemption's save and `palm run` launches the
+    group again at the size the cluster has then (a fixed-size job's group restarts in
+    place: no relaunch, and it trains past the preemption). Neither spends
+    `faults.max_restarts`, which exists to end crash loops: a preemption loses nothing (the
+    agreed step is saved), and a pod job can see one every few hours for weeks.
     """
     from palm_platform.metrics.sink import read_records
 
     try:
-        records = read_records(run_dir)
+        records = [r for r in read_records(run_dir) if r.get("time", 0.0) >= since_unix]
     except FileNotFoundError:  # the workers never got to write one
         return None
-    steps = [r["step"] for r in records
-             if r.get("kind") == "preempt" and r.get("time", 0.0) >= since_unix]
-    return steps[-1] if steps else None
+    preempts = [r["step"] for r in records if r.get("kind") == "preempt"]
+    trained = max((r["step"] for r in records if r.get("kind") == "step"), default=None)
+    if not preempts or (trained is not None and trained > preempts[-1]):
+        return None
+    return preempts[-1]
 
 
 def last_sign_of_life(run_dir: Path, before_unix: float,

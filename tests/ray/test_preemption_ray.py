@@ -1,5 +1,5 @@
 """A preemption notice (SIGTERM to one worker) on the local fake-TPU cluster: every host saves
-one agreed step, `palm run` launches the group again, and the run resumes at that step.
+one agreed step, Ray Train restarts the group in place, and the run resumes at that step.
 
 One cluster for the module (the shared `local_cluster`, 1 pod x 2 hosts x 2 chips), two runs
 of the 2-host job: a clean one, and one whose host 1 gets SIGTERM before step 7 (the
@@ -68,6 +68,10 @@ def test_sigterm_to_one_worker_saves_the_agreed_step_and_resumes_there_bitwise(
     assert preempts[0]["mechanism"] == "jax"
     restored = [r for r in records if r["kind"] == "checkpoint_restored"]
     assert [r["step"] for r in restored] == [agreed], [r["kind"] for r in records]
+    # Restarted in place: one Ray Train run (a relaunch by `palm run` would start a second,
+    # with its own controller, under RUN_DIR/ray).
+    ray_runs = list((tmp_path / "preempted" / "run" / "ray-2host" / "ray").iterdir())
+    assert len(ray_runs) == 1, ray_runs
     # No step computed twice: each step is logged once, and none after the restore is old.
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert sorted(steps) == list(range(1, STEPS + 1)), steps

@@ -216,6 +216,24 @@ def test_missing_data_path_fails_before_any_worker_starts(tmp_path):
     )
 
 
+LIST_KEYS = """
+from ray.experimental.internal_kv import _internal_kv_list
+from palm_platform.ray.launch import connect
+connect(log_to_driver=False)
+for prefix in ("stop/", "alive/", "warm/"):
+    for key in _internal_kv_list(prefix, namespace="palm"):
+        print(key.decode())
+"""
+
+
+def launch_keys(cluster) -> set[str]:
+    """The keys `palm run` launches keep in the cluster's GCS store (namespace palm)."""
+    listed = subprocess.run([BIN / "python", "-c", LIST_KEYS], env=driver_env(cluster),
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return set(listed.stdout.split())
+
+
 @pytest.mark.timeout(900)
 def test_crashed_process_restarts_warm_and_a_failing_warm_restart_falls_back_once(
     local_cluster, reference, tmp_path
@@ -229,18 +247,26 @@ def test_crashed_process_restarts_warm_and_a_failing_warm_restart_falls_back_onc
     job = write_job(tmp_path, faults={"warm_hosts": True, "inject": [
         {**crash, "step": 4}, {**crash, "step": 9}, {**crash, "step": 9}]})
     run_dir = tmp_path / "run" / "ray-2host"
+    keys_before = launch_keys(local_cluster)
     run = subprocess.run([BIN / "palm", "run", str(job)], env=driver_env(local_cluster),
                          capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
+    # The launch's keys in Ray's GCS store (stop request, liveness, the agents' generations)
+    # went with it (ray/interrupt.py, forget_launch).
+    assert launch_keys(local_cluster) <= keys_before
     lines = worker_lines(run_dir)
-    warm = [ln for ln in lines if "restarting the JAX processes warm" in ln]
+    warm = [ln for ln in lines if "ready to restart the JAX processes warm" in ln]
     # both hosts' agents, twice each (generations 1 and 2), each keeping its pid
     assert sorted(re.search(r"(host \d)/2", ln)[1] + re.search(r"generation (\d)", ln)[1]
                   for ln in warm) == ["host 01", "host 02", "host 11", "host 12"], warm
     for index in (0, 1):
         pids = {re.search(r"agent pid (\d+)", ln)[1] for ln in warm if f"host {index}/2" in ln}
         assert len(pids) == 1, warm
+    # One line per warm restart for the terminal (host 0's agent), naming the first failure.
+    said = [ln for ln in output.splitlines() if "restarting the JAX processes warm" in ln]
+    assert len(said) == 2 and all("every host is up" in ln and "JAX process" in ln
+                                  for ln in said), said
     fallback = [ln for ln in lines if "falling back to a worker-group restart" in ln]
     assert fallback and all("did not get past step" in ln for ln in fallback), lines[-20:]
     records = read_records(run_dir)

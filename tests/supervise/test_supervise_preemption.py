@@ -49,12 +49,17 @@ def _records(run_dir, *records):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def test_palm_run_relaunches_only_for_a_preemption_of_this_launch(tmp_path):
+def test_palm_run_relaunches_only_for_a_preemption_of_this_launch_that_stopped_it(tmp_path):
     assert preempted_since(tmp_path / "none", 0.0) is None  # no metrics yet
-    _records(tmp_path, {"kind": "preempt", "step": 7, "time": 100.0},
-             {"kind": "step", "step": 9, "time": 120.0})
+    _records(tmp_path, {"kind": "step", "step": 7, "time": 99.0},
+             {"kind": "preempt", "step": 7, "time": 100.0})
     assert preempted_since(tmp_path, 90.0) == 7
     assert preempted_since(tmp_path, 110.0) is None  # an earlier launch's preemption
+    # The group restarted in place (a fixed-size job) and trained on: nothing to relaunch.
+    _records(tmp_path, {"kind": "step", "step": 7, "time": 99.0},
+             {"kind": "preempt", "step": 7, "time": 100.0},
+             {"kind": "step", "step": 8, "time": 120.0})
+    assert preempted_since(tmp_path, 90.0) is None
 
 
 def test_the_failure_time_is_the_newest_record_or_fault_marker_before_the_restart(tmp_path):
