@@ -89,7 +89,8 @@ class FaultsConfig(BaseModel):
     hang_timeout_s: float = Field(default=300, gt=0, description="no step for this long = hang")
     init_timeout_s: float = Field(default=300, gt=0, description="jax.distributed start-up limit")
     warm_hosts: bool = Field(
-        default=False, description="a crashed or hung JAX process on a live host restarts the "
-        "JAX processes only, in the hosts' agents (ray/host_agent.py), not the worker group")
+        default=True, description="a crashed or hung JAX process on a live host restarts the "
+        "JAX processes only, in the hosts' agents (ray/host_agent.py), not the worker group; "
+        "false: every failure restarts the worker group (jobs of more than one host, on Ray)")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject")
