@@ -3,8 +3,10 @@
 jax.distributed is initialised by the worker group (ray/jax_backend.py, BoundedJaxConfig), or,
 with warm hosts, by each JAX process the worker's host agent starts (ray/host_agent.py).
 The supervision hook (supervise/heartbeat.py) beats a watchdog (supervise/watchdog.py), which
-turns "no step for hang_timeout_s" into a process exit, which Ray Train sees as a worker
-failure: it restarts the whole group, and the loop resumes from the newest good checkpoint.
+turns "no step for hang_timeout_s" into a process exit: the host agents restart the JAX
+processes (warm hosts), or Ray Train sees a worker failure and restarts the whole group; either
+way the loop resumes from the newest good checkpoint. A preemption notice ends every host at
+one saved step, and the group restarts in place (`_leave_preempted`).
 """
 
 from __future__ import annotations
