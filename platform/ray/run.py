@@ -102,6 +102,11 @@ def run_direct(job, run_dir: Path, job_file: str = "") -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={topo.chips_per_host}")
+        import jax
+
+        # JAX read JAX_PLATFORMS when the preflight imported it: without this it would still
+        # look for every platform, and libtpu's start-up lines reached the terminal.
+        jax.config.update("jax_platforms", "cpu")
     else:  # a TPU host: the job's compiler flags, as the Ray workers get them
         from palm_platform.compiler_flags import init_args
 

@@ -34,7 +34,8 @@ def _job(tmp_path: Path, name: str, microbatch_sequences: int | None, hosts: int
 
 
 def _palm_run_direct(tmp_path: Path, job: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the job sets 4 devices
+    # As on a laptop: the job sets 4 devices and the CPU platform (no JAX_PLATFORMS given).
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     return subprocess.run([PALM, "run", "--direct", str(job)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -59,6 +60,7 @@ def test_direct_run_ramps_the_batch_and_accumulates_microbatches(tmp_path):
     # No store yet: prepared first, in this process (one line each way), then trained.
     assert "token store missing" in out.stderr and "token store ready" in out.stderr
     assert "runs/micro" in out.stdout  # the summary printed at the end
+    assert "TPU" not in out.stderr, out.stderr[:2000]  # libtpu never started on a local job
     steps = _steps(tmp_path, "micro")
     assert [r["batch_size"] for r in steps] == [4, 4, 4, 8, 8, 8]
     assert [r["tokens"] for r in steps] == [4 * SEQ_LEN] * 3 + [8 * SEQ_LEN] * 3
