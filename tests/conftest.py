@@ -59,11 +59,33 @@ def gcs_bucket(gcs_emulator, request):
 # executable gives the same bits as compiling it (the bitwise-equality tests pass with it).
 
 
+# Under pytest-xdist (the fast tier) the workers share one directory, so a program one worker
+# compiled is a load in the other (their keys match: same flags, devices and jaxlib). JAX writes
+# an entry in place (not renamed into place), so a worker could read another's half-written
+# entry: a size limit turns on JAX's own file lock around every read and write (lru_cache.py),
+# far above what a session writes, so nothing is ever evicted.
+_SESSION_CACHE_MAX_BYTES = 64 << 30
+
+
+def _session_cache_directory(tmp_path_factory) -> str:
+    # tests/support/xdist.py's session_root (not imported: this file also runs outside the
+    # repository, in test_conftest_require.py's copy)
+    base = tmp_path_factory.getbasetemp()
+    if not re.fullmatch(r"popen-gw\d+", base.name):
+        return str(tmp_path_factory.mktemp("compile-cache"))
+    shared = base.parent / "compile-cache"
+    shared.mkdir(exist_ok=True)
+    return str(shared)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_compile_cache(tmp_path_factory):
+    import jax
+
     from palm_platform.train.compile_cache import CompileCache
 
-    directory = str(tmp_path_factory.mktemp("compile-cache"))
+    jax.config.update("jax_compilation_cache_max_size", _SESSION_CACHE_MAX_BYTES)
+    directory = _session_cache_directory(tmp_path_factory)
     CompileCache.shared_directory = directory
     CompileCache.enable(directory)
     yield directory
