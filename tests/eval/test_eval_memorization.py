@@ -4,6 +4,7 @@ trained on exactly, and not held-out ones; the sampled sequences are the trained
 import json
 import random
 
+import jax
 import pytest
 
 from palm_platform.cli import main as palm
@@ -41,6 +42,12 @@ def overfit_run(tmp_path_factory):
                 {"name": "secrets", "paths": [str(folder / "secrets.jsonl")], "weight": 1.0}
             ],
         },
+        # one device: what it memorizes does not depend on the mesh, and a step of 8 fake CPU
+        # devices costs several times one device's
+        topology={"pods": 1, "hosts_per_pod": 1, "chips_per_host": 1, "ici_topology": "1x1x1",
+                  "local": True},
+        mesh={"model": 1},
+        devices=jax.devices()[:1],
         train={"steps": 250, "seq_len": 32, "batch_schedule": [{"sequences": 8}]},
         optimizer={"constant_steps": 1000},  # no lr decay: overfit fast
         checkpoint={"directory": "ckpt", "every_steps": 250, "keep_last": 1},
