@@ -1,6 +1,7 @@
 """The PaLM model as the paper describes it, checked on tiny configs on CPU."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +18,27 @@ from palm.model import PaLM, cross_entropy_and_z_loss
 CFG = PALM_TEST  # D=32, 2 layers, 2 heads of 16, V=64, float32
 
 
+# Jitted, not op by op: one compile of the whole tiny model (loaded from the session's
+# compilation cache after the first) instead of dispatching each op eagerly, which cost seconds
+# per call on 2 cores. The values are the same functions of the same inputs.
+@functools.partial(jax.jit, static_argnums=0)
+def variables_of(cfg, key, tokens):
+    """PaLM(cfg).init: the boxed (logically partitioned) variables, perturbations included."""
+    return PaLM(cfg).init(key, tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(cfg, params, tokens):
+    return PaLM(cfg).apply({"params": params}, tokens)[0]
+
+
 def init(cfg=CFG, length=16, seed=0):
     tokens = jnp.zeros((2, length), jnp.int32)
-    return nn.meta.unbox(PaLM(cfg).init(jax.random.key(seed), tokens)["params"])
+    return nn.meta.unbox(variables_of(cfg, jax.random.key(seed), tokens)["params"])
 
 
 def logits_of(params, tokens, cfg=CFG):
-    return PaLM(cfg).apply({"params": params}, tokens)[0]
+    return _logits(cfg, params, tokens)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +93,7 @@ def test_no_biases_and_one_kv_head():
 
 
 def test_every_parameter_has_logical_axis_names():
-    boxed = PaLM(CFG).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    boxed = variables_of(CFG, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     allowed = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"}
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     for leaf in leaves:
@@ -100,7 +115,7 @@ def test_causality_through_gradients():
     params = init()
     tokens = jax.random.randint(jax.random.key(1), (1, 16), 0, CFG.vocab_size)
     model = PaLM(CFG)
-    perturbations = model.init(jax.random.key(0), tokens)["perturbations"]
+    perturbations = variables_of(CFG, jax.random.key(0), tokens)["perturbations"]
     t = 9
 
     def logit_sum_before_t(perturbations):
@@ -108,7 +123,7 @@ def test_causality_through_gradients():
             :, :t
         ].sum()
 
-    grad_1xLxD = jax.grad(logit_sum_before_t)(perturbations)["embedded"]
+    grad_1xLxD = jax.jit(jax.grad(logit_sum_before_t))(perturbations)["embedded"]
     assert np.all(np.asarray(grad_1xLxD[:, t:]) == 0.0)  # no path from position >= t backwards
     assert np.all(np.abs(np.asarray(grad_1xLxD[:, :t])).sum(-1) > 0)
 

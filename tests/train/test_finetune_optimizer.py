@@ -79,10 +79,12 @@ def test_unknown_frozen_group_is_a_job_error():
 
 def test_a_dropout_rate_of_zero_changes_nothing_in_the_model():
     cfg = preset("palm-test")
-    params = PaLM(cfg).init(jax.random.key(0), jnp.asarray(TOKENS))["params"]
-    eval_logits, _ = PaLM(cfg).apply({"params": params}, TOKENS)
-    train_logits, _ = PaLM(cfg, deterministic=False).apply(
-        {"params": params}, TOKENS, rngs={"dropout": jax.random.key(1)})
+    # jitted: one compile each instead of seconds of op-by-op dispatch (same values)
+    params = jax.jit(lambda k, t: PaLM(cfg).init(k, t))(jax.random.key(0),
+                                                        jnp.asarray(TOKENS))["params"]
+    eval_logits, _ = jax.jit(lambda p, t: PaLM(cfg).apply({"params": p}, t))(params, TOKENS)
+    train_logits, _ = jax.jit(lambda p, t, k: PaLM(cfg, deterministic=False).apply(
+        {"params": p}, t, rngs={"dropout": k}))(params, TOKENS, jax.random.key(1))
     np.testing.assert_array_equal(np.asarray(eval_logits), np.asarray(train_logits))
 
 
