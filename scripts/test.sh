@@ -14,8 +14,9 @@ args=()
 for arg in "$@"; do
   if [ "$arg" = "--fast" ]; then
     # over every core (pytest-xdist), a test file per worker at a time (its module fixtures
-    # built once): these tests share no cluster, port or fixed path, and
-    # each worker keeps its own session compilation cache (tests/conftest.py)
+    # built once): these tests share no cluster, port or fixed path; the workers share the
+    # session's compilation cache and the eval tests' trained run (tests/conftest.py,
+    # tests/support/eval_runs.py), each under a file lock
     args+=(-m "not ray and not multiprocess" -n auto --dist loadfile)
   else
     args+=("$arg")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import yaml
 from palm_platform.job import load_job
 from palm_platform.train.loop import Trainer
 from tests.support.paths import TEST_JOBS
+from tests.support.xdist import session_root
 
 JOB = TEST_JOBS / "eval-tiny.yaml"
 
@@ -18,25 +21,46 @@ _TRAINED: dict[str, tuple[Path, dict]] = {}
 
 
 def shared_run(tmp_path_factory, key: str = "default", **sections) -> tuple[Path, dict]:
-    """One trained run per key for the whole pytest process (several test files use it):
-    (run folder, facts about the trainer such as the eval step's compile count)."""
+    """One trained run per key for the whole pytest session (several test files use it):
+    (run folder, facts about the trainer such as the eval step's compile count).
+
+    Under pytest-xdist the workers share it too: the first to ask trains it in the session's
+    base folder (under a file lock) and records its facts beside it; the others wait for the
+    lock and read the same folder."""
     if key not in _TRAINED:
-        facts: dict = {}
-        run_dir = train_run(tmp_path_factory.mktemp(f"run-{key}"), facts=facts, **sections)
-        _TRAINED[key] = (run_dir, facts)
+        _TRAINED[key] = _train_once(tmp_path_factory, key, sections)
     return _TRAINED[key]
 
 
-def train_run(folder: Path, facts: dict | None = None, **sections) -> Path:
-    """Train tests/jobs/eval-tiny.yaml (sections replaced by `sections`) in `folder`;
-    returns the run folder (holding job.json; checkpoints are in folder/ckpt)."""
+def _train_once(tmp_path_factory, key: str, sections: dict) -> tuple[Path, dict]:
+    root = session_root(tmp_path_factory)
+    if root is None:  # no xdist workers: this process is the session
+        facts: dict = {}
+        run_dir = train_run(tmp_path_factory.mktemp(f"run-{key}"), facts=facts, **sections)
+        return run_dir, facts
+    done = root / f"run-{key}.json"
+    with open(root / f"run-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            facts = {}
+            run_dir = train_run(root / f"run-{key}", facts=facts, **sections)
+            done.write_text(json.dumps({"run_dir": str(run_dir), "facts": facts}))
+        record = json.loads(done.read_text())
+    return Path(record["run_dir"]), record["facts"]
+
+
+def train_run(folder: Path, facts: dict | None = None, devices: list | None = None,
+              **sections) -> Path:
+    """Train tests/jobs/eval-tiny.yaml (sections replaced by `sections`) in `folder`, on
+    `devices` (default: all of them); returns the run folder (holding job.json; checkpoints
+    are in folder/ckpt)."""
     folder.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(JOB.read_text())
     for key, value in sections.items():
         raw[key] = value
     (folder / "job.yaml").write_text(yaml.safe_dump(raw))
     job = load_job(folder / "job.yaml")
-    trainer = Trainer(job, Path(job.run_dir))
+    trainer = Trainer(job, Path(job.run_dir), devices=devices)
     try:
         trainer.run()
         step_fn = getattr(trainer.setup.evaluator, "step_fn", None)
@@ -49,8 +73,6 @@ def train_run(folder: Path, facts: dict | None = None, **sections) -> Path:
 
 def copy_run(run_dir: Path, dest: Path) -> Path:
     """A copy of a run (its folder and checkpoints) whose job.json points at the copy."""
-    import json
-
     shutil.copytree(run_dir.parent, dest)
     record = dest / run_dir.name / "job.json"
     job = json.loads(record.read_text())
