@@ -54,6 +54,12 @@ from palm_platform.ray.interrupt import KV_NAMESPACE
 logger = logging.getLogger("palm")
 
 POLL_S = 0.1
+# How long host 0's agent waits for every agent to be ready for the next generation. A live
+# agent is ready within a second of the failure (it kills its own process and waits for it);
+# one that is not is on a lost or frozen host (a frozen one keeps its Ray actor, so Ray Train
+# would not notice it): the group restart then takes over, without waiting for
+# `faults.init_timeout_s`.
+READY_TIMEOUT_S = 15.0
 PREEMPTED_EXIT = 76  # a JAX process that saved a preemption's agreed step (worker.py)
 
 
@@ -181,17 +187,8 @@ class HostAgent:
         for the port. A lost host's agent never gets ready: Ray Train's group restart ends
         the wait (nothing claims a warm restart that does not happen)."""
         self._put(f"{generation}/ready/{self.index}", "1")
-        deadline = time.monotonic() + self.join_timeout_s
         if self.index == 0:
-            waiting = set(range(self.count))
-            while waiting and time.monotonic() < deadline:
-                waiting = {i for i in waiting if not self._get(f"{generation}/ready/{i}")}
-                if waiting:
-                    time.sleep(POLL_S)
-            if waiting:
-                raise WarmRestartFailed(
-                    f"{self.host}: the agents of host(s) {sorted(waiting)} were not ready for "
-                    f"generation {generation} within {self.join_timeout_s:.0f} s")
+            self._wait_for_every_agent(generation)
             host = self.coordinator.rsplit(":", 1)[0]
             with socket.socket() as probe:
                 probe.bind((host, 0))
@@ -203,6 +200,7 @@ class HostAgent:
                            "(generation %d)", failed.decode() if failed else "a JAX process "
                            "failed", generation)
             return address
+        deadline = time.monotonic() + self.join_timeout_s
         while time.monotonic() < deadline:
             value = self._get(f"{generation}/coordinator")
             if value:
@@ -210,6 +208,23 @@ class HostAgent:
             time.sleep(POLL_S)
         raise WarmRestartFailed(f"{self.host}: host 0's agent named no coordinator for "
                                 f"generation {generation} within {self.join_timeout_s:.0f} s")
+
+    def _wait_for_every_agent(self, generation: int) -> None:
+        """Host 0's agent: until every agent said it is ready for `generation`; after
+        READY_TIMEOUT_S, one line and WarmRestartFailed (Ray Train restarts the group)."""
+        waiting = set(range(self.count))
+        ready_by = time.monotonic() + min(READY_TIMEOUT_S, self.join_timeout_s)
+        while waiting and time.monotonic() < ready_by:
+            waiting = {i for i in waiting if not self._get(f"{generation}/ready/{i}")}
+            if waiting:
+                time.sleep(POLL_S)
+        if waiting:
+            logger.error("%s: the agents of host(s) %s are not ready for a warm restart after "
+                         "%.0f s (lost or frozen); falling back to a worker-group restart",
+                         self.host, sorted(waiting), READY_TIMEOUT_S)
+            raise WarmRestartFailed(
+                f"{self.host}: the agents of host(s) {sorted(waiting)} were not ready for "
+                f"generation {generation} within {READY_TIMEOUT_S:.0f} s")
 
     def _run_child(self, body, generation: int, address: str, reached) -> int | None:
         """Fork this generation's JAX process, wait for it; None when it ended normally,

@@ -78,18 +78,25 @@ def test_ctrl_c_stops_at_a_step_and_the_rerun_resumes_past_a_sigstopped_host(
     rerun = subprocess.Popen([BIN / "palm", "run", str(job)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, stopped_at + 3, rerun, timeout_s=300)
-    victim = train_workers(local_cluster)[-1]
-    victim.send_signal(signal.SIGSTOP)
+    # A frozen host: its train worker (with warm hosts, the host agent) and the JAX process
+    # it runs. The watchdog names the JAX process; the agents of the other host wait for the
+    # frozen one at most READY_TIMEOUT_S, then Ray Train restarts the group.
+    agent = train_workers(local_cluster)[-1]
+    frozen = [agent, *agent.children(recursive=True)]
+    for proc in frozen:
+        proc.send_signal(signal.SIGSTOP)
     try:
         output, _ = rerun.communicate(timeout=500)
     finally:
-        try:
-            victim.send_signal(signal.SIGCONT)
-        except Exception:  # noqa: BLE001 - gone already: Ray killed it on restart
-            pass
+        for proc in frozen:
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except Exception:  # noqa: BLE001 - gone already: Ray killed it on restart
+                pass
     assert rerun.returncode == 0, output[-4000:]
     named = [line for line in output.splitlines() if "stuck: host" in line]
-    assert named and f"(pid {victim.pid}) at step" in named[0], output[-4000:]
+    assert named and any(f"(pid {proc.pid}) at step" in named[0] for proc in frozen), (
+        output[-4000:])
     assert "Fatal Python error" not in output and "SIGABRT" not in output
     records = read_records(run_dir)
     kinds = [r["kind"] for r in records]
