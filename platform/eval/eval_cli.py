@@ -54,10 +54,16 @@ def _check(args: argparse.Namespace) -> None:
         raise EvalInputError(f"--memorization must be >= 1, got {args.memorization}")
 
 
-def task_manager(include_path: Path | None):
+def task_manager(include_path: Path | None, names: list[str] | tuple[str, ...] = ()):
+    """The harness's task index: the shipped tasks and `include_path`, and the harness's own
+    thousands of task YAMLs only when a task in `names` is not among those (indexing them
+    took 18 s on a busy 2-core machine, the shipped ones 0.14 s)."""
     from lm_eval.tasks import TaskManager
 
     paths = [str(TASKS_DIR)] + ([str(include_path)] if include_path else [])
+    ours = TaskManager(include_path=paths, include_defaults=False)
+    if names and all(name in ours.all_tasks for name in names):
+        return ours
     return TaskManager(include_path=paths)
 
 
@@ -69,7 +75,7 @@ def run_tasks(run, args: argparse.Namespace) -> dict:
     from palm_platform.eval.restore import EvalInputError
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    manager = task_manager(args.include_path)
+    manager = task_manager(args.include_path, names)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         shipped = sorted(t for t in manager.all_tasks if t.startswith("palm_"))
