@@ -213,7 +213,8 @@ class HostAgent:
         """Host 0's agent: until every agent said it is ready for `generation`; after
         READY_TIMEOUT_S, one line and WarmRestartFailed (Ray Train restarts the group)."""
         waiting = set(range(self.count))
-        ready_by = time.monotonic() + min(READY_TIMEOUT_S, self.join_timeout_s)
+        wait_s = min(READY_TIMEOUT_S, self.join_timeout_s)
+        ready_by = time.monotonic() + wait_s
         while waiting and time.monotonic() < ready_by:
             waiting = {i for i in waiting if not self._get(f"{generation}/ready/{i}")}
             if waiting:
@@ -221,10 +222,10 @@ class HostAgent:
         if waiting:
             logger.error("%s: the agents of host(s) %s are not ready for a warm restart after "
                          "%.0f s (lost or frozen); falling back to a worker-group restart",
-                         self.host, sorted(waiting), READY_TIMEOUT_S)
+                         self.host, sorted(waiting), wait_s)
             raise WarmRestartFailed(
                 f"{self.host}: the agents of host(s) {sorted(waiting)} were not ready for "
-                f"generation {generation} within {READY_TIMEOUT_S:.0f} s")
+                f"generation {generation} within {wait_s:.0f} s")
 
     def _run_child(self, body, generation: int, address: str, reached) -> int | None:
         """Fork this generation's JAX process, wait for it; None when it ended normally,
@@ -263,11 +264,12 @@ class HostAgent:
         finally:
             jax_backend.JAX_CHILD.clear()
             ours.close()
-        if os.waitstatus_to_exitcode(status) == 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
             return None
         # The first failure is the cause (the others' processes then lose a peer); a
         # preemption's exit is no failure: every host exits so.
-        if os.waitstatus_to_exitcode(status) != PREEMPTED_EXIT and not self._get(failed):
+        if code != PREEMPTED_EXIT and not self._get(failed):
             self._put(failed, f"{self.host}: JAX process {_describe(status)}")
         return status
 
